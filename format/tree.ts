@@ -1,0 +1,246 @@
+// Walking a directory tree into an mkma archive: sorted (deterministic), one filesystem
+// (like find -xdev), raw byte names, hardlink groups stored once, xattrs into the manifest.
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import { unescapePath, type XattrRecord } from './manifest.js';
+import { NEWC_MAX_FILE_SIZE, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK } from './newc.js';
+import type { ArchiveWriter, EntryHeader } from './writer.js';
+import { writeWithBackpressure } from './zstd.js';
+
+export interface TreeEntry {
+  /** path relative to the root, raw bytes; "." for the root itself */
+  rel: Buffer;
+  abs: Buffer;
+  st: fs.Stats;
+}
+
+/** 'keep' the entry; 'skip' it (and its subtree); keep a directory but 'empty' its contents. */
+export type ExcludeDecision = 'keep' | 'skip' | 'empty';
+export type ExcludeFn = (rel: string, st: fs.Stats) => ExcludeDecision;
+
+const SLASH = Buffer.from('/');
+
+export function relString(rel: Buffer): string {
+  return rel.toString('latin1');
+}
+
+/** Pre-order, children sorted by raw bytes; does not descend into other filesystems. */
+export function* walkTree(root: string, exclude?: ExcludeFn): Generator<TreeEntry> {
+  const rootAbs = Buffer.from(root);
+  const rootSt = fs.lstatSync(rootAbs);
+  const rootDev = rootSt.dev;
+  yield { rel: Buffer.from('.'), abs: rootAbs, st: rootSt };
+  const stack: Array<{ abs: Buffer; rel: Buffer | null }> = [{ abs: rootAbs, rel: null }];
+  // Iterative DFS: push children in reverse so they pop in sorted order.
+  const pending: TreeEntry[] = [];
+  const expand = (dirAbs: Buffer, dirRel: Buffer | null): TreeEntry[] => {
+    const names = fs.readdirSync(dirAbs, { encoding: 'buffer' }) as Buffer[];
+    names.sort(Buffer.compare);
+    const out: TreeEntry[] = [];
+    for (const name of names) {
+      const abs = Buffer.concat([dirAbs, SLASH, name]);
+      const rel = dirRel ? Buffer.concat([dirRel, SLASH, name]) : name;
+      let st: fs.Stats;
+      try {
+        st = fs.lstatSync(abs);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue; // vanished: live tree
+        throw e;
+      }
+      out.push({ rel, abs, st });
+    }
+    return out;
+  };
+  void stack;
+  pending.push(...expand(rootAbs, null).reverse());
+  while (pending.length) {
+    const e = pending.pop()!;
+    const decision = exclude ? exclude(relString(e.rel), e.st) : 'keep';
+    if (decision === 'skip') continue;
+    yield e;
+    if (decision === 'empty') continue;
+    if ((e.st.mode & S_IFMT) === S_IFDIR && e.st.dev === rootDev) {
+      pending.push(...expand(e.abs, e.rel).reverse());
+    }
+  }
+}
+
+export interface HardlinkGroups {
+  /** "dev:ino" → member rel paths (latin1), in walk order */
+  groups: Map<string, string[]>;
+}
+
+const inodeKey = (st: fs.Stats) => `${st.dev}:${st.ino}`;
+
+export function collectHardlinks(entries: Iterable<TreeEntry>): HardlinkGroups {
+  const groups = new Map<string, string[]>();
+  for (const e of entries) {
+    if ((e.st.mode & S_IFMT) === S_IFDIR || e.st.nlink < 2) continue;
+    const k = inodeKey(e.st);
+    const g = groups.get(k);
+    if (g) g.push(relString(e.rel));
+    else groups.set(k, [relString(e.rel)]);
+  }
+  for (const [k, g] of groups) if (g.length < 2) groups.delete(k);
+  return { groups };
+}
+
+export function rdevSplit(rdev: number): { major: number; minor: number } {
+  // glibc's encoding of dev_t
+  const major = Math.floor(rdev / 256) & 0xfff | (Math.floor(rdev / 2 ** 32) & ~0xfff);
+  const minor = (rdev & 0xff) | (Math.floor(rdev / 4096) & ~0xff);
+  return { major: major >>> 0, minor: minor >>> 0 };
+}
+
+export class FileTooLargeError extends Error {}
+
+export interface PackStats {
+  entries: number;
+  files: number;
+  bytes: number;
+  skippedSockets: string[];
+}
+
+/**
+ * Packs entries in the given order. Members of a hardlink group are written together at the
+ * first member's position (GNU cpio's newc convention: data with the last link), inside one
+ * shard, so that each shard stays independently extractable.
+ */
+export async function packEntries(
+  writer: ArchiveWriter,
+  entries: Iterable<TreeEntry>,
+  hardlinks: HardlinkGroups,
+  onEntry?: (e: TreeEntry) => void,
+): Promise<PackStats> {
+  const stats: PackStats = { entries: 0, files: 0, bytes: 0, skippedSockets: [] };
+  const done = new Set<string>();
+  let ino = 1;
+  const lookup = new Map<string, TreeEntry>();
+  // For a group we need the other members' stats when we meet the first one.
+  const groupOf = new Map<string, string>();
+  for (const [k, members] of hardlinks.groups) for (const m of members) groupOf.set(m, k);
+
+  for (const e of entries) {
+    const rel = relString(e.rel);
+    const type = e.st.mode & S_IFMT;
+    if (type === S_IFSOCK) {
+      stats.skippedSockets.push(rel);
+      continue;
+    }
+    onEntry?.(e);
+    const base: EntryHeader = {
+      name: e.rel, ino: 0, mode: e.st.mode, uid: e.st.uid, gid: e.st.gid, nlink: 1,
+      mtime: Math.floor(e.st.mtimeMs / 1000), size: 0, rdevMajor: 0, rdevMinor: 0,
+    };
+    const gk = groupOf.get(rel);
+    if (gk) {
+      if (done.has(gk)) continue;
+      done.add(gk);
+      const members = hardlinks.groups.get(gk)!;
+      const id = ino++;
+      checkSize(rel, e.st.size);
+      writer.keepTogether(true);
+      for (let i = 0; i < members.length; i++) {
+        const name = Buffer.from(members[i], 'latin1');
+        const h = { ...base, name, ino: id, nlink: members.length };
+        if (i < members.length - 1) await writer.addEmpty(h);
+        else {
+          writer.keepTogether(false);
+          await writer.addFile({ ...h, size: e.st.size }, e.abs);
+        }
+      }
+      stats.entries += members.length;
+      stats.files++;
+      stats.bytes += e.st.size;
+      continue;
+    }
+    base.ino = ino++;
+    if (type === S_IFDIR) base.nlink = 2;
+    stats.entries++;
+    if (type === S_IFREG) {
+      checkSize(rel, e.st.size);
+      await writer.addFile({ ...base, size: e.st.size }, e.abs);
+      stats.files++;
+      stats.bytes += e.st.size;
+    } else if (type === S_IFLNK) {
+      await writer.addBuffer(base, fs.readlinkSync(e.abs, { encoding: 'buffer' }) as Buffer);
+    } else {
+      const { major, minor } = rdevSplit(e.st.rdev);
+      await writer.addEmpty({ ...base, rdevMajor: type === S_IFDIR ? 0 : major, rdevMinor: type === S_IFDIR ? 0 : minor });
+    }
+  }
+  void lookup;
+  return stats;
+}
+
+function checkSize(rel: string, size: number): void {
+  if (size > NEWC_MAX_FILE_SIZE) {
+    const gib = (size / 2 ** 30).toFixed(1);
+    throw new FileTooLargeError(
+      `/${rel} is ${gib} GiB: the cpio newc format holds files up to 4 GiB - 1. ` +
+        `Exclude it from the image (or split it) and build again.`,
+    );
+  }
+}
+
+/**
+ * Streams relative paths into `getfattr` (through xargs, a few processes for the whole tree)
+ * and parses its dump: Node has no xattr API, and one getfattr per file would be far slower.
+ */
+export class XattrCollector {
+  private readonly child;
+  private out = '';
+  private err = '';
+  private readonly done: Promise<void>;
+
+  constructor(root: string, private readonly keepName: (name: string) => boolean = () => true) {
+    this.child = spawn('xargs', ['-0', '-r', 'getfattr', '-h', '-d', '-m', '-', '-e', 'base64', '--'], {
+      cwd: root,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    this.child.stdout.setEncoding('latin1');
+    this.child.stdout.on('data', (d: string) => { this.out += d; });
+    this.child.stderr.on('data', (d: Buffer) => { if (this.err.length < 4096) this.err += d.toString(); });
+    this.child.stdin.on('error', () => {});
+    this.done = new Promise((resolve, reject) => {
+      this.child.on('error', (e) => reject(new Error(`cannot run getfattr (apt-get install attr): ${e.message}`)));
+      this.child.on('close', (code) => {
+        // getfattr exits 1 when a path vanished in a live tree; anything printed is still valid.
+        if (code === 0 || code === 1 || code === 123) resolve();
+        else reject(new Error(`getfattr failed (exit ${code}): ${this.err.trim()}`));
+      });
+    });
+  }
+
+  add(rel: Buffer): Promise<void> | void {
+    // "./" keeps getfattr from reading a name that starts with "-" as an option.
+    return writeWithBackpressure(this.child.stdin, Buffer.concat([Buffer.from('./'), rel, Buffer.from([0])]));
+  }
+
+  async finish(): Promise<{ records: XattrRecord[]; warnings: string }> {
+    this.child.stdin.end();
+    await this.done;
+    return { records: parseGetfattrDump(this.out, this.keepName), warnings: this.err.trim() };
+  }
+}
+
+/** Parses `getfattr -d -e base64` output (paths escaped as \ooo) into records with clean paths. */
+export function parseGetfattrDump(text: string, keepName: (name: string) => boolean = () => true): XattrRecord[] {
+  const records: XattrRecord[] = [];
+  let cur: XattrRecord | null = null;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('# file: ')) {
+      let p = unescapePath(line.slice(8));
+      if (p.startsWith('./')) p = p.slice(2);
+      if (p === '') p = '.';
+      cur = { path: p, attrs: [] };
+      records.push(cur);
+    } else if (line && cur && !line.startsWith('#')) {
+      const eq = line.indexOf('=');
+      const name = eq < 0 ? line : line.slice(0, eq);
+      const value = eq < 0 ? '' : line.slice(eq + 1);
+      if (keepName(name)) cur.attrs.push([name, value]);
+    }
+  }
+  return records.filter((r) => r.attrs.length > 0);
+}

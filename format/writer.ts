@@ -1,0 +1,242 @@
+// Streams cpio newc entries into an mkma image file (see manifest.ts for the layout):
+// bounded memory (at most `jobs` shards in flight), deterministic output for the same input,
+// and atomic appearance: data goes to a temporary name in the target directory, is fsynced,
+// and only then renamed to its final name (then the directory is fsynced too).
+import { createHash, type Hash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { encodeManifestFrame, type ImageKind, type Manifest, type XattrRecord } from './manifest.js';
+import { dataPadding, encodeHeader, trailer, type NewcHeader } from './newc.js';
+import { ShardCompressor } from './zstd.js';
+
+export interface WriterOptions {
+  kind: ImageKind;
+  level: number;
+  /** uncompressed bytes per zstd frame; each frame can be extracted on its own at boot */
+  shardBytes?: number;
+  /** shards compressed at once (each by a single-threaded zstd) */
+  jobs?: number;
+  message?: string;
+  /** file mode of the final file */
+  mode?: number;
+  created?: Date;
+  onProgress?: (p: WriterProgress) => void;
+  /** a file changed size while it was read (live trees): it is padded/truncated, and reported */
+  onWarning?: (msg: string) => void;
+}
+
+export interface WriterProgress {
+  entries: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+export interface WriterResult {
+  path: string;
+  manifest: Manifest;
+  fileBytes: number;
+  cpioBytes: number;
+}
+
+export type EntryHeader = Omit<NewcHeader, 'devMajor' | 'devMinor'>;
+
+export const DEFAULT_SHARD_BYTES = 32 << 20;
+const READ_CHUNK = 1 << 20;
+
+export class ArchiveWriter {
+  private readonly fd: number;
+  private readonly tmpPath: string;
+  private readonly hash: Hash = createHash('sha256');
+  private readonly inflight: Array<{ c: ShardCompressor; start: number }> = [];
+  private current: ShardCompressor | null = null;
+  private currentBytes = 0;
+  private dataBytes = 0;
+  private cpioBytes = 0;
+  private entries = 0;
+  private unpackedBytes = 0;
+  private readonly shards: Array<{ offset: number; length: number }> = [];
+  private readonly xattrs: XattrRecord[] = [];
+  private readonly opaque: string[] = [];
+  private readonly deleted: string[] = [];
+  private holdShard = false;
+  private closed = false;
+  private readonly readBuf = Buffer.allocUnsafe(READ_CHUNK);
+
+  constructor(readonly finalPath: string, private readonly opts: WriterOptions) {
+    const dir = path.dirname(finalPath);
+    this.tmpPath = path.join(dir, `.${path.basename(finalPath)}.tmp-${process.pid}`);
+    this.fd = fs.openSync(this.tmpPath, 'w+', 0o600);
+  }
+
+  get temporaryPath(): string {
+    return this.tmpPath;
+  }
+
+  addXattrs(rec: XattrRecord): void {
+    if (rec.attrs.length) this.xattrs.push(rec);
+  }
+  addOpaque(p: string): void {
+    this.opaque.push(p);
+  }
+  addDeleted(p: string): void {
+    this.deleted.push(p);
+  }
+
+  /** Keep the next entries in the current shard (a hardlink group must not straddle shards). */
+  keepTogether(on: boolean): void {
+    this.holdShard = on;
+  }
+
+  /** An entry without data (directory, device, fifo, or a hardlink that is not the data carrier). */
+  async addEmpty(h: EntryHeader): Promise<void> {
+    await this.emit({ ...h, size: 0, devMajor: 0, devMinor: 0 });
+    await this.maybeCutShard();
+  }
+
+  /** An entry whose data is in memory (symlink target, small generated files). */
+  async addBuffer(h: EntryHeader, data: Buffer): Promise<void> {
+    await this.emit({ ...h, size: data.length, devMajor: 0, devMinor: 0 }, data);
+    this.countUnpacked(h, data.length);
+    await this.maybeCutShard();
+  }
+
+  /** An entry whose data is read from a file, in chunks, exactly h.size bytes. */
+  async addFile(h: EntryHeader, source: string | Buffer): Promise<void> {
+    await this.emit({ ...h, devMajor: 0, devMinor: 0 });
+    const fd = fs.openSync(source, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    try {
+      let left = h.size;
+      while (left > 0) {
+        const want = Math.min(left, READ_CHUNK);
+        const n = fs.readSync(fd, this.readBuf, 0, want, null);
+        if (n === 0) {
+          this.opts.onWarning?.(`${String(source)} shrank while it was read; padded with zeros`);
+          this.readBuf.fill(0, 0, want);
+          await this.push(Buffer.from(this.readBuf.subarray(0, want)));
+          left -= want;
+          continue;
+        }
+        await this.push(Buffer.from(this.readBuf.subarray(0, n)));
+        left -= n;
+      }
+      if (fs.readSync(fd, this.readBuf, 0, 1, null) > 0) {
+        this.opts.onWarning?.(`${String(source)} grew while it was read; stored its first ${h.size} bytes`);
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+    await this.push(dataPadding(h.size));
+    this.countUnpacked(h, h.size);
+    await this.maybeCutShard();
+  }
+
+  private countUnpacked(h: EntryHeader, size: number): void {
+    this.unpackedBytes += Math.ceil(size / 4096) * 4096;
+    void h;
+  }
+
+  private async emit(h: NewcHeader, data?: Buffer): Promise<void> {
+    this.entries++;
+    await this.push(encodeHeader(h));
+    if (data && data.length) {
+      await this.push(data);
+      await this.push(dataPadding(data.length));
+    }
+  }
+
+  private async push(chunk: Buffer): Promise<void> {
+    if (!chunk.length) return;
+    if (!this.current) this.current = new ShardCompressor(this.opts.level, 1);
+    this.currentBytes += chunk.length;
+    this.cpioBytes += chunk.length;
+    await this.current.write(chunk);
+  }
+
+  private async maybeCutShard(): Promise<void> {
+    const limit = this.opts.shardBytes ?? DEFAULT_SHARD_BYTES;
+    if (this.holdShard || !this.current || this.currentBytes < limit) return;
+    await this.closeShard();
+  }
+
+  private async closeShard(): Promise<void> {
+    const c = this.current!;
+    c.end();
+    this.inflight.push({ c, start: this.cpioBytes - this.currentBytes });
+    this.current = null;
+    this.currentBytes = 0;
+    const jobs = this.opts.jobs ?? 2;
+    while (this.inflight.length >= jobs) await this.flushOldest();
+  }
+
+  private async flushOldest(): Promise<void> {
+    const { c } = this.inflight.shift()!;
+    const frame = await c.result();
+    this.shards.push({ offset: this.dataBytes, length: frame.length });
+    this.writeOut(frame);
+    this.dataBytes += frame.length;
+    this.opts.onProgress?.({ entries: this.entries, bytesIn: this.cpioBytes, bytesOut: this.dataBytes });
+  }
+
+  private writeOut(buf: Buffer): void {
+    let off = 0;
+    while (off < buf.length) off += fs.writeSync(this.fd, buf, off, buf.length - off);
+  }
+
+  /** Writes trailer and manifest, fsyncs, renames into place. */
+  async finish(): Promise<WriterResult> {
+    await this.push(trailer());
+    await this.closeShard();
+    while (this.inflight.length) await this.flushOldest();
+    // The hash covers DATA only; hash it from the file we wrote (cheap: page cache).
+    this.hashData();
+    const manifest: Manifest = {
+      kind: this.opts.kind,
+      created: (this.opts.created ?? new Date()).toISOString().replace(/\.\d+Z$/, 'Z'),
+      message: this.opts.message ?? '',
+      entries: this.entries,
+      unpackedBytes: this.unpackedBytes,
+      dataBytes: this.dataBytes,
+      dataSha256: this.hash.digest('hex'),
+      shards: this.shards,
+      opaque: this.opaque,
+      deleted: this.deleted,
+      xattrs: this.xattrs,
+    };
+    const frame = encodeManifestFrame(manifest);
+    this.writeOut(frame);
+    fs.fsyncSync(this.fd);
+    fs.fchmodSync(this.fd, this.opts.mode ?? 0o644);
+    fs.closeSync(this.fd);
+    this.closed = true;
+    fs.renameSync(this.tmpPath, this.finalPath);
+    fsyncDir(path.dirname(this.finalPath));
+    return { path: this.finalPath, manifest, fileBytes: this.dataBytes + frame.length, cpioBytes: this.cpioBytes };
+  }
+
+  private hashData(): void {
+    const buf = Buffer.allocUnsafe(READ_CHUNK);
+    let pos = 0;
+    while (pos < this.dataBytes) {
+      const n = fs.readSync(this.fd, buf, 0, Math.min(READ_CHUNK, this.dataBytes - pos), pos);
+      if (n === 0) break;
+      this.hash.update(buf.subarray(0, n));
+      pos += n;
+    }
+  }
+
+  /** Removes the temporary file; the final name is never touched. */
+  abort(): void {
+    this.current?.kill();
+    for (const s of this.inflight) s.c.kill();
+    if (!this.closed) {
+      try { fs.closeSync(this.fd); } catch { /* already closed */ }
+      this.closed = true;
+    }
+    fs.rmSync(this.tmpPath, { force: true });
+  }
+}
+
+export function fsyncDir(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
+  try { fs.fsyncSync(fd); } finally { fs.closeSync(fd); }
+}

@@ -1,0 +1,21 @@
+// ESM + TypeScript: @swc/jest transpiles (no type-check: `npm test` runs tsc first),
+// and ink is ESM-only, hence NODE_OPTIONS=--experimental-vm-modules in package.json.
+const transform = {
+  '^.+\\.(t|j)sx?$': ['@swc/jest', {
+    jsc: { parser: { syntax: 'typescript', tsx: true }, target: 'es2022', transform: { react: { runtime: 'automatic' } } },
+    module: { type: 'es6' },
+  }],
+};
+const common = {
+  extensionsToTreatAsEsm: ['.ts', '.tsx'],
+  moduleNameMapper: { '^(\\.{1,2}/.*)\\.js$': '$1' },
+  transform,
+  testEnvironment: 'node',
+};
+export default {
+  projects: [
+    { ...common, displayName: 'unit', testMatch: ['<rootDir>/test/unit/**/*.test.ts?(x)'] },
+    { ...common, displayName: 'integration', testMatch: ['<rootDir>/test/integration/**/*.test.ts?(x)'] },
+    { ...common, displayName: 'e2e', testMatch: ['<rootDir>/test/e2e/**/*.test.ts?(x)'] },
+  ],
+};
