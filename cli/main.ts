@@ -1,1 +1,159 @@
-export {};
+// The `mkma` command: parses argv, calls one stage module, prints results and errors.
+// Exit codes: 0 ok, 1 failed, 2 usage or configuration error, 3 environment (not root,
+// missing tools), 4 the boot test failed.
+import * as os from 'node:os';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { ConfigError, loadConfig } from '../config/load.js';
+import { createReporter, formatBytes } from './progress.js';
+import { EXIT, UsageError, EnvironmentError } from './errors.js';
+import { COMMANDS, commandHelp, mainHelp } from './help.js';
+
+export type CommandFn = (argv: string[]) => Promise<number>;
+
+function parse<T extends ParseArgsConfig['options']>(name: string, argv: string[], options: T, allowPositionals = 0) {
+  try {
+    const r = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: allowPositionals > 0, strict: true });
+    if (r.positionals.length > allowPositionals) throw new UsageError(`${name}: unexpected argument ${r.positionals[allowPositionals]}`);
+    return r;
+  } catch (e) {
+    if (e instanceof UsageError) throw e;
+    throw new UsageError(`${name}: ${(e as Error).message.replace(/\. To specify.*$/, '')}`);
+  }
+}
+
+function requireRoot(what: string): void {
+  if (process.getuid && process.getuid() !== 0) {
+    throw new EnvironmentError(`${what} must run as root (it bootstraps, mounts and sets file owners): run it with sudo`);
+  }
+}
+
+const buildCmd: CommandFn = async (argv) => {
+  const { values, positionals } = parse('build', argv, {
+    out: { type: 'string', short: 'o' },
+    config: { type: 'string', short: 'c' },
+    rebuild: { type: 'boolean' },
+    'host-kernel': { type: 'boolean' },
+    'install-deps': { type: 'boolean' },
+    quiet: { type: 'boolean', short: 'q' },
+    json: { type: 'boolean' },
+  }, 1);
+  if (values.help) return printHelp('build');
+  const { BUILD_TOOLS, QEMU_TOOLS, installTools, requireTools } = await import('../builder/hosttools.js');
+  const qemuTest = process.env.MKMA_QEMU_TEST === '1';
+  const tools = qemuTest ? [...BUILD_TOOLS, ...QEMU_TOOLS] : BUILD_TOOLS;
+  requireRoot('mkma build');
+  const config = loadConfig({ file: values.config, env: process.env, hostname: positionals[0], defaultHostname: os.hostname() });
+  const reporter = createReporter({ quiet: !!values.quiet || !!values.json });
+  if (values['install-deps']) installTools(tools, (s) => reporter.info(s));
+  requireTools(tools);
+  const { build } = await import('../builder/build.js');
+  const out = values.out ?? 'mkma-out';
+  const result = await build({ config, out, rebuild: !!values.rebuild, hostKernel: !!values['host-kernel'], reporter });
+  let boot: unknown = null;
+  if (qemuTest) {
+    const { smokeBoot } = await import('../qemu/smoke.js');
+    const r = await smokeBoot({ out, reporter, env: process.env });
+    boot = r;
+    if (!r.ok) {
+      if (values.json) process.stdout.write(JSON.stringify({ ...result, boot }, null, 2) + '\n');
+      process.stderr.write(`mkma: boot test FAILED: ${r.reason}\n  console log: ${r.logPath}\n`);
+      return EXIT.bootFailed;
+    }
+  }
+  if (values.json) {
+    process.stdout.write(JSON.stringify({ ...result, boot }, null, 2) + '\n');
+    return EXIT.ok;
+  }
+  const o = result.outputs;
+  const lines = [
+    '',
+    `mkma: built ${result.hostname} (kernel ${result.kernelVersion}, bootstrap ${result.bootstrap})`,
+    `  kernel     ${o.kernel.path}  (${formatBytes(o.kernel.bytes)})`,
+    `  initramfs  ${o.initramfs.path}  (${formatBytes(o.initramfs.bytes)})`,
+    `  base       ${o.base.path}  (${formatBytes(o.base.bytes)}, ${formatBytes(o.base.unpackedBytes)} in RAM, ${o.base.entries} entries)`,
+    '',
+    'Kernel command line:',
+    `  ${result.cmdline}`,
+  ];
+  if (result.storage) {
+    lines.push(`  (the images are on ${result.storage.source}, ${result.storage.fstype}, mounted at ${result.storage.mountpoint})`);
+    lines.push('', 'GRUB (e.g. /etc/grub.d/40_custom, then update-grub):', result.grub!, '', 'systemd-boot:', result.systemdBoot!);
+  } else {
+    lines.push('  (the output directory is not on a block device: copy the images to the boot disk and use its UUID)');
+  }
+  if (!qemuTest) lines.push('', 'Try it in a VM: mkma qemu --out ' + out);
+  process.stdout.write(lines.join('\n') + '\n');
+  return EXIT.ok;
+};
+
+const unpackCmd: CommandFn = async (argv) => {
+  const { values } = parse('unpack', argv, {
+    images: { type: 'string', short: 'i' },
+    into: { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  if (values.help) return printHelp('unpack');
+  if (!values.images || !values.into) throw new UsageError('unpack: --images DIR and --into DIR are required');
+  requireRoot('mkma unpack');
+  const fs = await import('node:fs');
+  if (fs.existsSync(values.into) && fs.readdirSync(values.into).length) {
+    throw new UsageError(`unpack: ${values.into} is not empty (mkma unpack builds a tree from scratch)`);
+  }
+  const { unpackImages } = await import('../format/apply.js');
+  const report = await unpackImages(values.images, values.into, (r) => {
+    if (!values.json) {
+      process.stderr.write(r.applied ? `applied ${r.file} (${r.entries} entries, ${r.deleted} removed)\n` : `LAYER SKIPPED ${r.file}: ${r.reason}\n`);
+    }
+  });
+  if (values.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+  else process.stderr.write(`unpacked base (${report.base.entries} entries) and ${report.layers.filter((l) => l.applied).length} layer(s) into ${values.into}\n`);
+  return report.layers.some((l) => !l.applied) ? EXIT.failed : EXIT.ok;
+};
+
+function printHelp(cmd?: string): number {
+  process.stdout.write(cmd ? commandHelp(cmd) : mainHelp());
+  return EXIT.ok;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  try {
+    if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') return printHelp(rest[0] && COMMANDS[rest[0]] ? rest[0] : undefined);
+    if (cmd === '--version' || cmd === '-V') {
+      const { mkmaVersion } = await import('../builder/build.js');
+      process.stdout.write(`mkma ${mkmaVersion()}\n`);
+      return EXIT.ok;
+    }
+    const table: Record<string, CommandFn> = {
+      build: buildCmd,
+      unpack: unpackCmd,
+      qemu: async (a) => (await import('./qemu-cmd.js')).qemuCmd(a),
+    };
+    const fn = table[cmd];
+    if (!fn) throw new UsageError(`unknown command "${cmd}"; commands: ${Object.keys(COMMANDS).join(', ')} (mkma --help)`);
+    return await fn(rest);
+  } catch (e) {
+    return reportError(e);
+  }
+}
+
+export function reportError(e: unknown): number {
+  const err = e as Error;
+  if (err instanceof UsageError) {
+    process.stderr.write(`mkma: ${err.message}\n`);
+    return EXIT.usage;
+  }
+  if (err instanceof ConfigError) {
+    process.stderr.write(`mkma: ${err.message}\n`);
+    return EXIT.usage;
+  }
+  if (err instanceof EnvironmentError || err?.constructor?.name === 'MissingToolsError') {
+    process.stderr.write(`mkma: ${err.message}\n`);
+    return EXIT.environment;
+  }
+  process.stderr.write(`mkma: ${err?.message ?? String(e)}\n`);
+  if (process.env.MKMA_DEBUG) process.stderr.write(`${err?.stack}\n`);
+  return EXIT.failed;
+}
+
+export { parse, requireRoot };

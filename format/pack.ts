@@ -15,10 +15,10 @@ export async function packTree(root: string, out: string, opts: PackTreeOptions)
   // once, together: memory grows with the number of hardlinked files, not with the tree.
   const hardlinks = collectHardlinks(walkTree(root, opts.exclude));
   const writer = new ArchiveWriter(out, opts);
-  const xattrs = new XattrCollector(root, opts.keepXattr ?? notOverlayXattr);
+  const xattrs = opts.manifest === false ? null : new XattrCollector(root, opts.keepXattr ?? notOverlayXattr);
   try {
-    const stats = await packEntries(writer, walkTree(root, opts.exclude), hardlinks, (e) => void xattrs.add(e.rel));
-    const { records, warnings } = await xattrs.finish();
+    const stats = await packEntries(writer, walkTree(root, opts.exclude), hardlinks, (e) => void xattrs?.add(e.rel));
+    const { records, warnings } = xattrs ? await xattrs.finish() : { records: [], warnings: '' };
     for (const r of records) writer.addXattrs(r);
     const result = await writer.finish();
     return { ...result, stats, xattrWarnings: warnings };

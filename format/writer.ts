@@ -23,6 +23,13 @@ export interface WriterOptions {
   onProgress?: (p: WriterProgress) => void;
   /** a file changed size while it was read (live trees): it is padded/truncated, and reported */
   onWarning?: (msg: string) => void;
+  /**
+   * false: a plain `cpio.zst` (one frame, no manifest) for consumers other than mkma, such as
+   * the kernel's initramfs unpacker.
+   */
+  manifest?: boolean;
+  /** zstd threads per shard (default 1: parallelism comes from `jobs` shards at once) */
+  threads?: number;
 }
 
 export interface WriterProgress {
@@ -146,7 +153,7 @@ export class ArchiveWriter {
 
   private async push(chunk: Buffer): Promise<void> {
     if (!chunk.length) return;
-    if (!this.current) this.current = new ShardCompressor(this.opts.level, 1);
+    if (!this.current) this.current = new ShardCompressor(this.opts.level, this.opts.threads ?? 1);
     this.currentBytes += chunk.length;
     this.cpioBytes += chunk.length;
     await this.current.write(chunk);
@@ -154,7 +161,7 @@ export class ArchiveWriter {
 
   private async maybeCutShard(): Promise<void> {
     const limit = this.opts.shardBytes ?? DEFAULT_SHARD_BYTES;
-    if (this.holdShard || !this.current || this.currentBytes < limit) return;
+    if (this.holdShard || !this.current || this.currentBytes < limit || this.opts.manifest === false) return;
     await this.closeShard();
   }
 
@@ -202,7 +209,7 @@ export class ArchiveWriter {
       deleted: this.deleted,
       xattrs: this.xattrs,
     };
-    const frame = encodeManifestFrame(manifest);
+    const frame = this.opts.manifest === false ? Buffer.alloc(0) : encodeManifestFrame(manifest);
     this.writeOut(frame);
     fs.fsyncSync(this.fd);
     fs.fchmodSync(this.fd, this.opts.mode ?? 0o644);

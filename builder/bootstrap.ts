@@ -1,0 +1,132 @@
+// Stage 1: the Debian root filesystem, by mmdebstrap (Debian's own tool), into OUT/chroot.
+// The tree is reused when the configuration that shaped it is unchanged.
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { Config } from '../config/types.js';
+import type { Stage } from '../cli/progress.js';
+
+/** What every image needs to boot to systemd, and what mkma's own initramfs takes from it. */
+export const BASE_PACKAGES = [
+  'systemd-sysv', 'udev', 'kmod', 'dbus',
+  // the initramfs takes these from the image, so build and boot use the same binaries
+  'zstd', 'attr', 'busybox-static', 'util-linux',
+];
+
+export function packageSet(c: Config): string[] {
+  const pkgs = [...BASE_PACKAGES, ...(c.kernelPackage ? [c.kernelPackage] : []), ...c.packages];
+  if (c.installMkma) pkgs.push('nodejs');
+  return [...new Set(pkgs)];
+}
+
+/** dpkg path filters: never generate a distribution initrd (mkma makes its own). */
+export function dpkgOptions(c: Config): string[] {
+  const opts = [
+    'path-exclude=/etc/kernel/postinst.d/initramfs-tools',
+    'path-exclude=/etc/kernel/postinst.d/dracut',
+  ];
+  if (c.slim) {
+    opts.push(
+      'path-exclude=/usr/share/doc/*',
+      // keep the licences: the image is redistributable
+      'path-include=/usr/share/doc/*/copyright',
+      'path-exclude=/usr/share/man/*',
+      'path-exclude=/usr/share/info/*',
+      'path-exclude=/usr/share/locale/*',
+      'path-include=/usr/share/locale/locale.alias',
+    );
+  }
+  return opts;
+}
+
+export function mmdebstrapArgs(c: Config, target: string): string[] {
+  return [
+    `--variant=${c.variant}`,
+    `--architectures=${c.architecture}`,
+    `--components=${c.components.join(',')}`,
+    `--include=${packageSet(c).join(',')}`,
+    ...dpkgOptions(c).map((o) => `--dpkgopt=${o}`),
+    '--aptopt=APT::Install-Recommends "false"',
+    c.suite,
+    target,
+    c.mirror,
+  ];
+}
+
+export class BootstrapError extends Error {}
+
+/** mmdebstrap's and apt's reasons, shortened to what a user can act on. */
+export function summarizeMmdebstrapError(output: string): string {
+  const lines = output.split('\n').map((l) => l.trim()).filter(Boolean);
+  const errors = lines.filter((l) => /^E: /.test(l) && !/^E: (apt-get|mmdebstrap|run_chroot|setup failed|main\(\) failed)/.test(l));
+  const picked = errors.length ? errors : lines.filter((l) => /^(E|W): /.test(l));
+  const unique = [...new Set(picked)].slice(0, 4);
+  const text = unique.length ? unique.join('\n  ') : lines.slice(-5).join('\n  ');
+  let hint = '';
+  if (/Unable to locate package|has no installation candidate/.test(output)) hint = 'check the package names in `packages` (mkma.toml) for this suite';
+  else if (/Failed to fetch|Could not resolve|Temporary failure resolving|Connection refused|Release file/.test(output)) hint = 'check `mirror` and `suite`, and that the mirror is reachable from this machine';
+  return `mmdebstrap failed:\n  ${text}${hint ? `\n  (${hint})` : ''}`;
+}
+
+interface BootstrapState {
+  configHash: string;
+  created: string;
+}
+
+const STATE_FILE = '.mkma-bootstrap.json';
+
+export function reusableChroot(out: string, hash: string): boolean {
+  try {
+    const state = JSON.parse(fs.readFileSync(path.join(out, STATE_FILE), 'utf8')) as BootstrapState;
+    return state.configHash === hash && fs.existsSync(path.join(out, 'chroot', 'usr'));
+  } catch {
+    return false;
+  }
+}
+
+function hostArch(): string {
+  return ({ x64: 'amd64', arm64: 'arm64', ia32: 'i386', arm: 'armhf', ppc64: 'ppc64el', s390x: 's390x', riscv64: 'riscv64' } as Record<string, string>)[os.arch()] ?? os.arch();
+}
+
+/** Foreign-architecture bootstraps run through qemu-user via binfmt_misc. */
+function ensureBinfmt(): void {
+  if (fs.existsSync('/proc/sys/fs/binfmt_misc/status')) return;
+  spawn('mount', ['-t', 'binfmt_misc', 'binfmt_misc', '/proc/sys/fs/binfmt_misc'], { stdio: 'ignore' });
+}
+
+/**
+ * Bootstraps into OUT/chroot.new and renames it to OUT/chroot only when mmdebstrap succeeded,
+ * so a failed bootstrap never destroys the previous tree.
+ */
+export async function bootstrap(c: Config, out: string, hash: string, stage: Stage): Promise<void> {
+  const target = path.join(out, 'chroot.new');
+  fs.rmSync(target, { recursive: true, force: true });
+  if (c.architecture !== hostArch()) ensureBinfmt();
+  const args = mmdebstrapArgs(c, target);
+  const output: string[] = [];
+  const code = await new Promise<number | null>((resolve, reject) => {
+    const child = spawn('mmdebstrap', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const onData = (d: Buffer) => {
+      for (const line of d.toString().split('\n')) {
+        if (!line.trim()) continue;
+        output.push(line);
+        if (output.length > 400) output.shift();
+        if (line.startsWith('I: ')) stage.progress(line.slice(3));
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.on('error', (e) => reject(new BootstrapError(`cannot run mmdebstrap (apt-get install mmdebstrap): ${e.message}`)));
+    child.on('close', resolve);
+  });
+  if (code !== 0) {
+    fs.rmSync(target, { recursive: true, force: true });
+    throw new BootstrapError(summarizeMmdebstrapError(output.join('\n')));
+  }
+  const final = path.join(out, 'chroot');
+  fs.rmSync(final, { recursive: true, force: true });
+  fs.renameSync(target, final);
+  const state: BootstrapState = { configHash: hash, created: new Date().toISOString() };
+  fs.writeFileSync(path.join(out, STATE_FILE), JSON.stringify(state, null, 2) + '\n');
+}

@@ -1,0 +1,59 @@
+// Host tools mkma needs, and the Debian packages that provide them.
+import { spawnSync } from 'node:child_process';
+
+export interface HostTool {
+  command: string;
+  pkg: string;
+  why: string;
+}
+
+export const BUILD_TOOLS: HostTool[] = [
+  { command: 'mmdebstrap', pkg: 'mmdebstrap', why: 'bootstraps the Debian root filesystem' },
+  { command: 'zstd', pkg: 'zstd', why: 'compresses the images' },
+  { command: 'getfattr', pkg: 'attr', why: 'reads extended attributes (file capabilities, ACLs)' },
+  { command: 'setfattr', pkg: 'attr', why: 'restores extended attributes (mkma unpack)' },
+  { command: 'xz', pkg: 'xz-utils', why: 'decompresses kernel modules for the initramfs' },
+  { command: 'depmod', pkg: 'kmod', why: 'indexes kernel modules after trimming' },
+  { command: 'findmnt', pkg: 'util-linux', why: 'finds the storage device for the kernel command line' },
+];
+
+export const QEMU_TOOLS: HostTool[] = [
+  { command: 'qemu-system-x86_64', pkg: 'qemu-system-x86', why: 'boots the image for the smoke test' },
+  { command: 'mke2fs', pkg: 'e2fsprogs', why: 'makes the test disk without mounting anything' },
+  { command: 'debugfs', pkg: 'e2fsprogs', why: 'reads layers back from the test disk' },
+];
+
+export function hasCommand(cmd: string): boolean {
+  return spawnSync('sh', ['-c', `command -v "$1" >/dev/null 2>&1`, 'sh', cmd]).status === 0;
+}
+
+export function missingTools(tools: HostTool[]): HostTool[] {
+  return tools.filter((t) => !hasCommand(t.command));
+}
+
+export class MissingToolsError extends Error {
+  constructor(readonly missing: HostTool[]) {
+    const pkgs = [...new Set(missing.map((t) => t.pkg))];
+    super(
+      `missing host tools: ${missing.map((t) => `${t.command} (${t.why})`).join(', ')}.\n` +
+        `Install them with: apt-get install ${pkgs.join(' ')}   (or run mkma with --install-deps)`,
+    );
+  }
+}
+
+export function requireTools(tools: HostTool[]): void {
+  const missing = missingTools(tools);
+  if (missing.length) throw new MissingToolsError(missing);
+}
+
+/** --install-deps: apt-get install what is missing (apt-get update first, once). */
+export function installTools(tools: HostTool[], log: (s: string) => void): void {
+  const pkgs = [...new Set(missingTools(tools).map((t) => t.pkg))];
+  if (!pkgs.length) return;
+  log(`installing host packages: ${pkgs.join(' ')}`);
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  const up = spawnSync('apt-get', ['update'], { stdio: 'inherit', env });
+  if (up.status !== 0) throw new Error('apt-get update failed');
+  const r = spawnSync('apt-get', ['install', '-y', '--no-install-recommends', ...pkgs], { stdio: 'inherit', env });
+  if (r.status !== 0) throw new Error(`apt-get install ${pkgs.join(' ')} failed`);
+}

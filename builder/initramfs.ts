@@ -1,0 +1,116 @@
+// Stage 4: the initramfs. Build-time half of mkinitcpio's hook pairs: everything the boot
+// needs is resolved here (binaries with their libraries, modules in load order), and the init
+// only executes the result.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { packTree } from '../format/pack.js';
+import { generateInit } from '../init/generate.js';
+import { decompressModule, libraryClosure, moduleClosure, moduleName } from './closure.js';
+import type { KernelInfo } from './kernel.js';
+
+/** Binaries taken from the image (same architecture and versions as the system they boot). */
+export const INITRAMFS_BINARIES = [
+  '/usr/bin/busybox', // static: sh, cpio, mount, switch_root, …
+  '/usr/bin/zstd', // decompresses base and layers
+  '/usr/bin/setfattr', // restores xattrs (capabilities, ACLs) from the manifests
+  '/usr/sbin/blkid', // UUID=, LABEL=, PARTUUID= device specs
+];
+
+export class InitramfsError extends Error {}
+
+export interface InitramfsPlan {
+  modules: string[];
+  moduleFiles: string[];
+  builtin: string[];
+  missing: string[];
+}
+
+export function planModules(k: KernelInfo, wanted: string[], required: string[]): InitramfsPlan {
+  const c = moduleClosure(k.modulesDir, [...wanted, ...required], { optional: false });
+  const missingRequired = c.missing.filter((m) => required.map(moduleName).includes(moduleName(m)));
+  if (missingRequired.length) {
+    throw new InitramfsError(
+      `initramfs_modules not found in kernel ${k.version}: ${missingRequired.join(', ')} ` +
+        `(check the names with: ls ${k.modulesDir}/kernel/**/NAME.ko*)`,
+    );
+  }
+  return { modules: c.order.map(moduleName), moduleFiles: c.order, builtin: c.builtin, missing: c.missing };
+}
+
+function copyIntoStaging(chroot: string, staging: string, rel: string): void {
+  const src = path.join(chroot, rel);
+  const dest = path.join(staging, rel);
+  if (fs.existsSync(dest) || isSymlink(dest)) return;
+  fs.mkdirSync(path.dirname(dest), { recursive: true });
+  const st = fs.lstatSync(src);
+  if (st.isSymbolicLink()) fs.symlinkSync(fs.readlinkSync(src), dest);
+  else if (st.isDirectory()) fs.mkdirSync(dest, { recursive: true });
+  else {
+    fs.copyFileSync(src, dest);
+    fs.chmodSync(dest, st.mode & 0o7777);
+  }
+}
+
+function isSymlink(p: string): boolean {
+  try {
+    return fs.lstatSync(p).isSymbolicLink();
+  } catch {
+    return false;
+  }
+}
+
+export interface InitramfsResult {
+  path: string;
+  bytes: number;
+  files: number;
+  modules: string[];
+  missingModules: string[];
+}
+
+export async function buildInitramfs(opts: {
+  chroot: string;
+  kernel: KernelInfo;
+  out: string;
+  workDir: string;
+  wantedModules: string[];
+  requiredModules: string[];
+  ramSize: string;
+  version: string;
+}): Promise<InitramfsResult> {
+  const staging = path.join(opts.workDir, 'initramfs');
+  fs.rmSync(staging, { recursive: true, force: true });
+  fs.mkdirSync(staging, { recursive: true });
+  // Merged-/usr layout as in the image: /bin, /sbin, /lib, /lib64 are symlinks there.
+  for (const top of ['bin', 'sbin', 'lib', 'lib64']) {
+    if (isSymlink(path.join(opts.chroot, top))) copyIntoStaging(opts.chroot, staging, top);
+  }
+  for (const bin of INITRAMFS_BINARIES) {
+    if (!fs.existsSync(path.join(opts.chroot, bin))) {
+      throw new InitramfsError(`${bin} is missing from the image: the packages zstd, attr, busybox-static and util-linux must be installed`);
+    }
+  }
+  for (const f of libraryClosure(opts.chroot, INITRAMFS_BINARIES).files) copyIntoStaging(opts.chroot, staging, f);
+  fs.symlinkSync('busybox', path.join(staging, 'usr/bin/sh'));
+
+  const plan = planModules(opts.kernel, opts.wantedModules, opts.requiredModules);
+  const modDir = path.join(staging, 'usr/lib/modules/mkma');
+  fs.mkdirSync(modDir, { recursive: true });
+  for (const rel of plan.moduleFiles) {
+    await decompressModule(path.join(opts.kernel.modulesDir, rel), path.join(modDir, `${moduleName(rel)}.ko`));
+  }
+
+  for (const d of ['dev', 'proc', 'sys', 'run', 'mnt', 'overlay', 'etc']) fs.mkdirSync(path.join(staging, d), { recursive: true });
+  // The kernel opens /dev/console for init's stdio before anything is mounted.
+  const mk = spawnSync('mknod', ['-m', '600', path.join(staging, 'dev/console'), 'c', '5', '1']);
+  if (mk.status !== 0) throw new InitramfsError(`mknod dev/console failed: ${mk.stderr}`);
+  fs.writeFileSync(
+    path.join(staging, 'init'),
+    generateInit({ modules: plan.modules, defaultRamSize: opts.ramSize, deviceTimeoutSec: 30, version: opts.version }),
+    { mode: 0o755 },
+  );
+  // Plain newc + one zstd frame: the kernel unpacks it, not mkma. Small, so a high level is cheap.
+  const r = await packTree(staging, opts.out, { kind: 'base', level: 12, threads: 0, manifest: false });
+  fs.rmSync(staging, { recursive: true, force: true });
+  return { path: opts.out, bytes: r.fileBytes, files: r.stats.entries, modules: plan.modules, missingModules: plan.missing };
+}

@@ -1,0 +1,99 @@
+// The image's kernel: where it is, its version, and trimming its modules for small images.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { moduleClosure, moduleName } from './closure.js';
+
+export interface KernelInfo {
+  version: string;
+  /** absolute path of the kernel image (in the chroot, or the host's with --host-kernel) */
+  image: string;
+  /** absolute path of the modules directory (…/lib/modules/<version>) */
+  modulesDir: string;
+}
+
+export class KernelError extends Error {}
+
+const versionCompare = (a: string, b: string) => a.localeCompare(b, 'en', { numeric: true });
+
+/** The newest kernel installed in the chroot (there is normally exactly one). */
+export function findImageKernel(chroot: string): KernelInfo {
+  const modulesRoot = path.join(chroot, 'usr/lib/modules');
+  const versions = fs.existsSync(modulesRoot)
+    ? fs.readdirSync(modulesRoot).filter((v) => fs.existsSync(path.join(chroot, 'boot', `vmlinuz-${v}`))).sort(versionCompare)
+    : [];
+  const version = versions.at(-1);
+  if (!version) {
+    throw new KernelError(
+      `no kernel in the image (no /boot/vmlinuz-* with matching /usr/lib/modules/*): ` +
+        `set kernel_package in mkma.toml (e.g. linux-image-amd64) or use --host-kernel`,
+    );
+  }
+  return { version, image: path.join(chroot, 'boot', `vmlinuz-${version}`), modulesDir: path.join(modulesRoot, version) };
+}
+
+/** --host-kernel: the running kernel and its modules, copied into the image as the original mkma.sh did. */
+export function installHostKernel(chroot: string): KernelInfo {
+  const version = os.release();
+  const image = `/boot/vmlinuz-${version}`;
+  const mods = [`/usr/lib/modules/${version}`, `/lib/modules/${version}`].find((d) => fs.existsSync(d));
+  if (!fs.existsSync(image) || !mods) {
+    throw new KernelError(
+      `--host-kernel: this machine's kernel ${version} has no ${image} or modules directory ` +
+        `(not a Debian kernel?). Build without --host-kernel to use the image's own kernel package.`,
+    );
+  }
+  const dest = path.join(chroot, 'usr/lib/modules', version);
+  fs.rmSync(dest, { recursive: true, force: true });
+  fs.cpSync(mods, dest, { recursive: true, verbatimSymlinks: true });
+  fs.copyFileSync(image, path.join(chroot, 'boot', `vmlinuz-${version}`));
+  return { version, image: path.join(chroot, 'boot', `vmlinuz-${version}`), modulesDir: dest };
+}
+
+/**
+ * Keeps only `keep` (with dependencies) of the kernel's modules and re-indexes them. For test
+ * images: the full set is ~100 MB that every TCG boot would unpack for nothing.
+ */
+export function trimModules(k: KernelInfo, keep: string[], chroot: string): { kept: number; removed: number } {
+  const closure = moduleClosure(k.modulesDir, keep, { optional: true });
+  const keepSet = new Set(closure.order);
+  let kept = 0;
+  let removed = 0;
+  const walk = (dir: string, rel: string) => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      const abs = path.join(dir, e.name);
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) {
+        walk(abs, r);
+        if (fs.readdirSync(abs).length === 0) fs.rmdirSync(abs);
+      } else if (/\.ko(\.(xz|zst|gz))?$/.test(e.name)) {
+        if (keepSet.has(r)) kept++;
+        else {
+          fs.unlinkSync(abs);
+          removed++;
+        }
+      }
+    }
+  };
+  for (const top of ['kernel', 'updates', 'extra']) {
+    const d = path.join(k.modulesDir, top);
+    if (fs.existsSync(d)) walk(d, top);
+  }
+  const r = spawnSync('depmod', ['-b', chroot, k.version], { encoding: 'utf8' });
+  if (r.status !== 0) throw new KernelError(`depmod failed: ${r.stderr || r.error}`);
+  return { kept, removed };
+}
+
+/** Storage and filesystem drivers every mkma initramfs carries (missing ones are skipped). */
+export const INITRAMFS_MODULES = [
+  // disks: NVMe, SATA/AHCI, USB sticks, SD cards, virtual machines
+  'nvme', 'ahci', 'sd_mod', 'usb_storage', 'uas', 'xhci_pci', 'ehci_pci', 'ohci_pci', 'uhci_hcd',
+  'mmc_block', 'sdhci_pci', 'virtio_blk', 'virtio_pci', 'virtio_scsi',
+  // filesystems the images may live on, and the root's overlay
+  'ext4', 'vfat', 'nls_cp437', 'nls_iso8859_1', 'nls_utf8', 'btrfs', 'overlay',
+  // ext4's checksums: crc32c_intel fails on CPUs without SSE4.2 (QEMU's TCG), generic covers it
+  'crc32c_generic',
+];
+
+export { moduleName };

@@ -1,0 +1,260 @@
+// Turns defaults + mkma.toml + environment + command line into the one typed Config, checking
+// every value against config/schema.ts. Errors name the file, line and key, and say what the
+// value should be, so the user can fix mkma.toml without reading the code.
+
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { parse, TomlError, type TomlValue } from 'smol-toml';
+import { SETTINGS, hostnameProblem, type Setting, type SettingType } from './schema.js';
+import type { Config } from './types.js';
+
+export class ConfigError extends Error {
+  readonly file: string | null;
+  readonly key: string | null;
+  readonly line: number | null;
+
+  constructor(
+    problem: string,
+    where: { file: string | null; key: string | null; line: number | null; column?: number },
+  ) {
+    const pos = where.line === null ? '' : `${where.line}${where.column ? `:${where.column}` : ''}`;
+    const prefix = where.file
+      ? `${where.file}${pos ? `:${pos}` : ''}: `
+      : pos ? `line ${pos}: ` : '';
+    super(prefix + problem);
+    this.name = 'ConfigError';
+    this.file = where.file;
+    this.key = where.key;
+    this.line = where.line;
+  }
+}
+
+interface ParseOptions {
+  file: string | null;
+  env: NodeJS.ProcessEnv;
+  /** explicit hostname (the CLI's HOSTNAME argument): beats file and environment */
+  hostname?: string;
+  /** used when neither the file nor the command line names a hostname */
+  defaultHostname: string;
+}
+
+const BY_KEY = new Map(SETTINGS.map((s) => [s.key, s]));
+
+/** Pure: parses mkma.toml's text (no I/O). Precedence: defaults < file < env < `hostname`. */
+export function parseConfigText(text: string, opts: ParseOptions): Config {
+  const { file } = opts;
+  let doc: Record<string, TomlValue>;
+  try {
+    doc = parse(text);
+  } catch (e) {
+    if (!(e instanceof TomlError)) throw e;
+    // smol-toml's message is "Invalid TOML document: <reason>" followed by a code excerpt.
+    const reason = e.message.split('\n')[0].replace(/^Invalid TOML document: /, '');
+    throw new ConfigError(`invalid TOML: ${reason}`, { file, key: null, line: e.line, column: e.column });
+  }
+
+  const raw = new Map<string, TomlValue | null>(SETTINGS.map((s) => [s.key, s.default]));
+
+  for (const [key, value] of Object.entries(doc)) {
+    const line = lineOf(text, key);
+    const s = BY_KEY.get(key);
+    if (!s) {
+      const near = closest(key, [...BY_KEY.keys()]);
+      const hint = near ? ` (did you mean "${near}"?)` : '';
+      throw new ConfigError(`key "${key}" is unknown${hint}`, { file, key, line });
+    }
+    const problem = valueProblem(s, value);
+    if (problem) throw new ConfigError(keyed(key, problem), { file, key, line });
+    raw.set(key, value);
+  }
+
+  for (const s of SETTINGS) {
+    const text = s.env ? opts.env[s.env] : undefined;
+    // An empty variable counts as unset (`MKMA_COMPRESSION_LEVEL= mkma build`).
+    if (text === undefined || text === '') continue;
+    const value = fromEnv(s.type, text);
+    const problem =
+      value === undefined ? `must be ${expected(s.type)}, got ${JSON.stringify(text)}` : valueProblem(s, value);
+    if (problem) throw new ConfigError(keyed(s.env!, problem), { file: null, key: s.key, line: null });
+    raw.set(s.key, value!);
+  }
+
+  if (opts.hostname !== undefined) {
+    const problem = hostnameProblem(opts.hostname);
+    if (problem) throw new ConfigError(`hostname: ${problem} (given on the command line)`, { file: null, key: 'hostname', line: null });
+    raw.set('hostname', opts.hostname);
+  }
+  if (raw.get('hostname') === null) {
+    const problem = hostnameProblem(opts.defaultHostname);
+    if (problem)
+      throw new ConfigError(
+        `hostname: the build host's name ${problem}; set hostname in mkma.toml or give one on the command line`,
+        { file: null, key: 'hostname', line: null },
+      );
+    raw.set('hostname', opts.defaultHostname);
+  }
+
+  // Every field is set from its schema entry (the schema is keyed by Config field, so none is
+  // missing) and every value was validated above: the cast only restates that.
+  const config: Record<string, unknown> = { source: file };
+  for (const s of SETTINGS) {
+    const v = raw.get(s.key)!;
+    config[s.field] = s.toConfig ? s.toConfig(v) : v;
+  }
+  return config as unknown as Config;
+}
+
+/** Reads and parses a config file; without `file`, defaults + env + arguments only. */
+export function loadConfig(opts: Omit<ParseOptions, 'file'> & { file?: string }): Config {
+  const file = opts.file ?? null;
+  let text = '';
+  if (file !== null) {
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      const why = err.code === 'ENOENT' ? 'no such file' : err.code === 'EISDIR' ? 'is a directory' : err.message;
+      throw new ConfigError(`cannot read the configuration file: ${why}`, { file, key: null, line: null });
+    }
+  }
+  return parseConfigText(text, { ...opts, file });
+}
+
+/**
+ * Identifies the bootstrapped tree a configuration produces: the builder stores it next to the
+ * chroot and reuses the chroot only when the hash is unchanged. It covers every setting except
+ * those the schema marks `affectsTree: false` (compression level, RAM size: packing and boot
+ * only) and `source`; `extra` adds anything else the tree depends on (mkma version, hook
+ * contents). Object key order does not matter; list order does (a needless rebuild is the
+ * safe mistake).
+ */
+export function configHash(c: Config, extra: string[] = []): string {
+  const tree: Record<string, unknown> = {};
+  for (const s of SETTINGS) if (s.affectsTree !== false) tree[s.field] = c[s.field];
+  return createHash('sha256').update(canonicalJson({ tree, extra })).digest('hex');
+}
+
+/** Plain object with the TOML keys, for `--json` output. */
+export function describeConfig(c: Config): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const s of SETTINGS) out[s.key] = s.toToml ? s.toToml(c[s.field]) : c[s.field];
+  out.source = c.source;
+  return out;
+}
+
+/** What is wrong with a TOML value for this setting (to follow the key), or null. */
+export function valueProblem(s: Setting, v: TomlValue): string | null {
+  const t = s.type;
+  const wrong = `must be ${expected(t)}, got ${describe(v)}`;
+  const each = (check: ((x: string) => string | null) | undefined, xs: string[]) => {
+    for (const x of xs) {
+      const p = check?.(x);
+      if (p) return p;
+    }
+    return null;
+  };
+  switch (t.kind) {
+    case 'string':
+      return typeof v === 'string' ? each(t.check, [v]) : wrong;
+    case 'string[]':
+      return isStringList(v) ? each(t.check, v) : wrong;
+    case 'integer':
+      if (typeof v !== 'number' || !Number.isInteger(v)) return wrong;
+      return v < t.min || v > t.max ? `must be ${expected(t)}, got ${v}` : null;
+    case 'boolean':
+      return typeof v === 'boolean' ? null : wrong;
+    case 'enum':
+      if (typeof v !== 'string') return wrong;
+      return t.values.includes(v) ? null : `must be ${expected(t)}, got ${JSON.stringify(v)}`;
+    case 'all-or-list':
+      if (v === 'all') return null;
+      return isStringList(v) ? each(t.check, v) : wrong;
+  }
+}
+
+function expected(t: SettingType): string {
+  switch (t.kind) {
+    case 'string': return 'a string';
+    case 'string[]': return 'a list of strings';
+    case 'integer': return `an integer from ${t.min} to ${t.max}`;
+    case 'boolean': return 'true or false';
+    case 'enum': return `one of ${t.values.join(', ')}`;
+    case 'all-or-list': return '"all" or a list of strings';
+  }
+}
+
+/** TOML type of a value, as users know the names. */
+function describe(v: TomlValue): string {
+  if (Array.isArray(v)) {
+    const odd = v.find((x) => typeof x !== 'string');
+    return odd === undefined ? 'list of strings' : `list containing ${describe(odd)}`;
+  }
+  if (typeof v === 'string') return 'string';
+  if (typeof v === 'number') return Number.isInteger(v) ? 'integer' : 'float';
+  if (typeof v === 'boolean') return 'boolean';
+  if (typeof v === 'bigint') return 'integer';
+  if (v instanceof Date) return 'datetime';
+  return 'table';
+}
+
+function isStringList(v: TomlValue): v is string[] {
+  return Array.isArray(v) && v.every((x) => typeof x === 'string');
+}
+
+function keyed(name: string, problem: string): string {
+  return problem.startsWith('must ') ? `${name} ${problem}` : `${name}: ${problem}`;
+}
+
+/** Environment text → TOML value of the setting's type; undefined when it cannot be one. */
+function fromEnv(t: SettingType, text: string): TomlValue | undefined {
+  const s = text.trim();
+  switch (t.kind) {
+    case 'integer': return /^[+-]?[0-9]+$/.test(s) ? Number(s) : undefined;
+    case 'boolean': return /^(1|true|yes)$/i.test(s) ? true : /^(0|false|no)$/i.test(s) ? false : undefined;
+    case 'string[]': return s.split(/[\s,]+/).filter(Boolean);
+    case 'all-or-list': return s === 'all' ? s : s.split(/[\s,]+/).filter(Boolean);
+    default: return s;
+  }
+}
+
+/**
+ * Line of `key` in the source. smol-toml reports no positions for values, so this scans for
+ * the key at the start of a line (`key =`, `key.sub =`, `[key]`); null when not found.
+ */
+function lineOf(text: string, key: string): number | null {
+  const k = `["']?${key.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}["']?`;
+  const re = new RegExp(`^\\s*(?:${k}\\s*[.=]|\\[+\\s*${k}\\s*[\\].])`);
+  const i = text.split(/\r?\n/).findIndex((l) => re.test(l));
+  return i < 0 ? null : i + 1;
+}
+
+/** The known key nearest to `key` by edit distance, if near enough to be a typo. */
+function closest(key: string, known: string[]): string | null {
+  const norm = (s: string) => s.toLowerCase().replace(/-/g, '_');
+  let best: string | null = null;
+  let bestD = Math.max(2, Math.floor(key.length / 3)) + 1;
+  for (const k of known) {
+    const d = editDistance(norm(key), norm(k));
+    if (d < bestD) [best, bestD] = [k, d];
+  }
+  return best;
+}
+
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++)
+      cur[j] = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = cur;
+  }
+  return prev[b.length];
+}
+
+/** JSON with object keys sorted at every level, so equal values give equal text. */
+function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  if (v !== null && typeof v === 'object')
+    return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`).join(',')}}`;
+  return JSON.stringify(v);
+}

@@ -1,0 +1,224 @@
+# --- layer.sh: reading mkma images and applying layers (shell side of format/manifest.ts) ---
+# Generated constants (from format/manifest.ts): FOOTER_TAG, FOOTER_SIZE, XATTR_SECTION.
+# The rules are written down once, in format/manifest.ts; format/apply.ts is the TypeScript
+# side. Both are run against test/fixtures/layers and must give identical trees.
+# busybox ash: `local` is supported and needed for the recursive merge.
+# shellcheck disable=SC3043
+
+# read_manifest FILE OUT: writes FILE's manifest body to OUT; fails (with $M_ERROR set) when
+# the file is truncated or not an mkma image. Sets M_KIND M_ENTRIES M_UNPACKED M_DATA_BYTES.
+read_manifest() {
+	M_ERROR=''
+	_size=$(stat -c %s "$1" 2>/dev/null) || { M_ERROR="cannot read"; return 1; }
+	if [ "$_size" -lt $((FOOTER_SIZE + 8)) ]; then
+		M_ERROR="too small ($_size bytes)"
+		return 1
+	fi
+	_footer=$(tail -c "$FOOTER_SIZE" "$1")
+	case $_footer in
+	"$FOOTER_TAG"*) ;;
+	*)
+		M_ERROR="no manifest at its end (truncated, or not an mkma image)"
+		return 1
+		;;
+	esac
+	_len=${_footer#"$FOOTER_TAG"}
+	_len=$((_len + 0))
+	if [ "$_len" -le 0 ] || [ "$_len" -gt "$_size" ]; then
+		M_ERROR="damaged manifest footer"
+		return 1
+	fi
+	tail -c $((_len + FOOTER_SIZE)) "$1" | head -c "$_len" >"$2"
+	M_KIND='' M_ENTRIES='' M_UNPACKED='' M_DATA_BYTES=''
+	while IFS=' ' read -r _k _v; do
+		case $_k in
+		kind) M_KIND=$_v ;;
+		entries) M_ENTRIES=$_v ;;
+		unpacked_bytes) M_UNPACKED=$_v ;;
+		data_bytes) M_DATA_BYTES=$_v ;;
+		"$XATTR_SECTION") break ;;
+		esac
+	done <"$2"
+	if [ -z "$M_KIND" ] || [ -z "$M_DATA_BYTES" ] || [ -z "$M_UNPACKED" ]; then
+		M_ERROR="manifest is incomplete"
+		return 1
+	fi
+	# The data must end exactly where the manifest frame starts: catches a file cut at a
+	# zstd frame boundary, which the zstd checksums alone would not notice.
+	if [ $((M_DATA_BYTES + 8 + _len + FOOTER_SIZE)) -ne "$_size" ]; then
+		M_ERROR="size mismatch: data is $((_size - 8 - _len - FOOTER_SIZE)) bytes, manifest says $M_DATA_BYTES (truncated or damaged)"
+		return 1
+	fi
+	return 0
+}
+
+# extract FILE DIR: unpacks the whole archive into DIR (busybox cpio), failing if zstd
+# (checksums, truncation) or cpio (structure) fails. No pipefail in POSIX sh: zstd's status
+# travels through a file.
+extract() {
+	rm -f "$MKMA_TMP/zstd.status"
+	case $1 in
+	/*) _file=$1 ;;
+	*) _file=$PWD/$1 ;;
+	esac
+	(
+		cd "$2" || exit 1
+		{ zstd -q -dc -- "$_file" || echo "$?" >"$MKMA_TMP/zstd.status"; } | cpio -i -d -m 2>"$MKMA_TMP/cpio.err"
+	) || {
+		M_ERROR="cpio: $(tail -n 1 "$MKMA_TMP/cpio.err")"
+		return 1
+	}
+	if [ -e "$MKMA_TMP/zstd.status" ]; then
+		M_ERROR="zstd could not decompress it (corrupt or truncated data)"
+		return 1
+	fi
+	return 0
+}
+
+# decode ESCAPED: prints the raw path (octal \0NN escapes, see escapePath in manifest.ts)
+decode() {
+	_d=$(printf '%bx' "$1")
+	printf '%s' "${_d%x}"
+}
+
+# parents_are_dirs ROOT REL: true when every parent of REL under ROOT is a real directory.
+# A path under a symlink does not exist in the layer's view; following it would delete
+# something else.
+parents_are_dirs() {
+	_p=$1
+	_rest=$2
+	while :; do
+		case $_rest in
+		*/*) ;;
+		*) return 0 ;;
+		esac
+		_p="$_p/${_rest%%/*}"
+		_rest=${_rest#*/}
+		if [ -L "$_p" ] || [ ! -d "$_p" ]; then
+			return 1
+		fi
+	done
+}
+
+# apply_removals TREE MANIFEST: rule 2, every `opaque` and `delete` path leaves the tree.
+apply_removals() {
+	M_REMOVED=0
+	while IFS= read -r _line; do
+		case $_line in
+		"opaque "* | "delete "*) ;;
+		"$XATTR_SECTION") break ;;
+		*) continue ;;
+		esac
+		_rel=$(decode "${_line#* }")
+		parents_are_dirs "$1" "$_rel" || continue
+		[ -n "$_rel" ] || continue
+		if [ -e "$1/$_rel" ] || [ -L "$1/$_rel" ]; then
+			rm -rf "${1:?}/$_rel"
+			M_REMOVED=$((M_REMOVED + 1))
+		fi
+	done <"$2"
+}
+
+# copy_dir_meta FROM TO: owner, then mode (chown clears setgid), then mtime.
+copy_dir_meta() {
+	chown "$(stat -c %u:%g "$1")" "$2"
+	chmod "$(stat -c %a "$1")" "$2"
+	touch -r "$1" "$2"
+}
+
+# merge_dir STAGE TREE: rule 3, top-down; globs (not find | read) so any byte in a name is safe.
+merge_dir() {
+	local s t
+	for s in "$1"/* "$1"/.[!.]* "$1"/..?*; do
+		[ -e "$s" ] || [ -L "$s" ] || continue
+		t="$2/${s##*/}"
+		if [ -d "$s" ] && [ ! -L "$s" ] && [ -d "$t" ] && [ ! -L "$t" ]; then
+			merge_dir "$s" "$t"
+			copy_dir_meta "$s" "$t"
+		else
+			if [ -e "$t" ] || [ -L "$t" ]; then
+				rm -rf "$t"
+			fi
+			mv "$s" "$t"
+		fi
+	done
+}
+
+# restore_xattrs TREE MANIFEST: rule 4, the %xattrs section through setfattr --restore.
+restore_xattrs() {
+	sed -n "/^$XATTR_SECTION\$/,\$p" "$2" | tail -n +2 >"$MKMA_TMP/xattrs"
+	[ -s "$MKMA_TMP/xattrs" ] || return 0
+	grep -q '^# file: ' "$MKMA_TMP/xattrs" || return 0
+	(cd "$1" && setfattr -h --restore="$MKMA_TMP/xattrs") 2>"$MKMA_TMP/setfattr.err" || {
+		warn "some extended attributes could not be restored: $(tail -n 1 "$MKMA_TMP/setfattr.err")"
+	}
+}
+
+# unpack_base FILE TREE: the base image into an empty TREE.
+unpack_base() {
+	read_manifest "$1" "$MKMA_TMP/base.manifest" || return 1
+	if [ "$M_KIND" != base ]; then
+		M_ERROR="not a base image (kind $M_KIND)"
+		return 1
+	fi
+	extract "$1" "$2" || return 1
+	restore_xattrs "$2" "$MKMA_TMP/base.manifest"
+}
+
+# apply_layer FILE TREE STAGE: all or nothing. Everything that can fail (manifest, zstd
+# checksums, cpio) happens in STAGE before the tree is touched.
+apply_layer() {
+	rm -rf "$3"
+	mkdir -p "$3"
+	if ! read_manifest "$1" "$MKMA_TMP/layer.manifest"; then
+		rm -rf "$3"
+		return 1
+	fi
+	if [ "$M_KIND" != layer ]; then
+		M_ERROR="not a layer (kind $M_KIND)"
+		rm -rf "$3"
+		return 1
+	fi
+	if ! extract "$1" "$3"; then
+		rm -rf "$3"
+		return 1
+	fi
+	apply_removals "$2" "$MKMA_TMP/layer.manifest"
+	merge_dir "$3" "$2"
+	restore_xattrs "$2" "$MKMA_TMP/layer.manifest"
+	rm -rf "$3"
+	return 0
+}
+
+# sort_layers DIR: layer file names in natural order (format/names.ts: naturalKey), one per
+# line. Names outside the layer pattern are not layers and are reported, not applied.
+sort_layers() {
+	for _f in "$1"/"$LAYER_PREFIX"*"$LAYER_SUFFIX"; do
+		[ -f "$_f" ] || continue
+		_n=${_f##*/}
+		_id=${_n#"$LAYER_PREFIX"}
+		_id=${_id%"$LAYER_SUFFIX"}
+		case $_id in
+		[0-9A-Za-z]*) ;;
+		*)
+			warn "ignoring $_n: not a layer name"
+			continue
+			;;
+		esac
+		case $_id in
+		*[!0-9A-Za-z._+-]*)
+			warn "ignoring $_n: not a layer name"
+			continue
+			;;
+		esac
+		printf '%s\n' "$_n"
+	done | awk '{
+		key = ""; s = substr($0, length(P) + 1); s = substr(s, 1, length(s) - length(S))
+		while (match(s, /[0-9]+/)) {
+			d = substr(s, RSTART, RLENGTH); sub(/^0+/, "", d); if (d == "") d = "0"
+			while (length(d) < 20) d = "0" d
+			key = key substr(s, 1, RSTART - 1) d; s = substr(s, RSTART + RLENGTH)
+		}
+		print key s "\t" $0
+	}' P="$LAYER_PREFIX" S="$LAYER_SUFFIX" | sort | cut -f 2
+}

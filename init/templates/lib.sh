@@ -1,0 +1,60 @@
+# --- lib.sh: logging and failure handling -------------------------------------------------
+# Every phase line has the uptime so that boots can be measured from the console log:
+#   mkma[ 12.34]: phase <name> <text>
+# They go to the console and, at debug priority (not echoed to the console twice), to the
+# kernel log.
+
+MKMA_DEBUG=${MKMA_DEBUG:-}
+MKMA_ON_ERROR=${MKMA_ON_ERROR:-shell}
+
+uptime_now() {
+	read -r _up _idle </proc/uptime 2>/dev/null || _up=0
+	printf '%s' "$_up"
+}
+
+to_kmsg() {
+	[ -w /dev/kmsg ] && printf '<7>%s\n' "$1" >/dev/kmsg 2>/dev/null
+	return 0
+}
+
+log() {
+	_line="mkma[$(uptime_now)]: $*"
+	printf '%s\n' "$_line"
+	to_kmsg "$_line"
+}
+
+phase() {
+	log "phase $*"
+}
+
+debug() {
+	[ -n "$MKMA_DEBUG" ] && log "debug $*"
+	return 0
+}
+
+warn() {
+	log "WARNING $*"
+}
+
+# fatal WHAT HINT: an essential step failed; say what and what to check, then act on
+# mkma_on_error (shell|reboot|halt).
+fatal() {
+	log "FATAL $1"
+	[ -n "${2:-}" ] && log "hint: $2"
+	case $MKMA_ON_ERROR in
+	reboot)
+		log "rebooting in 10 s (mkma_on_error=reboot)"
+		sleep 10
+		reboot -f
+		;;
+	halt)
+		log "halting (mkma_on_error=halt)"
+		poweroff -f
+		;;
+	*)
+		log "starting a shell (mkma_on_error=shell); exit it to retry switch_root"
+		setsid cttyhack sh || sh
+		;;
+	esac
+	return 1
+}

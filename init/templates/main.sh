@@ -1,0 +1,196 @@
+# --- main.sh: the boot ------------------------------------------------------------------
+# Generated constants: MKMA_MODULES (load order, decided at build time from modules.dep),
+# MKMA_DEFAULT_RAM_SIZE, MKMA_DEVICE_TIMEOUT.
+
+STORAGE=/mnt/storage
+ROOT=/overlay
+MKMA_TMP=/run/mkma
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+
+mount_pseudo() {
+	# applet links (mount, cpio, switch_root, …); real binaries already there are kept
+	/usr/bin/busybox --install -s
+	mkdir -p /dev /proc /sys /run "$STORAGE" "$ROOT"
+	mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev 2>/dev/null
+	mount -t proc -o nosuid,nodev,noexec proc /proc
+	mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+	mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+	mkdir -p "$MKMA_TMP"
+}
+
+# Kernel command line: mkma_storage_device= mkma_images_path= mkma_ram_size= mkma_on_error=
+# mkma_debug mkma_break mkma_device_timeout=
+parse_cmdline() {
+	MKMA_DEVICE=
+	MKMA_IMAGES_PATH=/
+	MKMA_RAM_SIZE=$MKMA_DEFAULT_RAM_SIZE
+	MKMA_BREAK=
+	read -r _cmdline </proc/cmdline
+	for _arg in $_cmdline; do
+		case $_arg in
+		mkma_storage_device=*) MKMA_DEVICE=${_arg#*=} ;;
+		mkma_images_path=*) MKMA_IMAGES_PATH=${_arg#*=} ;;
+		mkma_ram_size=*) MKMA_RAM_SIZE=${_arg#*=} ;;
+		mkma_on_error=*) MKMA_ON_ERROR=${_arg#*=} ;;
+		mkma_device_timeout=*) MKMA_DEVICE_TIMEOUT=${_arg#*=} ;;
+		mkma_debug | mkma_debug=1) MKMA_DEBUG=1 ;;
+		mkma_break | mkma_break=1) MKMA_BREAK=1 ;;
+		esac
+	done
+}
+
+load_modules() {
+	for _m in $MKMA_MODULES; do
+		if insmod "/lib/modules/mkma/$_m.ko" 2>"$MKMA_TMP/insmod.err"; then
+			debug "loaded $_m"
+		else
+			# e.g. crc32c_intel under an emulated CPU; a generic fallback is in the list too
+			debug "could not load $_m: $(cat "$MKMA_TMP/insmod.err")"
+		fi
+	done
+}
+
+# resolve_device SPEC: prints the device node for /dev/..., UUID=, LABEL=, PARTUUID=.
+resolve_device() {
+	case $1 in
+	/dev/*)
+		[ -b "$1" ] && printf '%s\n' "$1"
+		;;
+	UUID=* | LABEL=* | PARTUUID=* | PARTLABEL=*)
+		blkid -l -o device -t "$1" 2>/dev/null || findfs "$1" 2>/dev/null
+		;;
+	*)
+		return 1
+		;;
+	esac
+}
+
+# No udev here: devtmpfs creates the nodes; poll until the device appears or time runs out.
+wait_for_device() {
+	_deadline=$(($(cut -d. -f1 /proc/uptime) + MKMA_DEVICE_TIMEOUT))
+	while :; do
+		DEVICE=$(resolve_device "$MKMA_DEVICE" | head -n 1)
+		[ -n "$DEVICE" ] && return 0
+		[ "$(cut -d. -f1 /proc/uptime)" -ge "$_deadline" ] && return 1
+		sleep 0.1
+	done
+}
+
+mount_storage() {
+	if [ -z "$MKMA_DEVICE" ]; then
+		fatal "no storage device given" \
+			"add mkma_storage_device=<device|UUID=…|LABEL=…> mkma_images_path=<dir> to the kernel command line (mkma build prints both)"
+		return 1
+	fi
+	phase device "waiting for $MKMA_DEVICE (up to ${MKMA_DEVICE_TIMEOUT}s)"
+	if ! wait_for_device; then
+		fatal "storage device $MKMA_DEVICE did not appear within ${MKMA_DEVICE_TIMEOUT}s" \
+			"check mkma_storage_device=; known block devices: $(cd /sys/class/block 2>/dev/null && echo *)"
+		return 1
+	fi
+	phase device-found "$DEVICE"
+	if ! mount -o ro "$DEVICE" "$STORAGE" 2>"$MKMA_TMP/mount.err"; then
+		fatal "cannot mount $DEVICE read-only: $(cat "$MKMA_TMP/mount.err")" \
+			"is the filesystem's module in the initramfs? (initramfs_modules in mkma.toml)"
+		return 1
+	fi
+	IMAGES="$STORAGE/${MKMA_IMAGES_PATH#/}"
+	IMAGES=${IMAGES%/}
+	if [ ! -f "$IMAGES/base.cpio.zst" ]; then
+		fatal "no base image at $MKMA_DEVICE:$MKMA_IMAGES_PATH/base.cpio.zst" \
+			"check mkma_images_path=; that directory holds: $(cd "$IMAGES" 2>/dev/null && echo *)"
+		return 1
+	fi
+}
+
+# The tmpfs must hold the base and every layer: refuse plainly instead of dying halfway.
+check_space() {
+	_need=$M_UNPACKED
+	for _l in $(sort_layers "$IMAGES"); do
+		if read_manifest "$IMAGES/$_l" "$MKMA_TMP/size.manifest"; then
+			_need=$((_need + M_UNPACKED))
+		fi
+	done
+	_avail_kb=$(df -k "$ROOT" | awk 'NR==2 { print $4 }')
+	_need_kb=$((_need / 1024))
+	debug "space: need ${_need_kb} KiB, tmpfs has ${_avail_kb} KiB"
+	if [ "$_need_kb" -gt "$_avail_kb" ]; then
+		_mem_kb=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
+		fatal "the system needs $((_need_kb / 1024)) MiB of RAM filesystem but mkma_ram_size=$MKMA_RAM_SIZE gives $((_avail_kb / 1024)) MiB (RAM: $((_mem_kb / 1024)) MiB)" \
+			"give the machine more memory, raise mkma_ram_size= (e.g. 75%), or persist less"
+		return 1
+	fi
+}
+
+unpack_all() {
+	if ! mount -t tmpfs -o "size=$MKMA_RAM_SIZE,mode=0755" tmpfs "$ROOT" 2>"$MKMA_TMP/mount.err"; then
+		fatal "cannot mount the RAM filesystem (size=$MKMA_RAM_SIZE): $(cat "$MKMA_TMP/mount.err")" \
+			"check mkma_ram_size= (a size such as 4G or a percentage of RAM such as 50%)"
+		return 1
+	fi
+	mkdir -p "$ROOT/base" "$ROOT/fresh" "$ROOT/work" "$ROOT/merge"
+	if ! read_manifest "$IMAGES/base.cpio.zst" "$MKMA_TMP/base.manifest"; then
+		fatal "base image $IMAGES/base.cpio.zst is unusable: $M_ERROR" "rebuild it with mkma build, or copy it again"
+		return 1
+	fi
+	check_space || return 1
+	_t0=$(uptime_now)
+	phase unpack-base "$((M_DATA_BYTES / 1048576)) MiB compressed, $((M_UNPACKED / 1048576)) MiB unpacked, $M_ENTRIES entries"
+	if ! unpack_base "$IMAGES/base.cpio.zst" "$ROOT/base"; then
+		fatal "base image $IMAGES/base.cpio.zst could not be unpacked: $M_ERROR" \
+			"out of memory? (see above); otherwise the image is damaged: rebuild or copy it again"
+		return 1
+	fi
+	_t1=$(uptime_now)
+	phase base-unpacked "in $(awk "BEGIN { printf \"%.2f\", $_t1 - $_t0 }") s, $(awk "BEGIN { d = $_t1 - $_t0; if (d <= 0) d = 0.01; printf \"%.1f\", $M_UNPACKED / 1048576 / d }") MB/s"
+	_applied=0
+	_skipped=0
+	for _l in $(sort_layers "$IMAGES"); do
+		if apply_layer "$IMAGES/$_l" "$ROOT/base" "$ROOT/stage"; then
+			phase layer-applied "$_l ($M_ENTRIES entries, $M_REMOVED removed)"
+			_applied=$((_applied + 1))
+		else
+			# Loud: on the console and in the kernel log, so that it is noticed after boot.
+			log "LAYER SKIPPED $_l: $M_ERROR"
+			_skipped=$((_skipped + 1))
+		fi
+	done
+	phase layers-done "$_applied applied, $_skipped skipped"
+}
+
+mount_root() {
+	# redirect_dir/metacopy off: the upperdir stays self-describing, so `mkma persist` can
+	# save it as a plain layer.
+	if ! mount -t overlay overlay \
+		-o "lowerdir=$ROOT/base,upperdir=$ROOT/fresh,workdir=$ROOT/work,redirect_dir=off,metacopy=off" \
+		"$ROOT/merge" 2>"$MKMA_TMP/mount.err"; then
+		fatal "cannot mount overlayfs: $(cat "$MKMA_TMP/mount.err")" "is the overlay module in the initramfs?"
+		return 1
+	fi
+	mkdir -p "$ROOT/merge/overlay"
+	mount --bind "$ROOT" "$ROOT/merge/overlay"
+	# Where the images came from, for `mkma persist` (it also reads /proc/cmdline).
+	printf 'device=%s\nimages_path=%s\n' "$MKMA_DEVICE" "$MKMA_IMAGES_PATH" >"$ROOT/boot.env"
+	umount "$STORAGE" 2>/dev/null || warn "could not unmount the storage device"
+}
+
+boot() {
+	mount_pseudo
+	parse_cmdline
+	phase start "mkma init"
+	load_modules
+	phase modules-loaded
+	until mount_storage; do :; done
+	until unpack_all; do umount "$ROOT" 2>/dev/null; done
+	until mount_root; do :; done
+	if [ -n "$MKMA_BREAK" ]; then
+		log "mkma_break: shell before switch_root (exit to continue)"
+		setsid cttyhack sh || sh
+	fi
+	phase switch-root "/sbin/init"
+	for _m in /dev /proc /sys /run; do
+		mkdir -p "$ROOT/merge$_m"
+		mount --move "$_m" "$ROOT/merge$_m" 2>/dev/null || true
+	done
+	exec switch_root "$ROOT/merge" /sbin/init
+}
