@@ -15,7 +15,7 @@ import { bootstrap, reusableChroot } from './bootstrap.js';
 import { findStorage, grubEntry, kernelCommandLine, systemdBootEntry, type StorageLocation } from './bootentries.js';
 import { configure, packageRoot } from './configure.js';
 import { buildInitramfs } from './initramfs.js';
-import { findImageKernel, INITRAMFS_MODULES, installHostKernel, trimModules, type KernelInfo } from './kernel.js';
+import { findImageKernel, INITRAMFS_MODULE_GROUPS, INITRAMFS_MODULES, installHostKernel, trimModules, type KernelInfo } from './kernel.js';
 
 export interface BuildOptions {
   config: Config;
@@ -134,7 +134,7 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
     const s4 = reporter.stage('initramfs');
     const initrd = await buildInitramfs({
       chroot, kernel, out: path.join(staging, INITRAMFS_NAME), workDir: staging,
-      wantedModules: INITRAMFS_MODULES, requiredModules: c.initramfsModules, ramSize: c.ramSize, version: mkmaVersion(),
+      wantedModules: INITRAMFS_MODULE_GROUPS, requiredModules: c.initramfsModules, ramSize: c.ramSize, version: mkmaVersion(),
     });
     s4.done(`${formatBytes(initrd.bytes)}, ${initrd.modules.length} modules`);
 

@@ -6,14 +6,25 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Config, RootPasswordPolicy } from '../config/types.js';
 
+/** Writes only when the content differs: a reused tree keeps its mtimes, so images repeat. */
+function writeIfChanged(file: string, content: string, mode?: number): void {
+  try {
+    if (fs.readFileSync(file, 'utf8') === content) return;
+  } catch {
+    /* absent */
+  }
+  fs.writeFileSync(file, content, mode === undefined ? undefined : { mode });
+  if (mode !== undefined) fs.chmodSync(file, mode);
+}
+
 export function writeHostname(chroot: string, hostname: string): void {
-  fs.writeFileSync(path.join(chroot, 'etc/hostname'), `${hostname}\n`);
+  writeIfChanged(path.join(chroot, 'etc/hostname'), `${hostname}\n`);
   const hosts = path.join(chroot, 'etc/hosts');
   const lines = (fs.existsSync(hosts) ? fs.readFileSync(hosts, 'utf8') : '127.0.0.1\tlocalhost\n')
     .split('\n')
     .filter((l) => !/^127\.0\.1\.1\s/.test(l) && l !== '');
   lines.splice(1, 0, `127.0.1.1\t${hostname}`);
-  fs.writeFileSync(hosts, lines.join('\n') + '\n');
+  writeIfChanged(hosts, lines.join('\n') + '\n');
 }
 
 /** Sets root's password field in /etc/shadow: '!' locked, '' empty, or the given crypt hash. */
@@ -26,7 +37,7 @@ export function setRootPassword(chroot: string, policy: RootPasswordPolicy): voi
   const parts = lines[i].split(':');
   parts[1] = field;
   lines[i] = parts.join(':');
-  fs.writeFileSync(shadow, lines.join('\n'), { mode: 0o640 });
+  writeIfChanged(shadow, lines.join('\n'), 0o640);
 }
 
 export const TEST_UNIT_NAME = 'mkma-test.service';
@@ -74,14 +85,17 @@ systemctl --no-block poweroff
 export function installTestHook(chroot: string): void {
   const lib = path.join(chroot, 'usr/lib/mkma');
   fs.mkdirSync(lib, { recursive: true });
-  fs.writeFileSync(path.join(lib, 'mkma-test'), TEST_SCRIPT, { mode: 0o755 });
+  writeIfChanged(path.join(lib, 'mkma-test'), TEST_SCRIPT, 0o755);
   const unitDir = path.join(chroot, 'etc/systemd/system');
-  fs.writeFileSync(path.join(unitDir, TEST_UNIT_NAME), TEST_UNIT);
+  writeIfChanged(path.join(unitDir, TEST_UNIT_NAME), TEST_UNIT);
   const wants = path.join(unitDir, 'multi-user.target.wants');
   fs.mkdirSync(wants, { recursive: true });
   const link = path.join(wants, TEST_UNIT_NAME);
-  fs.rmSync(link, { force: true });
-  fs.symlinkSync(`/etc/systemd/system/${TEST_UNIT_NAME}`, link);
+  const target = `/etc/systemd/system/${TEST_UNIT_NAME}`;
+  if (!fs.existsSync(link) || fs.readlinkSync(link) !== target) {
+    fs.rmSync(link, { force: true });
+    fs.symlinkSync(target, link);
+  }
 }
 
 /** The directory holding mkma's package.json (from dist/builder or builder/). */
@@ -109,6 +123,7 @@ export function installMkma(chroot: string): { bytes: number } {
   const copy = (from: string, to: string, skip?: (p: string) => boolean) => {
     fs.cpSync(from, to, {
       recursive: true,
+      preserveTimestamps: true,
       verbatimSymlinks: true,
       filter: (p) => {
         if (skip?.(p) || p.endsWith('.map')) return false;
@@ -144,7 +159,7 @@ export function configure(c: Config, chroot: string): ConfigureReport {
   writeHostname(chroot, c.hostname);
   setRootPassword(chroot, c.rootPassword);
   // A RAM system has no fstab entries: the root is set up by the initramfs.
-  fs.writeFileSync(path.join(chroot, 'etc/fstab'), '# mkma: the root filesystem is a RAM overlay set up by the initramfs\n');
+  writeIfChanged(path.join(chroot, 'etc/fstab'), '# mkma: the root filesystem is a RAM overlay set up by the initramfs\n');
   // The distribution initrd symlinks point at files that never exist in an mkma image.
   for (const l of ['initrd.img', 'initrd.img.old']) fs.rmSync(path.join(chroot, l), { force: true });
   installTestHook(chroot);

@@ -19,23 +19,45 @@ export const INITRAMFS_BINARIES = [
 
 export class InitramfsError extends Error {}
 
+export interface ModuleGroups {
+  storage: string[];
+  filesystems: Record<string, string[]>;
+  overlay: string[];
+}
+
 export interface InitramfsPlan {
-  modules: string[];
+  /** load order per group, module names */
+  groups: ModuleGroups;
+  /** every module file to put into the initramfs (relative to the modules dir) */
   moduleFiles: string[];
-  builtin: string[];
   missing: string[];
 }
 
-export function planModules(k: KernelInfo, wanted: string[], required: string[]): InitramfsPlan {
-  const c = moduleClosure(k.modulesDir, [...wanted, ...required], { optional: false });
-  const missingRequired = c.missing.filter((m) => required.map(moduleName).includes(moduleName(m)));
-  if (missingRequired.length) {
-    throw new InitramfsError(
-      `initramfs_modules not found in kernel ${k.version}: ${missingRequired.join(', ')} ` +
-        `(check the names with: ls ${k.modulesDir}/kernel/**/NAME.ko*)`,
-    );
-  }
-  return { modules: c.order.map(moduleName), moduleFiles: c.order, builtin: c.builtin, missing: c.missing };
+/** Resolves each group's dependency closure; user-requested modules join the storage group. */
+export function planModules(k: KernelInfo, wanted: ModuleGroups, required: string[]): InitramfsPlan {
+  const files = new Set<string>();
+  const missing = new Set<string>();
+  const resolve = (names: string[], mustExist: boolean) => {
+    const c = moduleClosure(k.modulesDir, names, { optional: false });
+    const bad = mustExist ? c.missing : [];
+    if (bad.length) {
+      throw new InitramfsError(
+        `initramfs_modules not found in kernel ${k.version}: ${bad.join(', ')} ` +
+          `(check the names with: find ${k.modulesDir} -name 'NAME.ko*')`,
+      );
+    }
+    for (const m of c.missing) missing.add(m);
+    for (const f of c.order) files.add(f);
+    return c.order.map(moduleName);
+  };
+  resolve(required, true);
+  const groups: ModuleGroups = {
+    storage: resolve([...wanted.storage, ...required], false),
+    filesystems: Object.fromEntries(Object.entries(wanted.filesystems).map(([fs, mods]) => [fs, resolve(mods, false)])),
+    overlay: resolve(wanted.overlay, false),
+  };
+  for (const [fs, mods] of Object.entries(groups.filesystems)) if (!mods.length) delete groups.filesystems[fs];
+  return { groups, moduleFiles: [...files].sort(), missing: [...missing] };
 }
 
 function copyIntoStaging(chroot: string, staging: string, rel: string): void {
@@ -73,7 +95,7 @@ export async function buildInitramfs(opts: {
   kernel: KernelInfo;
   out: string;
   workDir: string;
-  wantedModules: string[];
+  wantedModules: ModuleGroups;
   requiredModules: string[];
   ramSize: string;
   version: string;
@@ -106,11 +128,11 @@ export async function buildInitramfs(opts: {
   if (mk.status !== 0) throw new InitramfsError(`mknod dev/console failed: ${mk.stderr}`);
   fs.writeFileSync(
     path.join(staging, 'init'),
-    generateInit({ modules: plan.modules, defaultRamSize: opts.ramSize, deviceTimeoutSec: 30, version: opts.version }),
+    generateInit({ modules: plan.groups, defaultRamSize: opts.ramSize, deviceTimeoutSec: 30, version: opts.version }),
     { mode: 0o755 },
   );
   // Plain newc + one zstd frame: the kernel unpacks it, not mkma. Small, so a high level is cheap.
   const r = await packTree(staging, opts.out, { kind: 'base', level: 12, threads: 0, manifest: false });
   fs.rmSync(staging, { recursive: true, force: true });
-  return { path: opts.out, bytes: r.fileBytes, files: r.stats.entries, modules: plan.modules, missingModules: plan.missing };
+  return { path: opts.out, bytes: r.fileBytes, files: r.stats.entries, modules: plan.moduleFiles.map(moduleName), missingModules: plan.missing };
 }

@@ -49,6 +49,7 @@ export type EntryHeader = Omit<NewcHeader, 'devMajor' | 'devMinor'>;
 
 export const DEFAULT_SHARD_BYTES = 32 << 20;
 const READ_CHUNK = 1 << 20;
+const BATCH_BYTES = 1 << 20;
 
 export class ArchiveWriter {
   private readonly fd: number;
@@ -67,7 +68,8 @@ export class ArchiveWriter {
   private readonly deleted: string[] = [];
   private holdShard = false;
   private closed = false;
-  private readonly readBuf = Buffer.allocUnsafe(READ_CHUNK);
+  private batch = Buffer.allocUnsafe(BATCH_BYTES);
+  private batchLen = 0;
 
   constructor(readonly finalPath: string, private readonly opts: WriterOptions) {
     const dir = path.dirname(finalPath);
@@ -114,19 +116,21 @@ export class ArchiveWriter {
     try {
       let left = h.size;
       while (left > 0) {
-        const want = Math.min(left, READ_CHUNK);
-        const n = fs.readSync(fd, this.readBuf, 0, want, null);
+        // Read straight into the batch buffer: no intermediate copy of file data.
+        if (this.batchLen === this.batch.length) await this.flushBatch();
+        const want = Math.min(left, this.batch.length - this.batchLen);
+        let n = fs.readSync(fd, this.batch, this.batchLen, want, null);
         if (n === 0) {
           this.opts.onWarning?.(`${String(source)} shrank while it was read; padded with zeros`);
-          this.readBuf.fill(0, 0, want);
-          await this.push(Buffer.from(this.readBuf.subarray(0, want)));
-          left -= want;
-          continue;
+          this.batch.fill(0, this.batchLen, this.batchLen + want);
+          n = want;
         }
-        await this.push(Buffer.from(this.readBuf.subarray(0, n)));
+        this.batchLen += n;
+        this.currentBytes += n;
+        this.cpioBytes += n;
         left -= n;
       }
-      if (fs.readSync(fd, this.readBuf, 0, 1, null) > 0) {
+      if (fs.readSync(fd, Buffer.alloc(1), 0, 1, null) > 0) {
         this.opts.onWarning?.(`${String(source)} grew while it was read; stored its first ${h.size} bytes`);
       }
     } finally {
@@ -151,22 +155,43 @@ export class ArchiveWriter {
     }
   }
 
+  /**
+   * Bytes are gathered into 1 MiB batches before they go to zstd: one pipe write per batch
+   * instead of several per file (measured: per-entry writes spent more time in pipe wakeups
+   * than zstd spent compressing).
+   */
   private async push(chunk: Buffer): Promise<void> {
-    if (!chunk.length) return;
-    if (!this.current) this.current = new ShardCompressor(this.opts.level, this.opts.threads ?? 1);
+    let off = 0;
+    while (off < chunk.length) {
+      if (this.batchLen === this.batch.length) await this.flushBatch();
+      const n = chunk.copy(this.batch, this.batchLen, off);
+      this.batchLen += n;
+      off += n;
+    }
     this.currentBytes += chunk.length;
     this.cpioBytes += chunk.length;
-    await this.current.write(chunk);
+  }
+
+  private async flushBatch(): Promise<void> {
+    if (!this.batchLen) return;
+    if (!this.current) this.current = new ShardCompressor(this.opts.level, this.opts.threads ?? 1);
+    const out = this.batch.subarray(0, this.batchLen);
+    // the pipe may still hold `out` after write() returns: never reuse it
+    this.batch = Buffer.allocUnsafe(BATCH_BYTES);
+    this.batchLen = 0;
+    await this.current.write(out);
   }
 
   private async maybeCutShard(): Promise<void> {
     const limit = this.opts.shardBytes ?? DEFAULT_SHARD_BYTES;
-    if (this.holdShard || !this.current || this.currentBytes < limit || this.opts.manifest === false) return;
+    if (this.holdShard || this.currentBytes < limit || this.opts.manifest === false) return;
     await this.closeShard();
   }
 
   private async closeShard(): Promise<void> {
-    const c = this.current!;
+    await this.flushBatch();
+    if (!this.current) return;
+    const c = this.current;
     c.end();
     this.inflight.push({ c, start: this.cpioBytes - this.currentBytes });
     this.current = null;

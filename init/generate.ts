@@ -37,11 +37,17 @@ export const FORMAT_CONSTANTS = {
 };
 
 export interface InitOptions {
-  /** module names in load order; files are /lib/modules/mkma/<name>.ko */
-  modules: string[];
+  /** module names in load order per group; files are /lib/modules/mkma/<name>.ko */
+  modules: { storage: string[]; filesystems: Record<string, string[]>; overlay: string[] };
   defaultRamSize: string;
   deviceTimeoutSec: number;
   version: string;
+}
+
+/** fs_modules TYPE: prints the modules a filesystem type needs (decided at build time). */
+function filesystemModulesFunction(groups: Record<string, string[]>): string {
+  const cases = Object.entries(groups).map(([fs, mods]) => `\t${fs}) echo ${shQuote(mods.join(' '))} ;;`);
+  return ['fs_modules() {', '\tcase $1 in', ...cases, '\t*) echo "" ;;', '\tesac', '}'].join('\n');
 }
 
 const HEADER = `#!/bin/sh
@@ -54,10 +60,12 @@ export function generateInit(o: InitOptions): string {
     `${HEADER} ${o.version}: the init of an mkma initramfs. Do not edit; see init/templates.`,
     constants({
       ...FORMAT_CONSTANTS,
-      MKMA_MODULES: o.modules.join(' '),
+      MKMA_MODULES_STORAGE: o.modules.storage.join(' '),
+      MKMA_MODULES_OVERLAY: o.modules.overlay.join(' '),
       MKMA_DEFAULT_RAM_SIZE: o.defaultRamSize,
       MKMA_DEVICE_TIMEOUT: o.deviceTimeoutSec,
     }),
+    filesystemModulesFunction(o.modules.filesystems),
     template('lib.sh'),
     template('layer.sh'),
     template('main.sh'),

@@ -1,6 +1,7 @@
 # --- main.sh: the boot ------------------------------------------------------------------
-# Generated constants: MKMA_MODULES (load order, decided at build time from modules.dep),
-# MKMA_DEFAULT_RAM_SIZE, MKMA_DEVICE_TIMEOUT.
+# Generated at build time (from the image kernel's modules.dep): MKMA_MODULES_STORAGE and
+# MKMA_MODULES_OVERLAY (load order), fs_modules TYPE; and MKMA_DEFAULT_RAM_SIZE,
+# MKMA_DEVICE_TIMEOUT.
 
 STORAGE=/mnt/storage
 ROOT=/overlay
@@ -39,8 +40,13 @@ parse_cmdline() {
 	done
 }
 
+MKMA_LOADED=' '
+
+# load_modules NAMES: insmod in the given (dependency) order, each module once.
 load_modules() {
-	for _m in $MKMA_MODULES; do
+	for _m in "$@"; do
+		case $MKMA_LOADED in *" $_m "*) continue ;; esac
+		MKMA_LOADED="$MKMA_LOADED$_m "
 		if insmod "/lib/modules/mkma/$_m.ko" 2>"$MKMA_TMP/insmod.err"; then
 			debug "loaded $_m"
 		else
@@ -88,8 +94,11 @@ mount_storage() {
 			"check mkma_storage_device=; known block devices: $(cd /sys/class/block 2>/dev/null && echo *)"
 		return 1
 	fi
-	phase device-found "$DEVICE"
-	if ! mount -o ro "$DEVICE" "$STORAGE" 2>"$MKMA_TMP/mount.err"; then
+	FSTYPE=$(blkid -o value -s TYPE "$DEVICE" 2>/dev/null)
+	phase device-found "$DEVICE (${FSTYPE:-unknown filesystem})"
+	# shellcheck disable=SC2046 # word splitting of the module list is intended
+	load_modules $(fs_modules "$FSTYPE")
+	if ! mount -o ro ${FSTYPE:+-t "$FSTYPE"} "$DEVICE" "$STORAGE" 2>"$MKMA_TMP/mount.err"; then
 		fatal "cannot mount $DEVICE read-only: $(cat "$MKMA_TMP/mount.err")" \
 			"is the filesystem's module in the initramfs? (initramfs_modules in mkma.toml)"
 		return 1
@@ -159,6 +168,8 @@ unpack_all() {
 }
 
 mount_root() {
+	# shellcheck disable=SC2086
+	load_modules $MKMA_MODULES_OVERLAY
 	# redirect_dir/metacopy off: the upperdir stays self-describing, so `mkma persist` can
 	# save it as a plain layer.
 	if ! mount -t overlay overlay \
@@ -178,7 +189,8 @@ boot() {
 	mount_pseudo
 	parse_cmdline
 	phase start "mkma init"
-	load_modules
+	# shellcheck disable=SC2086 # word splitting of the module list is intended
+	load_modules $MKMA_MODULES_STORAGE
 	phase modules-loaded
 	until mount_storage; do :; done
 	until unpack_all; do umount "$ROOT" 2>/dev/null; done

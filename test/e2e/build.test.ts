@@ -1,0 +1,83 @@
+// `mkma build` of the minimal test image (built once by global-setup.ts), checked with the
+// classic tools a user would reach for: GNU cpio and the zstd CLI.
+import { describe, expect, test } from '@jest/globals';
+import { execFileSync, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { readManifest } from '../../format/reader.js';
+import { IMAGE_OUT, MKMA, TEST_CONFIG } from '../helpers/paths.js';
+
+const sh = (cmd: string) => execFileSync('sh', ['-c', cmd], { encoding: 'utf8', maxBuffer: 64 << 20 });
+const listing = (file: string) => sh(`zstd -dc ${file} | cpio -tv --quiet`);
+
+describe('mkma build (minimal test image)', () => {
+  const base = path.join(IMAGE_OUT, 'base.cpio.zst');
+  const initrd = path.join(IMAGE_OUT, 'initramfs.cpio.zst');
+
+  test('outputs exist and mkma.json describes them', () => {
+    const info = JSON.parse(fs.readFileSync(path.join(IMAGE_OUT, 'mkma.json'), 'utf8'));
+    expect(info.hostname).toBe('mkma-test');
+    expect(info.kernelVersion).toMatch(/^\d+\.\d+/);
+    for (const k of ['base', 'initramfs', 'kernel'] as const) {
+      const o = info.outputs[k];
+      expect(fs.statSync(o.path).size).toBe(o.bytes);
+      expect(sh(`sha256sum ${o.path}`).split(' ')[0]).toBe(o.sha256);
+    }
+    expect(info.outputs.base.unpackedBytes).toBeGreaterThan(info.outputs.base.bytes);
+    expect(info.configHash).toMatch(/^[0-9a-f]{64}$/);
+    expect(info.cmdline).toMatch(/^mkma_storage_device=\S+ mkma_images_path=\S+$/);
+  });
+
+  test('zstd -t accepts both images', () => {
+    expect(spawnSync('zstd', ['-tq', base, initrd]).status).toBe(0);
+  });
+
+  test('base.cpio.zst holds /sbin/init, setuid binaries with their mode, and no build-time junk', () => {
+    const list = listing(base);
+    // trixie: /sbin is a symlink to usr/sbin, init a symlink to systemd
+    expect(list).toMatch(/^l\S+ .* usr\/sbin\/init -> /m);
+    expect(list).toMatch(/^lrwxrwxrwx .* sbin -> usr\/sbin$/m);
+    expect(list).toMatch(/^-rwsr-xr-x\s+\d+\s+root\s+root\s+\d+ .* usr\/bin\/passwd$/m);
+    expect(list).toMatch(/^-rwsr-xr-x .* usr\/bin\/su$/m);
+    expect(list).toMatch(/^drwxr-xr-x .* proc$/m);
+    expect(list).not.toMatch(/ proc\/\S/);
+    expect(list).not.toMatch(/ dev\/\S/);
+    expect(list).not.toMatch(/ var\/lib\/apt\/lists\/\S/);
+    expect(list).toMatch(/^drwxrwxrwt .* tmp$/m);
+  });
+
+  test('a file capability is recorded in the manifest (newc cannot hold xattrs)', () => {
+    const m = readManifest(base);
+    const ping = m.xattrs.find((r) => r.path === 'usr/bin/ping');
+    expect(ping).toBeDefined();
+    expect(ping!.attrs.map(([n]) => n)).toContain('security.capability');
+    expect(m.kind).toBe('base');
+    expect(m.shards.length).toBeGreaterThan(1);
+  });
+
+  test('the initramfs holds /init, busybox, zstd with its libraries, and modules with their dependencies', () => {
+    const list = listing(initrd);
+    expect(list).toMatch(/^-rwxr-xr-x .* init$/m);
+    expect(list).toMatch(/ usr\/bin\/busybox$/m);
+    expect(list).toMatch(/ usr\/bin\/zstd$/m);
+    expect(list).toMatch(/ usr\/bin\/setfattr$/m);
+    expect(list).toMatch(/ libzstd\.so\.1(\.\S+)?$/m);
+    expect(list).toMatch(/^crw------- .* dev\/console$/m);
+    // ext4 and what modules.dep says it needs
+    for (const m of ['ext4', 'jbd2', 'mbcache', 'crc16', 'virtio_blk', 'overlay']) {
+      expect(list).toMatch(new RegExp(` usr/lib/modules/mkma/${m}\\.ko$`, 'm'));
+    }
+    const init = sh(`zstd -dc ${initrd} | cpio -i --quiet --to-stdout init`);
+    // dependencies load before their dependents
+    const fsCase = init.split('\n').find((l) => /^\s*ext4\)/.test(l))!;
+    expect(fsCase.indexOf('jbd2')).toBeLessThan(fsCase.indexOf('ext4 '));
+  });
+
+  test('running build again with the same configuration reuses the bootstrapped tree', () => {
+    const r = spawnSync('node', [MKMA, 'build', '--config', TEST_CONFIG, '--out', IMAGE_OUT, '--json'], { encoding: 'utf8' });
+    expect(r.status).toBe(0);
+    const result = JSON.parse(r.stdout);
+    expect(result.bootstrap).toBe('reused');
+    expect(result.timings.bootstrap).toBeLessThan(1);
+  });
+});

@@ -1,0 +1,352 @@
+// Layer application on both sides, on every fixture of test/fixtures/layers.ts:
+//   (a) TypeScript: unpackImages() from format/apply.ts;
+//   (b) the init's shell code: `busybox sh mkma-apply IMAGES TREE`, the script that
+//       generateApplyScript() emits, with PATH holding busybox applets only (plus the host's
+//       zstd and setfattr, which the initramfs ships).
+// The two trees must be identical (describeTree), and each fixture's expected result is
+// checked explicitly on both. Runs as root (chown, mknod, setcap).
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { unpackImages, type UnpackReport } from '../../format/apply.js';
+import { generateApplyScript, generateInit } from '../../init/generate.js';
+import {
+  BUSYBOX, buildFixture, DEFAULT_MTIME, FIXTURE_NAMES, FIXTURES, layerName, makeBusyboxBin, noise, type BuiltFixture, type FixtureName,
+} from '../fixtures/layers.js';
+import { describeTree, readXattrs, treePath } from '../helpers/tree.js';
+
+const TMP = fs.mkdtempSync(path.join(tmpdir(), 'mkma-layering-'));
+let BIN = '';
+let APPLY = '';
+beforeAll(() => {
+  BIN = makeBusyboxBin(TMP);
+  APPLY = path.join(TMP, 'mkma-apply');
+  fs.writeFileSync(APPLY, generateApplyScript(), { mode: 0o755 });
+});
+afterAll(() => {
+  if (!process.env.MKMA_KEEP_TMP) fs.rmSync(TMP, { recursive: true, force: true });
+});
+
+interface Side {
+  side: 'ts' | 'sh';
+  tree: string;
+  /** layer file names reported as not applied */
+  skipped: string[];
+  /** TS: the report; sh: stdout + stderr */
+  log: string;
+  /** sh: exit status; ts: 0, or 1 when unpackImages threw */
+  status: number | null;
+}
+
+interface Run {
+  fx: BuiltFixture;
+  ts: Side;
+  sh: Side;
+  report: UnpackReport | null;
+  /** the directories holding each tree: "../victim" from a tree is `${parent}/victim` */
+  parents: { ts: string; sh: string };
+}
+
+/** What lies beside each tree, for the "never outside the tree" checks. */
+function plantVictims(parent: string): void {
+  fs.writeFileSync(path.join(parent, 'victim'), 'victim\n');
+  fs.mkdirSync(path.join(parent, 'victim-dir'));
+  fs.writeFileSync(path.join(parent, 'victim-dir', 'file'), 'victim\n');
+}
+
+async function run(name: FixtureName): Promise<Run> {
+  const dir = path.join(TMP, name);
+  fs.mkdirSync(dir);
+  const fx = await buildFixture(name, dir);
+  const parents = { ts: path.join(dir, 'a'), sh: path.join(dir, 'b') };
+  const treeA = path.join(parents.ts, 'tree');
+  const treeB = path.join(parents.sh, 'tree');
+  for (const p of [parents.ts, parents.sh]) {
+    fs.mkdirSync(p);
+    plantVictims(p);
+  }
+  fs.mkdirSync(treeA);
+  fs.mkdirSync(treeB);
+
+  let report: UnpackReport | null = null;
+  let ts: Side;
+  try {
+    report = await unpackImages(fx.images, treeA);
+    ts = {
+      side: 'ts',
+      tree: treeA,
+      skipped: report.layers.filter((l) => !l.applied).map((l) => path.basename(l.file)),
+      log: JSON.stringify(report, null, 1),
+      status: 0,
+    };
+  } catch (e) {
+    ts = { side: 'ts', tree: treeA, skipped: [], log: String((e as Error).stack), status: 1 };
+  }
+
+  const r = spawnSync(BUSYBOX, ['sh', APPLY, fx.images, treeB], {
+    env: { PATH: BIN, LC_ALL: 'C' },
+    cwd: dir,
+    maxBuffer: 64 << 20,
+  });
+  const log = r.stdout.toString('latin1') + r.stderr.toString('latin1');
+  const sh: Side = {
+    side: 'sh',
+    tree: treeB,
+    skipped: [...log.matchAll(/LAYER SKIPPED (\S+):/g)].map((m) => m[1]),
+    log,
+    status: r.status,
+  };
+  return { fx, ts, sh, report, parents };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Explicit expectations per fixture, checked on each side's tree.
+
+const P = (tree: string, rel: string) => treePath(tree, rel);
+const exists = (tree: string, rel: string) => {
+  try {
+    fs.lstatSync(P(tree, rel));
+    return true;
+  } catch {
+    return false;
+  }
+};
+const read = (tree: string, rel: string) => fs.readFileSync(P(tree, rel)).toString('latin1');
+const lst = (tree: string, rel: string) => fs.lstatSync(P(tree, rel));
+const ls = (tree: string, rel: string) =>
+  (fs.readdirSync(P(tree, rel), { encoding: 'buffer' }) as Buffer[]).map((b) => b.toString('latin1')).sort();
+const kind = (tree: string, rel: string) => {
+  const st = lst(tree, rel);
+  return st.isSymbolicLink() ? 'symlink' : st.isDirectory() ? 'dir' : st.isFile() ? 'file' : 'other';
+};
+const mode = (tree: string, rel: string) => lst(tree, rel).mode & 0o7777;
+const owner = (tree: string, rel: string) => `${lst(tree, rel).uid}:${lst(tree, rel).gid}`;
+const link = (tree: string, rel: string) => fs.readlinkSync(P(tree, rel)).toString();
+const getcap = (tree: string, rel: string) =>
+  spawnSync('getcap', [P(tree, rel).toString('latin1')], { encoding: 'latin1' }).stdout.trim();
+const xattrsOf = (tree: string, rel: string) => readXattrs(tree, [rel]).get(rel) ?? [];
+const hex = (s: string) => '0x' + Buffer.from(s).toString('hex');
+
+const EXPECT: Record<FixtureName, (t: string, s: Side) => void> = {
+  delete: (t) => {
+    expect(exists(t, 'etc/gone')).toBe(false);
+    expect(exists(t, 'var/cache/app')).toBe(false);
+    expect(ls(t, 'var/cache')).toEqual(['other']);
+    expect(ls(t, 'etc')).toEqual(['hostname', 'keep', 'new']);
+    expect(read(t, 'etc/new')).toBe('new\n');
+  },
+  opaque: (t) => {
+    expect(ls(t, 'srv/www')).toEqual(['index.html', 'sub']);
+    expect(ls(t, 'srv/www/sub')).toEqual(['new']);
+    expect(read(t, 'srv/www/index.html')).toBe('<p>new</p>\n');
+    expect(ls(t, 'srv')).toEqual(['other', 'www']);
+    expect(mode(t, 'srv/www')).toBe(0o750);
+    expect(owner(t, 'srv/www')).toBe('1234:5678');
+  },
+  'dir-file-dir': (t) => {
+    expect(kind(t, 'opt/thing')).toBe('dir');
+    expect(ls(t, 'opt/thing')).toEqual(['fresh']);
+    expect(read(t, 'opt/thing/fresh')).toBe('fresh\n');
+  },
+  'symlink-dir-swap': (t) => {
+    expect(kind(t, 's')).toBe('dir');
+    expect(ls(t, 's')).toEqual(['inside']);
+    expect(kind(t, 'd')).toBe('symlink');
+    expect(link(t, 'd')).toBe('target');
+    expect(ls(t, 'target')).toEqual(['t1']); // replacing the symlink s did not touch its target
+  },
+  'file-to-symlink': (t) => {
+    expect(kind(t, 'etc/conf')).toBe('symlink');
+    expect(link(t, 'etc/conf')).toBe('conf.d/real');
+    expect(owner(t, 'etc/conf')).toBe('1234:5678');
+    expect(kind(t, 'etc/link')).toBe('file');
+    expect(read(t, 'etc/link')).toBe('now a file\n');
+    expect(mode(t, 'etc/link')).toBe(0o600);
+    expect(read(t, 'etc/conf.d/real')).toBe('real\n');
+  },
+  hardlinks: (t) => {
+    const ino = (rel: string) => lst(t, rel).ino;
+    expect(ino('usr/lib/y')).toBe(ino('usr/lib/x'));
+    expect(ino('usr/share/z')).toBe(ino('usr/lib/x'));
+    expect(lst(t, 'usr/lib/x').nlink).toBe(3);
+    expect(fs.readFileSync(P(t, 'usr/share/z')).equals(noise(100_000, 1))).toBe(true);
+    expect(owner(t, 'usr/lib/y')).toBe('1234:5678');
+    expect(mode(t, 'usr/share/z')).toBe(0o640);
+    expect(ino('pair/two')).toBe(ino('pair/one'));
+    // the base pair: bin/a replaced alone, bin/b keeps the old data and is no longer linked
+    expect(read(t, 'bin/a')).toBe('layer a\n');
+    expect(read(t, 'bin/b')).toBe('base a+b\n');
+    expect(ino('bin/a')).not.toBe(ino('bin/b'));
+    expect(lst(t, 'bin/b').nlink).toBe(1);
+  },
+  'hardlinks-empty': (t) => {
+    expect(lst(t, 'run/lock-b').ino).toBe(lst(t, 'run/lock-a').ino);
+    expect(lst(t, 'run/lock-a').nlink).toBe(2);
+  },
+  'odd-names': (t) => {
+    expect(ls(t, 'names')).toEqual([
+      '-n', '..dots', '.hidden', '[br]', '\\\\two', 'back\\slash', 'new\nline', 'odd dir\n', 'tab\there', 'with space',
+      'x\ny', '\xc3\xa9-utf8', '\xfe\xff',
+    ]);
+    expect(read(t, 'names/with space')).toBe('layer with space');
+    expect(read(t, 'names/back\\slash')).toBe('layer back\\slash');
+    expect(read(t, 'names/new\nline')).toBe('base new\nline');
+    expect(ls(t, 'names/odd dir\n')).toEqual(['new']);
+  },
+  'escape-digit': (t) => {
+    expect(ls(t, 'names')).toEqual(['keep']);
+  },
+  xattrs: (t) => {
+    expect(getcap(t, 'usr/local/bin/mytool')).toMatch(/ cap_net_raw[=+]ep$/);
+    expect(xattrsOf(t, 'usr/local/bin/mytool')).toContain(`user.comment=${hex('hello')}`);
+    expect(owner(t, 'usr/local/bin/mytool')).toBe('1234:5678');
+    expect(mode(t, 'usr/local/bin/mytool')).toBe(0o750);
+    expect(getcap(t, 'usr/bin/ping')).toMatch(/ cap_net_raw[=+]ep$/);
+    expect(xattrsOf(t, 'usr/bin/ping')).toContain(`user.origin=${hex('base')}`);
+    expect(getcap(t, 'usr/bin/oldcap')).toBe(''); // replaced by a file without capabilities
+    expect(xattrsOf(t, 'usr/bin/oldcap')).toEqual([]);
+    expect(xattrsOf(t, 'data/x attr\nfile')).toEqual([`user.odd=${hex('yes')}`]);
+    expect(xattrsOf(t, 'data')).toEqual([`user.dir=${hex('on a directory')}`]);
+  },
+  'older-mtime': (t) => {
+    expect(read(t, 'etc/motd')).toBe('layer motd\n');
+    expect(lst(t, 'etc/motd').mtimeMs).toBe(978_307_200_000);
+    expect(read(t, 'etc/issue')).toBe('layer issue\n');
+  },
+  'symlinked-parent': (t) => {
+    expect(ls(t, 'real')).toEqual(['f', 'g', 'sub']); // nothing deleted through ln or ln2
+    expect(ls(t, 'real/sub')).toEqual(['h']);
+    expect(kind(t, 'ln')).toBe('symlink');
+    expect(kind(t, 'plain')).toBe('file');
+    expect(kind(t, 'ln2')).toBe('dir');
+    expect(ls(t, 'ln2')).toEqual(['own']);
+    expect(read(t, 'new')).toBe('new');
+  },
+  'corrupt-layer': (t) => {
+    expect(read(t, 'good1')).toBe('good1');
+    expect(read(t, 'good3')).toBe('good3');
+    expect(exists(t, 'etc/x1')).toBe(false);
+    expect(exists(t, 'bad')).toBe(false);
+    expect(read(t, 'etc/keep-me')).toBe('keep me'); // the skipped layer's deletion did not happen
+    expect(read(t, 'etc/hostname')).toBe('mkma\n');
+  },
+  'truncated-layer': (t) => {
+    expect(read(t, 'good1')).toBe('good1');
+    expect(read(t, 'good3')).toBe('good3');
+    expect(exists(t, 'bad')).toBe(false);
+    expect(read(t, 'etc/keep-me')).toBe('keep me');
+    expect(read(t, 'etc/hostname')).toBe('mkma\n');
+  },
+  'damaged-footer': (t) => {
+    expect(read(t, 'good1')).toBe('good1');
+    expect(read(t, 'good3')).toBe('good3');
+    expect(exists(t, 'bad')).toBe(false);
+    expect(read(t, 'etc/keep-me')).toBe('keep me');
+  },
+  'natural-order': (t) => {
+    expect(ls(t, 'marker')).toEqual(['12']);
+    expect(read(t, 'last')).toBe('12\n');
+    expect(lst(t, 'last').mtimeMs).toBe((DEFAULT_MTIME + 11) * 1000);
+  },
+  'ignored-names': (t) => {
+    expect(ls(t, '.')).toEqual(['etc', 'good1', 'tmp', 'usr']);
+  },
+  'unsafe-paths': (t) => {
+    expect(read(t, 'good1')).toBe('good1');
+    expect(exists(t, 'inside')).toBe(false); // the layer with "../escaped" is skipped whole
+  },
+  'special-files': (t) => {
+    expect(lst(t, 'dev/null').isCharacterDevice()).toBe(true);
+    expect(lst(t, 'dev/zero').isCharacterDevice()).toBe(true);
+    expect(lst(t, 'dev/loop9').isBlockDevice()).toBe(true);
+    expect(lst(t, 'run/fifo').isFIFO()).toBe(true);
+    expect(lst(t, 'run/fifo2').isFIFO()).toBe(true);
+    expect(owner(t, 'run/fifo2')).toBe('1234:5678');
+    expect(mode(t, 'usr/bin/su')).toBe(0o4755);
+    expect(mode(t, 'usr/bin/wall')).toBe(0o2755);
+    expect(mode(t, 'usr/bin/newsuid')).toBe(0o4750);
+    expect(owner(t, 'usr/bin/newsuid')).toBe('1234:5678');
+    expect(mode(t, 'var/mail')).toBe(0o2775);
+    expect(mode(t, 'tmp')).toBe(0o1777);
+    expect(lst(t, 'epoch').mtimeMs).toBe(0);
+    expect(fs.readFileSync(P(t, 'big')).equals(noise(3 << 20, 99))).toBe(true);
+    expect(fs.readFileSync(P(t, 'big2')).equals(noise((1 << 20) + 12345, 98))).toBe(true);
+    expect(mode(t, 'empty')).toBe(0o600);
+    // rule 3: an existing directory takes the layer's owner and mode, and keeps its contents
+    expect(mode(t, 'data')).toBe(0o750);
+    expect(owner(t, 'data')).toBe('1234:5678');
+    expect(ls(t, 'data')).toEqual(['base', 'layer']);
+    expect(owner(t, 'data/base')).toBe('1234:5678');
+  },
+};
+
+// ---------------------------------------------------------------------------------------------
+
+describe.each(FIXTURE_NAMES)('fixture %s', (name) => {
+  const def = FIXTURES[name];
+  let r: Run;
+  beforeAll(async () => {
+    r = await run(name);
+  }, 120_000);
+
+  test('TypeScript and busybox give identical trees', () => {
+    expect(r.ts.status).toBe(0);
+    expect(describeTree(r.sh.tree)).toEqual(describeTree(r.ts.tree));
+  });
+
+  test.each(['ts', 'sh'] as const)('%s: expected result', (side) => {
+    const s = r[side];
+    if (side === 'ts') expect(s.status).toBe(0);
+    else expect({ status: s.status, log: s.log }).toEqual({ status: def.skipped?.length ? 3 : 0, log: s.log });
+    expect(s.skipped).toEqual(def.skipped ?? []);
+    EXPECT[name](s.tree, s);
+  });
+
+  test.each(['ts', 'sh'] as const)('%s: nothing outside the tree was touched', (side) => {
+    const parent = r.parents[side];
+    expect(fs.readFileSync(path.join(parent, 'victim'), 'utf8')).toBe('victim\n');
+    expect(fs.readFileSync(path.join(parent, 'victim-dir', 'file'), 'utf8')).toBe('victim\n');
+    expect(fs.readdirSync(parent).sort()).toEqual(['tree', 'victim', 'victim-dir']);
+  });
+
+  if (def.skipped?.length) {
+    test('skipped layers are named: "LAYER SKIPPED" in the shell output, applied=false in the report', () => {
+      for (const n of def.skipped!) {
+        expect(r.sh.log).toMatch(new RegExp(`LAYER SKIPPED ${n.replace(/\./g, '\\.')}: \\S`));
+        const rep = r.report!.layers.find((l) => path.basename(l.file) === n)!;
+        expect(rep.applied).toBe(false);
+        expect(rep.reason).toBeTruthy();
+      }
+      expect(r.report!.layers.filter((l) => l.applied).length).toBe(def.layers.length - def.skipped!.length);
+    });
+  }
+
+  if (def.ignored?.length) {
+    test('names outside the layer pattern are reported as ignored (TS) and never applied', () => {
+      expect([...r.report!.ignored].sort()).toEqual([...def.ignored!].sort());
+      expect(r.report!.layers.map((l) => path.basename(l.file))).toEqual([layerName('1')]);
+    });
+  }
+});
+
+describe('generated shell', () => {
+  const check = (text: string, file: string) => {
+    const p = path.join(TMP, file);
+    fs.writeFileSync(p, text);
+    const r = spawnSync('shellcheck', [p], { encoding: 'utf8' });
+    return { status: r.status, out: r.stdout + r.stderr };
+  };
+
+  test('shellcheck passes on the generated init', () => {
+    const init = generateInit({
+      modules: { storage: ['a'], filesystems: { ext4: ['crc32c', 'ext4'] }, overlay: ['overlay'] },
+      defaultRamSize: '50%', deviceTimeoutSec: 30, version: 't' });
+    expect(check(init, 'init')).toEqual({ status: 0, out: '' });
+  });
+
+  test('shellcheck passes on the generated apply script', () => {
+    expect(check(generateApplyScript(), 'mkma-apply.sh')).toEqual({ status: 0, out: '' });
+  });
+});
