@@ -51,12 +51,13 @@ const buildCmd: CommandFn = async (argv) => {
   const result = await build({ config, out, rebuild: !!values.rebuild, hostKernel: !!values['host-kernel'], reporter });
   let boot: unknown = null;
   if (qemuTest) {
-    const { smokeBoot } = await import('../qemu/smoke.js');
-    const r = await smokeBoot({ out, reporter, env: process.env });
+    const { smokeBoot, describeSmoke } = await import('../qemu/smoke.js');
+    const { log: _log, ...r } = await smokeBoot({ out, reporter, env: process.env });
     boot = r;
+    if (!values.json) process.stderr.write(describeSmoke({ ...r, log: '' }) + '\n');
     if (!r.ok) {
       if (values.json) process.stdout.write(JSON.stringify({ ...result, boot }, null, 2) + '\n');
-      process.stderr.write(`mkma: boot test FAILED: ${r.reason}\n  console log: ${r.logPath}\n`);
+      process.stderr.write(`mkma: the image did not boot: ${r.reason}\n  console log: ${r.logPath}\n`);
       return EXIT.bootFailed;
     }
   }

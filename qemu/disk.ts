@@ -6,6 +6,7 @@
 // renamed into place: a failed rebuild never destroys the persistence layers the guest
 // wrote into the previous disk.
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -164,7 +165,7 @@ function linkOrCopy(src: string, dest: string): void {
 }
 
 function tempNear(target: string, what: string): string {
-  return path.join(path.dirname(target), `.${path.basename(target)}.${what}-${process.pid}-${Date.now().toString(36)}`);
+  return path.join(path.dirname(target), `.${path.basename(target)}.${what}-${process.pid}-${randomBytes(4).toString('hex')}`);
 }
 
 /** mke2fs into a temporary file next to `diskPath`, then rename it into place. */

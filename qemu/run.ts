@@ -214,7 +214,13 @@ async function bootInteractive(o: BootOptions): Promise<BootResult> {
   fs.rmSync(o.logPath, { force: true });
   const child = spawnQemu(o, 'inherit');
   let timedOut = false;
-  const timer = o.timeoutSec > 0 ? setTimeout(() => { timedOut = true; child.kill('SIGKILL'); }, o.timeoutSec * 1000) : undefined;
+  let killTimer: NodeJS.Timeout | undefined;
+  // SIGTERM first: QEMU then restores the terminal it put in raw mode; SIGKILL if it hangs.
+  const timer = o.timeoutSec > 0 ? setTimeout(() => {
+    timedOut = true;
+    child.kill('SIGTERM');
+    killTimer = setTimeout(() => child.kill('SIGKILL'), 3000);
+  }, o.timeoutSec * 1000) : undefined;
   try {
     const exitCode = await new Promise<number | null>((resolve, reject) => {
       child.on('error', (e) => reject(spawnFailure(o.qemuBinary ?? QEMU_BINARY, e)));
@@ -225,6 +231,7 @@ async function bootInteractive(o: BootOptions): Promise<BootResult> {
     return { ok: !timedOut && exitCode === 0, reason, exitCode, timedOut, durationSec: (Date.now() - started) / 1000, log };
   } finally {
     clearTimeout(timer);
+    clearTimeout(killTimer);
     child.kill('SIGKILL');
     unwatch(child);
   }
@@ -253,6 +260,7 @@ function bootCaptured(o: BootOptions): Promise<BootResult> {
       outcome = { ok, reason, timedOut, durationSec: elapsed() };
       child.kill('SIGKILL');
     };
+    logFile.on('error', (e) => decide(false, `cannot write the console log ${o.logPath}: ${e.message}`));
 
     const onLine = (raw: string) => {
       const line = cleanConsoleLine(raw);
@@ -298,20 +306,23 @@ function bootCaptured(o: BootOptions): Promise<BootResult> {
       }
     });
 
+    let spawnFailed = false;
     child.on('error', (e) => {
       // spawn failed: there is no process to wait for.
+      spawnFailed = true;
       clearTimeout(timer);
-      clearTimeout(graceTimer);
       unwatch(child);
       logFile.end();
       reject(spawnFailure(bin, e));
     });
 
     child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      clearTimeout(graceTimer);
+      if (spawnFailed) return;
       unwatch(child);
       if (pending) onLine(pending);
+      // After the last line: it may have started a grace timer that must not keep us waiting.
+      clearTimeout(timer);
+      clearTimeout(graceTimer);
       if (!outcome) {
         const stderr = stderrTail.length ? `; QEMU said: ${stderrTail.join(' | ')}` : '';
         if (failure) outcome = { ok: false, reason: failure, timedOut: false, durationSec: elapsed() };
@@ -324,7 +335,8 @@ function bootCaptured(o: BootOptions): Promise<BootResult> {
         }
       }
       const result: BootResult = { ...outcome, exitCode: code, log: lines.join('\n') };
-      logFile.end(() => resolve(result));
+      if (logFile.destroyed) resolve(result);
+      else logFile.end(() => resolve(result));
     });
   });
 }

@@ -6,13 +6,12 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { makeImagesDisk, makeDataDisk, listDiskFiles, readDiskFile, DiskError } from '../../qemu/disk.js';
 import { bootQemu, phaseTimings, formatTimings, qemuArgs, MULTI_USER_MARKER, type BootOptions } from '../../qemu/run.js';
 import { ensureTestKernel } from '../../qemu/kernel.js';
+import { WORK } from '../helpers/paths.js';
 
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const KERNEL_CACHE = path.join(REPO, '.test-work/kernel');
+const KERNEL_CACHE = path.join(WORK, 'kernel');
 const BOOT_TIMEOUT_SEC = 120;
 
 let work: string;
@@ -279,7 +278,7 @@ describe('real QEMU boot (TCG)', () => {
     const r = await bootQemu(opts);
     const t = phaseTimings(r.log);
     // eslint-disable-next-line no-console
-    console.log(JSON.stringify(r.log)); console.log(`tiny boot under TCG: ${r.durationSec.toFixed(1)}s wall, ${r.reason}\n` +
+    console.log(`tiny boot under TCG: ${r.durationSec.toFixed(1)}s wall, ${r.reason}\n` +
       `qemu-system-x86_64 ${qemuArgs(opts).join(' ')}\n${formatTimings(t)}`);
     expect(r.reason).toMatch(/powered off/);
     expect(r).toMatchObject({ ok: true, exitCode: 0, timedOut: false });

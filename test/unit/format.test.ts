@@ -110,11 +110,12 @@ describe('newc writer round trip against GNU cpio', () => {
   }, 60_000);
 
   test('GNU cpio -idm restores every entry: type, mode, owner, mtime, target, rdev, hardlinks', () => {
-    // GNU cpio restores directory mtimes too; symlink mtimes it does not (lutimes), so those
-    // are left out by describeTree.
-    const want = describeTree(src, { mtimes: 'files+dirs', skipRoot: true });
+    // mtimes of regular files only: GNU cpio 2.13 sets a directory's mtime when it meets the
+    // directory's entry, and the children extracted after it change it again; symlink mtimes
+    // it does not restore at all.
+    const want = describeTree(src, { skipRoot: true });
     expect(Object.keys(want)).toHaveLength(manifest.entries - 1);
-    expect(describeTree(dest, { mtimes: 'files+dirs', skipRoot: true })).toEqual(want);
+    expect(describeTree(dest, { skipRoot: true })).toEqual(want);
     // spot checks with exact values
     const st = (rel: string) => fs.lstatSync(treePath(dest, rel));
     expect(st('setuid').mode & 0o7777).toBe(0o4755);
@@ -320,8 +321,20 @@ describe('manifest', () => {
       ['footer tag damaged', (b) => { const c = Buffer.from(b); c[c.length - FOOTER_SIZE] ^= 0x20; return c; }, /no mkma manifest/],
       ['footer length too large by one', (b) => bumpFooter(b, 1), /manifest frame header is damaged/],
       ['footer length larger than the file', (b) => bumpFooter(b, 10_000_000), /exceeds the file/],
-      ['skippable frame magic damaged', (b, m) => { const c = Buffer.from(b); c[m.dataBytes] ^= 1; return c; }, /manifest frame header is damaged/],
+      ['skippable frame length damaged', (b, m) => { const c = Buffer.from(b); c[m.dataBytes + 4] ^= 1; return c; }, /manifest frame header is damaged/],
     ];
+    // not a skippable frame any more (0x184D2A5x is; the low nibble is free): zstd would fail on it
+    const badMagic = (b: Buffer, m: Manifest) => { const c = Buffer.from(b); c[m.dataBytes + 3] ^= 0xff; return c; };
+    test('skippable frame magic damaged', () => {
+      const p = variant('bad-magic', (b) => badMagic(b, m));
+      expect(() => readManifest(p)).toThrow(/manifest frame header is damaged/);
+      expect(spawnSync('zstd', ['-q', '-t', p]).status).not.toBe(0);
+    });
+    test('the shell read_manifest checks the skippable frame header too', () => {
+      const p = variant('bad-magic', (b) => badMagic(b, m));
+      const r = bbsh('read_manifest "$1" "$MKMA_TMP/m"; echo "rc=$?"', [p]);
+      expect(r.stdout.toString().trim()).toBe('rc=1');
+    });
     test.each(cases.map(([n, e, re]) => [n, e, re] as const))('%s', (name, edit, re) => {
       const p = variant(name.replace(/\W+/g, '-'), (b) => edit(b, m));
       expect(() => readManifest(p)).toThrow(ManifestError);
@@ -411,6 +424,7 @@ describe('NewcParser and newc limits', () => {
   test('packTree refuses a 4 GiB + 1 byte file, naming it, and leaves no file behind', async () => {
     const src = path.join(TMP, 'huge-src');
     const outDir = path.join(TMP, 'huge-out');
+    fs.mkdirSync(src);
     fs.mkdirSync(outDir);
     mkfile(src, 'a-small', 'small');
     mkfile(src, 'var/lib/huge.img', '');
@@ -441,7 +455,7 @@ describe('layer order', () => {
       'persistence.a b.cpio.zst', 'other.cpio.zst']) {
       expect(names).toContain(n);
     }
-    expect(expected.length).toBe(18);
+    expect(expected.length).toBe(19);
   });
 
   test('sortLayerNames gives the expected natural order', () => {

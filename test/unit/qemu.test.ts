@@ -121,11 +121,8 @@ describe('console lines', () => {
 // What a TCG boot of a mkma image prints with `quiet` (shortened; times from shared/notes/field.md).
 const SAMPLE_LOG = [
   'SeaBIOS (version 1.16.2-debian-1.16.2-1)',
-  'Booting from ROM..',
-  '[    0.000000] Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0) #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2',
-  '[    0.000000] Command line: mkma_storage_device=LABEL=MKMA mkma_images_path=/mkma quiet mkma_test console=ttyS0',
-  '[    2.911784] x86/mm: Checked W+X mappings: passed, no W+X pages found.',
-  'mkma[4.01]: phase start mkma init',
+  // the kernel's UART reset ate SeaBIOS's last '.\r\n' (seen in real boots here)
+  'Booting from ROM..mkma[4.01]: phase start mkma init',
   'mkma[4.38]: phase modules-loaded',
   'mkma[4.39]: phase device waiting for LABEL=MKMA (up to 30s)',
   'mkma[4.71]: phase device-found /dev/vda',

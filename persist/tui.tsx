@@ -1,0 +1,434 @@
+// `mkma persist`'s terminal UI: the tree of changes since boot (the overlay's upperdir), what will
+// be saved, the owner's choices, and the confirm → write → result screens. The logic lives in
+// persist/tree-view.ts; this file maps keys to it and draws one screen of text.
+//
+// Every line is cut to the terminal's width by hand (never wrapped), only the rows in the window
+// are drawn, and the output is one line shorter than the terminal so that Ink redraws in place.
+
+import { memo, useEffect, useRef, useState, type ReactElement } from 'react';
+import { Box, render, Text, useApp, useInput, useStdout } from 'ink';
+import { watch } from 'chokidar';
+import { formatBytes } from '../cli/progress.js';
+import type { ChangeEntry, Decision, Overrides, ScanResult } from './model.js';
+import { displayPath, fitLine, PersistView, ruleLinesFromOverrides, rowText, totals, truncateMiddle, type RowParts, type Summary } from './tree-view.js';
+
+export interface PersistTuiOptions {
+  scan: ScanResult;
+  /** the rules' decision for one entry (rules.ts' matchRules, bound to the rules in effect) */
+  decideRule: (e: ChangeEntry) => Decision;
+  /** scans the upperdir again: `r`, and live refresh with watchPath */
+  rescan?: () => Promise<ScanResult> | ScanResult;
+  /** upperdir, watched with chokidar for live refresh */
+  watchPath?: string;
+  /** where `w` appends the user's choices as rules */
+  rulesFile: string;
+  saveRules?: (lines: string[]) => Promise<void> | void;
+  /** the user's choices as rule lines (rules.ts' rulesFromOverrides); a built-in fallback otherwise */
+  rulesFromOverrides?: (overrides: Overrides) => string[];
+  /** choices to start from (--include / --exclude on exact paths) */
+  overrides?: Overrides;
+  onConfirm: (
+    include: (e: ChangeEntry) => boolean,
+    summary: { entries: number; bytes: number },
+  ) => Promise<{ file: string; bytesIn: number; bytesOut: number; entries: number }>;
+}
+
+export type PersistOutcome = 'saved' | 'cancelled';
+
+export interface PersistAppProps extends PersistTuiOptions {
+  /** terminal size; the stdout's by default (and following its resizes) */
+  width?: number;
+  height?: number;
+  /** called once, just before the app exits */
+  onExit?: (outcome: PersistOutcome) => void;
+  /** live refresh: quiet time after the last change before rescanning (ms) */
+  debounceMs?: number;
+}
+
+type WriteResult = Awaited<ReturnType<PersistTuiOptions['onConfirm']>>;
+
+type Mode =
+  | { name: 'main' }
+  | { name: 'search'; query: string }
+  | { name: 'rules'; lines: string[]; busy: boolean }
+  | { name: 'confirm'; summary: Summary }
+  | { name: 'writing'; summary: Summary }
+  | { name: 'result'; result: WriteResult };
+
+const KIND_COLOR: Record<string, string> = { A: 'green', M: 'yellow', m: 'cyan', D: 'red', R: 'magenta' };
+
+const Row = memo(function Row({ p }: { p: RowParts }) {
+  const dim = p.state === 'none';
+  return (
+    <Text wrap="truncate" inverse={p.pointer === '>'} dimColor={dim}>
+      {p.pointer}
+      {p.indent}
+      {p.fold} <Text color={p.state === 'partial' ? 'yellow' : undefined}>{p.mark}</Text>{' '}
+      <Text color={KIND_COLOR[p.kind]}>{p.kind}</Text> {p.name} {p.size}
+    </Text>
+  );
+}, (a, b) => rowText(a.p) === rowText(b.p) && a.p.state === b.p.state);
+
+function Line({ text, width, ...style }: { text: string; width: number; bold?: boolean; color?: string; dimColor?: boolean; inverse?: boolean }) {
+  return (
+    <Text wrap="truncate" {...style}>
+      {fitLine(text, width)}
+    </Text>
+  );
+}
+
+function plural(n: number, one: string, many = `${one}s`): string {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+const HELP_MAIN = '↑↓ move  ←→ fold  space save/skip  / find  ? why  r rescan  w rules  ⏎ save  q quit';
+const HELP_SEARCH = 'type to filter  ⏎ keep  esc clear  ↑↓ move';
+
+export function PersistApp(props: PersistAppProps) {
+  const { exit } = useApp();
+  const { stdout } = useStdout();
+  const viewRef = useRef<PersistView | null>(null);
+  if (!viewRef.current) viewRef.current = new PersistView(props.scan, props.decideRule, props.overrides ?? new Map());
+  const view = viewRef.current;
+  const [, setTick] = useState(0);
+  const redraw = () => setTick((t) => t + 1);
+  const [mode, setModeState] = useState<Mode>({ name: 'main' });
+  const modeRef = useRef<Mode>(mode);
+  const setMode = (m: Mode) => {
+    modeRef.current = m;
+    setModeState(m);
+  };
+  /** a message or an explanation, in place of the status line until the next key */
+  const [message, setMessage] = useState<string[] | null>(null);
+  const [termSize, setTermSize] = useState({ w: stdout.columns || 80, h: stdout.rows || 24 });
+  const width = props.width ?? termSize.w;
+  const height = props.height ?? termSize.h;
+  const exited = useRef(false);
+  const propsRef = useRef(props);
+  propsRef.current = props;
+
+  useEffect(() => {
+    if (props.width !== undefined && props.height !== undefined) return;
+    const onResize = () => setTermSize({ w: stdout.columns || 80, h: stdout.rows || 24 });
+    stdout.on('resize', onResize);
+    return () => {
+      stdout.off('resize', onResize);
+    };
+  }, [stdout, props.width, props.height]);
+
+  // --- rescans (r, live refresh); not while confirming or writing: done when back on the list
+  const scanning = useRef<{ busy: boolean; again: boolean; deferred: boolean; auto: boolean }>({ busy: false, again: false, deferred: false, auto: false });
+  const rescanNow = async (auto: boolean): Promise<void> => {
+    const rescan = propsRef.current.rescan;
+    const s = scanning.current;
+    if (!rescan || exited.current) return;
+    if (modeRef.current.name !== 'main' && modeRef.current.name !== 'search') {
+      s.deferred = true;
+      return;
+    }
+    if (s.busy) {
+      s.again = true;
+      return;
+    }
+    s.busy = true;
+    if (!auto) setMessage(['rescanning…']);
+    try {
+      const next = await rescan();
+      if (exited.current) return;
+      const d = view.applyScan(next);
+      const what = d.added || d.removed ? `+${d.added} −${d.removed}` : 'no change';
+      setMessage([`${auto ? 'changed on disk, rescanned' : 'rescanned'}: ${what} (${plural(next.stats.entries, 'entry', 'entries')}, ${next.stats.scanMs} ms)`]);
+    } catch (err) {
+      if (!exited.current) setMessage([`rescan failed: ${(err as Error).message}`]);
+    } finally {
+      s.busy = false;
+      redraw();
+    }
+    if (s.again) {
+      s.again = false;
+      await rescanNow(true);
+    }
+  };
+  const rescanRef = useRef(rescanNow);
+  rescanRef.current = rescanNow;
+
+  useEffect(() => {
+    if (mode.name === 'main' && scanning.current.deferred) {
+      scanning.current.deferred = false;
+      void rescanRef.current(true);
+    }
+  }, [mode.name]);
+
+  // --- live refresh
+  useEffect(() => {
+    const { watchPath, rescan } = props;
+    if (!watchPath || !rescan) return;
+    const debounce = props.debounceMs ?? 300;
+    let timer: NodeJS.Timeout | undefined;
+    let closed = false;
+    const watcher = watch(watchPath, { ignoreInitial: true, followSymlinks: false, ignorePermissionErrors: true, persistent: true });
+    watcher.on('all', () => {
+      if (closed) return;
+      clearTimeout(timer);
+      timer = setTimeout(() => void rescanRef.current(true), debounce);
+    });
+    watcher.on('error', (err) => {
+      if (closed) return;
+      closed = true;
+      clearTimeout(timer);
+      void watcher.close();
+      setMessage([`live refresh off: ${(err as Error).message} (r rescans)`]);
+    });
+    return () => {
+      closed = true;
+      clearTimeout(timer);
+      void watcher.close();
+    };
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [props.watchPath]);
+
+  const quit = (outcome: PersistOutcome) => {
+    if (exited.current) return;
+    exited.current = true;
+    props.onExit?.(outcome);
+    exit();
+  };
+
+  // --- layout: header, body, status (1+ lines), help; one line short of the terminal
+  const statusLines = message ?? [];
+  const statusHeight = Math.max(1, Math.min(statusLines.length, 4));
+  const bodyHeight = Math.max(1, height - 1 - 2 - statusHeight);
+
+  const startConfirm = () => {
+    const summary = view.summary();
+    setMessage(null);
+    setMode({ name: 'confirm', summary });
+  };
+
+  const write = async (summary: Summary) => {
+    setMode({ name: 'writing', summary });
+    try {
+      const result = await props.onConfirm(view.includeFn(), { entries: summary.entries, bytes: summary.bytes });
+      if (!exited.current) setMode({ name: 'result', result });
+    } catch (err) {
+      if (exited.current) return;
+      setMessage([`writing failed: ${(err as Error).message}`]);
+      setMode({ name: 'main' });
+    }
+  };
+
+  const saveRules = async (lines: string[]) => {
+    setMode({ name: 'rules', lines, busy: true });
+    try {
+      await props.saveRules!(lines);
+      if (exited.current) return;
+      setMessage([`appended ${plural(lines.length, 'line')} to ${props.rulesFile}`]);
+    } catch (err) {
+      if (exited.current) return;
+      setMessage([`saving rules failed: ${(err as Error).message}`]);
+    }
+    setMode({ name: 'main' });
+  };
+
+  useInput((input, key) => {
+    if (exited.current) return;
+    const m = modeRef.current;
+    const ctrlC = key.ctrl && input === 'c';
+    if (m.name === 'writing') return;
+    if (m.name === 'result') {
+      quit('saved');
+      return;
+    }
+    if (ctrlC) {
+      quit('cancelled');
+      return;
+    }
+    if (m.name === 'confirm') {
+      if (input === 'y' || input === 'Y') void write(m.summary);
+      else if (input === 'n' || input === 'N' || key.escape || input === 'q') setMode({ name: 'main' });
+      return;
+    }
+    if (m.name === 'rules') {
+      if (m.busy) return;
+      if ((input === 'y' || input === 'Y') && props.saveRules && m.lines.length) void saveRules(m.lines);
+      else if (input === 'n' || input === 'N' || key.escape || input === 'q' || input === 'y' || input === 'Y') setMode({ name: 'main' });
+      return;
+    }
+
+    const page = Math.max(1, bodyHeight - 1);
+    // keys that move, in both the list and the search prompt
+    if (key.upArrow) view.move(-1);
+    else if (key.downArrow) view.move(1);
+    else if (key.pageUp) view.move(-page);
+    else if (key.pageDown) view.move(page);
+    else if (key.home) view.home();
+    else if (key.end) view.end();
+    else if (m.name === 'search') {
+      if (key.return) {
+        setMode({ name: 'main' });
+        setMessage(view.filter ? [`filter "${m.query}": ${plural(view.filter.matches, 'match', 'matches')} (esc clears)`] : null);
+        return;
+      }
+      if (key.escape) {
+        view.clearFilter();
+        setMessage(null);
+        setMode({ name: 'main' });
+        return;
+      }
+      let q = m.query;
+      if (key.backspace || key.delete) q = [...q].slice(0, -1).join('');
+      else if (input && !key.ctrl && !key.meta && !key.tab) q += input.replace(/[\x00-\x1f\x7f]/g, '');
+      else return;
+      view.setFilter(q);
+      setMode({ name: 'search', query: q });
+      return;
+    } else if (input === 'q') {
+      quit('cancelled');
+      return;
+    } else if (input === 'k') view.move(-1);
+    else if (input === 'j') view.move(1);
+    else if (input === 'g') view.home();
+    else if (input === 'G') view.end();
+    else if (key.leftArrow || input === 'h') view.left();
+    else if (key.rightArrow || input === 'l') view.right();
+    else if (input === '-') view.expandAll(false);
+    else if (input === '+' || input === '*') view.expandAll(true);
+    else if (input === ' ') {
+      const inc = view.toggle();
+      if (inc !== undefined) {
+        const i = view.current;
+        const e = view.tree.entries[i];
+        setMessage([`/${displayPath(e.path)}${e.type === 'dir' ? '/' : ''}: ${inc ? 'saved' : 'not saved'} (your choice)`]);
+        redraw();
+        return;
+      }
+    } else if (input === 'a' || input === 'n') {
+      view.setAll(input === 'a');
+      setMessage([input === 'a' ? 'everything will be saved (your choice)' : 'nothing will be saved (your choice)']);
+      redraw();
+      return;
+    } else if (input === 'u') {
+      view.resetChoices();
+      setMessage(['your choices are forgotten: the rules decide']);
+      redraw();
+      return;
+    } else if (input === '/') {
+      setMessage(null);
+      setMode({ name: 'search', query: view.filter?.query ?? '' });
+      return;
+    } else if (key.escape) {
+      if (view.filter) view.clearFilter();
+    } else if (input === '?') {
+      setMessage(view.explain());
+      return;
+    } else if (input === 'r') {
+      if (props.rescan) void rescanNow(false);
+      else setMessage(['rescanning is not available']);
+      return;
+    } else if (input === 'w') {
+      if (!view.overrides.size) {
+        setMessage(['no choices of yours to save as rules (space marks an entry)']);
+        return;
+      }
+      const lines = props.rulesFromOverrides ? props.rulesFromOverrides(view.overrides) : ruleLinesFromOverrides(view.overrides, (p) => view.isDir(p));
+      setMessage(null);
+      setMode({ name: 'rules', lines, busy: false });
+      return;
+    } else if (key.return) {
+      startConfirm();
+      return;
+    } else return;
+    setMessage(null);
+    redraw();
+  });
+
+  // --- drawing
+  const scan = view.scan;
+  const tot = totals(view.tree, view.inc);
+  const skipped = scan.skipped.length ? ` · ${scan.skipped.length} skipped` : '';
+  const filterNote = view.filter ? ` · filter "${view.filter.query}"` : '';
+  const counts = ` ${plural(tot.changes, 'change')} · save ${tot.included} (${formatBytes(tot.includedBytes)} of ${formatBytes(tot.bytes)})${skipped}${filterNote}`;
+  const upperRoom = Math.max(8, width - counts.length - 1);
+  const header = `${truncateMiddle(scan.upper, upperRoom)}:${counts}`;
+
+  const body: ReactElement[] = [];
+  if (mode.name === 'main' || mode.name === 'search') {
+    const top = view.scrollTo(bodyHeight);
+    const last = Math.min(view.size, top + bodyHeight);
+    for (let r = top; r < last; r++) body.push(<Row key={r - top} p={view.row(r, width)} />);
+    if (!view.size) body.push(<Line key="empty" width={width} dimColor text={view.filter ? `  nothing matches "${view.filter.query}"` : '  no changes since boot'} />);
+  } else if (mode.name === 'rules') {
+    const lines = mode.lines;
+    body.push(<Line key="t" width={width} bold text={`Append ${plural(lines.length, 'line')} to ${props.rulesFile}?`} />);
+    const room = bodyHeight - 3;
+    const shown = lines.length > room ? lines.slice(0, Math.max(0, room - 1)) : lines;
+    shown.forEach((l, k) => body.push(<Line key={`l${k}`} width={width} text={`  ${truncateMiddle(l, width - 2)}`} />));
+    if (shown.length < lines.length) body.push(<Line key="more" width={width} dimColor text={`  … ${lines.length - shown.length} more`} />);
+    body.push(<Line key="gap" width={width} text="" />);
+    body.push(
+      <Line
+        key="q"
+        width={width}
+        text={mode.busy ? 'saving…' : props.saveRules ? 'y append · n back' : 'saving rules is not available here · any key goes back'}
+      />,
+    );
+  } else if (mode.name === 'confirm' || mode.name === 'writing') {
+    const s = mode.summary;
+    const lines = [
+      'Save a new persistence layer',
+      '',
+      `  entries    ${s.entries} (${plural(s.changes, 'change')} and the folders they need)`,
+      `  size       ${formatBytes(s.bytes)} before compression`,
+      `  deleted    ${plural(s.deleted, 'path')} (whiteouts)`,
+      `  replaced   ${plural(s.replaced, 'directory', 'directories')} (opaque)`,
+      `  left out   ${plural(s.excluded, 'change')}, ${formatBytes(s.excludedBytes)}`,
+    ];
+    if (scan.skipped.length) lines.push(`  skipped    ${plural(scan.skipped.length, 'entry', 'entries')} that cannot be saved`);
+    lines.push('');
+    lines.push(mode.name === 'writing' ? 'writing…' : 'Save now? y yes · n back');
+    lines.forEach((l, k) => body.push(<Line key={k} width={width} bold={k === 0} text={l} />));
+  } else if (mode.name === 'result') {
+    const r = mode.result;
+    const ratio = r.bytesIn > 0 ? ` (${Math.round((r.bytesOut / r.bytesIn) * 100)}%)` : '';
+    const lines = [
+      'Saved',
+      '',
+      `  layer      ${truncateMiddle(r.file, width - 13)}`,
+      `  entries    ${r.entries}`,
+      `  size       ${formatBytes(r.bytesIn)} → ${formatBytes(r.bytesOut)} compressed${ratio}`,
+      '',
+      'Press any key to exit.',
+    ];
+    lines.forEach((l, k) => body.push(<Line key={k} width={width} bold={k === 0} color={k === 0 ? 'green' : undefined} text={l} />));
+  }
+  while (body.length < bodyHeight) body.push(<Text key={`pad${body.length}`}> </Text>);
+  body.length = Math.min(body.length, bodyHeight);
+
+  let status: string[];
+  if (mode.name === 'search') status = [`/${mode.query}▏ ${view.filter ? plural(view.filter.matches, 'match', 'matches') : ''}`];
+  else if (statusLines.length) status = statusLines.slice(0, statusHeight);
+  else if (mode.name === 'main' && view.current >= 0) {
+    const e = view.tree.entries[view.current];
+    status = [`/${displayPath(e.path)}${e.type === 'symlink' && e.target !== undefined ? ` -> ${displayPath(e.target)}` : ''}`];
+  } else status = [''];
+  const help = mode.name === 'search' ? HELP_SEARCH : mode.name === 'main' ? HELP_MAIN : '';
+
+  return (
+    <Box flexDirection="column" width={width}>
+      <Line text={header} width={width} bold />
+      {body}
+      {status.map((s, k) => (
+        <Line key={`s${k}`} text={message ? s : truncateMiddle(s, width)} width={width} color={message ? 'cyan' : undefined} />
+      ))}
+      <Line text={help} width={width} dimColor />
+    </Box>
+  );
+}
+
+/** Runs the UI on the terminal until the owner saves (→ 'saved') or quits (→ 'cancelled'). */
+export async function runPersistTui(o: PersistTuiOptions): Promise<PersistOutcome> {
+  let outcome: PersistOutcome = 'cancelled';
+  const app = render(<PersistApp {...o} onExit={(r) => (outcome = r)} />, { exitOnCtrlC: false, patchConsole: true });
+  await app.waitUntilExit();
+  return outcome;
+}

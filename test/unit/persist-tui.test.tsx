@@ -1,0 +1,435 @@
+import { afterEach, describe, expect, jest, test } from '@jest/globals';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { cleanup, render } from 'ink-testing-library';
+import type { ChangeEntry, ChangeKind, Decision, EntryType, Rule, ScanResult } from '../../persist/model.js';
+import { PersistApp, type PersistAppProps, type PersistOutcome } from '../../persist/tui.js';
+
+// --- a realistic upperdir after a day of use ------------------------------------------------
+
+function entry(path: string, kind: ChangeKind, type: EntryType = 'file', size = 0, extra: Partial<ChangeEntry> = {}): ChangeEntry {
+  return { path, kind, type, size, totalSize: size, mode: type === 'dir' ? 0o40755 : 0o100644, uid: 0, gid: 0, mtime: 1700000000, xattrs: [], hardlinks: [], ...extra };
+}
+
+const LONG_DIR = 'home/alice/projects/some-really-long-directory-name-for-testing-truncation/another-deeply-nested-folder';
+const LONG_FILE = `${LONG_DIR}/with-a-file-name-that-is-way-too-long-to-fit-in-eighty-columns-of-terminal.txt`;
+
+function baseEntries(): ChangeEntry[] {
+  const list: ChangeEntry[] = [
+    entry('etc', 'container', 'dir'),
+    entry('etc/apt', 'container', 'dir'),
+    entry('etc/apt/sources.list.d', 'container', 'dir'),
+    entry('etc/apt/sources.list.d/extra.list', 'added', 'file', 120),
+    entry('etc/hostname', 'modified', 'file', 10),
+    entry('etc/machine-id', 'modified', 'file', 33),
+    entry('etc/motd', 'deleted', 'whiteout'),
+    entry('etc/resolv.conf', 'modified', 'symlink', 39, { target: '../run/systemd/resolve/stub-resolv.conf' }),
+    entry('etc/ssh', 'container', 'dir'),
+    entry('etc/ssh/ssh_host_ed25519_key', 'added', 'file', 411),
+    entry('etc/ssh/ssh_host_ed25519_key.pub', 'added', 'file', 103),
+    entry('etc/ssh/sshd_config', 'metadata', 'file', 3223),
+    entry('home', 'container', 'dir'),
+    entry('home/alice', 'added', 'dir'),
+    entry('home/alice/.bash_history', 'added', 'file', 2048),
+    entry('home/alice/.bashrc', 'added', 'file', 3771),
+    entry('home/alice/.cache', 'added', 'dir'),
+    entry('home/alice/.cache/big.bin', 'added', 'file', 50 * 1024 * 1024),
+    entry('home/alice/projects', 'added', 'dir'),
+    entry('home/alice/projects/some-really-long-directory-name-for-testing-truncation', 'added', 'dir'),
+    entry(LONG_DIR, 'added', 'dir'),
+    entry(LONG_FILE, 'added', 'file', 12345),
+    entry('root', 'container', 'dir'),
+    entry('root/.bash_history', 'added', 'file', 900),
+    entry('tmp', 'container', 'dir'),
+    entry('tmp/junk.tar', 'added', 'file', 4 * 1024 * 1024),
+    entry('var', 'container', 'dir'),
+    entry('var/cache', 'container', 'dir'),
+    entry('var/cache/apt', 'replaced', 'dir'),
+    entry('var/cache/apt/pkgcache.bin', 'added', 'file', 30 * 1024 * 1024),
+    entry('var/lib', 'container', 'dir'),
+    entry('var/lib/dpkg', 'container', 'dir'),
+    entry('var/lib/dpkg/status', 'modified', 'file', 512 * 1024),
+    entry('var/log', 'container', 'dir'),
+    entry('var/log/journal', 'added', 'dir'),
+    entry('var/log/journal/system.journal', 'added', 'file', 8 * 1024 * 1024),
+  ];
+  return list;
+}
+
+function scanOf(entries: ChangeEntry[]): ScanResult {
+  const sorted = [...entries].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  return {
+    upper: '/overlay/fresh',
+    lower: '/overlay/base',
+    entries: sorted,
+    skipped: [{ path: 'run/foo.sock', reason: 'socket' }],
+    stats: { entries: sorted.length, bytes: sorted.reduce((a, e) => a + e.size, 0), scanMs: 12 },
+  };
+}
+
+const RULES: Rule[] = [
+  { pattern: '/tmp', include: false, source: 'default' },
+  { pattern: '/var/cache', include: false, source: 'default' },
+  { pattern: '.cache', include: false, source: '/etc/mkma/persist.rules:3' },
+  { pattern: '/etc/ssh', include: true, source: '/etc/mkma/persist.rules:7' },
+];
+
+/** A stand-in for rules.ts: anchored patterns cover their subtree, others match a path segment. */
+function decideRule(e: ChangeEntry): Decision {
+  let d: Decision = { included: true, rule: null };
+  for (const r of RULES) {
+    const hit = r.pattern.startsWith('/')
+      ? e.path === r.pattern.slice(1) || e.path.startsWith(`${r.pattern.slice(1)}/`)
+      : e.path.split('/').includes(r.pattern);
+    if (hit) d = { included: r.include, rule: r };
+  }
+  return d;
+}
+
+// --- helpers ----------------------------------------------------------------------------------
+
+const KEY = { up: '\u001B[A', down: '\u001B[B', right: '\u001B[C', left: '\u001B[D', pgdn: '\u001B[6~', pgup: '\u001B[5~', home: '\u001B[H', end: '\u001B[F', esc: '\u001B', enter: '\r' };
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+// eslint-disable-next-line no-control-regex
+const strip = (s: string) => s.replace(/\u001B\[[0-9;]*m/g, '');
+
+type WriteResult = { file: string; bytesIn: number; bytesOut: number; entries: number };
+
+function setup(over: Partial<PersistAppProps> = {}) {
+  const outcome: PersistOutcome[] = [];
+  const onConfirm = jest.fn(async (_include: (e: ChangeEntry) => boolean, summary: { entries: number; bytes: number }): Promise<WriteResult> => ({
+    file: '/persist/layers/0003-20250101-120000.mkl',
+    bytesIn: summary.bytes,
+    bytesOut: Math.round(summary.bytes / 3),
+    entries: summary.entries,
+  }));
+  const saveRules = jest.fn(async (_lines: string[]) => {});
+  const props: PersistAppProps = {
+    scan: scanOf(baseEntries()),
+    decideRule,
+    rulesFile: '/etc/mkma/persist.rules',
+    saveRules,
+    onConfirm,
+    width: 80,
+    height: 24,
+    onExit: (o) => outcome.push(o),
+    ...over,
+  };
+  const app = render(<PersistApp {...props} />);
+  const frame = () => strip(app.lastFrame() ?? '');
+  const lines = () => frame().split('\n');
+  const press = async (...keys: string[]) => {
+    for (const k of keys) {
+      app.stdin.write(k);
+      await sleep(25);
+    }
+  };
+  const type = async (text: string) => {
+    for (const ch of text) await press(ch);
+  };
+  /** the row of the list that shows `name` */
+  const rowWith = (name: string) => lines().find((l) => l.includes(` ${name}`)) ?? '';
+  const cursorRow = () => lines().find((l) => l.startsWith('>')) ?? '';
+  return { app, frame, lines, press, type, rowWith, cursorRow, onConfirm, saveRules, outcome, props };
+}
+
+function header(lines: string[]) {
+  return lines[0];
+}
+
+async function moveTo(t: ReturnType<typeof setup>, name: string) {
+  for (let k = 0; k < 60 && !t.cursorRow().includes(` ${name}`); k++) await t.press(KEY.down);
+  expect(t.cursorRow()).toContain(` ${name}`);
+}
+
+afterEach(() => {
+  cleanup();
+});
+
+// --- tests --------------------------------------------------------------------------------------
+
+describe('PersistApp', () => {
+  test('main screen at 80x24: header, tree, status, help; no line over 80 columns', async () => {
+    const t = setup();
+    await sleep(30);
+    const lines = t.lines();
+    if (process.env.PERSIST_SCREENSHOT) console.log(`${lines.join('\n')}`);
+    expect(lines.length).toBe(23); // one short of the terminal: Ink redraws in place
+    for (const l of lines) expect([...l].length).toBeLessThanOrEqual(80);
+    // 22 changes; saved: all but tmp/junk.tar, var/cache/apt(+pkgcache), .cache(+big.bin)
+    expect(header(lines)).toMatch(/^\/overlay\/fresh: 22 changes · save 17 \(/);
+    expect(header(lines)).toContain('1 skipped');
+    expect(lines[1]).toMatch(/^> ▾ \[x\]   etc\/ +/);
+    expect(t.rowWith('apt/')).toMatch(/▸ \[x\]   apt\//);
+    expect(t.rowWith('motd')).toMatch(/\[x\] D motd/);
+    expect(t.rowWith('hostname')).toMatch(/\[x\] M hostname +10 B$/);
+    expect(t.rowWith('resolv.conf')).toContain('M resolv.conf -> ../run/systemd/resolve/stub-resolv.conf');
+    expect(t.rowWith('tmp/')).toMatch(/▾ \[ \]   tmp\/ +4\.0 MiB$/);
+    expect(t.rowWith('home/')).toMatch(/\[~\]/);
+    expect(lines[lines.length - 1]).toContain('space save/skip');
+    expect(lines[lines.length - 2]).toBe('/etc'.padEnd(80));
+  });
+
+  test('move, fold and unfold; ← on a child goes to the parent', async () => {
+    const t = setup();
+    await t.press(KEY.down);
+    expect(t.cursorRow()).toContain(' apt/');
+    expect(t.rowWith('sources.list.d/')).toBe('');
+    await t.press(KEY.right);
+    expect(t.cursorRow()).toContain('▾ [x]   apt/');
+    expect(t.rowWith('sources.list.d/')).toContain('▸');
+    await t.press('l', 'l', 'l'); // unfold sources.list.d? no: first l goes to the child, next unfolds it, next enters
+    expect(t.cursorRow()).toContain('A extra.list');
+    await t.press('h'); // leaf: to parent
+    expect(t.cursorRow()).toContain(' sources.list.d/');
+    await t.press(KEY.left); // fold it
+    expect(t.rowWith('extra.list')).toBe('');
+    await t.press('k', 'j', 'j');
+    expect(t.cursorRow()).toContain(' hostname');
+    await t.press(KEY.end);
+    expect(t.cursorRow()).toContain(' var/');
+    await t.press(KEY.home);
+    expect(t.cursorRow()).toContain(' etc/');
+    await t.press(KEY.left); // fold etc
+    expect(t.rowWith('hostname')).toBe('');
+    expect(t.lines()[2]).toContain(' home/');
+    await t.press(KEY.pgdn);
+    expect(t.cursorRow()).toContain(' var/');
+    await t.press(KEY.pgup);
+    expect(t.cursorRow()).toContain(' etc/');
+  });
+
+  test('space excludes a subtree: header total and confirm numbers; Enter → y writes without it', async () => {
+    const t = setup();
+    const before = header(t.lines());
+    expect(before).toContain('save 17 (');
+    await moveTo(t, 'var/');
+    // var: dpkg/status (512 KiB) + journal dir + system.journal (8 MiB) saved; cache excluded by rule
+    await t.press(' ');
+    expect(t.cursorRow()).toMatch(/\[ \]   var\//);
+    expect(header(t.lines())).toContain('save 14 (');
+    expect(t.lines().at(-2)).toContain('/var/: not saved (your choice)');
+
+    await t.press(KEY.enter);
+    const confirm = t.frame();
+    expect(confirm).toContain('Save a new persistence layer');
+    // saved changes: etc (9) + home/alice, .bash_history, .bashrc, projects, long dir x2, long file (7) + root/.bash_history (1) = 17 - 3 = 14
+    expect(confirm).toMatch(/entries +\d+ \(14 changes and the folders they need\)/);
+    expect(confirm).toMatch(/deleted +1 path \(whiteouts\)/);
+    expect(confirm).toMatch(/replaced +0 directories/);
+    expect(confirm).toMatch(/left out +8 changes/);
+    expect(confirm).toMatch(/skipped +1 entry that cannot be saved/);
+    // n goes back
+    await t.press('n');
+    expect(t.frame()).not.toContain('Save a new persistence layer');
+    await t.press(KEY.enter, 'y');
+    await sleep(30);
+    expect(t.onConfirm).toHaveBeenCalledTimes(1);
+    const [include, summary] = t.onConfirm.mock.calls[0];
+    const all = t.props.scan.entries;
+    const byPath = (p: string) => all.find((e) => e.path === p)!;
+    expect(include(byPath('var/lib/dpkg/status'))).toBe(false);
+    expect(include(byPath('var/log/journal/system.journal'))).toBe(false);
+    expect(include(byPath('var'))).toBe(false);
+    expect(include(byPath('etc/hostname'))).toBe(true);
+    expect(include(byPath('etc'))).toBe(true);
+    expect(include(byPath('tmp/junk.tar'))).toBe(false);
+    expect(include(byPath(LONG_FILE))).toBe(true);
+    expect(summary.entries).toBe(all.filter(include).length);
+    expect(summary.bytes).toBe(all.filter(include).reduce((a, e) => a + e.size, 0));
+    const result = t.frame();
+    expect(result).toContain('Saved');
+    expect(result).toContain('0003-20250101-120000.mkl');
+    expect(result).toMatch(/→ .* compressed \(33%\)/);
+    expect(t.outcome).toEqual([]);
+    await t.press('x');
+    expect(t.outcome).toEqual(['saved']);
+  });
+
+  test('writing shows progress; a failure goes back to the list', async () => {
+    let fail: (e: Error) => void = () => {};
+    const onConfirm = jest.fn(() => new Promise<WriteResult>((_, reject) => (fail = reject)));
+    const t = setup({ onConfirm });
+    await t.press(KEY.enter, 'y');
+    expect(t.frame()).toContain('writing…');
+    await t.press('q'); // ignored while writing
+    expect(t.outcome).toEqual([]);
+    fail(new Error('disk full'));
+    await sleep(30);
+    expect(t.frame()).toContain('writing failed: disk full');
+    expect(t.cursorRow()).toContain(' etc/');
+  });
+
+  test('search: filter as you type, Enter keeps it, Esc clears it', async () => {
+    const t = setup();
+    await t.press('/');
+    await t.type('journal');
+    let lines = t.lines();
+    expect(lines.at(-2)).toMatch(/^\/journal▏ 2 matches/);
+    expect(t.rowWith('etc/')).toBe('');
+    expect(t.rowWith('var/')).toContain('▾');
+    expect(t.rowWith('system.journal')).toContain('A system.journal');
+    expect(t.cursorRow()).toContain(' journal/');
+    await t.press(KEY.enter);
+    lines = t.lines();
+    expect(header(lines)).toContain('filter "journal"');
+    expect(lines.at(-2)).toContain('2 matches');
+    // still filtered after moving; space works on the filtered rows
+    await t.press(KEY.down);
+    expect(t.cursorRow()).toContain('system.journal');
+    await t.press(KEY.esc);
+    expect(header(t.lines())).not.toContain('filter');
+    expect(t.rowWith('etc/')).not.toBe('');
+    // the found entry stays under the cursor
+    expect(t.cursorRow()).toContain('system.journal');
+    // Esc while typing clears too; backspace edits
+    await t.press('/');
+    await t.type('zzz');
+    expect(t.frame()).toContain('nothing matches "zzz"');
+    await t.press('\u007F', '\u007F', '\u007F');
+    expect(t.rowWith('etc/')).not.toBe('');
+    await t.type('ssh');
+    await t.press(KEY.esc);
+    expect(t.rowWith('home/')).not.toBe('');
+  });
+
+  test('? explains the decision: rule with its source, your choice, container', async () => {
+    const t = setup();
+    await t.press('?');
+    expect(t.frame()).toContain('not a change itself: 9 of 9 changes below are saved');
+    await moveTo(t, 'tmp/');
+    await t.press(KEY.down, '?');
+    let text = t.frame();
+    expect(text).toContain('/tmp/junk.tar: added file');
+    expect(text).toContain('not saved: rule /tmp');
+    expect(text).toContain('from default');
+    await t.press(' ', '?');
+    text = t.frame();
+    expect(text).toContain('saved: your choice');
+    expect(text).toContain('the rules say skip: /tmp (default)');
+    await t.press(KEY.home, KEY.down, KEY.right, KEY.down, KEY.right); // open etc/apt/sources.list.d
+    await moveTo(t, 'ssh_host_ed25519_key');
+    await t.press('?');
+    expect(t.frame()).toContain('from /etc/mkma/persist.rules:7');
+    expect(t.frame()).toContain('saved: rule !/etc/ssh');
+    // the explanation lines are gone after the next key, and never wider than 80
+    for (const l of t.lines()) expect([...l].length).toBeLessThanOrEqual(80);
+    await t.press(KEY.down);
+    expect(t.frame()).not.toContain('from /etc/mkma/persist.rules:7');
+  });
+
+  test('w shows the rule lines and calls saveRules on y', async () => {
+    const t = setup();
+    await t.press('w');
+    expect(t.frame()).toContain('no choices of yours to save as rules');
+    await moveTo(t, 'tmp/');
+    await t.press(' ');
+    await moveTo(t, 'var/');
+    await t.press(' ');
+    await t.press('w');
+    const text = t.frame();
+    expect(text).toContain('Append 4 lines to /etc/mkma/persist.rules?');
+    expect(text).toContain('  !/tmp\n  !/tmp/**\n  /var\n  /var/**');
+    await t.press('y');
+    await sleep(20);
+    expect(t.saveRules).toHaveBeenCalledWith(['!/tmp', '!/tmp/**', '/var', '/var/**']);
+    expect(t.frame()).toContain('appended 4 lines to /etc/mkma/persist.rules');
+  });
+
+  test('w uses rulesFromOverrides when given; n goes back without saving', async () => {
+    const rulesFromOverrides = jest.fn((o: Map<string, boolean>) => [...o].map(([p, inc]) => `${inc ? '!' : ''}/${p}  # custom`));
+    const t = setup({ rulesFromOverrides });
+    await moveTo(t, 'tmp/');
+    await t.press(' ', 'w');
+    expect(t.frame()).toContain('!/tmp  # custom');
+    await t.press('n');
+    expect(t.saveRules).not.toHaveBeenCalled();
+    expect(t.frame()).toContain('space save/skip');
+  });
+
+  test('q and Ctrl-C quit with "cancelled"', async () => {
+    const t = setup();
+    await t.press('q');
+    expect(t.outcome).toEqual(['cancelled']);
+    const t2 = setup();
+    await t2.press('\u0003');
+    expect(t2.outcome).toEqual(['cancelled']);
+    expect(t.onConfirm).not.toHaveBeenCalled();
+  });
+
+  test('r rescans: a new entry appears, the choices and the cursor stay', async () => {
+    let entries = baseEntries();
+    const rescan = jest.fn(() => scanOf(entries));
+    const t = setup({ rescan });
+    await moveTo(t, 'home/');
+    await t.press(KEY.right, KEY.down); // alice/
+    expect(t.cursorRow()).toContain(' alice/');
+    await t.press(' '); // exclude alice
+    expect(header(t.lines())).toContain('save 10 (');
+    entries = [...entries, entry('home/alice/notes.txt', 'added', 'file', 999), entry('etc/new.conf', 'added', 'file', 5)];
+    await t.press('r');
+    await sleep(30);
+    expect(rescan).toHaveBeenCalledTimes(1);
+    expect(t.frame()).toContain('rescanned: +2 −0');
+    expect(t.cursorRow()).toContain(' alice/');
+    expect(t.cursorRow()).toContain('[ ]'); // notes.txt is under the excluded alice/
+    expect(header(t.lines())).toMatch(/^\/overlay\/fresh: 24 changes · save 11 \(/);
+    expect(t.rowWith('new.conf')).toContain('[x] A new.conf');
+  });
+
+  test('live refresh: a change in watchPath rescans while open', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mkma-tui-'));
+    try {
+      let entries = baseEntries();
+      const rescan = jest.fn(async () => scanOf(entries));
+      const t = setup({ rescan, watchPath: dir, debounceMs: 50 });
+      await moveTo(t, 'tmp/');
+      await t.press(' '); // include tmp (rule says no)
+      await sleep(300); // watcher ready
+      entries = [...entries, entry('tmp/later.txt', 'added', 'file', 77)];
+      writeFileSync(join(dir, 'later.txt'), 'x');
+      for (let k = 0; k < 100 && rescan.mock.calls.length === 0; k++) await sleep(50);
+      await sleep(50);
+      expect(rescan).toHaveBeenCalled();
+      expect(t.frame()).toContain('changed on disk, rescanned: +1 −0');
+      expect(t.rowWith('later.txt')).toContain('[x] A later.txt'); // the choice on tmp/ covers it
+      expect(t.cursorRow()).toContain(' tmp/');
+    } finally {
+      cleanup();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a long path never makes a line wider than 80 columns', async () => {
+    const t = setup();
+    await moveTo(t, 'home/');
+    await t.press('+'); // unfold everything
+    await moveTo(t, 'with-a-file');
+    const lines = t.lines();
+    for (const l of lines) expect([...l].length).toBeLessThanOrEqual(80);
+    expect(t.cursorRow()).toMatch(/A with-a-file-name.*….*terminal\.txt +12 KiB$/);
+    expect(lines.at(-2)).toMatch(/^\/home\/alice\/projects.*….*eighty-columns-of-terminal\.txt *$/);
+    await t.press('?');
+    for (const l of t.lines()) expect([...l].length).toBeLessThanOrEqual(80);
+  });
+
+  test('100k entries: keys stay quick', async () => {
+    const big: ChangeEntry[] = [];
+    for (let a = 0; a < 10; a++) {
+      big.push(entry(`d${a}`, 'container', 'dir'));
+      for (let b = 0; b < 100; b++) {
+        big.push(entry(`d${a}/s${String(b).padStart(3, '0')}`, 'added', 'dir'));
+        for (let c = 0; c < 100; c++) big.push(entry(`d${a}/s${String(b).padStart(3, '0')}/f${c}`, 'added', 'file', 100));
+      }
+    }
+    const t = setup({ scan: scanOf(big) });
+    await sleep(30);
+    const t0 = performance.now();
+    await t.press(' ', KEY.down, KEY.right, KEY.pgdn, ' ', KEY.end, KEY.home, '+', KEY.end);
+    const per = (performance.now() - t0) / 9;
+    expect(t.cursorRow()).toContain(' f99');
+    expect(per).toBeLessThan(200);
+    expect(t.lines().length).toBe(23);
+  });
+});
