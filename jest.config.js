@@ -11,6 +11,9 @@ const common = {
   moduleNameMapper: { '^(\\.{1,2}/.*)\\.js$': '$1' },
   transform,
   testEnvironment: 'node',
+  // never crawl build output, test work trees (whole root filesystems) or dependencies
+  roots: ['<rootDir>/test', '<rootDir>/format', '<rootDir>/config', '<rootDir>/builder', '<rootDir>/init',
+    '<rootDir>/persist', '<rootDir>/qemu', '<rootDir>/cli'],
 };
 export default {
   projects: [

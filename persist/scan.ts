@@ -2,15 +2,19 @@
 // added, modified, metadata only, deleted (whiteout), replaced (opaque directory), or only a
 // container of changes.
 //
-// Speed: one lstat per upperdir entry, readdir per directory, one lstat in the lower tree per
-// entry whose parent exists there as a directory, and file contents are compared only when
-// the sizes agree (≤ 16 MiB; larger files by size + mtime). xattrs (overlayfs' own, which
-// classify, and the others, which are saved) come from getfattr processes fed through xargs
-// while the walk goes on: no process per entry.
-import * as fs from 'node:fs';
+// Speed (the upperdir of a busy machine holds 100k+ entries): two pipelines run at once, and no
+// process is started per entry:
+//   find -xdev -printf TYPE DEV INO ... PATH TARGET   → parsed here (the walk is find's C loop
+//                                                        over getdents/fstatat: about three times
+//                                                        faster than fs.lstatSync per entry)
+//   find -xdev -printf ./PATH | xargs getfattr -d     → every xattr, overlayfs' own included
+// then one lstat in the lower tree per entry whose parent exists there as a directory; file
+// contents are compared only when the sizes agree (≤ 16 MiB; larger files by size + mtime).
+// Nothing follows symlinks, and nothing descends into another filesystem.
 import { spawn } from 'node:child_process';
-import { parseGetfattrDump } from '../format/tree.js';
+import * as fs from 'node:fs';
 import type { XattrRecord } from '../format/manifest.js';
+import { parseGetfattrDump } from '../format/tree.js';
 import type { ChangeEntry, ChangeKind, EntryType, ScanResult } from './model.js';
 
 export const OVERLAY_XATTR_PREFIX = 'trusted.overlay.';
@@ -18,56 +22,94 @@ export const OVERLAY_XATTR_PREFIX = 'trusted.overlay.';
 export const COMPARE_MAX_BYTES = 16 << 20;
 
 const S_IFMT = 0o170000;
-
 const SLASH = Buffer.from('/');
-const FIND_TYPES: Record<string, { type: EntryType; ifmt: number }> = {
-  f: { type: 'file', ifmt: 0o100000 },
-  d: { type: 'dir', ifmt: 0o040000 },
-  l: { type: 'symlink', ifmt: 0o120000 },
-  c: { type: 'char', ifmt: 0o020000 },
-  b: { type: 'block', ifmt: 0o060000 },
-  p: { type: 'fifo', ifmt: 0o010000 },
-  s: { type: 'socket', ifmt: 0o140000 },
-};
-/** type, st_dev, inode, links, permission bits (octal, with setuid/setgid/sticky), owner, size, mtime; path; link target */
-const FIND_FORMAT = '%y %D %i %n %m %U %G %s %T@\\0%P\\0%l\\0';
+const CHILD_ENV = { ...process.env, LC_ALL: 'C' };
 
-interface Raw {
-  /** path relative to the upperdir, raw bytes as latin1 */
-  rel: string;
-  type: EntryType;
-  dev: number;
-  ino: number;
-  nlink: number;
-  /** full st_mode */
-  mode: number;
-  uid: number;
-  gid: number;
-  size: number;
-  /** seconds, with fractions */
-  mtime: number;
-  target: string;
-  /** index of the parent directory in the sorted raw list, -1 at the top */
-  parent: number;
+const TYPE_BY_LETTER: Record<number, { type: EntryType; ifmt: number }> = {
+  0x66 /* f */: { type: 'file', ifmt: 0o100000 },
+  0x64 /* d */: { type: 'dir', ifmt: 0o040000 },
+  0x6c /* l */: { type: 'symlink', ifmt: 0o120000 },
+  0x63 /* c */: { type: 'char', ifmt: 0o020000 },
+  0x62 /* b */: { type: 'block', ifmt: 0o060000 },
+  0x70 /* p */: { type: 'fifo', ifmt: 0o010000 },
+  0x73 /* s */: { type: 'socket', ifmt: 0o140000 },
+};
+/** type letter, st_dev, inode, links, permission bits (octal, incl. setuid/setgid/sticky), uid, gid, size, mtime; path; link target */
+const STAT_FORMAT = '%y %D %i %n %m %U %G %s %T@\\0%P\\0%l\\0';
+
+/** The walk, column by column (100k objects would cost more in garbage collection than the parse). */
+interface Walk {
+  rel: string[];
+  type: EntryType[];
+  dev: number[];
+  nlink: number[];
+  /** "dev:ino" for entries with more than one link, else "" */
+  inode: string[];
+  mode: number[];
+  uid: number[];
+  gid: number[];
+  size: number[];
+  /** whole seconds */
+  mtime: number[];
+  target: Map<number, string>;
+  errors: string[];
 }
 
-/**
- * Runs `find -xdev` over the upperdir (the walk is find's: a C loop over getdents/fstatat
- * beats one fs.lstatSync per entry from JavaScript about threefold) and hands every path to
- * `onPath` as soon as it is read, so getfattr can work while find still walks.
- */
-function findWalk(root: string, onPath: (rel: Buffer) => void): Promise<{ raw: Raw[]; errors: string[] }> {
-  const child = spawn('find', [root, '-xdev', '-mindepth', '1', '-printf', FIND_FORMAT], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, LC_ALL: 'C' },
-  });
-  const raw: Raw[] = [];
+function collect(child: ReturnType<typeof spawn>, what: string, okCodes: number[], onStdout: (b: Buffer) => void): Promise<string> {
   let err = '';
-  let rest: Buffer = Buffer.alloc(0);
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (d: string) => { if (err.length < 1 << 20) err += d; });
-  child.stdout.on('data', (chunk: Buffer) => {
-    const buf = rest.length ? Buffer.concat([rest, chunk]) : chunk;
+  child.stderr!.setEncoding('utf8');
+  child.stderr!.on('data', (d: string) => { if (err.length < 1 << 20) err += d; });
+  child.stdout!.on('data', onStdout);
+  return new Promise((resolve, reject) => {
+    child.on('error', (e) => reject(new Error(`cannot run ${what}: ${e.message}`)));
+    child.on('close', (code) => {
+      if (code !== null && okCodes.includes(code)) resolve(err);
+      else reject(new Error(`${what} failed (exit ${code}): ${err.trim().slice(0, 2000)}`));
+    });
+  });
+}
+
+interface Cursor {
+  buf: Buffer;
+  p: number;
+  end: number;
+}
+const cur: Cursor = { buf: Buffer.alloc(0), p: 0, end: 0 };
+
+/** A number at the cursor; skips the rest of the field (the fraction of %T@) and the space. */
+function readNum(c: Cursor, base: number): number {
+  const { buf, end } = c;
+  let p = c.p;
+  let n = 0;
+  let neg = false;
+  if (buf[p] === 0x2d) {
+    neg = true;
+    p++;
+  }
+  while (p < end) {
+    const d = buf[p] - 0x30;
+    if (d < 0 || d > 9) break;
+    n = n * base + d;
+    p++;
+  }
+  while (p < end && buf[p] !== 0x20) p++;
+  c.p = p + 1;
+  return neg ? -n : n;
+}
+
+/** Parses `find -printf STAT_FORMAT` output as it streams in. */
+function walkUpper(root: string): { done: Promise<Walk>; kill: () => void } {
+  const w: Walk = {
+    rel: [], type: [], dev: [], nlink: [], inode: [], mode: [], uid: [], gid: [], size: [], mtime: [],
+    target: new Map(), errors: [],
+  };
+  const child = spawn('find', [root, '-xdev', '-mindepth', '1', '-printf', STAT_FORMAT], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: CHILD_ENV,
+  });
+  let rest: Buffer | null = null;
+  const onData = (chunk: Buffer) => {
+    const buf = rest ? Buffer.concat([rest, chunk]) : chunk;
     let pos = 0;
     for (;;) {
       const a = buf.indexOf(0, pos);
@@ -76,108 +118,116 @@ function findWalk(root: string, onPath: (rel: Buffer) => void): Promise<{ raw: R
       if (b < 0) break;
       const c = buf.indexOf(0, b + 1);
       if (c < 0) break;
-      const f = buf.toString('latin1', pos, a).split(' ');
-      const relBuf = buf.subarray(a + 1, b);
-      const t = FIND_TYPES[f[0]] ?? FIND_TYPES.f;
-      raw.push({
-        rel: relBuf.toString('latin1'),
-        type: t.type,
-        dev: Number(f[1]),
-        ino: Number(f[2]),
-        nlink: Number(f[3]),
-        mode: t.ifmt | Number.parseInt(f[4], 8),
-        uid: Number(f[5]),
-        gid: Number(f[6]),
-        size: Number(f[7]),
-        mtime: Number(f[8]),
-        target: t.type === 'symlink' ? buf.toString('latin1', b + 1, c) : '',
-        parent: -1,
-      });
-      onPath(relBuf);
+      // the numbers, parsed in place: no strings for them
+      const t = TYPE_BY_LETTER[buf[pos]] ?? TYPE_BY_LETTER[0x66];
+      cur.buf = buf;
+      cur.p = pos + 2;
+      cur.end = a;
+      const dev = readNum(cur, 10);
+      const inoStart = cur.p;
+      readNum(cur, 10);
+      const inoEnd = cur.p - 1;
+      const nlink = readNum(cur, 10);
+      const perm = readNum(cur, 8);
+      const uid = readNum(cur, 10);
+      const gid = readNum(cur, 10);
+      const size = readNum(cur, 10);
+      const mtime = readNum(cur, 10);
+      const i = w.rel.length;
+      w.rel.push(buf.toString('latin1', a + 1, b));
+      w.type.push(t.type);
+      w.dev.push(dev);
+      w.nlink.push(nlink);
+      w.inode.push(nlink > 1 && t.type !== 'dir' ? `${dev}:${buf.toString('latin1', inoStart, inoEnd)}` : '');
+      w.mode.push(t.ifmt | perm);
+      w.uid.push(uid);
+      w.gid.push(gid);
+      w.size.push(size);
+      w.mtime.push(mtime);
+      if (t.type === 'symlink') w.target.set(i, buf.toString('latin1', b + 1, c));
       pos = c + 1;
     }
-    rest = Buffer.from(buf.subarray(pos));
+    rest = pos < buf.length ? Buffer.from(buf.subarray(pos)) : null;
+  };
+  // exit 1: a directory could not be read, or vanished (live tree): reported, not fatal
+  const done = collect(child, `find ${root}`, [0, 1], onData).then((err) => {
+    w.errors = err.split('\n').filter((l) => l.trim() !== '');
+    return w;
   });
-  return new Promise((resolve, reject) => {
-    child.on('error', (e) => reject(new Error(`cannot run find: ${e.message}`)));
-    child.on('close', (code) => {
-      // exit 1: some directory could not be read (or vanished in a live tree): reported
-      if (code !== 0 && code !== 1) reject(new Error(`find ${root} failed (exit ${code}): ${err.trim()}`));
-      else resolve({ raw, errors: err.split('\n').filter((l) => l.trim() !== '') });
-    });
-  });
+  return { done, kill: () => child.kill('SIGKILL') };
 }
 
-/** getfattr over every path of the tree, fed in batches through xargs (a few processes in all). */
-class BatchXattrs {
-  private readonly child;
-  private readonly out: string[] = [];
-  private err = '';
-  private batch: Buffer[] = [];
-  private batchLen = 0;
-  private readonly done: Promise<void>;
-
-  constructor(root: string) {
-    this.child = spawn('xargs', ['-0', '-r', 'getfattr', '-h', '-d', '-m', '-', '-e', 'base64', '--'], {
-      cwd: root,
-      stdio: ['pipe', 'pipe', 'pipe'],
-      env: { ...process.env, LC_ALL: 'C' },
-    });
-    this.child.stdout.setEncoding('latin1');
-    this.child.stdout.on('data', (d: string) => { this.out.push(d); });
-    this.child.stderr.on('data', (d: Buffer) => { if (this.err.length < 4096) this.err += d.toString(); });
-    this.child.stdin.on('error', () => {});
-    this.done = new Promise((resolve, reject) => {
-      this.child.on('error', (e) => reject(new Error(`cannot run getfattr (apt-get install attr): ${e.message}`)));
-      this.child.on('close', (code) => {
-        // getfattr exits 1 when a path vanished in a live tree; what it printed is still valid
-        if (code === 0 || code === 1 || code === 123) resolve();
-        else reject(new Error(`getfattr failed (exit ${code}): ${this.err.trim()}`));
-      });
-    });
-  }
-
-  add(rel: Buffer): void {
-    // "./" keeps getfattr from reading a name that starts with "-" as an option
-    this.batch.push(DOT_SLASH, rel, NUL);
-    this.batchLen += rel.length + 3;
-    if (this.batchLen >= 1 << 16) this.flush();
-  }
-
-  private flush(): void {
-    if (!this.batchLen) return;
-    this.child.stdin.write(Buffer.concat(this.batch, this.batchLen));
-    this.batch = [];
-    this.batchLen = 0;
-  }
-
-  async finish(): Promise<XattrRecord[]> {
-    this.flush();
-    this.child.stdin.end();
-    await this.done;
-    return parseGetfattrDump(this.out.join(''));
-  }
-
-  kill(): void {
-    this.child.kill('SIGKILL');
-  }
+/**
+ * Every xattr of every entry: a second find lists the paths straight into xargs getfattr (a
+ * handful of getfattr processes for the whole tree), starting at once, without waiting for the
+ * walk above to be parsed. Records are keyed by path relative to root.
+ */
+function readAllXattrs(root: string): { done: Promise<XattrRecord[]>; kill: () => void } {
+  // "./" + path keeps getfattr from reading a name that starts with "-" as an option.
+  const child = spawn('sh', ['-c', 'find . -xdev -mindepth 1 -print0 | xargs -0 -r getfattr -h -d -m - -e base64 --'], {
+    cwd: root,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: CHILD_ENV,
+    detached: true, // its own process group: kill() reaches find, xargs and getfattr
+  });
+  const out: string[] = [];
+  // getfattr exits 1 (xargs: 123) when a path vanished in a live tree; what it printed is still valid
+  const done = collect(child, 'find | xargs getfattr (apt-get install attr)', [0, 1, 123], (d) => out.push(d.toString('latin1')))
+    .then(() => parseGetfattrDump(out.join('')));
+  return {
+    done,
+    kill: () => {
+      try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* gone */ }
+    },
+  };
 }
-const DOT_SLASH = Buffer.from('./');
-const NUL = Buffer.from([0]);
 
-/** Pre-order with siblings sorted by bytes == sorting on the path with "/" as the lowest byte. */
-function sortPreorder(raw: Raw[]): Raw[] {
-  const keyed = raw.map((r) => ({ k: r.rel.replace(/\//g, '\x00'), r }));
-  keyed.sort((a, b) => (a.k < b.k ? -1 : a.k > b.k ? 1 : 0));
-  const out = keyed.map((x) => x.r);
-  const index = new Map<string, number>();
-  for (let i = 0; i < out.length; i++) {
-    const rel = out[i].rel;
-    index.set(rel, i);
-    const slash = rel.lastIndexOf('/');
-    out[i].parent = slash < 0 ? -1 : (index.get(rel.slice(0, slash)) ?? -1);
+/** Pre-order with siblings sorted by bytes: a stable order for the UI, the layer and the tests. */
+function preorder(w: Walk): { order: Int32Array; parent: Int32Array } {
+  const n = w.rel.length;
+  // find's output is pre-order already (each directory's subtree follows it), only siblings
+  // are in directory order: find each entry's parent with a stack, then sort each directory.
+  const parent = new Int32Array(n).fill(-1);
+  const firstChild = new Int32Array(n).fill(-1);
+  const nextSibling = new Int32Array(n).fill(-1);
+  const lastChild = new Int32Array(n).fill(-1);
+  const roots: number[] = [];
+  const stack: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const rel = w.rel[i];
+    while (stack.length) {
+      const top = w.rel[stack[stack.length - 1]];
+      if (rel.length > top.length && rel.charCodeAt(top.length) === 0x2f && rel.startsWith(top)) break;
+      stack.pop();
+    }
+    const p = stack.length ? stack[stack.length - 1] : -1;
+    parent[i] = p;
+    if (p < 0) roots.push(i);
+    else if (lastChild[p] < 0) firstChild[p] = lastChild[p] = i;
+    else lastChild[p] = nextSibling[lastChild[p]] = i;
+    if (w.type[i] === 'dir') stack.push(i);
   }
-  return out;
+  // siblings share their parent's path: comparing whole paths compares their names
+  const byName = (x: number, y: number) => {
+    const a = w.rel[x];
+    const b = w.rel[y];
+    return a < b ? -1 : a > b ? 1 : 0;
+  };
+  const order = new Int32Array(n);
+  let k = 0;
+  const emit = (siblings: number[]) => {
+    siblings.sort(byName);
+    for (const i of siblings) {
+      order[k++] = i;
+      if (firstChild[i] >= 0) {
+        const kids: number[] = [];
+        for (let c = firstChild[i]; c >= 0; c = nextSibling[c]) kids.push(c);
+        emit(kids);
+      }
+    }
+  };
+  emit(roots);
+  return { order: k === n ? order : order.subarray(0, k), parent };
 }
 
 /** getfattr's value spelling ("0s…" base64, "0x…" hex, or "quoted text") → bytes. */
@@ -213,8 +263,8 @@ function sameContent(a: Buffer, b: Buffer, size: number): boolean {
       const na = readFully(fa, ba, want, pos);
       const nb = readFully(fb, bb, want, pos);
       if (na !== want || nb !== want) return false; // changed under us
-      if (ba.compare(bb, 0, nb, 0, na) !== 0) return false;
-      pos += na;
+      if (ba.compare(bb, 0, want, 0, want) !== 0) return false;
+      pos += want;
     }
     return true;
   } catch {
@@ -235,105 +285,122 @@ function readFully(fd: number, buf: Buffer, want: number, pos: number): number {
   return got;
 }
 
-export interface ScanOptions {
-  /** called now and then with the number of entries read so far */
-  onProgress?: (entries: number) => void;
-}
+const NO_BYTES = Buffer.alloc(0);
+/** Shared by the many entries without xattrs or hardlinks (frozen: 100k empty arrays cost GC time). */
+const NONE = Object.freeze([]) as unknown as Array<[string, string]>;
+
+const MOUNT_POINT_REASON = 'another filesystem is mounted here; its contents are not part of the overlay and are not saved';
+const SOCKET_REASON = 'a socket belongs to the program that listens on it; it cannot be saved';
 
 /**
  * Scans `upper` (an overlayfs upperdir) against `lower` (the tree below it, or null when it is
  * not available: then everything that is not a whiteout or opaque directory counts as added).
+ * Entries are in pre-order, siblings sorted by bytes; `mtime` is in whole seconds.
  */
-export async function scanUpper(upper: string, lower: string | null, opts: ScanOptions = {}): Promise<ScanResult> {
+export async function scanUpper(upper: string, lower: string | null): Promise<ScanResult> {
   const t0 = performance.now();
   const root = fs.realpathSync(upper);
   const rootSt = fs.lstatSync(root);
   if (!rootSt.isDirectory()) throw new Error(`${upper} is not a directory`);
-  const skipped: ScanResult['skipped'] = [];
-  // Every xattr: overlayfs' own decide the kind, the others are saved.
-  const xattrs = new BatchXattrs(root);
-  let seen = 0;
-  let walked: { raw: Raw[]; errors: string[] };
+  const lowerRoot = lower === null ? null : Buffer.from(lower);
+  if (lowerRoot && !lstatQuiet(lowerRoot)?.isDirectory()) throw new Error(`lower tree ${lower} is not a directory`);
+
+  const walk = walkUpper(root);
+  const xattrJob = readAllXattrs(root);
+  let w: Walk;
+  let records: XattrRecord[];
   try {
-    walked = await findWalk(root, (rel) => {
-      xattrs.add(rel);
-      if ((++seen & 0x3fff) === 0) opts.onProgress?.(seen);
-    });
+    [w, records] = await Promise.all([
+      walk.done.then((x) => { if (process.env.MKMA_SCAN_DEBUG) process.stderr.write(`walk ${(performance.now() - t0).toFixed(0)}\n`); return x; }),
+      xattrJob.done.then((x) => { if (process.env.MKMA_SCAN_DEBUG) process.stderr.write(`xattrs ${(performance.now() - t0).toFixed(0)}\n`); return x; }),
+    ]);
   } catch (e) {
-    xattrs.kill();
+    walk.kill();
+    xattrJob.kill();
     throw e;
   }
-  for (const line of walked.errors) {
+
+  const skipped: ScanResult['skipped'] = [];
+  for (const line of w.errors) {
     const m = /^find: '(.*)': (.*)$/.exec(line);
     const p = m && m[1].startsWith(root + '/') ? m[1].slice(root.length + 1) : '';
     skipped.push({ path: p, reason: m ? `cannot be read: ${m[2]}` : line });
   }
-  const records = await xattrs.finish();
-  const raw = sortPreorder(walked.raw);
   const overlayX = new Map<string, Map<string, string>>();
   const userX = new Map<string, Array<[string, string]>>();
   for (const r of records) {
-    const ov = r.attrs.filter(([n]) => n.startsWith(OVERLAY_XATTR_PREFIX));
-    const other = r.attrs.filter(([n]) => !n.startsWith(OVERLAY_XATTR_PREFIX));
-    if (ov.length) overlayX.set(r.path, new Map(ov.map(([n, v]) => [n.slice(OVERLAY_XATTR_PREFIX.length), v])));
-    if (other.length) userX.set(r.path, other);
+    let ov: Map<string, string> | null = null;
+    let other: Array<[string, string]> | null = null;
+    for (const [name, value] of r.attrs) {
+      if (name.startsWith(OVERLAY_XATTR_PREFIX)) (ov ??= new Map()).set(name.slice(OVERLAY_XATTR_PREFIX.length), value);
+      else (other ??= []).push([name, value]);
+    }
+    if (ov) overlayX.set(r.path, ov);
+    if (other) userX.set(r.path, other);
   }
-  const upperB = Buffer.from(root);
 
-  // Classify, parents first. lowerDir[i]: the lower tree has a real, visible directory at
-  // raw[i]'s path, so its children are looked up below; dead[i]: raw[i] was skipped (and with
-  // it its subtree).
-  const lowerRoot = lower === null ? null : Buffer.from(lower);
-  if (lowerRoot && !lstatQuiet(lowerRoot)?.isDirectory()) throw new Error(`lower tree ${lower} is not a directory`);
-  const lowerDir = new Uint8Array(raw.length);
-  const dead = new Uint8Array(raw.length);
-  const entryOf = new Int32Array(raw.length).fill(-1);
+  const { order, parent } = preorder(w);
+  const n = w.rel.length;
+  const upperB = Buffer.from(root);
+  // lowerDir[i]: the lower tree has a real, visible directory at this path, so children are
+  // looked up below; dead[i]: skipped, and its subtree with it.
+  const lowerDir = new Uint8Array(n);
+  const dead = new Uint8Array(n);
+  const entryOf = new Int32Array(n).fill(-1);
   const entries: ChangeEntry[] = [];
   const entryParent: number[] = [];
+  const groups = new Map<string, number[]>();
   let bytes = 0;
-  for (let i = 0; i < raw.length; i++) {
-    const r = raw[i];
-    const { rel: path, type, parent } = r;
-    if (parent >= 0 && dead[parent]) {
+
+  for (let k = 0; k < order.length; k++) {
+    const i = order[k];
+    const p = parent[i];
+    const path = w.rel[i];
+    const type = w.type[i];
+    if (p >= 0 && dead[p]) {
       dead[i] = 1;
       continue;
     }
-    if (r.dev !== rootSt.dev) {
+    if (w.dev[i] !== rootSt.dev) {
       // find -xdev lists a mount point but does not enter it
-      skipped.push({ path, reason: 'another filesystem is mounted here; its contents are not part of the overlay and are not saved' });
+      skipped.push({ path, reason: MOUNT_POINT_REASON });
       dead[i] = 1;
       continue;
     }
     const ov = overlayX.get(path);
-    const relB = Buffer.from(path, 'latin1');
+    const mode = w.mode[i];
     let kind: ChangeKind;
     let entryType: EntryType = type;
-    let size = type === 'file' || type === 'symlink' ? r.size : 0;
-    const target = type === 'symlink' ? r.target : undefined;
-    let rdev = -1;
-    if (type === 'char' || type === 'block') rdev = lstatQuiet(Buffer.concat([upperB, SLASH, relB]))?.rdev ?? -1;
+    let size = type === 'file' || type === 'symlink' ? w.size[i] : 0;
+    const target = type === 'symlink' ? (w.target.get(i) ?? '') : undefined;
+    let relB: Buffer = NO_BYTES;
+    if (type === 'char' || type === 'block' || (p < 0 ? lowerRoot !== null : lowerDir[p] === 1)) relB = Buffer.from(path, 'latin1');
+    // find cannot print st_rdev: devices (whiteouts, mostly) are looked at here
+    const rdev = type === 'char' || type === 'block' ? (lstatQuiet(Buffer.concat([upperB, SLASH, relB]))?.rdev ?? -1) : -1;
 
-    if ((type === 'char' && rdev === 0) || (type === 'file' && r.size === 0 && ov?.has('whiteout'))) {
+    if ((type === 'char' && rdev === 0) || (type === 'file' && w.size[i] === 0 && ov?.has('whiteout'))) {
       kind = 'deleted';
       entryType = 'whiteout';
       size = 0;
-    } else if (ov?.has('redirect') || ov?.has('metacopy')) {
+    } else if (ov && (ov.has('redirect') || ov.has('metacopy'))) {
       const which = ov.has('redirect') ? 'redirect' : 'metacopy';
       skipped.push({
         path,
-        reason: `overlayfs ${which} entry (trusted.overlay.${which}): its data lives elsewhere in the lower tree and cannot be saved as a layer; mkma mounts with redirect_dir=off,metacopy=off, so this overlay was mounted differently`,
+        reason:
+          `overlayfs ${which} entry (trusted.overlay.${which}): its data is elsewhere in the lower tree, so it cannot ` +
+          `be saved as a layer (mkma mounts with redirect_dir=off,metacopy=off: this overlay was mounted differently)`,
       });
       dead[i] = 1;
       continue;
     } else if (type === 'socket') {
-      skipped.push({ path, reason: 'a socket belongs to the program that listens on it; it cannot be saved' });
+      skipped.push({ path, reason: SOCKET_REASON });
       dead[i] = 1;
       continue;
-    } else if (type === 'dir' && ov && decodeXattrValue(ov.get('opaque') ?? '').toString('latin1') === 'y') {
-      // "x" means "holds xattr whiteouts", not opaque
+    } else if (type === 'dir' && ov?.has('opaque') && decodeXattrValue(ov.get('opaque')!).toString('latin1') === 'y') {
+      // ("x" means "holds xattr whiteouts", not opaque)
       kind = 'replaced';
     } else {
-      const parentLowerVisible = parent < 0 ? lowerRoot !== null : lowerDir[parent] === 1;
+      const parentLowerVisible = p < 0 ? lowerRoot !== null : lowerDir[p] === 1;
       const lowerAbs = parentLowerVisible && lowerRoot ? Buffer.concat([lowerRoot, SLASH, relB]) : null;
       const lst = lowerAbs ? lstatQuiet(lowerAbs) : undefined;
       if (!lst) {
@@ -341,62 +408,56 @@ export async function scanUpper(upper: string, lower: string | null, opts: ScanO
       } else if (type === 'dir' && lst.isDirectory()) {
         lowerDir[i] = 1;
         // A directory copied up only to hold changes is a container; one whose owner or mode
-        // changed (chmod/chown on the directory itself) is a change of its own.
-        const sameMeta = (r.mode & 0o7777) === (lst.mode & 0o7777) && r.uid === lst.uid && r.gid === lst.gid;
+        // changed (chmod/chown of the directory itself) is a change of its own.
+        const sameMeta = (mode & 0o7777) === (lst.mode & 0o7777) && w.uid[i] === lst.uid && w.gid[i] === lst.gid;
         kind = sameMeta ? 'container' : 'metadata';
-      } else if ((lst.mode & S_IFMT) !== (r.mode & S_IFMT)) {
+      } else if ((lst.mode & S_IFMT) !== (mode & S_IFMT)) {
         kind = 'modified';
       } else if (type === 'file') {
-        if (lst.size !== r.size) kind = 'modified';
-        else if (r.size > COMPARE_MAX_BYTES) kind = Math.floor(lst.mtimeMs / 1000) === Math.floor(r.mtime) ? 'metadata' : 'modified';
-        else kind = sameContent(Buffer.concat([upperB, SLASH, relB]), lowerAbs!, r.size) ? 'metadata' : 'modified';
+        if (lst.size !== w.size[i]) kind = 'modified';
+        else if (w.size[i] > COMPARE_MAX_BYTES) kind = Math.floor(lst.mtimeMs / 1000) === w.mtime[i] ? 'metadata' : 'modified';
+        else kind = sameContent(Buffer.concat([upperB, SLASH, relB]), lowerAbs!, w.size[i]) ? 'metadata' : 'modified';
       } else if (type === 'symlink') {
         const lt = (fs.readlinkSync(lowerAbs!, { encoding: 'buffer' }) as Buffer).toString('latin1');
         kind = lt === target ? 'metadata' : 'modified';
       } else if (type === 'char' || type === 'block') {
         kind = lst.rdev === rdev ? 'metadata' : 'modified';
       } else {
-        kind = 'metadata'; // fifo
+        kind = 'metadata'; // a fifo
       }
     }
-    entryOf[i] = entries.length;
-    entryParent.push(parent >= 0 ? entryOf[parent] : -1);
+    const j = entries.length;
+    entryOf[i] = j;
+    entryParent.push(p >= 0 ? entryOf[p] : -1);
     bytes += size;
-    entries.push({
+    const entry: ChangeEntry = {
       path,
       kind,
       type: entryType,
       size,
       totalSize: size,
-      mode: r.mode,
-      uid: r.uid,
-      gid: r.gid,
-      mtime: Math.floor(r.mtime),
-      xattrs: userX.get(path) ?? [],
-      hardlinks: [],
-      ...(target !== undefined ? { target } : {}),
-    });
+      mode,
+      uid: w.uid[i],
+      gid: w.gid[i],
+      mtime: w.mtime[i],
+      xattrs: userX.get(path) ?? NONE,
+      hardlinks: NONE as unknown as string[],
+    };
+    if (target !== undefined) entry.target = target;
+    entries.push(entry);
+    // Hardlinks: entries sharing an inode inside the upperdir (whiteouts share overlayfs' one
+    // whiteout inode: they are not links of each other).
+    if (w.inode[i] && entryType !== 'whiteout') {
+      const g = groups.get(w.inode[i]);
+      if (g) g.push(j);
+      else groups.set(w.inode[i], [j]);
+    }
   }
 
   // Subtree sizes: children come after their parents, so one backward pass adds them up.
   for (let j = entries.length - 1; j >= 0; j--) {
     const p = entryParent[j];
     if (p >= 0) entries[p].totalSize += entries[j].totalSize;
-  }
-
-  // Hardlinks: entries sharing an inode inside the upperdir (whiteouts share overlayfs' one
-  // whiteout inode: they are not links of each other).
-  const groups = new Map<string, number[]>();
-  for (let i = 0; i < raw.length; i++) {
-    const j = entryOf[i];
-    if (j < 0) continue;
-    const e = entries[j];
-    const r = raw[i];
-    if (r.nlink < 2 || e.type === 'dir' || e.type === 'whiteout') continue;
-    const k = `${r.dev}:${r.ino}`;
-    const g = groups.get(k);
-    if (g) g.push(j);
-    else groups.set(k, [j]);
   }
   for (const g of groups.values()) {
     if (g.length < 2) continue;

@@ -512,9 +512,19 @@ export const KIND_WORD: Record<ChangeKind, string> = {
   replaced: 'replaced dir',
   container: 'folder',
 };
+export const TYPE_WORD: Record<ChangeEntry['type'], string> = {
+  file: 'file',
+  dir: 'directory',
+  symlink: 'symlink',
+  char: 'character device',
+  block: 'block device',
+  fifo: 'fifo',
+  socket: 'socket',
+  whiteout: 'path',
+};
 export const SIZE_WIDTH = 8;
 /** columns taken by everything but the indentation and the name */
-const ROW_FIXED = 1 + 1 + 1 + 3 + 1 + 1 + 1 + 1 + SIZE_WIDTH;
+const ROW_FIXED = 2 + 1 + 1 + 3 + 1 + 1 + 1 + 1 + SIZE_WIDTH;
 const MIN_NAME = 16;
 
 export interface RowParts {
@@ -562,7 +572,7 @@ export function rowParts(tree: ChangeTree, inc: Inclusion, i: number, width: num
 }
 
 export function rowText(p: RowParts): string {
-  return `${p.pointer}${p.indent}${p.fold} ${p.mark} ${p.kind} ${p.name} ${p.size}`;
+  return `${p.pointer} ${p.indent}${p.fold} ${p.mark} ${p.kind} ${p.name} ${p.size}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -576,7 +586,8 @@ function ruleText(d: Decision): string {
 /** Why node `i` is (not) saved, in a few short lines: for `?`. */
 export function explain(tree: ChangeTree, rules: Decision[], overrides: Overrides, inc: Inclusion, i: number): string[] {
   const e = tree.entries[i];
-  const lines = [`/${displayPath(e.path)}: ${KIND_WORD[e.kind]}${e.type !== 'dir' || e.kind === 'container' ? ` ${e.type}` : ''}`];
+  const what = e.kind === 'container' ? 'folder' : `${KIND_WORD[e.kind]}${e.kind === 'replaced' ? '' : ` ${TYPE_WORD[e.type]}`}`;
+  const lines = [`/${displayPath(e.path)}${e.type === 'dir' ? '/' : ''}: ${what}`];
   const below = tree.changes[i] - (tree.counted[i] ? 1 : 0);
   const incBelow = inc.inc[i] - (tree.counted[i] ? inc.own[i] : 0);
   if (!tree.counted[i]) {

@@ -10,7 +10,7 @@ import { Box, render, Text, useApp, useInput, useStdout } from 'ink';
 import { watch } from 'chokidar';
 import { formatBytes } from '../cli/progress.js';
 import type { ChangeEntry, Decision, Overrides, ScanResult } from './model.js';
-import { displayPath, fitLine, PersistView, ruleLinesFromOverrides, rowText, totals, truncateMiddle, type RowParts, type Summary } from './tree-view.js';
+import { displayPath, fitLine, PersistView, ruleLinesFromOverrides, rowText, textWidth, totals, truncateMiddle, type RowParts, type Summary } from './tree-view.js';
 
 export interface PersistTuiOptions {
   scan: ScanResult;
@@ -61,8 +61,7 @@ const Row = memo(function Row({ p }: { p: RowParts }) {
   const dim = p.state === 'none';
   return (
     <Text wrap="truncate" inverse={p.pointer === '>'} dimColor={dim}>
-      {p.pointer}
-      {p.indent}
+      {p.pointer} {p.indent}
       {p.fold} <Text color={p.state === 'partial' ? 'yellow' : undefined}>{p.mark}</Text>{' '}
       <Text color={KIND_COLOR[p.kind]}>{p.kind}</Text> {p.name} {p.size}
     </Text>
@@ -81,7 +80,7 @@ function plural(n: number, one: string, many = `${one}s`): string {
   return `${n} ${n === 1 ? one : many}`;
 }
 
-const HELP_MAIN = '↑↓ move  ←→ fold  space save/skip  / find  ? why  r rescan  w rules  ⏎ save  q quit';
+const HELP_MAIN = '↑↓←→ move/fold  space toggle  / find  ? why  r rescan  w rules  ⏎ save  q quit';
 const HELP_SEARCH = 'type to filter  ⏎ keep  esc clear  ↑↓ move';
 
 export function PersistApp(props: PersistAppProps) {
@@ -217,10 +216,13 @@ export function PersistApp(props: PersistAppProps) {
     }
   };
 
+  const savedRules = useRef<Overrides | null>(null);
   const saveRules = async (lines: string[]) => {
     setMode({ name: 'rules', lines, busy: true });
     try {
+      const choices = new Map(view.overrides);
       await props.saveRules!(lines);
+      savedRules.current = choices;
       if (exited.current) return;
       setMessage([`appended ${plural(lines.length, 'line')} to ${props.rulesFile}`]);
     } catch (err) {
@@ -266,7 +268,7 @@ export function PersistApp(props: PersistAppProps) {
     else if (m.name === 'search') {
       if (key.return) {
         setMode({ name: 'main' });
-        setMessage(view.filter ? [`filter "${m.query}": ${plural(view.filter.matches, 'match', 'matches')} (esc clears)`] : null);
+        setMessage(null);
         return;
       }
       if (key.escape) {
@@ -302,12 +304,12 @@ export function PersistApp(props: PersistAppProps) {
         redraw();
         return;
       }
-    } else if (input === 'a' || input === 'n') {
-      view.setAll(input === 'a');
-      setMessage([input === 'a' ? 'everything will be saved (your choice)' : 'nothing will be saved (your choice)']);
+    } else if (input === 'A' || input === 'N') {
+      view.setAll(input === 'A');
+      setMessage([input === 'A' ? 'everything will be saved (your choice)' : 'nothing will be saved (your choice)']);
       redraw();
       return;
-    } else if (input === 'u') {
+    } else if (input === 'U') {
       view.resetChoices();
       setMessage(['your choices are forgotten: the rules decide']);
       redraw();
@@ -330,6 +332,10 @@ export function PersistApp(props: PersistAppProps) {
         setMessage(['no choices of yours to save as rules (space marks an entry)']);
         return;
       }
+      if (savedRules.current && sameChoices(savedRules.current, view.overrides)) {
+        setMessage([`these choices are already in ${props.rulesFile}`]);
+        return;
+      }
       const lines = props.rulesFromOverrides ? props.rulesFromOverrides(view.overrides) : ruleLinesFromOverrides(view.overrides, (p) => view.isDir(p));
       setMessage(null);
       setMode({ name: 'rules', lines, busy: false });
@@ -346,8 +352,7 @@ export function PersistApp(props: PersistAppProps) {
   const scan = view.scan;
   const tot = totals(view.tree, view.inc);
   const skipped = scan.skipped.length ? ` · ${scan.skipped.length} skipped` : '';
-  const filterNote = view.filter ? ` · filter "${view.filter.query}"` : '';
-  const counts = ` ${plural(tot.changes, 'change')} · save ${tot.included} (${formatBytes(tot.includedBytes)} of ${formatBytes(tot.bytes)})${skipped}${filterNote}`;
+  const counts = ` ${plural(tot.changes, 'change')} · save ${tot.included} (${formatBytes(tot.includedBytes)} of ${formatBytes(tot.bytes)})${skipped}`;
   const upperRoom = Math.max(8, width - counts.length - 1);
   const header = `${truncateMiddle(scan.upper, upperRoom)}:${counts}`;
 
@@ -407,9 +412,11 @@ export function PersistApp(props: PersistAppProps) {
   let status: string[];
   if (mode.name === 'search') status = [`/${mode.query}▏ ${view.filter ? plural(view.filter.matches, 'match', 'matches') : ''}`];
   else if (statusLines.length) status = statusLines.slice(0, statusHeight);
-  else if (mode.name === 'main' && view.current >= 0) {
-    const e = view.tree.entries[view.current];
-    status = [`/${displayPath(e.path)}${e.type === 'symlink' && e.target !== undefined ? ` -> ${displayPath(e.target)}` : ''}`];
+  else if (mode.name === 'main') {
+    const e = view.current >= 0 ? view.tree.entries[view.current] : null;
+    const where = e ? `/${displayPath(e.path)}${e.type === 'dir' ? '/' : e.type === 'symlink' && e.target !== undefined ? ` -> ${displayPath(e.target)}` : ''}` : '';
+    const filter = view.filter ? `[filter "${truncateMiddle(view.filter.query, 20)}": ${plural(view.filter.matches, 'match', 'matches')}, esc clears] ` : '';
+    status = [filter + truncateMiddle(where, width - textWidth(filter))];
   } else status = [''];
   const help = mode.name === 'search' ? HELP_SEARCH : mode.name === 'main' ? HELP_MAIN : '';
 
@@ -418,15 +425,22 @@ export function PersistApp(props: PersistAppProps) {
       <Line text={header} width={width} bold />
       {body}
       {status.map((s, k) => (
-        <Line key={`s${k}`} text={message ? s : truncateMiddle(s, width)} width={width} color={message ? 'cyan' : undefined} />
+        <Line key={`s${k}`} text={s} width={width} color={message ? 'cyan' : undefined} />
       ))}
       <Line text={help} width={width} dimColor />
     </Box>
   );
 }
 
+function sameChoices(a: Overrides, b: Overrides): boolean {
+  if (a.size !== b.size) return false;
+  for (const [k, v] of a) if (b.get(k) !== v) return false;
+  return true;
+}
+
 /** Runs the UI on the terminal until the owner saves (→ 'saved') or quits (→ 'cancelled'). */
 export async function runPersistTui(o: PersistTuiOptions): Promise<PersistOutcome> {
+  if (!process.stdin.isTTY || !process.stdout.isTTY) throw new Error('the interactive view needs a terminal on stdin and stdout');
   let outcome: PersistOutcome = 'cancelled';
   const app = render(<PersistApp {...o} onExit={(r) => (outcome = r)} />, { exitOnCtrlC: false, patchConsole: true });
   await app.waitUntilExit();

@@ -113,13 +113,16 @@ mount_storage() {
 }
 
 # The tmpfs must hold the base and every layer: refuse plainly instead of dying halfway.
+# Reads the layers' manifests into its own file, so the base's M_* values are kept.
 check_space() {
 	_need=$M_UNPACKED
+	_base_kind=$M_KIND _base_entries=$M_ENTRIES _base_unpacked=$M_UNPACKED _base_data=$M_DATA_BYTES
 	for _l in $(sort_layers "$IMAGES"); do
 		if read_manifest "$IMAGES/$_l" "$MKMA_TMP/size.manifest"; then
 			_need=$((_need + M_UNPACKED))
 		fi
 	done
+	M_KIND=$_base_kind M_ENTRIES=$_base_entries M_UNPACKED=$_base_unpacked M_DATA_BYTES=$_base_data
 	_avail_kb=$(df -k "$ROOT" | awk 'NR==2 { print $4 }')
 	_need_kb=$((_need / 1024))
 	debug "space: need ${_need_kb} KiB, tmpfs has ${_avail_kb} KiB"

@@ -1,8 +1,15 @@
 // Builds the test image once per run for every end-to-end test (QEMU under TCG is slow: one
 // image, reused). A failed build fails the run here, with mkma's own message.
+// Self-contained (no relative imports): jest loads global setup outside its module mapper.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import { IMAGE_OUT, MKMA, TEST_CONFIG, WORK } from '../helpers/paths.js';
+import * as path from 'node:path';
+
+const REPO = path.resolve(__dirname, '..', '..');
+const WORK = path.join(REPO, '.test-work');
+const IMAGE_OUT = path.join(WORK, 'image'); // = test/helpers/paths.ts IMAGE_OUT
+const TEST_CONFIG = path.join(REPO, 'test/fixtures/test-image.toml');
+const MKMA = path.join(REPO, 'bin/mkma.js');
 
 export default async function globalSetup(): Promise<void> {
   fs.mkdirSync(WORK, { recursive: true });

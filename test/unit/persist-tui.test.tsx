@@ -157,8 +157,8 @@ describe('PersistApp', () => {
     if (process.env.PERSIST_SCREENSHOT) console.log(`${lines.join('\n')}`);
     expect(lines.length).toBe(23); // one short of the terminal: Ink redraws in place
     for (const l of lines) expect([...l].length).toBeLessThanOrEqual(80);
-    // 22 changes; saved: all but tmp/junk.tar, var/cache/apt(+pkgcache), .cache(+big.bin)
-    expect(header(lines)).toMatch(/^\/overlay\/fresh: 22 changes · save 17 \(/);
+    // 24 changes; saved: all but tmp/junk.tar, var/cache/apt(+pkgcache), .cache(+big.bin)
+    expect(header(lines)).toBe('/overlay/fresh: 24 changes · save 19 (8.5 MiB of 93 MiB) · 1 skipped');
     expect(header(lines)).toContain('1 skipped');
     expect(lines[1]).toMatch(/^> ▾ \[x\]   etc\/ +/);
     expect(t.rowWith('apt/')).toMatch(/▸ \[x\]   apt\//);
@@ -167,8 +167,8 @@ describe('PersistApp', () => {
     expect(t.rowWith('resolv.conf')).toContain('M resolv.conf -> ../run/systemd/resolve/stub-resolv.conf');
     expect(t.rowWith('tmp/')).toMatch(/▾ \[ \]   tmp\/ +4\.0 MiB$/);
     expect(t.rowWith('home/')).toMatch(/\[~\]/);
-    expect(lines[lines.length - 1]).toContain('space save/skip');
-    expect(lines[lines.length - 2]).toBe('/etc'.padEnd(80));
+    expect(lines[lines.length - 1]).toBe('↑↓←→ move/fold  space toggle  / find  ? why  r rescan  w rules  ⏎ save  q quit');
+    expect(lines[lines.length - 2]).toBe('/etc/');
   });
 
   test('move, fold and unfold; ← on a child goes to the parent', async () => {
@@ -188,38 +188,39 @@ describe('PersistApp', () => {
     await t.press('k', 'j', 'j');
     expect(t.cursorRow()).toContain(' hostname');
     await t.press(KEY.end);
-    expect(t.cursorRow()).toContain(' var/');
+    expect(t.cursorRow()).toContain(' log/');
     await t.press(KEY.home);
     expect(t.cursorRow()).toContain(' etc/');
     await t.press(KEY.left); // fold etc
     expect(t.rowWith('hostname')).toBe('');
     expect(t.lines()[2]).toContain(' home/');
     await t.press(KEY.pgdn);
-    expect(t.cursorRow()).toContain(' var/');
+    expect(t.cursorRow()).toContain(' log/');
     await t.press(KEY.pgup);
     expect(t.cursorRow()).toContain(' etc/');
   });
 
   test('space excludes a subtree: header total and confirm numbers; Enter → y writes without it', async () => {
     const t = setup();
-    const before = header(t.lines());
-    expect(before).toContain('save 17 (');
-    await moveTo(t, 'var/');
-    // var: dpkg/status (512 KiB) + journal dir + system.journal (8 MiB) saved; cache excluded by rule
+    expect(header(t.lines())).toContain('save 19 (8.5 MiB of');
+    await moveTo(t, 'ssh/');
     await t.press(' ');
-    expect(t.cursorRow()).toMatch(/\[ \]   var\//);
-    expect(header(t.lines())).toContain('save 14 (');
-    expect(t.lines().at(-2)).toContain('/var/: not saved (your choice)');
+    expect(t.cursorRow()).toMatch(/\[ \]   ssh\//);
+    expect(header(t.lines())).toContain('save 16 (8.5 MiB of');
+    expect(t.rowWith('etc/')).toContain('[~]');
+    expect(t.lines().at(-2)).toContain('/etc/ssh/: not saved (your choice)');
 
     await t.press(KEY.enter);
     const confirm = t.frame();
     expect(confirm).toContain('Save a new persistence layer');
-    // saved changes: etc (9) + home/alice, .bash_history, .bashrc, projects, long dir x2, long file (7) + root/.bash_history (1) = 17 - 3 = 14
-    expect(confirm).toMatch(/entries +\d+ \(14 changes and the folders they need\)/);
+    // 16 changes + the folders on the way that are not changes: etc, etc/apt, etc/apt/sources.list.d, home, root, var, var/lib, var/lib/dpkg, var/log
+    expect(confirm).toMatch(/entries +25 \(16 changes and the folders they need\)/);
+    expect(confirm).toMatch(/size +8\.5 MiB before compression/);
     expect(confirm).toMatch(/deleted +1 path \(whiteouts\)/);
     expect(confirm).toMatch(/replaced +0 directories/);
-    expect(confirm).toMatch(/left out +8 changes/);
+    expect(confirm).toMatch(/left out +8 changes, 84 MiB/);
     expect(confirm).toMatch(/skipped +1 entry that cannot be saved/);
+    for (const l of t.lines()) expect([...l].length).toBeLessThanOrEqual(80);
     // n goes back
     await t.press('n');
     expect(t.frame()).not.toContain('Save a new persistence layer');
@@ -229,19 +230,23 @@ describe('PersistApp', () => {
     const [include, summary] = t.onConfirm.mock.calls[0];
     const all = t.props.scan.entries;
     const byPath = (p: string) => all.find((e) => e.path === p)!;
-    expect(include(byPath('var/lib/dpkg/status'))).toBe(false);
-    expect(include(byPath('var/log/journal/system.journal'))).toBe(false);
-    expect(include(byPath('var'))).toBe(false);
+    expect(include(byPath('etc/ssh/ssh_host_ed25519_key'))).toBe(false);
+    expect(include(byPath('etc/ssh/sshd_config'))).toBe(false);
+    expect(include(byPath('etc/ssh'))).toBe(false);
     expect(include(byPath('etc/hostname'))).toBe(true);
+    expect(include(byPath('etc/motd'))).toBe(true);
     expect(include(byPath('etc'))).toBe(true);
     expect(include(byPath('tmp/junk.tar'))).toBe(false);
+    expect(include(byPath('tmp'))).toBe(false);
+    expect(include(byPath('var/cache/apt'))).toBe(false);
     expect(include(byPath(LONG_FILE))).toBe(true);
     expect(summary.entries).toBe(all.filter(include).length);
+    expect(summary.entries).toBe(25);
     expect(summary.bytes).toBe(all.filter(include).reduce((a, e) => a + e.size, 0));
     const result = t.frame();
     expect(result).toContain('Saved');
     expect(result).toContain('0003-20250101-120000.mkl');
-    expect(result).toMatch(/→ .* compressed \(33%\)/);
+    expect(result).toMatch(/8\.5 MiB → 2\.8 MiB compressed \(33%\)/);
     expect(t.outcome).toEqual([]);
     await t.press('x');
     expect(t.outcome).toEqual(['saved']);
@@ -273,13 +278,12 @@ describe('PersistApp', () => {
     expect(t.cursorRow()).toContain(' journal/');
     await t.press(KEY.enter);
     lines = t.lines();
-    expect(header(lines)).toContain('filter "journal"');
-    expect(lines.at(-2)).toContain('2 matches');
+    expect(lines.at(-2)).toMatch(/^\[filter "journal": 2 matches, esc clears\] \/var\/log\/journal\//);
     // still filtered after moving; space works on the filtered rows
     await t.press(KEY.down);
     expect(t.cursorRow()).toContain('system.journal');
     await t.press(KEY.esc);
-    expect(header(t.lines())).not.toContain('filter');
+    expect(t.lines().at(-2)).not.toContain('filter');
     expect(t.rowWith('etc/')).not.toBe('');
     // the found entry stays under the cursor
     expect(t.cursorRow()).toContain('system.journal');
@@ -297,7 +301,7 @@ describe('PersistApp', () => {
   test('? explains the decision: rule with its source, your choice, container', async () => {
     const t = setup();
     await t.press('?');
-    expect(t.frame()).toContain('not a change itself: 9 of 9 changes below are saved');
+    expect(t.lines().slice(-3, -1)).toEqual(['/etc/: folder', 'not a change itself: 8 of 8 changes below are saved']);
     await moveTo(t, 'tmp/');
     await t.press(KEY.down, '?');
     let text = t.frame();
@@ -308,8 +312,10 @@ describe('PersistApp', () => {
     text = t.frame();
     expect(text).toContain('saved: your choice');
     expect(text).toContain('the rules say skip: /tmp (default)');
-    await t.press(KEY.home, KEY.down, KEY.right, KEY.down, KEY.right); // open etc/apt/sources.list.d
-    await moveTo(t, 'ssh_host_ed25519_key');
+    await t.press(KEY.home);
+    await moveTo(t, 'ssh/');
+    await t.press(KEY.right, KEY.right);
+    expect(t.cursorRow()).toContain(' ssh_host_ed25519_key ');
     await t.press('?');
     expect(t.frame()).toContain('from /etc/mkma/persist.rules:7');
     expect(t.frame()).toContain('saved: rule !/etc/ssh');
@@ -323,18 +329,20 @@ describe('PersistApp', () => {
     const t = setup();
     await t.press('w');
     expect(t.frame()).toContain('no choices of yours to save as rules');
+    await t.press(' '); // etc/: exclude
     await moveTo(t, 'tmp/');
-    await t.press(' ');
-    await moveTo(t, 'var/');
-    await t.press(' ');
+    await t.press(' '); // tmp/: include
     await t.press('w');
     const text = t.frame();
     expect(text).toContain('Append 4 lines to /etc/mkma/persist.rules?');
-    expect(text).toContain('  !/tmp\n  !/tmp/**\n  /var\n  /var/**');
+    expect(text).toContain('  /etc\n  /etc/**\n  !/tmp\n  !/tmp/**\n');
     await t.press('y');
     await sleep(20);
-    expect(t.saveRules).toHaveBeenCalledWith(['!/tmp', '!/tmp/**', '/var', '/var/**']);
+    expect(t.saveRules).toHaveBeenCalledWith(['/etc', '/etc/**', '!/tmp', '!/tmp/**']);
     expect(t.frame()).toContain('appended 4 lines to /etc/mkma/persist.rules');
+    await t.press('w'); // nothing new to append
+    expect(t.frame()).toContain('these choices are already in /etc/mkma/persist.rules');
+    expect(t.saveRules).toHaveBeenCalledTimes(1);
   });
 
   test('w uses rulesFromOverrides when given; n goes back without saving', async () => {
@@ -345,7 +353,7 @@ describe('PersistApp', () => {
     expect(t.frame()).toContain('!/tmp  # custom');
     await t.press('n');
     expect(t.saveRules).not.toHaveBeenCalled();
-    expect(t.frame()).toContain('space save/skip');
+    expect(t.frame()).toContain('space toggle');
   });
 
   test('q and Ctrl-C quit with "cancelled"', async () => {
@@ -363,10 +371,12 @@ describe('PersistApp', () => {
     const rescan = jest.fn(() => scanOf(entries));
     const t = setup({ rescan });
     await moveTo(t, 'home/');
-    await t.press(KEY.right, KEY.down); // alice/
+    await t.press(KEY.right); // alice/
     expect(t.cursorRow()).toContain(' alice/');
-    await t.press(' '); // exclude alice
-    expect(header(t.lines())).toContain('save 10 (');
+    expect(t.cursorRow()).toContain('[~]'); // .cache is left out by a rule
+    await t.press(' ', ' '); // partly → all → none
+    expect(t.cursorRow()).toContain('[ ]');
+    expect(header(t.lines())).toContain('save 12 (');
     entries = [...entries, entry('home/alice/notes.txt', 'added', 'file', 999), entry('etc/new.conf', 'added', 'file', 5)];
     await t.press('r');
     await sleep(30);
@@ -374,7 +384,7 @@ describe('PersistApp', () => {
     expect(t.frame()).toContain('rescanned: +2 −0');
     expect(t.cursorRow()).toContain(' alice/');
     expect(t.cursorRow()).toContain('[ ]'); // notes.txt is under the excluded alice/
-    expect(header(t.lines())).toMatch(/^\/overlay\/fresh: 24 changes · save 11 \(/);
+    expect(header(t.lines())).toMatch(/^\/overlay\/fresh: 26 changes · save 13 \(/);
     expect(t.rowWith('new.conf')).toContain('[x] A new.conf');
   });
 

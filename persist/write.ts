@@ -1,0 +1,296 @@
+// Writes the chosen changes of the upperdir as a layer file (format/manifest.ts):
+//   - every included entry, plus its parent directories (from the upperdir) so that the layer
+//     applies on its own;
+//   - 'deleted' (whiteouts) → `delete PATH` in the manifest, no archive entry;
+//   - 'replaced' (opaque directories) → `opaque PATH` + the directory entry;
+//   - xattrs other than overlayfs' own → the manifest's %xattrs;
+//   - hardlink groups (within what is saved) stored once, inside one shard.
+// The file appears atomically (ArchiveWriter: temporary name, fsync, rename, fsync of the
+// directory). One persist at a time per images directory (a lock file with the owner's pid);
+// what a killed run left behind (its lock, its temporary file) is removed by the next one.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { layerNameFor, LAYER_PREFIX } from '../format/names.js';
+import { collectHardlinks, packEntries, type TreeEntry } from '../format/tree.js';
+import { ArchiveWriter, type WriterProgress } from '../format/writer.js';
+import type { ChangeEntry, ScanResult } from './model.js';
+
+export const LOCK_NAME = '.mkma-persist.lock';
+/** Kept free on the storage device beyond the layer's estimated size. */
+export const SPACE_MARGIN = 16 << 20;
+
+export class PersistBusyError extends Error {}
+export class NoSpaceError extends Error {}
+
+export interface LayerPlan {
+  /** entries that go into the archive, in scan order (included changes + their parent directories) */
+  write: ChangeEntry[];
+  /** whiteouts to record as `delete` */
+  deleted: string[];
+  /** opaque directories to record as `opaque` */
+  opaque: string[];
+  /** included changes (not counting parent directories added for structure) */
+  changes: number;
+  /** file + symlink bytes that go into the archive */
+  bytes: number;
+}
+
+const parentOf = (p: string) => {
+  const slash = p.lastIndexOf('/');
+  return slash < 0 ? '' : p.slice(0, slash);
+};
+
+/**
+ * What a layer holds for this scan and choice. A 'container' directory is written only as the
+ * parent of something saved (it is no change of its own).
+ */
+export function planLayer(scan: ScanResult, include: (e: ChangeEntry) => boolean): LayerPlan {
+  const chosen = new Set<string>();
+  const needed = new Set<string>();
+  const deleted: string[] = [];
+  const opaque: string[] = [];
+  let changes = 0;
+  const need = (p: string) => {
+    for (let d = parentOf(p); d !== '' && !needed.has(d); d = parentOf(d)) needed.add(d);
+  };
+  for (const e of scan.entries) {
+    if (e.kind === 'container' || !include(e)) continue;
+    changes++;
+    need(e.path);
+    if (e.kind === 'deleted') {
+      deleted.push(e.path);
+      continue;
+    }
+    if (e.kind === 'replaced') opaque.push(e.path);
+    chosen.add(e.path);
+  }
+  const write = scan.entries.filter((e) => e.kind !== 'deleted' && (chosen.has(e.path) || needed.has(e.path)));
+  let bytes = 0;
+  for (const e of write) if (e.type === 'file' || e.type === 'symlink') bytes += e.size;
+  return { write, deleted, opaque, changes, bytes };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who is alive: a pid alone can be reused, so a pid counts as the owner of a file only if that
+// process started before the file was last written.
+
+function bootTimeSec(): number {
+  const m = /^btime (\d+)$/m.exec(fs.readFileSync('/proc/stat', 'utf8'));
+  return m ? Number(m[1]) : 0;
+}
+
+/** Start time of a process (seconds since the epoch), or null if there is no such process. */
+export function processStartSec(pid: number): number | null {
+  let stat: string;
+  try {
+    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return null;
+  }
+  // field 22 (starttime, clock ticks since boot); fields are counted after the ")" of comm
+  const after = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const ticks = Number(after[19]);
+  if (!Number.isFinite(ticks)) return null;
+  return bootTimeSec() + ticks / 100; // USER_HZ is 100 on every Linux architecture
+}
+
+/** Is `pid` alive, and the same process that wrote a file at `mtimeMs`? */
+export function ownerAlive(pid: number, mtimeMs: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  if (pid === process.pid) return false; // we are not holding anything yet
+  const start = processStartSec(pid);
+  if (start === null) return false;
+  // a process that started after the file was written cannot have written it (2 s: rounding)
+  return start <= mtimeMs / 1000 + 2;
+}
+
+/** Takes the images directory's persist lock; returns its release function. */
+export function acquireLock(imagesDir: string): () => void {
+  const file = path.join(imagesDir, LOCK_NAME);
+  for (let attempt = 0; attempt < 5; attempt++) {
+    let fd: number;
+    try {
+      fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EROFS') throw new Error(`${imagesDir} is on a read-only filesystem`);
+      if (code !== 'EEXIST') throw e;
+      let pid = 0;
+      let mtimeMs = 0;
+      try {
+        pid = Number.parseInt(fs.readFileSync(file, 'utf8').trim(), 10);
+        mtimeMs = fs.statSync(file).mtimeMs;
+      } catch {
+        continue; // released meanwhile: try again
+      }
+      if (ownerAlive(pid, mtimeMs)) {
+        throw new PersistBusyError(
+          `another mkma persist (pid ${pid}) is writing a layer to ${imagesDir}; wait for it to finish and run mkma persist again`,
+        );
+      }
+      // stale: its owner died (killed, power loss); take it over
+      try {
+        fs.unlinkSync(file);
+      } catch {
+        /* someone else did */
+      }
+      continue;
+    }
+    try {
+      fs.writeSync(fd, `${process.pid}\n`);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    return () => {
+      try {
+        if (fs.readFileSync(file, 'utf8').trim() === String(process.pid)) fs.unlinkSync(file);
+      } catch {
+        /* already gone */
+      }
+    };
+  }
+  throw new PersistBusyError(`cannot take the lock ${file} (another mkma persist keeps taking it)`);
+}
+
+const TEMP_RE = /^\.persistence\..*\.tmp-(\d+)$/;
+
+/** Removes temporary layer files whose writer is dead (a killed persist). Call with the lock held. */
+export function removeStaleTemporaries(imagesDir: string): string[] {
+  const removed: string[] = [];
+  for (const name of fs.readdirSync(imagesDir)) {
+    const m = TEMP_RE.exec(name);
+    if (!m || !name.startsWith('.' + LAYER_PREFIX)) continue;
+    const p = path.join(imagesDir, name);
+    let st: fs.Stats;
+    try {
+      st = fs.lstatSync(p);
+    } catch {
+      continue;
+    }
+    if (!st.isFile() || ownerAlive(Number(m[1]), st.mtimeMs)) continue;
+    fs.rmSync(p, { force: true });
+    removed.push(name);
+  }
+  return removed;
+}
+
+/** persistence.<UTC stamp>.cpio.zst, or with -2, -3 … if a layer of that second exists. */
+export function pickLayerName(imagesDir: string, now: Date): string {
+  for (let n = 1; ; n++) {
+    const name = layerNameFor(now, n === 1 ? '' : `-${n}`);
+    if (!fs.existsSync(path.join(imagesDir, name))) return name;
+  }
+}
+
+export interface WriteLayerOptions {
+  upper: string;
+  scan: ScanResult;
+  include: (e: ChangeEntry) => boolean;
+  imagesDir: string;
+  level: number;
+  message?: string;
+  now?: Date;
+  onProgress?: (p: WriterProgress) => void;
+  onWarning?: (msg: string) => void;
+  /** aborting removes the temporary file and the lock, and rejects */
+  signal?: AbortSignal;
+  /** zstd frames compressed at once (default: the writer's) */
+  jobs?: number;
+}
+
+export interface WriteLayerResult {
+  /** full path of the new layer */
+  file: string;
+  /** cpio entries in the layer */
+  entries: number;
+  /** uncompressed cpio bytes */
+  bytesIn: number;
+  /** bytes of the layer file */
+  bytesOut: number;
+  deleted: number;
+  replaced: number;
+  /** stale temporary files of killed runs that were removed first */
+  cleaned: string[];
+}
+
+function statfsFree(dir: string): number {
+  const s = fs.statfsSync(dir);
+  return s.bavail * s.bsize;
+}
+
+export async function writeLayer(opts: WriteLayerOptions): Promise<WriteLayerResult> {
+  const plan = planLayer(opts.scan, opts.include);
+  const release = acquireLock(opts.imagesDir);
+  let writer: ArchiveWriter | null = null;
+  try {
+    const cleaned = removeStaleTemporaries(opts.imagesDir);
+    const estimate = plan.bytes + 512 * (plan.write.length + plan.deleted.length);
+    const free = statfsFree(opts.imagesDir);
+    if (free < estimate + SPACE_MARGIN) {
+      const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+      throw new NoSpaceError(
+        `not enough space in ${opts.imagesDir}: the layer may need up to ${mib(estimate)} (before compression) ` +
+          `+ ${mib(SPACE_MARGIN)} to spare, and ${mib(free)} is free. Free some space (old layers can be merged ` +
+          `or removed), or save less (--exclude).`,
+      );
+    }
+    const now = opts.now ?? new Date();
+    const finalPath = path.join(opts.imagesDir, pickLayerName(opts.imagesDir, now));
+    writer = new ArchiveWriter(finalPath, {
+      kind: 'layer',
+      level: opts.level,
+      mode: 0o600,
+      created: now,
+      message: opts.message,
+      onProgress: opts.onProgress,
+      onWarning: opts.onWarning,
+      ...(opts.jobs ? { jobs: opts.jobs } : {}),
+    });
+    const upperB = Buffer.from(opts.upper);
+    const slash = Buffer.from('/');
+    const tree: TreeEntry[] = [];
+    for (const e of plan.write) {
+      const rel = Buffer.from(e.path, 'latin1');
+      const abs = Buffer.concat([upperB, slash, rel]);
+      let st: fs.Stats;
+      try {
+        st = fs.lstatSync(abs);
+      } catch {
+        opts.onWarning?.(`/${e.path} vanished since the scan; not saved`);
+        continue;
+      }
+      if (st.isSocket()) continue;
+      tree.push({ rel, abs, st });
+    }
+    const byPath = new Map(plan.write.map((e) => [e.path, e]));
+    const signal = opts.signal;
+    const stats = await packEntries(writer, tree, collectHardlinks(tree), () => {
+      if (signal?.aborted) throw new Error('interrupted');
+    });
+    void stats;
+    for (const t of tree) {
+      const p = t.rel.toString('latin1');
+      const e = byPath.get(p);
+      if (e && e.xattrs.length) writer.addXattrs({ path: p, attrs: e.xattrs });
+    }
+    for (const p of plan.opaque) writer.addOpaque(p);
+    for (const p of plan.deleted) writer.addDeleted(p);
+    if (signal?.aborted) throw new Error('interrupted');
+    const r = await writer.finish();
+    return {
+      file: r.path,
+      entries: r.manifest.entries,
+      bytesIn: r.cpioBytes,
+      bytesOut: r.fileBytes,
+      deleted: plan.deleted.length,
+      replaced: plan.opaque.length,
+      cleaned,
+    };
+  } catch (e) {
+    writer?.abort();
+    throw e;
+  } finally {
+    release();
+  }
+}
