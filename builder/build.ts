@@ -70,10 +70,21 @@ function sha256File(p: string): string {
 
 const GiB = 2 ** 30;
 
+/** mkdir -p one component at a time: Node's recursive mkdir spins forever under /proc. */
+function mkdirParents(dir: string): void {
+  const missing: string[] = [];
+  let d = path.resolve(dir);
+  while (!fs.existsSync(d)) {
+    missing.unshift(d);
+    d = path.dirname(d);
+  }
+  for (const m of missing) fs.mkdirSync(m);
+}
+
 /** Refuses early, before anything is touched, when OUT cannot take the build. */
 export function checkOutputDir(out: string, needBytes: number): void {
   try {
-    fs.mkdirSync(out, { recursive: true });
+    mkdirParents(out);
     const probe = path.join(out, `.mkma-write-test-${process.pid}`);
     fs.writeFileSync(probe, '');
     fs.rmSync(probe);

@@ -24,7 +24,7 @@ export const QEMU_TOOLS: HostTool[] = [
 ];
 
 export function hasCommand(cmd: string): boolean {
-  return spawnSync('sh', ['-c', `command -v "$1" >/dev/null 2>&1`, 'sh', cmd]).status === 0;
+  return spawnSync('/bin/sh', ['-c', `command -v "$1" >/dev/null 2>&1`, 'sh', cmd]).status === 0;
 }
 
 export function missingTools(tools: HostTool[]): HostTool[] {

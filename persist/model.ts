@@ -38,6 +38,11 @@ export interface ChangeEntry {
   hardlinks: string[];
   /** symlink target, raw bytes as latin1 */
   target?: string;
+  /**
+   * what the lower tree has at this path, when it has something there (set by the scan: the
+   * type of what a whiteout deletes, of what a modified/replaced entry replaces)
+   */
+  lowerType?: EntryType;
 }
 
 export interface ScanResult {

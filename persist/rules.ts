@@ -212,6 +212,20 @@ export function matchRules(rules: readonly Rule[], relPath: string, isDir: boole
   return m.match(relPath, isDir);
 }
 
+/**
+ * Whether rules see an entry as a directory ("dir/" patterns): directories, and the whiteout
+ * or opaque directory standing for a directory of the lower tree.
+ */
+export function isDirForRules(e: ChangeEntry): boolean {
+  return e.type === 'dir' || (e.type === 'whiteout' && e.lowerType === 'dir');
+}
+
+/** The rules' decision for scan entries, cached per directory (a scan asks about every path). */
+export function ruleDecider(rules: readonly Rule[]): (e: ChangeEntry) => Decision {
+  const m = new RuleMatcher([...rules]);
+  return (e) => m.match(e.path, isDirForRules(e));
+}
+
 /** persist/default.rules, next to this module in the sources and from dist/persist. */
 export function defaultRulesPath(): string {
   const here = path.dirname(fileURLToPath(import.meta.url));

@@ -2,12 +2,12 @@
 // added, modified, metadata only, deleted (whiteout), replaced (opaque directory), or only a
 // container of changes.
 //
-// Speed (the upperdir of a busy machine holds 100k+ entries): two pipelines run at once, and no
-// process is started per entry:
-//   find -xdev -printf TYPE DEV INO ... PATH TARGET   → parsed here (the walk is find's C loop
-//                                                        over getdents/fstatat: about three times
-//                                                        faster than fs.lstatSync per entry)
-//   find -xdev -printf ./PATH | xargs getfattr -d     → every xattr, overlayfs' own included
+// Speed (the upperdir of a busy machine holds 100k+ entries): no process is started per entry.
+//   find -xdev -printf TYPE DEV INO ... PATH TARGET   → parsed here as it streams (the walk is
+//                                                        find's C loop over getdents/fstatat:
+//                                                        about three times faster than
+//                                                        fs.lstatSync per entry)
+//   → each path, batched, into xargs getfattr -d      → every xattr, overlayfs' own included
 // then one lstat in the lower tree per entry whose parent exists there as a directory; file
 // contents are compared only when the sizes agree (≤ 16 MiB; larger files by size + mtime).
 // Nothing follows symlinks, and nothing descends into another filesystem.
@@ -34,6 +34,9 @@ const TYPE_BY_LETTER: Record<number, { type: EntryType; ifmt: number }> = {
   0x70 /* p */: { type: 'fifo', ifmt: 0o010000 },
   0x73 /* s */: { type: 'socket', ifmt: 0o140000 },
 };
+const TYPE_BY_IFMT: Record<number, EntryType> = Object.fromEntries(
+  Object.values(TYPE_BY_LETTER).map((t) => [t.ifmt, t.type]),
+);
 /** type letter, st_dev, inode, links, permission bits (octal, incl. setuid/setgid/sticky), uid, gid, size, mtime; path; link target */
 const STAT_FORMAT = '%y %D %i %n %m %U %G %s %T@\\0%P\\0%l\\0';
 
@@ -98,7 +101,7 @@ function readNum(c: Cursor, base: number): number {
 }
 
 /** Parses `find -printf STAT_FORMAT` output as it streams in. */
-function walkUpper(root: string): { done: Promise<Walk>; kill: () => void } {
+function walkUpper(root: string, onPath: (buf: Buffer, start: number, end: number) => void): { done: Promise<Walk>; kill: () => void } {
   const w: Walk = {
     rel: [], type: [], dev: [], nlink: [], inode: [], mode: [], uid: [], gid: [], size: [], mtime: [],
     target: new Map(), errors: [],
@@ -145,6 +148,7 @@ function walkUpper(root: string): { done: Promise<Walk>; kill: () => void } {
       w.size.push(size);
       w.mtime.push(mtime);
       if (t.type === 'symlink') w.target.set(i, buf.toString('latin1', b + 1, c));
+      onPath(buf, a + 1, b);
       pos = c + 1;
     }
     rest = pos < buf.length ? Buffer.from(buf.subarray(pos)) : null;
@@ -158,28 +162,59 @@ function walkUpper(root: string): { done: Promise<Walk>; kill: () => void } {
 }
 
 /**
- * Every xattr of every entry: a second find lists the paths straight into xargs getfattr (a
- * handful of getfattr processes for the whole tree), starting at once, without waiting for the
- * walk above to be parsed. Records are keyed by path relative to root.
+ * Every xattr of every entry: the walk's paths go, in 64 KiB batches, into xargs getfattr (a
+ * handful of getfattr processes for the whole tree) while the walk goes on. Records are keyed
+ * by path relative to root.
  */
-function readAllXattrs(root: string): { done: Promise<XattrRecord[]>; kill: () => void } {
-  // "./" + path keeps getfattr from reading a name that starts with "-" as an option.
-  const child = spawn('sh', ['-c', 'find . -xdev -mindepth 1 -print0 | xargs -0 -r getfattr -h -d -m - -e base64 --'], {
-    cwd: root,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: CHILD_ENV,
-    detached: true, // its own process group: kill() reaches find, xargs and getfattr
-  });
-  const out: string[] = [];
-  // getfattr exits 1 (xargs: 123) when a path vanished in a live tree; what it printed is still valid
-  const done = collect(child, 'find | xargs getfattr (apt-get install attr)', [0, 1, 123], (d) => out.push(d.toString('latin1')))
-    .then(() => parseGetfattrDump(out.join('')));
-  return {
-    done,
-    kill: () => {
-      try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* gone */ }
-    },
-  };
+class XattrReader {
+  private readonly child;
+  private readonly out: string[] = [];
+  private readonly done: Promise<string>;
+  private batch = Buffer.allocUnsafe(1 << 16);
+  private len = 0;
+
+  constructor(root: string) {
+    this.child = spawn('xargs', ['-0', '-r', 'getfattr', '-h', '-d', '-m', '-', '-e', 'base64', '--'], {
+      cwd: root,
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: CHILD_ENV,
+    });
+    this.child.stdin.on('error', () => {});
+    // getfattr exits 1 (xargs: 123) when a path vanished in a live tree; what it printed is still valid
+    this.done = collect(this.child, 'getfattr (apt-get install attr)', [0, 1, 123], (d) => this.out.push(d.toString('latin1')));
+  }
+
+  /** "./" + path + NUL: "./" keeps getfattr from reading a name that starts with "-" as an option */
+  add(buf: Buffer, start: number, end: number): void {
+    const need = end - start + 3;
+    if (this.len + need > this.batch.length) {
+      this.flush();
+      if (need > this.batch.length) this.batch = Buffer.allocUnsafe(need);
+    }
+    const b = this.batch;
+    b[this.len++] = 0x2e;
+    b[this.len++] = 0x2f;
+    this.len += buf.copy(b, this.len, start, end);
+    b[this.len++] = 0;
+  }
+
+  private flush(): void {
+    if (!this.len) return;
+    this.child.stdin.write(this.batch.subarray(0, this.len));
+    this.batch = Buffer.allocUnsafe(this.batch.length); // the pipe may still hold the old one
+    this.len = 0;
+  }
+
+  async finish(): Promise<XattrRecord[]> {
+    this.flush();
+    this.child.stdin.end();
+    await this.done;
+    return parseGetfattrDump(this.out.join(''));
+  }
+
+  kill(): void {
+    this.child.kill('SIGKILL');
+  }
 }
 
 /** Pre-order with siblings sorted by bytes: a stable order for the UI, the layer and the tests. */
@@ -305,18 +340,18 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
   const lowerRoot = lower === null ? null : Buffer.from(lower);
   if (lowerRoot && !lstatQuiet(lowerRoot)?.isDirectory()) throw new Error(`lower tree ${lower} is not a directory`);
 
-  const walk = walkUpper(root);
-  const xattrJob = readAllXattrs(root);
+  const xattrs = new XattrReader(root);
+  const walk = walkUpper(root, (buf, start, end) => xattrs.add(buf, start, end));
   let w: Walk;
   let records: XattrRecord[];
   try {
-    [w, records] = await Promise.all([
-      walk.done.then((x) => { if (process.env.MKMA_SCAN_DEBUG) process.stderr.write(`walk ${(performance.now() - t0).toFixed(0)}\n`); return x; }),
-      xattrJob.done.then((x) => { if (process.env.MKMA_SCAN_DEBUG) process.stderr.write(`xattrs ${(performance.now() - t0).toFixed(0)}\n`); return x; }),
-    ]);
+    w = await walk.done;
+    if (process.env.MKMA_SCAN_DEBUG) process.stderr.write(`walk ${(performance.now() - t0).toFixed(0)}\n`);
+    records = await xattrs.finish();
+    if (process.env.MKMA_SCAN_DEBUG) process.stderr.write(`xattrs ${(performance.now() - t0).toFixed(0)}\n`);
   } catch (e) {
     walk.kill();
-    xattrJob.kill();
+    xattrs.kill();
     throw e;
   }
 
@@ -340,6 +375,7 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
   }
 
   const { order, parent } = preorder(w);
+  if (process.env.MKMA_SCAN_DEBUG) process.stderr.write(`sorted ${(performance.now() - t0).toFixed(0)}\n`);
   const n = w.rel.length;
   const upperB = Buffer.from(root);
   // lowerDir[i]: the lower tree has a real, visible directory at this path, so children are
@@ -351,6 +387,12 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
   const entryParent: number[] = [];
   const groups = new Map<string, number[]>();
   let bytes = 0;
+  /** what the lower tree has at a path whose parent is visible there (for whiteouts and opaque dirs) */
+  const lowerTypeAt = (p: number, relB: Buffer): EntryType | undefined => {
+    if (!lowerRoot || !(p < 0 || lowerDir[p] === 1)) return undefined;
+    const lst = lstatQuiet(Buffer.concat([lowerRoot, SLASH, relB]));
+    return lst ? TYPE_BY_IFMT[lst.mode & S_IFMT] : undefined;
+  };
 
   for (let k = 0; k < order.length; k++) {
     const i = order[k];
@@ -378,10 +420,12 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
     // find cannot print st_rdev: devices (whiteouts, mostly) are looked at here
     const rdev = type === 'char' || type === 'block' ? (lstatQuiet(Buffer.concat([upperB, SLASH, relB]))?.rdev ?? -1) : -1;
 
+    let lowerType: EntryType | undefined;
     if ((type === 'char' && rdev === 0) || (type === 'file' && w.size[i] === 0 && ov?.has('whiteout'))) {
       kind = 'deleted';
       entryType = 'whiteout';
       size = 0;
+      lowerType = lowerTypeAt(p, relB);
     } else if (ov && (ov.has('redirect') || ov.has('metacopy'))) {
       const which = ov.has('redirect') ? 'redirect' : 'metacopy';
       skipped.push({
@@ -399,10 +443,12 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
     } else if (type === 'dir' && ov?.has('opaque') && decodeXattrValue(ov.get('opaque')!).toString('latin1') === 'y') {
       // ("x" means "holds xattr whiteouts", not opaque)
       kind = 'replaced';
+      lowerType = lowerTypeAt(p, relB);
     } else {
       const parentLowerVisible = p < 0 ? lowerRoot !== null : lowerDir[p] === 1;
       const lowerAbs = parentLowerVisible && lowerRoot ? Buffer.concat([lowerRoot, SLASH, relB]) : null;
       const lst = lowerAbs ? lstatQuiet(lowerAbs) : undefined;
+      if (lst) lowerType = TYPE_BY_IFMT[lst.mode & S_IFMT];
       if (!lst) {
         kind = 'added';
       } else if (type === 'dir' && lst.isDirectory()) {
@@ -444,6 +490,7 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
       hardlinks: NONE as unknown as string[],
     };
     if (target !== undefined) entry.target = target;
+    if (lowerType !== undefined) entry.lowerType = lowerType;
     entries.push(entry);
     // Hardlinks: entries sharing an inode inside the upperdir (whiteouts share overlayfs' one
     // whiteout inode: they are not links of each other).
@@ -464,6 +511,7 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
     for (const j of g) entries[j].hardlinks = g.filter((o) => o !== j).map((o) => entries[o].path);
   }
 
+  if (process.env.MKMA_SCAN_DEBUG) process.stderr.write(`done ${(performance.now() - t0).toFixed(0)}\n`);
   return {
     upper,
     lower,

@@ -89,6 +89,7 @@ export function processStartSec(pid: number): number | null {
   }
   // field 22 (starttime, clock ticks since boot); fields are counted after the ")" of comm
   const after = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  if (after[0] === 'Z' || after[0] === 'X') return null; // dead, not yet reaped by its parent
   const ticks = Number(after[19]);
   if (!Number.isFinite(ticks)) return null;
   return bootTimeSec() + ticks / 100; // USER_HZ is 100 on every Linux architecture
@@ -97,16 +98,18 @@ export function processStartSec(pid: number): number | null {
 /** Is `pid` alive, and the same process that wrote a file at `mtimeMs`? */
 export function ownerAlive(pid: number, mtimeMs: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;
-  if (pid === process.pid) return false; // we are not holding anything yet
   const start = processStartSec(pid);
   if (start === null) return false;
   // a process that started after the file was written cannot have written it (2 s: rounding)
   return start <= mtimeMs / 1000 + 2;
 }
 
+/** Lock files this process holds (a pid of our own in a lock is ours only if listed here). */
+const heldLocks = new Set<string>();
+
 /** Takes the images directory's persist lock; returns its release function. */
 export function acquireLock(imagesDir: string): () => void {
-  const file = path.join(imagesDir, LOCK_NAME);
+  const file = path.join(path.resolve(imagesDir), LOCK_NAME);
   for (let attempt = 0; attempt < 5; attempt++) {
     let fd: number;
     try {
@@ -123,7 +126,7 @@ export function acquireLock(imagesDir: string): () => void {
       } catch {
         continue; // released meanwhile: try again
       }
-      if (ownerAlive(pid, mtimeMs)) {
+      if (pid === process.pid ? heldLocks.has(file) : ownerAlive(pid, mtimeMs)) {
         throw new PersistBusyError(
           `another mkma persist (pid ${pid}) is writing a layer to ${imagesDir}; wait for it to finish and run mkma persist again`,
         );
@@ -142,7 +145,9 @@ export function acquireLock(imagesDir: string): () => void {
     } finally {
       fs.closeSync(fd);
     }
+    heldLocks.add(file);
     return () => {
+      if (!heldLocks.delete(file)) return;
       try {
         if (fs.readFileSync(file, 'utf8').trim() === String(process.pid)) fs.unlinkSync(file);
       } catch {
@@ -168,7 +173,9 @@ export function removeStaleTemporaries(imagesDir: string): string[] {
     } catch {
       continue;
     }
-    if (!st.isFile() || ownerAlive(Number(m[1]), st.mtimeMs)) continue;
+    // with the lock held, a temporary file of this very process is a leftover too
+    const pid = Number(m[1]);
+    if (!st.isFile() || (pid !== process.pid && ownerAlive(pid, st.mtimeMs))) continue;
     fs.rmSync(p, { force: true });
     removed.push(name);
   }
