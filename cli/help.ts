@@ -55,7 +55,11 @@ Exit status: 0 booted to multi-user, 4 did not, 2 bad arguments, 3 missing tools
 `,
 };
 
-export function commandHelp(cmd: string): string {
+// persist's text lives with its command (cli/persist-cmd.ts); listed here for `mkma help`.
+COMMANDS.persist = '';
+
+export async function commandHelp(cmd: string): Promise<string> {
+  if (cmd === 'persist') return (await import('./persist-cmd.js')).PERSIST_HELP;
   return COMMANDS[cmd];
 }
 
@@ -68,6 +72,7 @@ Commands:
   build    bootstrap, configure and pack an image (base, initramfs, kernel)
   qemu     boot the built image in QEMU and report pass/fail with boot timings
   unpack   apply base + layers into a directory, as the boot does (inspection, tests)
+  persist  on the running RAM system: choose changes and save them as a layer
 
 Kernel command line (printed by mkma build):
   mkma_storage_device=DEV   /dev/…, UUID=…, LABEL=… or PARTUUID=… holding the images

@@ -111,15 +111,15 @@ const unpackCmd: CommandFn = async (argv) => {
   return report.layers.some((l) => !l.applied) ? EXIT.failed : EXIT.ok;
 };
 
-function printHelp(cmd?: string): number {
-  process.stdout.write(cmd ? commandHelp(cmd) : mainHelp());
+async function printHelp(cmd?: string): Promise<number> {
+  process.stdout.write(cmd ? await commandHelp(cmd) : mainHelp());
   return EXIT.ok;
 }
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
-    if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') return printHelp(rest[0] && COMMANDS[rest[0]] ? rest[0] : undefined);
+    if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') return printHelp(rest[0] && rest[0] in COMMANDS ? rest[0] : undefined);
     if (cmd === '--version' || cmd === '-V') {
       const { mkmaVersion } = await import('../builder/build.js');
       process.stdout.write(`mkma ${mkmaVersion()}\n`);
@@ -129,6 +129,7 @@ export async function main(argv: string[]): Promise<number> {
       build: buildCmd,
       unpack: unpackCmd,
       qemu: async (a) => (await import('./qemu-cmd.js')).qemuCmd(a),
+      persist: async (a) => (await import('./persist-cmd.js')).persistCmd(a),
     };
     const fn = table[cmd];
     if (!fn) throw new UsageError(`unknown command "${cmd}"; commands: ${Object.keys(COMMANDS).join(', ')} (mkma --help)`);

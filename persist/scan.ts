@@ -346,9 +346,7 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
   let records: XattrRecord[];
   try {
     w = await walk.done;
-    if (process.env.MKMA_SCAN_DEBUG) process.stderr.write(`walk ${(performance.now() - t0).toFixed(0)}\n`);
     records = await xattrs.finish();
-    if (process.env.MKMA_SCAN_DEBUG) process.stderr.write(`xattrs ${(performance.now() - t0).toFixed(0)}\n`);
   } catch (e) {
     walk.kill();
     xattrs.kill();
@@ -375,7 +373,6 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
   }
 
   const { order, parent } = preorder(w);
-  if (process.env.MKMA_SCAN_DEBUG) process.stderr.write(`sorted ${(performance.now() - t0).toFixed(0)}\n`);
   const n = w.rel.length;
   const upperB = Buffer.from(root);
   // lowerDir[i]: the lower tree has a real, visible directory at this path, so children are
@@ -511,7 +508,6 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
     for (const j of g) entries[j].hardlinks = g.filter((o) => o !== j).map((o) => entries[o].path);
   }
 
-  if (process.env.MKMA_SCAN_DEBUG) process.stderr.write(`done ${(performance.now() - t0).toFixed(0)}\n`);
   return {
     upper,
     lower,

@@ -197,22 +197,22 @@ export function resolveTarget(opts: TargetOptions): Target {
   const mm = majorMinorOf(dev);
   const mounts = parseMountInfo(fs.readFileSync('/proc/self/mountinfo', 'utf8')).filter((m) => m.majorMinor === mm);
   const covers = (m: MountInfo) => m.root === '/' || imagesPath === m.root || imagesPath.startsWith(m.root + '/');
-  const checkDir = (dir: string, where: string): string[] => {
+  // On a device, an images directory without a base image is the wrong place: refuse.
+  const checkDir = (dir: string, where: string): void => {
     let st: fs.Stats | null = null;
     try { st = fs.statSync(dir); } catch { /* missing */ }
     if (!st?.isDirectory()) throw new EnvironmentError(`${where}: no directory ${imagesPath} (check mkma_images_path= / --path)`);
     if (!fs.existsSync(path.join(dir, BASE_NAME))) {
       throw new EnvironmentError(`${where}: ${imagesPath} holds no ${BASE_NAME}: is this the right device and path?`);
     }
-    return [];
   };
 
   const rw = mounts.find((m) => !m.readOnly && covers(m));
   if (rw) {
     const rel = rw.root === '/' ? imagesPath : imagesPath.slice(rw.root.length);
     const dir = path.join(rw.mountPoint, rel);
-    const warnings = checkDir(dir, `${dev} (mounted at ${rw.mountPoint})`);
-    return { imagesDir: dir, description: `${dev}:${imagesPath} (through its mount at ${rw.mountPoint})`, warnings, release: noRelease };
+    checkDir(dir, `${dev} (mounted at ${rw.mountPoint})`);
+    return { imagesDir: dir, description: `${dev}:${imagesPath} (through its mount at ${rw.mountPoint})`, warnings: [], release: noRelease };
   }
   if (mounts.length && mounts.every((m) => m.readOnly)) {
     const at = mounts.map((m) => m.mountPoint).join(', ');
@@ -222,11 +222,10 @@ export function resolveTarget(opts: TargetOptions): Target {
     );
   }
 
-  // Not mounted (or mounted read-write only below the images directory): a private mount point
-  // of our own, mode 0700, for the duration of the write.
+  // Not mounted (or mounted read-write only below the images directory): a mount point of our
+  // own (mkdtemp: a fresh name, mode 0700), for the duration of the write.
   const base = opts.mountBase ?? os.tmpdir();
   const mp = fs.mkdtempSync(path.join(base, 'mkma-storage-'));
-  fs.chmodSync(mp, 0o700);
   const m = run('mount', ['-o', 'rw,nosuid,nodev,noexec', dev, mp]);
   if (!m.ok) {
     fs.rmdirSync(mp);
@@ -250,8 +249,8 @@ export function resolveTarget(opts: TargetOptions): Target {
   };
   try {
     const dir = path.join(mp, imagesPath);
-    const warnings = checkDir(dir, dev);
-    return { imagesDir: dir, description: `${dev}:${imagesPath} (mounted at ${mp} while writing)`, warnings, release };
+    checkDir(dir, dev);
+    return { imagesDir: dir, description: `${dev}:${imagesPath} (mounted at ${mp} while writing)`, warnings: [], release };
   } catch (e) {
     release();
     throw e;

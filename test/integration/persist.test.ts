@@ -14,7 +14,9 @@ import { fileURLToPath } from 'node:url';
 import { unpackImages } from '../../format/apply.js';
 import { packTree } from '../../format/pack.js';
 import { readManifest } from '../../format/reader.js';
+import { scanUpper } from '../../persist/scan.js';
 import { resolveTarget } from '../../persist/storage.js';
+import { ownerAlive, pickLayerName, writeLayer } from '../../persist/write.js';
 import { describeTree } from '../helpers/tree.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -56,19 +58,26 @@ persistCmd(process.argv.slice(1)).then((c) => { process.exitCode = c; }, (e) => 
 `;
 function cliArgv(args: string[]): string[] {
   const wired = fs.readFileSync(path.join(REPO, 'dist/cli/main.js'), 'utf8').includes('persist-cmd');
-  return wired ? [path.join(REPO, 'bin/mkma.js'), 'persist', ...args] : ['--input-type=module', '-e', LAUNCHER, ...args];
+  return wired ? [path.join(REPO, 'bin/mkma.js'), 'persist', ...args] : ['--input-type=module', '-e', LAUNCHER, '--', ...args];
 }
 function persist(args: string[]): SpawnSyncReturns<string> {
   return spawnSync(process.execPath, cliArgv(args), { encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'], timeout: 120_000 });
 }
+const lastLine = (text: string) => text.trimEnd().split('\n').pop();
 const layersIn = (dir: string) => fs.readdirSync(dir).filter((n) => /^persistence\..*\.cpio\.zst$/.test(n)).sort();
 
-beforeAll(() => {
+const TINY_BASE = path.join(T, 'tiny-base.cpio.zst');
+
+beforeAll(async () => {
   // dist/ for the CLI (other modules may have type errors mid-edit: tsc still emits)
   spawnSync(process.execPath, [path.join(REPO, 'node_modules/typescript/bin/tsc'), '-p', path.join(REPO, 'tsconfig.json')], { stdio: 'ignore' });
   expect(fs.existsSync(path.join(REPO, 'dist/cli/persist-cmd.js'))).toBe(true);
   fs.mkdirSync(T);
   mount(['-t', 'tmpfs', '-o', 'size=1g', 'tmpfs'], T);
+  // a small base for the tests that need one without caring what is in it
+  const src = path.join(T, 'tiny-src');
+  put(src, 'etc/hostname', 'tiny\n');
+  await packTree(src, TINY_BASE, { kind: 'base', level: 3 });
 }, 120_000);
 
 describe('persist through a real overlay', () => {
@@ -310,7 +319,7 @@ describe('one persist at a time', () => {
   const IMG2 = path.join(T, 'images2');
   beforeAll(() => {
     fs.mkdirSync(IMG2);
-    fs.copyFileSync(path.join(IMAGES, 'base.cpio.zst'), path.join(IMG2, 'base.cpio.zst'));
+    fs.copyFileSync(TINY_BASE, path.join(IMG2, 'base.cpio.zst'));
     // ~40 MB that compresses slowly at a high level: a write that takes a while
     for (let i = 0; i < 40; i++) put(U2, `srv/f${String(i).padStart(2, '0')}`, crypto.randomBytes(1 << 20));
   });
@@ -322,7 +331,7 @@ describe('one persist at a time', () => {
     fs.writeFileSync(lock, `${sleeper.pid}\n`);
     const busy = persist(['--yes', '--upper', U2, '--path', IMG2, '--level', '1']);
     expect(busy.status).toBe(1);
-    expect(busy.stderr).toBe(`mkma: another mkma persist (pid ${sleeper.pid}) is writing a layer to ${IMG2}; wait for it to finish and run mkma persist again\n`);
+    expect(lastLine(busy.stderr)).toBe(`mkma: another mkma persist (pid ${sleeper.pid}) is writing a layer to ${IMG2}; wait for it to finish and run mkma persist again`);
     expect(layersIn(IMG2)).toEqual([]);
     const dead = sleeper.pid!;
     sleeper.kill('SIGKILL');
@@ -349,7 +358,7 @@ describe('one persist at a time', () => {
     const second = persist(['--yes', '--upper', U2, '--path', IMG2, '--level', '1']);
     const stillWriting = fs.existsSync(lock);
     expect(second.status).toBe(1);
-    expect(second.stderr).toBe(`mkma: another mkma persist (pid ${first.pid}) is writing a layer to ${IMG2}; wait for it to finish and run mkma persist again\n`);
+    expect(lastLine(second.stderr)).toBe(`mkma: another mkma persist (pid ${first.pid}) is writing a layer to ${IMG2}; wait for it to finish and run mkma persist again`);
     expect(stillWriting).toBe(true);
     expect(await exited).toBe(0);
     expect(firstErr).not.toMatch(/mkma: /);
@@ -375,7 +384,7 @@ describe('the storage device', () => {
   function IMAGES_ON_DISK(): string {
     const d = path.join(WORK, 'disk-root');
     fs.mkdirSync(path.join(d, 'mkma'), { recursive: true });
-    fs.copyFileSync(path.join(IMAGES, 'base.cpio.zst'), path.join(d, 'mkma/base.cpio.zst'));
+    fs.copyFileSync(TINY_BASE, path.join(d, 'mkma/base.cpio.zst'));
     return d;
   }
   const mountsOf = (dev: string) =>
@@ -398,7 +407,6 @@ describe('the storage device', () => {
     expect(t.imagesDir).toMatch(new RegExp(`^${WORK}/mkma-storage-[^/]+/mkma$`));
     expect(t.description).toBe(`${loop}:/mkma (mounted at ${path.dirname(t.imagesDir)} while writing)`);
     expect(mountsOf(loop)).toHaveLength(1);
-    expect(fs.statSync(path.dirname(t.imagesDir)).mode & 0o777).toBe(0o700);
     expect(fs.readdirSync(t.imagesDir)).toEqual(['base.cpio.zst']);
     t.release();
     t.release();
@@ -413,7 +421,7 @@ describe('the storage device', () => {
     expect(() => resolveTarget({ cmdline: '', device: loop, path: '/nope', mountBase: WORK })).toThrow(`${loop}: no directory /nope (check mkma_images_path= / --path)`);
     expect(mountsOf(loop)).toEqual([]);
     expect(() => resolveTarget({ cmdline: '' })).toThrow(/^cannot tell where the images are: no mkma_storage_device=/);
-    expect(() => resolveTarget({ cmdline: '', device: 'LABEL=no-such-label-mkma' })).toThrow('no block device has LABEL=no-such-label-mkma (blkid found none): is the storage device attached?');
+    expect(() => resolveTarget({ cmdline: '', device: 'LABEL=no-such-label-mkma', path: '/mkma' })).toThrow('no block device has LABEL=no-such-label-mkma (blkid found none): is the storage device attached?');
   });
 
   test('persist --device writes the layer onto the device and leaves it unmounted', () => {
@@ -441,12 +449,131 @@ describe('the storage device', () => {
       run('mount', ['-o', 'remount,ro', mp]);
       const ro = persist(['--yes', '--upper', upper, '--device', loop, '--path', '/mkma', '--level', '1']);
       expect(ro.status).toBe(3);
-      expect(ro.stderr).toBe(
+      expect(lastLine(ro.stderr)).toBe(
         `mkma: ${loop} is mounted read-only at ${mp}. mkma persist does not make someone else's read-only mount writable; ` +
-          `remount it read-write (mount -o remount,rw ${mp}) or unmount it, then run mkma persist again\n`,
+          `remount it read-write (mount -o remount,rw ${mp}) or unmount it, then run mkma persist again`,
       );
     } finally {
       run('umount', [mp]);
     }
+  });
+});
+
+describe('small cases', () => {
+  const IMG3 = path.join(T, 'images3');
+  beforeAll(() => {
+    fs.mkdirSync(IMG3);
+    fs.copyFileSync(TINY_BASE, path.join(IMG3, 'base.cpio.zst'));
+  });
+
+  test('nothing the rules allow: nothing written, exit 0', () => {
+    const up = path.join(T, 'upper-only-tmp');
+    put(up, 'tmp/x', 'x');
+    const r = persist(['--yes', '--upper', up, '--path', IMG3]);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toBe('mkma: nothing to save (2 change(s), all left out by the rules)\n');
+    expect(fs.readdirSync(IMG3)).toEqual(['base.cpio.zst']);
+  });
+
+  test('--yes --json: the result as JSON', () => {
+    const up = path.join(T, 'upper-json');
+    put(up, 'etc/a', 'abc');
+    put(up, 'tmp/x', 'x');
+    const r = persist(['--yes', '--json', '--upper', up, '--path', IMG3, '--level', '1']);
+    expect(r.status).toBe(0);
+    expect(r.stderr).toBe('');
+    const out = JSON.parse(r.stdout);
+    const name = layersIn(IMG3)[0];
+    expect(out).toEqual({
+      saved: true,
+      name,
+      file: path.join(IMG3, name),
+      entries: 2,
+      bytesIn: out.bytesIn,
+      bytesOut: fs.statSync(path.join(IMG3, name)).size,
+      deleted: 0,
+      replaced: 0,
+      cleaned: [],
+      target: IMG3,
+      totals: { changes: 4, included: 2, includedBytes: 3, excluded: 2, excludedBytes: 1 },
+      skipped: [],
+      warnings: [],
+    });
+    // bytesIn: the cpio stream before compression
+    expect(out.bytesIn).toBe(execFileSync('zstd', ['-dc', path.join(IMG3, name)]).length);
+    fs.rmSync(path.join(IMG3, name));
+  });
+
+  test('not enough space on the storage: refused before writing, with the numbers', () => {
+    const small = path.join(T, 'small-images');
+    fs.mkdirSync(small);
+    mount(['-t', 'tmpfs', '-o', 'size=20m', 'tmpfs'], small);
+    fs.copyFileSync(TINY_BASE, path.join(small, 'base.cpio.zst'));
+    const up = path.join(T, 'upper-big');
+    put(up, 'srv/big', crypto.randomBytes(8 << 20));
+    const r = persist(['--yes', '--upper', up, '--path', small, '--level', '1']);
+    expect(r.status).toBe(1);
+    expect(lastLine(r.stderr)).toMatch(
+      new RegExp(`^mkma: not enough space in ${small}: the layer may need up to 8\\.0 MiB \\(before compression\\) \\+ 16\\.0 MiB to spare, and (19\\.\\d|20\\.0) MiB is free\\. `),
+    );
+    expect(fs.readdirSync(small)).toEqual(['base.cpio.zst']);
+  });
+
+  test('not root: refused, except a dry run of a readable upperdir', () => {
+    const up = path.join(T, 'upper-readable');
+    put(up, 'etc/a', 'abc');
+    fs.chmodSync(WORK, 0o755); // mkdtemp made it 0700
+    fs.chmodSync(T, 0o755);
+    const asNobody = (args: string[]) =>
+      spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, ...cliArgv(args)], { encoding: 'utf8' });
+    const yes = asNobody(['--yes', '--upper', up, '--path', IMG3]);
+    expect(yes.status).toBe(3);
+    expect(yes.stderr).toBe(
+      "mkma: mkma persist must run as root (it reads every file of the upperdir, overlayfs' trusted.* xattrs, and mounts the storage device): run it with sudo\n",
+    );
+    const dry = asNobody(['--dry-run', '--upper', up]);
+    expect(dry.status).toBe(0);
+    expect(dry.stdout.split('\n').slice(0, 3)).toEqual(['A          -  /etc/', 'A        3 B  /etc/a', '']);
+    expect(dry.stderr).toMatch(/^warning: not root: /);
+  });
+});
+
+describe('writeLayer directly', () => {
+  test('a layer of the same second gets -2, -3; the include function decides; mode 0600', async () => {
+    const dir = path.join(T, 'images-direct');
+    fs.mkdirSync(dir);
+    fs.copyFileSync(TINY_BASE, path.join(dir, 'base.cpio.zst'));
+    const up = path.join(T, 'upper-direct');
+    put(up, 'a/keep', 'k');
+    put(up, 'a/drop', 'd');
+    const scan = await scanUpper(up, null);
+    const now = new Date('2026-11-22T02:15:00.500Z');
+    const names: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const r = await writeLayer({ upper: up, scan, include: (e) => e.path !== 'a/drop', imagesDir: dir, level: 1, now, message: `#${i}` });
+      names.push(path.basename(r.file));
+      expect(r).toMatchObject({ entries: 2, deleted: 0, replaced: 0, cleaned: [] });
+    }
+    expect(names).toEqual([
+      'persistence.20261122T021500Z.cpio.zst',
+      'persistence.20261122T021500Z-2.cpio.zst',
+      'persistence.20261122T021500Z-3.cpio.zst',
+    ]);
+    expect(pickLayerName(dir, now)).toBe('persistence.20261122T021500Z-4.cpio.zst');
+    const m = readManifest(path.join(dir, names[2]));
+    expect([m.created, m.message, m.entries]).toEqual(['2026-11-22T02:15:00Z', '#2', 2]);
+    expect(execFileSync('sh', ['-c', `zstd -dc '${path.join(dir, names[0])}' | cpio -it --quiet`]).toString()).toBe('a\na/keep\n');
+    expect(fs.statSync(path.join(dir, names[0])).mode & 0o777).toBe(0o600);
+  });
+
+  test('ownerAlive: a live pid that started before the file; not a dead pid, nor one started after', async () => {
+    const p = spawn('sleep', ['30']);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(ownerAlive(p.pid!, Date.now())).toBe(true);
+    expect(ownerAlive(p.pid!, Date.now() - 3600_000)).toBe(false); // the file is older than the process
+    p.kill('SIGKILL');
+    await new Promise((r) => p.on('exit', r));
+    expect(ownerAlive(p.pid!, Date.now())).toBe(false);
+    expect(ownerAlive(Number.NaN, Date.now())).toBe(false);
   });
 });
