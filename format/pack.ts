@@ -18,6 +18,7 @@ export async function packTree(root: string, out: string, opts: PackTreeOptions)
   const xattrs = opts.manifest === false ? null : new XattrCollector(root, opts.keepXattr ?? notOverlayXattr);
   try {
     const stats = await packEntries(writer, walkTree(root, opts.exclude), hardlinks, (e) => void xattrs?.add(e.rel));
+    // (add() only waits for the pipe every 64 KiB of paths; the batches queue meanwhile)
     const { records, warnings } = xattrs ? await xattrs.finish() : { records: [], warnings: '' };
     for (const r of records) writer.addXattrs(r);
     const result = await writer.finish();
