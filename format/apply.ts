@@ -3,7 +3,7 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { escapePath, type Manifest, type XattrRecord } from './manifest.js';
+import { escapeXattrPath, type Manifest, type XattrRecord } from './manifest.js';
 import { BASE_NAME, sortLayerNames } from './names.js';
 import { extractImage, readManifest } from './reader.js';
 
@@ -57,7 +57,7 @@ export function mergeStaged(stage: Buffer, tree: Buffer): void {
 export function restoreXattrs(tree: string, records: XattrRecord[]): void {
   if (!records.length) return;
   const dump = records
-    .map((r) => `# file: ${escapePath(r.path)}\n${r.attrs.map(([n, v]) => `${n}=${v}`).join('\n')}\n`)
+    .map((r) => `# file: ${escapeXattrPath(r.path)}\n${r.attrs.map(([n, v]) => `${n}=${v}`).join('\n')}\n`)
     .join('\n');
   const r = spawnSync('setfattr', ['-h', '--restore=-'], { cwd: tree, input: Buffer.from(dump, 'latin1') });
   if (r.error) throw new Error(`cannot run setfattr (apt-get install attr): ${r.error.message}`);

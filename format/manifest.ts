@@ -67,17 +67,20 @@ export interface Manifest {
 export class ManifestError extends Error {}
 
 /**
- * Paths are stored as raw bytes (latin1 strings here) with control bytes written as `\0NN`
- * (octal) and a backslash as `\\`. That one spelling decodes the same through busybox
- * `printf %b` (used by the init) and through `setfattr --restore` (octal \NNN), so a file
- * name with a newline survives both.
+ * Paths are stored as raw bytes (latin1 strings here); two spellings, one per reader:
+ *  - `opaque`, `delete` and `message` lines are decoded by the init with `printf %b`: a control
+ *    byte is written `\0ooo` (four octal digits after the backslash: %b reads up to three
+ *    after the 0, so a following digit is never swallowed) and a backslash `\\`.
+ *  - the %xattrs section is read by `setfattr --restore`, whose escape is exactly `\ooo`: a
+ *    control byte, a backslash and DEL are written that way (what getfattr itself prints).
+ * Other bytes (UTF-8 or not) are written as they are; a newline never is.
  */
 export function escapePath(raw: string): string {
   let out = '';
   for (let i = 0; i < raw.length; i++) {
     const c = raw.charCodeAt(i);
     if (c === 0x5c) out += '\\\\';
-    else if (c < 0x20) out += '\\0' + c.toString(8).padStart(2, '0');
+    else if (c < 0x20 || c === 0x7f) out += '\\0' + c.toString(8).padStart(3, '0');
     else out += raw[i];
   }
   return out;
@@ -91,15 +94,45 @@ export function unescapePath(text: string): string {
       out += ch;
       continue;
     }
-    const next = text[i + 1];
-    if (next === '\\') {
+    if (text[i + 1] === '\\') {
+      out += '\\';
+      i++;
+    } else if (/^0[0-7]{3}$/.test(text.slice(i + 1, i + 5))) {
+      out += String.fromCharCode(Number.parseInt(text.slice(i + 2, i + 5), 8));
+      i += 4;
+    } else {
+      throw new ManifestError(`bad escape in manifest path ${JSON.stringify(text)}`);
+    }
+  }
+  return out;
+}
+
+/** setfattr/getfattr's spelling (`\ooo`), for the %xattrs section. */
+export function escapeXattrPath(raw: string): string {
+  let out = '';
+  for (let i = 0; i < raw.length; i++) {
+    const c = raw.charCodeAt(i);
+    if (c < 0x20 || c === 0x7f || c === 0x5c) out += '\\' + c.toString(8).padStart(3, '0');
+    else out += raw[i];
+  }
+  return out;
+}
+
+/** Reads getfattr's `\ooo` escapes (and `\\`). */
+export function unescapeXattrPath(text: string): string {
+  let out = '';
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (ch !== '\\') {
+      out += ch;
+    } else if (text[i + 1] === '\\') {
       out += '\\';
       i++;
     } else if (/^[0-7]{3}$/.test(text.slice(i + 1, i + 4))) {
       out += String.fromCharCode(Number.parseInt(text.slice(i + 1, i + 4), 8));
       i += 3;
     } else {
-      throw new ManifestError(`bad escape in manifest path ${JSON.stringify(text)}`);
+      throw new ManifestError(`bad escape in xattr path ${JSON.stringify(text)}`);
     }
   }
   return out;
@@ -121,7 +154,7 @@ export function serializeManifestBody(m: Manifest): Buffer {
     XATTR_SECTION,
   ];
   for (const rec of m.xattrs) {
-    lines.push(`# file: ${escapePath(rec.path)}`);
+    lines.push(`# file: ${escapeXattrPath(rec.path)}`);
     for (const [name, value] of rec.attrs) lines.push(`${name}=${value}`);
     lines.push('');
   }
@@ -198,7 +231,7 @@ export function parseManifestBody(body: Buffer): Manifest {
   let cur: XattrRecord | null = null;
   for (const line of rest[0].split('\n')) {
     if (line.startsWith('# file: ')) {
-      cur = { path: unescapePath(line.slice(8)), attrs: [] };
+      cur = { path: unescapeXattrPath(line.slice(8)), attrs: [] };
       m.xattrs.push(cur);
     } else if (line && cur) {
       const eq = line.indexOf('=');

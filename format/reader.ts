@@ -151,13 +151,15 @@ export async function extractImage(file: string, dest: string): Promise<ExtractR
             clear(p);
             fs.linkSync(target, p);
           } else {
-            // data comes with a later link (GNU newc convention); an empty placeholder until then
+            // Data comes with a later link (GNU newc convention): an empty placeholder until
+            // then, and further empty links join the first placeholder, so that a group of
+            // empty hardlinked files stays one inode (as busybox cpio does).
             const list = pendingLinks.get(h.ino) ?? [];
+            clear(p);
+            if (list.length) fs.linkSync(list[0], p);
+            else finishFile(p, { ...h, nlink: 1 }, fs.openSync(p, 'wx', 0o600));
             list.push(p);
             pendingLinks.set(h.ino, list);
-            clear(p);
-            const fd = fs.openSync(p, 'wx', 0o600);
-            finishFile(p, { ...h, nlink: 1 }, fd);
           }
           return;
         }

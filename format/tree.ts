@@ -2,7 +2,7 @@
 // (like find -xdev), raw byte names, hardlink groups stored once, xattrs into the manifest.
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import { unescapePath, type XattrRecord } from './manifest.js';
+import { unescapeXattrPath, type XattrRecord } from './manifest.js';
 import { NEWC_MAX_FILE_SIZE, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK } from './newc.js';
 import type { ArchiveWriter, EntryHeader } from './writer.js';
 import { writeWithBackpressure } from './zstd.js';
@@ -248,7 +248,7 @@ export function parseGetfattrDump(text: string, keepName: (name: string) => bool
   let cur: XattrRecord | null = null;
   for (const line of text.split('\n')) {
     if (line.startsWith('# file: ')) {
-      let p = unescapePath(line.slice(8));
+      let p = unescapeXattrPath(line.slice(8));
       if (p.startsWith('./')) p = p.slice(2);
       if (p === '') p = '.';
       cur = { path: p, attrs: [] };
