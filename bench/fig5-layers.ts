@@ -1,0 +1,159 @@
+// Figure 5: many layers.
+// A machine persisted 20 times boots with 20 small layers; the same changes saved once would
+// be one layer. The boot-time cost of applying layers must not grow much with their number:
+// 20 layers ≤ 1.2× one layer of the same content. Measured with the init's own code on the
+// host: generateApplyScript() (init/generate.ts) run as `busybox sh mkma-apply IMAGES TREE`
+// with PATH = busybox applets + the host's zstd and setfattr (+ mkma-unpack when
+// builder/unpacker.ts can build it), each run into a fresh tmpfs.
+// The layers come from 20 small generated upperdirs (disjoint choices of lower paths), each
+// written by persist's writer; the single layer from one upperdir made by the same 20
+// generator passes in one overlay mount: the same set of files (checked on the first round).
+// Measured: the layer part, from the script's own phase lines (base-unpacked → last
+// layer-applied); also (informational) the totals minus a base-only run.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { BASE_NAME } from '../format/names.js';
+import { generateApplyScript } from '../init/generate.js';
+import { PHASE_LINE_RE } from '../qemu/run.js';
+import type { Figure } from './figure.js';
+import type { Inputs } from './inputs.js';
+import { ratioRow, type Row } from './report.js';
+import { interleave, median, values, type Sample } from './stats.js';
+import type { UpperSpec } from './upper-gen.js';
+import { CACHE, fmtMs, HarnessError, log, rmrf, runTimed, sh, shQuote, withTmpfs } from './util.js';
+
+const LAYERS = 20;
+
+function layerSpec(i: number, quick: boolean): UpperSpec {
+  const files = quick ? 25 : 50;
+  return {
+    seed: 100 + i, files, bytes: files * 2048, sizes: 'small',
+    deleteFiles: 3, deleteDirs: i % 5 === 0 ? 1 : 0, replaceDirs: i % 5 === 2 ? 1 : 0,
+    symlinks: 3, hardlinks: 1, chmods: 2, modify: 2,
+    partition: { index: i, count: LAYERS },
+  };
+}
+
+/** busybox applets, the host's zstd and setfattr, and mkma-unpack when it can be built. */
+async function makeBin(dir: string): Promise<{ bin: string; busybox: string; unpacker: string }> {
+  const bin = path.join(dir, 'bin');
+  rmrf(bin);
+  fs.mkdirSync(bin, { recursive: true });
+  const which = (t: string) => sh('sh', ['-c', `command -v ${t}`]).trim();
+  const busybox = which('busybox');
+  for (const a of sh(busybox, ['--list']).split('\n').filter(Boolean)) fs.symlinkSync(busybox, path.join(bin, a));
+  for (const t of ['zstd', 'setfattr']) {
+    rmrf(path.join(bin, t));
+    fs.symlinkSync(which(t), path.join(bin, t));
+  }
+  let unpacker = 'not built (no builder/unpacker.ts)';
+  try {
+    // by name at run time: builder/unpacker.ts is optional (being written alongside)
+    const modPath = '../builder/unpacker.js';
+    const mod = (await import(modPath)) as { buildUnpacker?: (o: { cacheDir: string; arch: string }) => { path: string | null; reason?: string } };
+    if (mod.buildUnpacker) {
+      const arch = sh('dpkg', ['--print-architecture']).trim();
+      const r = mod.buildUnpacker({ cacheDir: path.join(CACHE, 'unpacker'), arch });
+      if (r.path) {
+        fs.symlinkSync(r.path, path.join(bin, 'mkma-unpack'));
+        unpacker = 'mkma-unpack';
+      } else {
+        unpacker = `no mkma-unpack: ${r.reason ?? 'not built'}`;
+      }
+    }
+  } catch (e) {
+    unpacker = `no mkma-unpack: ${(e as Error).message.split('\n')[0]}`;
+  }
+  return { bin, busybox, unpacker };
+}
+
+interface ApplySample extends Sample {
+  /** base-unpacked → last layer-applied, from the phase lines (ms) */
+  layerMs: number;
+  digest?: string;
+}
+
+export const figure: Figure = {
+  id: 5,
+  title: '20 small layers vs one',
+  async run(inp: Inputs): Promise<Row[]> {
+    const q = inp.o.quick;
+    const specs = Array.from({ length: LAYERS }, (_, i) => layerSpec(i, q));
+    const uppers: string[] = [];
+    for (let i = 0; i < LAYERS; i++) uppers.push(await inp.upper(`layers${q ? '-quick' : ''}/u${String(i).padStart(2, '0')}`, [specs[i]]));
+    const merged = await inp.upper(`layers${q ? '-quick' : ''}/merged`, specs);
+    const images20 = await inp.imagesDir(`layers20${q ? '-quick' : ''}`, uppers, `20 ${JSON.stringify(specs)}`);
+    const images1 = await inp.imagesDir(`layers1${q ? '-quick' : ''}`, [merged], `1 ${JSON.stringify(specs)}`);
+    const imagesBase = await inp.imagesDir('base-only', [], 'base');
+
+    const work = path.join(CACHE, 'apply');
+    fs.mkdirSync(work, { recursive: true });
+    let { bin, busybox, unpacker } = await makeBin(work);
+    const script = path.join(work, 'mkma-apply');
+    fs.writeFileSync(script, generateApplyScript(), { mode: 0o755 });
+    const scratch = inp.scratch('apply');
+
+    const apply = (images: string, check: boolean) => withTmpfs(scratch, async (t): Promise<ApplySample> => {
+      const tree = path.join(t, 'tree');
+      fs.mkdirSync(tree);
+      const r = await runTimed(busybox, ['sh', script, images, tree], { env: { PATH: bin, LC_ALL: 'C' }, cwd: t, okCodes: [0, 3] });
+      if (r.code === 3) throw new HarnessError(`mkma-apply skipped a layer: ${(r.stdout + r.stderr).split('\n').filter((l) => /SKIPPED/.test(l)).join('; ')}`);
+      let base: number | null = null;
+      let last: number | null = null;
+      for (const line of r.stdout.split('\n')) {
+        const m = PHASE_LINE_RE.exec(line);
+        if (!m) continue;
+        if (m[2] === 'base-unpacked') base = Number(m[1]);
+        if (m[2] === 'layer-applied') last = Number(m[1]);
+      }
+      if (base === null) throw new HarnessError(`mkma-apply printed no base-unpacked phase: ${r.stdout.slice(-500)} ${r.stderr.slice(-500)}`);
+      const digest = check
+        ? sh('bash', ['-c', `set -o pipefail; cd ${shQuote(tree)} && find . -printf '%P %y %s %m %U %G %l\\n' | LC_ALL=C sort | sha256sum`]).split(' ')[0]
+        : undefined;
+      return { value: r.ms, layerMs: last === null ? 0 : (last - base) * 1000, digest };
+    }, '4G');
+
+    // the extractor may be work in progress: measure without it rather than not at all
+    if (unpacker === 'mkma-unpack') {
+      try {
+        await apply(images1, false);
+      } catch (e) {
+        log(`  mkma-unpack failed (${(e as Error).message.split('\n')[0]}); measuring without it`);
+        rmrf(path.join(bin, 'mkma-unpack'));
+        unpacker = `mkma-unpack was built but failed, not used: ${(e as Error).message.split('\n')[0].slice(0, 200)}`;
+      }
+    }
+
+    const runs = inp.runs(5);
+    const [b, l20, l1] = await interleave<ApplySample>([
+      { name: 'base only', run: () => apply(imagesBase, false) },
+      { name: `base + ${LAYERS} layers`, run: (round) => apply(images20, round === 0) },
+      { name: 'base + 1 merged layer', run: (round) => apply(images1, round === 0) },
+    ], { runs, warmup: inp.warmup, label: 'apply', fmt: fmtMs });
+
+    const d20 = l20.find((s) => s.digest)?.digest;
+    const d1 = l1.find((s) => s.digest)?.digest;
+    const same = d20 && d1 && d20 === d1;
+    const layer20 = median(l20.map((s) => s.layerMs));
+    const layer1 = median(l1.map((s) => s.layerMs));
+    const tb = median(values(b));
+    const sizes = (dir: string) => fs.readdirSync(dir).filter((n) => n !== BASE_NAME).reduce((a, n) => a + fs.statSync(path.join(dir, n)).size, 0);
+    return [
+      ratioRow({
+        figure: 5, id: '5.layers', what: `boot apply: ${LAYERS} layers vs 1 (layer part)`, unit: 'ms',
+        mkma: layer20, reference: layer1, target: 1.2,
+        referenceLabel: `the same content as one layer (mkma-apply phase lines: base-unpacked → last layer-applied)`,
+        note: `${same ? 'trees identical' : `TREES DIFFER (${d20?.slice(0, 12)} vs ${d1?.slice(0, 12)})`}; ` +
+          `${(sizes(images20) / 1024).toFixed(0)} KiB in ${LAYERS} layers vs ${(sizes(images1) / 1024).toFixed(0)} KiB; extractor: ${unpacker}; ` +
+          `totals: base only ${fmtMs(tb)}, +${LAYERS} layers ${fmtMs(median(values(l20)))}, +1 layer ${fmtMs(median(values(l1)))}`,
+        samples: { mkma: l20.map((s) => s.layerMs), reference: l1.map((s) => s.layerMs) },
+      }),
+      ratioRow({
+        figure: 5, id: '5.layers-total', what: `boot apply: ${LAYERS} vs 1 (total − base only)`, unit: 'ms',
+        mkma: median(values(l20)) - tb, reference: median(values(l1)) - tb, target: null,
+        referenceLabel: 'the same, as differences of wall-clock totals (noisier)',
+        samples: { mkma: values(l20), reference: values(l1) },
+      }),
+    ];
+  },
+};
