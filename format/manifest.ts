@@ -138,6 +138,14 @@ export function unescapeXattrPath(text: string): string {
   return out;
 }
 
+/** A layer's paths are data, never a way out of the tree: no /…, empty, . or .. components. */
+export function safeRel(p: string): string {
+  if (p.startsWith('/') || p.split('/').some((c) => c === '' || c === '.' || c === '..')) {
+    throw new ManifestError(`unsafe path in manifest: ${JSON.stringify(p)}`);
+  }
+  return p;
+}
+
 export function serializeManifestBody(m: Manifest): Buffer {
   const lines = [
     `mkma-manifest ${MANIFEST_VERSION}`,
@@ -217,8 +225,8 @@ export function parseManifestBody(body: Buffer): Manifest {
         m.shards.push({ offset: num(o, 'shard'), length: num(l, 'shard') });
         break;
       }
-      case 'opaque': m.opaque.push(unescapePath(value)); break;
-      case 'delete': m.deleted.push(unescapePath(value)); break;
+      case 'opaque': m.opaque.push(safeRel(unescapePath(value))); break;
+      case 'delete': m.deleted.push(safeRel(unescapePath(value))); break;
       case '': break;
       default:
         // Unknown keys are ignored so that an older mkma can still boot a newer layer's data.

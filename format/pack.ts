@@ -24,6 +24,7 @@ export async function packTree(root: string, out: string, opts: PackTreeOptions)
     const result = await writer.finish();
     return { ...result, stats, xattrWarnings: warnings };
   } catch (e) {
+    xattrs?.kill();
     writer.abort();
     throw e;
   }

@@ -234,6 +234,12 @@ export class XattrCollector {
     return writeWithBackpressure(this.child.stdin, chunk);
   }
 
+  /** On failure elsewhere: stop getfattr so that no child outlives the pack. */
+  kill(): void {
+    this.child.stdin.destroy();
+    this.child.kill('SIGKILL');
+  }
+
   async finish(): Promise<{ records: XattrRecord[]; warnings: string }> {
     await this.flush();
     this.child.stdin.end();

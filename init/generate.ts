@@ -4,7 +4,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { FOOTER_SIZE, FOOTER_TAG, XATTR_SECTION } from '../format/manifest.js';
+import { FOOTER_SIZE, FOOTER_TAG, SKIPPABLE_MAGIC, XATTR_SECTION } from '../format/manifest.js';
 import { LAYER_PREFIX, LAYER_SUFFIX } from '../format/names.js';
 
 /** init/templates, from both the sources (tests) and dist/init (installed). */
@@ -28,7 +28,11 @@ function constants(vars: Record<string, string | number>): string {
     .join('\n');
 }
 
+/** The magic as the bytes `od -An -tu1` prints (little-endian). */
+const magicBytes = (m: number) => [0, 8, 16, 24].map((s) => (m >>> s) & 0xff).join(' ');
+
 export const FORMAT_CONSTANTS = {
+  SKIPPABLE_MAGIC_BYTES: magicBytes(SKIPPABLE_MAGIC),
   FOOTER_TAG,
   FOOTER_SIZE,
   XATTR_SECTION,
@@ -89,6 +93,7 @@ export function generateApplyScript(): string {
     `
 # usage: mkma-apply IMAGES_DIR TREE   (TREE must be empty; a staging dir is made beside it)
 set -u
+MKMA_NO_KMSG=1
 IMAGES=$1
 TREE=$2
 MKMA_TMP=$(mktemp -d)

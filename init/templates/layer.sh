@@ -5,6 +5,13 @@
 # busybox ash: `local` is supported and needed for the recursive merge.
 # shellcheck disable=SC3043
 
+is_number() {
+	case $1 in
+	'' | *[!0-9]*) return 1 ;;
+	esac
+	return 0
+}
+
 # read_manifest FILE OUT: writes FILE's manifest body to OUT; fails (with $M_ERROR set) when
 # the file is truncated or not an mkma image. Sets M_KIND M_ENTRIES M_UNPACKED M_DATA_BYTES.
 read_manifest() {
@@ -23,9 +30,23 @@ read_manifest() {
 		;;
 	esac
 	_len=${_footer#"$FOOTER_TAG"}
+	case $_len in
+	*[!0-9\ ]* | *[!\ ]*\ * | '')
+		M_ERROR="damaged manifest footer"
+		return 1
+		;;
+	esac
 	_len=$((_len + 0))
 	if [ "$_len" -le 0 ] || [ "$_len" -gt "$_size" ]; then
 		M_ERROR="damaged manifest footer"
+		return 1
+	fi
+	# the skippable frame's header: magic and the length of what follows
+	# shellcheck disable=SC2046 # splitting od's output into bytes is intended
+	set -- "$1" "$2" $(tail -c $((_len + FOOTER_SIZE + 8)) "$1" | head -c 8 | od -An -tu1)
+	if [ "$3 $4 $5 $6" != "$SKIPPABLE_MAGIC_BYTES" ] ||
+		[ $(($7 + 256 * $8 + 65536 * $9 + 16777216 * ${10})) -ne $((_len + FOOTER_SIZE)) ]; then
+		M_ERROR="damaged manifest frame header"
 		return 1
 	fi
 	tail -c $((_len + FOOTER_SIZE)) "$1" | head -c "$_len" >"$2"
@@ -39,8 +60,8 @@ read_manifest() {
 		"$XATTR_SECTION") break ;;
 		esac
 	done <"$2"
-	if [ -z "$M_KIND" ] || [ -z "$M_DATA_BYTES" ] || [ -z "$M_UNPACKED" ]; then
-		M_ERROR="manifest is incomplete"
+	if [ -z "$M_KIND" ] || ! is_number "$M_DATA_BYTES" || ! is_number "$M_UNPACKED" || ! is_number "$M_ENTRIES"; then
+		M_ERROR="manifest is incomplete or damaged"
 		return 1
 	fi
 	# The data must end exactly where the manifest frame starts: catches a file cut at a
@@ -52,15 +73,24 @@ read_manifest() {
 	return 0
 }
 
-# extract FILE DIR: unpacks the whole archive into DIR (busybox cpio), failing if zstd
-# (checksums, truncation) or cpio (structure) fails. No pipefail in POSIX sh: zstd's status
-# travels through a file.
+# extract FILE DIR: unpacks the whole archive into DIR. With mkma-unpack in the initramfs
+# (init/unpack/mkma-unpack.c: shards in parallel, few syscalls per entry) that does it all;
+# otherwise busybox cpio, failing if zstd (checksums, truncation) or cpio (structure) fails.
+# No pipefail in POSIX sh: zstd's status travels through a file.
 extract() {
-	rm -f "$MKMA_TMP/zstd.status"
 	case $1 in
 	/*) _file=$1 ;;
 	*) _file=$PWD/$1 ;;
 	esac
+	if command -v mkma-unpack >/dev/null 2>&1; then
+		mkma-unpack -- "$_file" "$2" 2>"$MKMA_TMP/unpack.err" && return 0
+		_st=$?
+		_e=$(tail -n 1 "$MKMA_TMP/unpack.err")
+		M_ERROR="mkma-unpack: ${_e#"mkma-unpack: $_file: "}"
+		[ -n "$_e" ] || M_ERROR="mkma-unpack failed (exit status $_st)"
+		return 1
+	fi
+	rm -f "$MKMA_TMP/zstd.status"
 	(
 		cd "$2" || exit 1
 		{ zstd -q -dc -- "$_file" || echo "$?" >"$MKMA_TMP/zstd.status"; } | cpio -i -d -m 2>"$MKMA_TMP/cpio.err"
@@ -75,10 +105,49 @@ extract() {
 	return 0
 }
 
-# decode ESCAPED: prints the raw path (octal \0NN escapes, see escapePath in manifest.ts)
+# decode ESCAPED: sets DECODED to the raw path (\0ooo escapes, see escapePath in
+# manifest.ts). A variable, not output: $(...) would strip a trailing newline of the name.
 decode() {
-	_d=$(printf '%bx' "$1")
-	printf '%s' "${_d%x}"
+	DECODED=$(printf '%bx' "$1")
+	DECODED=${DECODED%x}
+}
+
+# safe_rel PATH: a relative path that stays inside the tree (no /…, no . or .. components).
+safe_rel() {
+	case /$1/ in
+	// | *//* | */./* | */../*) return 1 ;;
+	esac
+	return 0
+}
+
+# check_removals MANIFEST: every opaque/delete path must be safe, else the layer is refused.
+check_removals() {
+	while IFS= read -r _line; do
+		case $_line in
+		"opaque "* | "delete "*) ;;
+		"$XATTR_SECTION") break ;;
+		*) continue ;;
+		esac
+		decode "${_line#* }"
+		if ! safe_rel "$DECODED"; then
+			M_ERROR="unsafe path in manifest: $DECODED"
+			return 1
+		fi
+	done <"$1"
+	return 0
+}
+
+# check_names FILE: with busybox cpio (no mkma-unpack), refuse archive members with a ".."
+# component (they would land outside the staging directory) before extracting anything.
+# Busybox strips a leading "/" itself. A name with a newline followed by "../" is refused
+# too: safe, and rare enough.
+check_names() {
+	command -v mkma-unpack >/dev/null 2>&1 && return 0
+	if zstd -q -dc -- "$1" 2>/dev/null | cpio -t 2>/dev/null | grep -q -e '^\.\.$' -e '^\.\./' -e '/\.\./' -e '/\.\.$'; then
+		M_ERROR="unsafe path in archive"
+		return 1
+	fi
+	return 0
 }
 
 # parents_are_dirs ROOT REL: true when every parent of REL under ROOT is a real directory.
@@ -109,7 +178,9 @@ apply_removals() {
 		"$XATTR_SECTION") break ;;
 		*) continue ;;
 		esac
-		_rel=$(decode "${_line#* }")
+		decode "${_line#* }"
+		_rel=$DECODED
+		safe_rel "$_rel" || continue
 		parents_are_dirs "$1" "$_rel" || continue
 		[ -n "$_rel" ] || continue
 		if [ -e "$1/$_rel" ] || [ -L "$1/$_rel" ]; then
@@ -179,6 +250,10 @@ apply_layer() {
 		rm -rf "$3"
 		return 1
 	fi
+	if ! check_removals "$MKMA_TMP/layer.manifest" || ! check_names "$1"; then
+		rm -rf "$3"
+		return 1
+	fi
 	if ! extract "$1" "$3"; then
 		rm -rf "$3"
 		return 1
@@ -201,13 +276,13 @@ sort_layers() {
 		case $_id in
 		[0-9A-Za-z]*) ;;
 		*)
-			warn "ignoring $_n: not a layer name"
+			warn "ignoring $_n: not a layer name" >&2
 			continue
 			;;
 		esac
 		case $_id in
 		*[!0-9A-Za-z._+-]*)
-			warn "ignoring $_n: not a layer name"
+			warn "ignoring $_n: not a layer name" >&2
 			continue
 			;;
 		esac

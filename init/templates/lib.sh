@@ -13,7 +13,8 @@ uptime_now() {
 }
 
 to_kmsg() {
-	[ -w /dev/kmsg ] && printf '<7>%s\n' "$1" >/dev/kmsg 2>/dev/null
+	# MKMA_NO_KMSG: the standalone mkma-apply on a host must not write into the host's log
+	[ -z "${MKMA_NO_KMSG:-}" ] && [ -w /dev/kmsg ] && printf '<7>%s\n' "$1" >/dev/kmsg 2>/dev/null
 	return 0
 }
 

@@ -21,7 +21,7 @@ import { FileTooLargeError } from '../../format/tree.js';
 import {
   BUSYBOX, layerFunctions, makeBusyboxBin, mkdir, mkfile, mkhardlink, mknode, mksymlink, noise,
 } from '../fixtures/layers.js';
-import { describeTree, treePath } from '../helpers/tree.js';
+import { describeTree, readXattrs, treePath } from '../helpers/tree.js';
 
 const TMP = fs.mkdtempSync(path.join(tmpdir(), 'mkma-format-'));
 afterAll(() => {
@@ -227,11 +227,15 @@ describe('manifest', () => {
     const body = serializeManifestBody(sample);
     expect(parseManifestBody(body)).toEqual(sample);
     const text = body.toString('latin1');
-    expect(text).toContain('\ndelete a\\0125\n');
-    expect(text).toContain('\ndelete \\0017\n');
-    expect(text).toContain('\nopaque back\\\\slash\\\\\n');
+    expect(text.startsWith('mkma-manifest 1\nkind layer\ncreated 2026-11-22T02:15:00Z\nmessage saved: ')).toBe(true);
+    // one line per key: no raw control byte survives escaping
+    const lines = text.split('\n');
+    expect(lines.filter((l) => l.startsWith('delete '))).toHaveLength(sample.deleted.length);
+    expect(lines.filter((l) => l.startsWith('opaque '))).toHaveLength(sample.opaque.length);
+    expect(lines.filter((l) => l.startsWith('# file: '))).toHaveLength(sample.xattrs.length);
+    expect(/[\x00-\x09\x0b-\x1f]/.test(text)).toBe(false);
+    // the %xattrs section uses getfattr's own spelling, which setfattr --restore reads
     expect(text).toContain('\n# file: x attr\\012file\n');
-    expect(text.startsWith('mkma-manifest 1\nkind layer\ncreated 2026-11-22T02:15:00Z\n')).toBe(true);
   });
 
   test('the frame is a zstd skippable frame ending with the fixed-size footer', () => {
@@ -247,10 +251,26 @@ describe('manifest', () => {
     expect(() => parseFooter(L(`MKMA-MANIFEST-LEX${'12'.padStart(12)}\n`))).toThrow(ManifestError);
   });
 
-  test('unescapePath rejects malformed escapes', () => {
+  test('the %xattrs section, as serialized, is read back by setfattr --restore', () => {
+    const dir = fs.mkdtempSync(path.join(TMP, 'xr-'));
+    const names = ['plain', 'sp ace', 'new\nline', 'back\\slash', 'a\n5', '\x017', 'del\x7f', 'bad\xffbyte', '-dash'];
+    for (const n of names) mkfile(dir, n, n);
+    const m: Manifest = { ...sample, xattrs: names.map((n, i) => ({ path: n, attrs: [['user.i', `0x${(i + 0x41).toString(16)}`]] })) };
+    const body = serializeManifestBody(m).toString('latin1');
+    const section = body.slice(body.indexOf('\n%xattrs\n') + '\n%xattrs\n'.length);
+    fs.writeFileSync(path.join(TMP, 'xr.dump'), L(section));
+    const r = spawnSync('setfattr', ['-h', `--restore=${path.join(TMP, 'xr.dump')}`], { cwd: dir, encoding: 'latin1' });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    const got = readXattrs(dir, names);
+    expect(names.map((n) => [n, got.get(n)])).toEqual(names.map((n, i) => [n, [`user.i=0x${(i + 0x41).toString(16)}`]]));
+  });
+
+  test('unescapePath inverts escapePath and rejects malformed escapes', () => {
+    for (const raw of [...sample.deleted, ...sample.opaque, 'a\n5', '\x7f1', 'x\\\\y']) expect(unescapePath(escapePath(raw))).toBe(raw);
     expect(() => unescapePath('a\\q')).toThrow(ManifestError);
     expect(() => unescapePath('a\\01')).toThrow(ManifestError);
-    expect(unescapePath('a\\0125')).toBe('a\n5');
+    expect(() => unescapePath('trailing\\')).toThrow(ManifestError);
   });
 
   // The init decodes manifest paths with busybox `printf %b` (layer.sh: decode); escapePath's
@@ -277,7 +297,7 @@ describe('manifest', () => {
     raws.push(Buffer.from('é ✓', 'utf8').toString('latin1'), 'bad\xffbyte', 'trail\n\n');
     const lines = path.join(TMP, 'escaped.lines');
     fs.writeFileSync(lines, L(raws.map((r) => escapePath(r) + '\n').join('')));
-    const r = bbsh(`while IFS= read -r l; do decode "$l"; printf '\\000'; done <"$1"`, [lines]);
+    const r = bbsh(`while IFS= read -r l; do decode "$l"; printf '%s' "$DECODED"; printf '\\000'; done <"$1"`, [lines]);
     expect(r.status).toBe(0);
     const got = r.stdout.toString('latin1').split('\0').slice(0, -1);
     const bad = raws
