@@ -17,6 +17,12 @@ export const BUILD_TOOLS: HostTool[] = [
   { command: 'findmnt', pkg: 'util-linux', why: 'finds the storage device for the kernel command line' },
 ];
 
+/** Optional: mkma-unpack, the fast boot-time extractor, is compiled from them (see builder/unpacker.ts). */
+export const FAST_BOOT_TOOLS: HostTool[] = [
+  { command: 'gcc', pkg: 'gcc', why: 'compiles mkma-unpack, the fast boot-time extractor' },
+];
+export const FAST_BOOT_PACKAGES = ['gcc', 'libc6-dev', 'libzstd-dev'];
+
 export const QEMU_TOOLS: HostTool[] = [
   { command: 'qemu-system-x86_64', pkg: 'qemu-system-x86', why: 'boots the image for the smoke test' },
   { command: 'mke2fs', pkg: 'e2fsprogs', why: 'makes the test disk without mounting anything' },
@@ -47,8 +53,9 @@ export function requireTools(tools: HostTool[]): void {
 }
 
 /** --install-deps: apt-get install what is missing (apt-get update first, once). */
-export function installTools(tools: HostTool[], log: (s: string) => void): void {
-  const pkgs = [...new Set(missingTools(tools).map((t) => t.pkg))];
+export function installTools(tools: HostTool[], log: (s: string) => void, extraPackages: string[] = []): void {
+  const missingExtra = extraPackages.filter((p) => spawnSync('dpkg-query', ['-W', '-f=${Status}', p], { encoding: 'utf8' }).stdout !== 'install ok installed');
+  const pkgs = [...new Set([...missingTools(tools).map((t) => t.pkg), ...missingExtra])];
   if (!pkgs.length) return;
   log(`installing host packages: ${pkgs.join(' ')}`);
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
