@@ -12,6 +12,10 @@ import { BASE_NAME, BUILD_INFO_NAME, INITRAMFS_NAME, KERNEL_NAME } from '../form
 import { fsyncDir } from '../format/writer.js';
 import { baseExclude } from './base.js';
 import { bootstrap, reusableChroot } from './bootstrap.js';
+import { BuildCache, chainKeys, type StageReport } from './cache.js';
+import { unmountUnder } from './chroot.js';
+import { presetHashes, runPresets } from './presets.js';
+import type { Preset } from '../config/preset.js';
 import { findStorage, grubEntry, kernelCommandLine, systemdBootEntry, type StorageLocation } from './bootentries.js';
 import { configure, packageRoot } from './configure.js';
 import { buildInitramfs } from './initramfs.js';
@@ -23,6 +27,10 @@ export interface BuildOptions {
   rebuild: boolean;
   hostKernel: boolean;
   reporter: Reporter;
+  /** applied in order after configure (config/preset.ts loadPresets) */
+  presets?: Preset[];
+  /** offer retry / skip / shell / abort when a preset fails (stdin and stdout are a terminal) */
+  interactive?: boolean;
 }
 
 export interface OutputInfo {
@@ -37,6 +45,10 @@ export interface BuildResult {
   kernelVersion: string;
   configHash: string;
   bootstrap: 'fresh' | 'reused';
+  /** what ran and what came from the cache: bootstrap, then each preset in order */
+  stages: StageReport[];
+  /** snapshots kept in OUT/.cache for preset rebuilds, and their size */
+  cache: { snapshots: number; bytes: number };
   outputs: { base: OutputInfo & { unpackedBytes: number; entries: number }; initramfs: OutputInfo; kernel: OutputInfo };
   initramfsModules: string[];
   storage: StorageLocation | null;
@@ -104,18 +116,33 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
   const { config: c, reporter } = o;
   const out = path.resolve(o.out);
   const hash = configHash(c, [o.hostKernel ? 'host-kernel' : 'image-kernel']);
-  const reuse = !o.rebuild && reusableChroot(out, hash);
+  const presets = o.presets ?? [];
+  const cache = new BuildCache(out);
+  const keys = chainKeys(hash, presetHashes(presets));
+  const plan = cache.plan(keys, { rebuild: o.rebuild, legacyReusable: !o.rebuild && reusableChroot(out, hash) });
+  const reuse = plan.start >= 0;
   checkOutputDir(out, reuse ? 0.5 * GiB : 2 * GiB);
   const chroot = path.join(out, 'chroot');
+  const stages: StageReport[] = [];
   const staging = path.join(out, '.staging');
   fs.rmSync(staging, { recursive: true, force: true });
   fs.mkdirSync(staging, { recursive: true });
 
   try {
     // 1. bootstrap
-    const s1 = reporter.stage('bootstrap', reuse ? 'configuration unchanged: reusing OUT/chroot' : `mmdebstrap ${c.suite} (${c.variant}, ${c.architecture}) from ${c.mirror}`);
-    if (!reuse) await bootstrap(c, out, hash, s1);
-    s1.done(reuse ? 'reused the bootstrapped tree' : 'fresh bootstrap');
+    const restored = plan.start <= 0 ? 'the bootstrapped tree' : `the tree after preset ${presets[plan.start - 1].name}`;
+    const s1 = reporter.stage('bootstrap', !reuse ? `mmdebstrap ${c.suite} (${c.variant}, ${c.architecture}) from ${c.mirror}`
+      : plan.from === 'snapshot' ? `reused: restoring ${restored} from OUT/.cache`
+      : `reused: configuration${plan.start > 0 ? ` and presets up to ${presets[plan.start - 1].name}` : ''} unchanged, reusing OUT/chroot`);
+    if (!reuse) {
+      if (o.rebuild) cache.clear();
+      // nothing of an interrupted run may stay mounted in a tree that is replaced
+      unmountUnder(chroot);
+      await bootstrap(c, out, hash, s1);
+      cache.writeState(keys[0]);
+    } else if (plan.from === 'snapshot') cache.restore(keys[plan.start]);
+    s1.done(reuse ? 'reused' : 'fresh bootstrap');
+    stages.push({ stage: 'bootstrap', status: reuse ? 'reused' : 'ran' });
 
     // 2. configure
     const s2 = reporter.stage('configure', `hostname ${c.hostname}`);
@@ -127,6 +154,16 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
     }
     const conf = configure(c, chroot);
     s2.done(`kernel ${kernel.version}${trimmed}${conf.mkmaBytes ? `, mkma installed (${formatBytes(conf.mkmaBytes)})` : ''}`);
+
+    // 2b. presets, each after the one before, from the cache where their inputs are unchanged
+    if (presets.length) {
+      stages.push(...await runPresets({ presets, keys, start: plan.start, cache, reporter, interactive: !!o.interactive }));
+      // what configure owns (hostname, root password, fstab) ends as mkma.toml says, whether
+      // the presets ran now or came from the cache
+      configure({ ...c, installMkma: false }, chroot);
+    }
+    // only the states a change to one of these presets restarts from are kept
+    cache.prune(keys.slice(0, presets.length));
 
     // 3. base
     checkOutputDir(out, 0.5 * GiB);
@@ -146,8 +183,9 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
     const initrd = await buildInitramfs({
       chroot, kernel, out: path.join(staging, INITRAMFS_NAME), workDir: staging,
       wantedModules: INITRAMFS_MODULE_GROUPS, requiredModules: c.initramfsModules, ramSize: c.ramSize, version: mkmaVersion(),
+      arch: c.architecture, cacheDir: path.join(out, '.cache', 'unpacker'), onWarning: (w) => reporter.warn(w),
     });
-    s4.done(`${formatBytes(initrd.bytes)}, ${initrd.modules.length} modules`);
+    s4.done(`${formatBytes(initrd.bytes)}, ${initrd.modules.length} modules, ${initrd.fastUnpacker ? 'mkma-unpack' : 'busybox cpio'}`);
 
     // 5. outputs, atomically
     fs.copyFileSync(kernel.image, path.join(staging, KERNEL_NAME));
@@ -163,6 +201,8 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
       kernelVersion: kernel.version,
       configHash: hash,
       bootstrap: reuse ? 'reused' : 'fresh',
+      stages,
+      cache: cache.usage(),
       outputs: {
         base: { ...info(BASE_NAME), unpackedBytes: base.manifest.unpackedBytes, entries: base.manifest.entries },
         initramfs: info(INITRAMFS_NAME),

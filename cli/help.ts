@@ -14,7 +14,10 @@ HOSTNAME defaults to this machine's hostname (or \`hostname\` in the config file
 Options:
   -o, --out DIR        output directory (default ./mkma-out; the bootstrapped tree is kept in DIR/chroot)
   -c, --config FILE    configuration file (TOML, see mkma.example.toml)
-      --rebuild        bootstrap again even if the configuration is unchanged
+  -p, --preset PATH    apply a preset (TOML) after configuring; a directory means every *.toml
+                       in it, in order of file name; repeat for more, applied in argument order.
+                       Unchanged presets come from the cache in DIR/.cache (see "Presets" in README)
+      --rebuild        bootstrap again even if the configuration is unchanged (clears the cache)
       --host-kernel    use this machine's /boot/vmlinuz-$(uname -r) and its modules
       --install-deps   apt-get install missing host tools first
   -q, --quiet          no progress output
@@ -29,6 +32,25 @@ Exit status: 0 built, 1 failed, 2 bad arguments or configuration, 3 not root or 
 4 the QEMU boot test failed.
 
 Example: sudo mkma build myhost --config mkma.toml --out /srv/mkma
+         sudo MKMA_SSH_USER=me MKMA_SSH_KEY="$(cat ~/.ssh/id_ed25519.pub)" \
+           mkma build --preset presets/console --preset presets/ssh-server
+`,
+  lint: `Usage: mkma lint [--preset PATH …] [--config FILE]
+
+Checks presets without building: unknown keys, wrong types, missing shared directories and
+files folders, hooks that are not executable, environment variables that are not set, and
+runs shellcheck (shellcheck -s bash -f gcc -) on each script. Every finding is printed as
+FILE:LINE: message, with script findings mapped to their line in the TOML file.
+--config FILE checks an mkma.toml as well.
+
+Options:
+  -p, --preset PATH    a preset file, or a directory of *.toml presets (repeatable)
+  -c, --config FILE    a configuration file to check too
+
+Exit status: 0 and "ok" when nothing is wrong, 1 when something is, 2 bad arguments,
+3 shellcheck is not installed.
+
+Example: mkma lint --preset presets/console --preset presets/ssh-server
 `,
   unpack: `Usage: sudo mkma unpack --images DIR --into DIR [--json]
 
@@ -73,6 +95,7 @@ Commands:
   qemu     boot the built image in QEMU and report pass/fail with boot timings
   unpack   apply base + layers into a directory, as the boot does (inspection, tests)
   persist  on the running RAM system: choose changes and save them as a layer
+  lint     check presets (keys, folders, hooks, environment, shellcheck) without building
 
 Kernel command line (printed by mkma build):
   mkma_storage_device=DEV   /dev/…, UUID=…, LABEL=… or PARTUUID=… holding the images

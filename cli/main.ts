@@ -36,19 +36,23 @@ const buildCmd: CommandFn = async (argv) => {
     'install-deps': { type: 'boolean' },
     quiet: { type: 'boolean', short: 'q' },
     json: { type: 'boolean' },
+    preset: { type: 'string', short: 'p', multiple: true },
   }, 1);
   if (values.help) return printHelp('build');
-  const { BUILD_TOOLS, QEMU_TOOLS, installTools, requireTools } = await import('../builder/hosttools.js');
+  const { BUILD_TOOLS, FAST_BOOT_PACKAGES, QEMU_TOOLS, installTools, requireTools } = await import('../builder/hosttools.js');
   const qemuTest = process.env.MKMA_QEMU_TEST === '1';
   const tools = qemuTest ? [...BUILD_TOOLS, ...QEMU_TOOLS] : BUILD_TOOLS;
   requireRoot('mkma build');
   const config = loadConfig({ file: values.config, env: process.env, hostname: positionals[0], defaultHostname: os.hostname() });
+  // every preset is checked (keys, folders, hooks, environment variables) before anything runs
+  const presets = values.preset?.length ? (await import('../config/preset.js')).loadPresets(values.preset, process.env) : [];
   const reporter = createReporter({ quiet: !!values.quiet || !!values.json });
-  if (values['install-deps']) installTools(tools, (s) => reporter.info(s));
+  if (values['install-deps']) installTools(tools, (s) => reporter.info(s), FAST_BOOT_PACKAGES);
   requireTools(tools);
   const { build } = await import('../builder/build.js');
   const out = values.out ?? 'mkma-out';
-  const result = await build({ config, out, rebuild: !!values.rebuild, hostKernel: !!values['host-kernel'], reporter });
+  const interactive = !values.json && !!process.stdin.isTTY && !!process.stdout.isTTY;
+  const result = await build({ config, out, rebuild: !!values.rebuild, hostKernel: !!values['host-kernel'], reporter, presets, interactive });
   let boot: unknown = null;
   if (qemuTest) {
     const { smokeBoot, describeSmoke } = await import('../qemu/smoke.js');
@@ -72,6 +76,10 @@ const buildCmd: CommandFn = async (argv) => {
     `  kernel     ${o.kernel.path}  (${formatBytes(o.kernel.bytes)})`,
     `  initramfs  ${o.initramfs.path}  (${formatBytes(o.initramfs.bytes)})`,
     `  base       ${o.base.path}  (${formatBytes(o.base.bytes)}, ${formatBytes(o.base.unpackedBytes)} in RAM, ${o.base.entries} entries)`,
+    ...(presets.length
+      ? ['', 'Stages:', ...result.stages.map((s) => `  ${s.stage}: ${s.status}`),
+        `  (${result.cache.snapshots} snapshot(s), ${formatBytes(result.cache.bytes)}, in ${out}/.cache for rebuilds)`]
+      : []),
     '',
     'Kernel command line:',
     `  ${result.cmdline}`,
@@ -130,6 +138,7 @@ export async function main(argv: string[]): Promise<number> {
       unpack: unpackCmd,
       qemu: async (a) => (await import('./qemu-cmd.js')).qemuCmd(a),
       persist: async (a) => (await import('./persist-cmd.js')).persistCmd(a),
+      lint: async (a) => (await import('./lint-cmd.js')).lintCmd(a),
     };
     const fn = table[cmd];
     if (!fn) throw new UsageError(`unknown command "${cmd}"; commands: ${Object.keys(COMMANDS).join(', ')} (mkma --help)`);

@@ -1,0 +1,443 @@
+// Running programs inside the image's root directory, as Debian's maintainer scripts expect:
+// /proc, /sys, /dev, /dev/pts and a /run tmpfs mounted, daemons kept from starting
+// (/usr/sbin/policy-rc.d exits 101), DEBIAN_FRONTEND=noninteractive, the host's resolv.conf
+// for apt. Every mount is undone when the session ends — normally, by an exception, or by
+// SIGINT/SIGTERM/SIGHUP — in reverse order, lazily when busy, so a failed or interrupted build
+// never leaves the host's /dev or /proc mounted inside a tree that is later deleted or copied.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+export const CHROOT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+export interface RunOptions {
+  /** added to the session's environment */
+  env?: Record<string, string>;
+  /** every line of output (stdout and stderr), as it comes */
+  onLine?: (line: string) => void;
+}
+
+export interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  /** the last lines of output (at most 200) */
+  tail: string[];
+}
+
+export interface Chroot {
+  /** the root directory (real path) */
+  readonly root: string;
+  /** the environment every command gets */
+  readonly env: Record<string, string>;
+  /** runs argv inside the root, stdin from /dev/null, output collected */
+  run(argv: string[], opts?: RunOptions): Promise<RunResult>;
+  /** bind-mounts a host directory read-only at `inside` (created, and removed afterwards) */
+  bindReadOnly(hostDir: string, inside: string): void;
+  /** bind-mounts a host directory read-write at `inside`, which must exist in the root */
+  bindWritable(hostDir: string, inside: string): void;
+  /** an interactive bash in the root on this terminal; resolves with its exit status */
+  shell(env?: Record<string, string>): Promise<number>;
+}
+
+export class ChrootError extends Error {}
+
+/** Mount points at or below `dir` (not `dir` itself), innermost last, from /proc/self/mountinfo. */
+export function mountsUnder(dir: string): string[] {
+  const prefix = dir.endsWith('/') ? dir : dir + '/';
+  const out: string[] = [];
+  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const mp = line.split(' ')[4];
+    if (!mp) continue;
+    const p = mp.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+    if (p.startsWith(prefix)) out.push(p);
+  }
+  return out;
+}
+
+/**
+ * Unmounts everything below `dir`, innermost first (reverse mountinfo order); a busy mount is
+ * detached lazily (umount -l). Returns what is still mounted (nothing, normally).
+ */
+export function unmountUnder(dir: string): string[] {
+  let real: string;
+  try {
+    real = fs.realpathSync(dir);
+  } catch {
+    return [];
+  }
+  for (let round = 0; round < 5; round++) {
+    const mps = mountsUnder(real);
+    if (!mps.length) return [];
+    for (const mp of mps.reverse()) {
+      if (spawnSync('umount', [mp], { stdio: 'ignore' }).status !== 0) spawnSync('umount', ['-l', mp], { stdio: 'ignore' });
+    }
+  }
+  return mountsUnder(real);
+}
+
+/**
+ * Resolves `rel` (a path inside the image) to a host path below `root`, following the image's
+ * symlinks as the image would see them (absolute targets are relative to `root`), never
+ * leaving `root`. The last component is not followed when `followLast` is false.
+ */
+export function resolveInRoot(root: string, rel: string, followLast = true): string {
+  const parts = rel.split('/').filter((p) => p && p !== '.');
+  let cur = root;
+  let hops = 0;
+  while (parts.length) {
+    const name = parts.shift()!;
+    if (name === '..') {
+      cur = cur === root ? root : path.dirname(cur);
+      continue;
+    }
+    const next = path.join(cur, name);
+    let st: fs.Stats | null = null;
+    try {
+      st = fs.lstatSync(next);
+    } catch {
+      /* missing: the rest is taken literally */
+    }
+    if (st?.isSymbolicLink() && (parts.length || followLast)) {
+      if (++hops > 40) throw new ChrootError(`too many symbolic links resolving /${rel} in the image`);
+      const target = fs.readlinkSync(next);
+      parts.unshift(...target.split('/').filter((p) => p && p !== '.'));
+      if (target.startsWith('/')) cur = root;
+      continue;
+    }
+    cur = next;
+  }
+  return cur;
+}
+
+// ----------------------------------------------------------------------------------------
+// sessions and signals
+
+interface Session {
+  root: string;
+  children: Set<ChildProcess>;
+  cleanup(): void;
+}
+
+const sessions = new Set<Session>();
+let shellActive = false;
+const SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+
+function onSignal(sig: NodeJS.Signals): void {
+  // Ctrl-C in the rescue shell belongs to the shell
+  if (sig === 'SIGINT' && shellActive) return;
+  for (const s of [...sessions]) s.cleanup();
+  for (const x of SIGNALS) process.removeListener(x, onSignal);
+  // die of the signal, as if unhandled (exit status 128+n), unless someone else handles it
+  if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
+}
+
+function register(s: Session): void {
+  if (!sessions.size) for (const x of SIGNALS) process.on(x, onSignal);
+  sessions.add(s);
+}
+
+function unregister(s: Session): void {
+  sessions.delete(s);
+  if (!sessions.size) for (const x of SIGNALS) process.removeListener(x, onSignal);
+}
+
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/** Stops a command's whole process group: SIGTERM, then SIGKILL after 3 s. */
+function killGroup(child: ChildProcess): void {
+  const pid = child.pid;
+  if (!pid || child.exitCode !== null || child.signalCode !== null) return;
+  // our own child stays a zombie until the event loop reaps it: only live members count
+  const alive = () => groupAlive(pid);
+  try {
+    process.kill(-pid, 'SIGTERM');
+  } catch {
+    // not a group leader (the rescue shell): the process alone
+    child.kill('SIGKILL');
+    return;
+  }
+  for (let i = 0; i < 60 && alive(); i++) sleepSync(50);
+  if (alive()) {
+    try {
+      process.kill(-pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+    for (let i = 0; i < 20 && alive(); i++) sleepSync(50);
+  }
+}
+
+/** Whether a process group has a member that is not a zombie (from /proc/PID/stat). */
+function groupAlive(pgid: number): boolean {
+  let pids: string[];
+  try {
+    pids = fs.readdirSync('/proc').filter((n) => /^[0-9]+$/.test(n));
+  } catch {
+    return false;
+  }
+  for (const p of pids) {
+    let stat: string;
+    try {
+      stat = fs.readFileSync(`/proc/${p}/stat`, 'utf8');
+    } catch {
+      continue;
+    }
+    // pid (comm) state ppid pgrp …: comm may hold spaces and parentheses
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (Number(f[2]) === pgid && f[0] !== 'Z' && f[0] !== 'X') return true;
+  }
+  return false;
+}
+
+function mount(args: string[]): void {
+  const r = spawnSync('mount', args, { encoding: 'utf8' });
+  if (r.status !== 0) throw new ChrootError(`mount ${args.join(' ')} failed: ${(r.stderr || String(r.error ?? '')).trim()}`);
+}
+
+/** The environment of every command in the chroot; nothing of mkma's own leaks in. */
+export function chrootEnv(extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    PATH: CHROOT_PATH,
+    HOME: '/root',
+    LANG: 'C.UTF-8',
+    TERM: process.env.TERM || 'dumb',
+    DEBIAN_FRONTEND: 'noninteractive',
+    DEBCONF_NONINTERACTIVE_SEEN: 'true',
+    ...extra,
+  };
+}
+
+const POLICY_RC_D = '#!/bin/sh\n# mkma: no daemons start while the image is built\nexit 101\n';
+
+/**
+ * Runs `fn` with the root prepared for chroot commands, and undoes every change to the root
+ * afterwards (mounts, mount points it made, policy-rc.d, resolv.conf), whatever happens.
+ */
+export async function withChroot<T>(rootDir: string, fn: (c: Chroot) => Promise<T>, opts: { env?: Record<string, string> } = {}): Promise<T> {
+  const root = fs.realpathSync(rootDir);
+  if (root === '/') throw new ChrootError('refusing to use / as an image root');
+  const left = unmountUnder(root); // leftovers of a build that was killed
+  if (left.length) throw new ChrootError(`cannot unmount ${left.join(', ')}: unmount them by hand`);
+
+  const children = new Set<ChildProcess>();
+  /** directories this session made (mount points), removed afterwards, innermost first */
+  const made: string[] = [];
+  const restores: Array<() => void> = [];
+  let cleaned = false;
+  const session: Session = {
+    root,
+    children,
+    cleanup() {
+      if (cleaned) return;
+      cleaned = true;
+      for (const c of children) killGroup(c);
+      const still = unmountUnder(root);
+      if (still.length) process.stderr.write(`mkma: warning: could not unmount ${still.join(', ')}\n`);
+      else {
+        for (const d of made.reverse()) {
+          try {
+            fs.rmdirSync(d);
+          } catch {
+            /* not empty (a script put something there): leave it */
+          }
+        }
+      }
+      for (const r of restores.reverse()) {
+        try {
+          r();
+        } catch (e) {
+          process.stderr.write(`mkma: warning: ${(e as Error).message}\n`);
+        }
+      }
+      unregister(session);
+    },
+  };
+  register(session);
+
+  /** a real directory at `rel` inside the root (made if missing; never a symlink) */
+  const mountPoint = (rel: string): string => {
+    let cur = root;
+    for (const name of rel.split('/').filter(Boolean)) {
+      cur = path.join(cur, name);
+      let st: fs.Stats | null = null;
+      try {
+        st = fs.lstatSync(cur);
+      } catch {
+        fs.mkdirSync(cur, { mode: 0o755 });
+        made.push(cur);
+        continue;
+      }
+      if (!st.isDirectory()) throw new ChrootError(`/${rel} in the image is not a directory (${st.isSymbolicLink() ? 'a symbolic link' : 'a file'}): cannot mount there`);
+    }
+    return cur;
+  };
+
+  try {
+    mount(['-t', 'proc', 'proc', mountPoint('proc')]);
+    mount(['-t', 'sysfs', '-o', 'ro', 'sysfs', mountPoint('sys')]);
+    mount(['--bind', '/dev', mountPoint('dev')]);
+    if (fs.existsSync('/dev/pts/ptmx')) mount(['--bind', '/dev/pts', mountPoint('dev/pts')]);
+    mount(['-t', 'tmpfs', '-o', 'mode=755,nosuid,nodev', 'tmpfs', mountPoint('run')]);
+
+    // daemons must not start: invoke-rc.d and deb-systemd-invoke ask policy-rc.d
+    const sbin = mountPoint('usr/sbin');
+    const policy = path.join(sbin, 'policy-rc.d');
+    const saved = path.join(sbin, 'policy-rc.d.mkma-saved');
+    if (fs.existsSync(policy) || isSymlink(policy)) fs.renameSync(policy, saved);
+    fs.writeFileSync(policy, POLICY_RC_D, { mode: 0o755 });
+    restores.push(() => {
+      fs.rmSync(policy, { force: true });
+      if (fs.existsSync(saved) || isSymlink(saved)) fs.renameSync(saved, policy);
+    });
+
+    // name resolution for apt: the host's resolv.conf for the session
+    const etc = mountPoint('etc');
+    const resolv = path.join(etc, 'resolv.conf');
+    const resolvSaved = path.join(etc, 'resolv.conf.mkma-saved');
+    let hostResolv: string | null = null;
+    try {
+      hostResolv = fs.readFileSync('/etc/resolv.conf', 'utf8');
+    } catch {
+      /* none on the host */
+    }
+    if (hostResolv !== null) {
+      const had = fs.existsSync(resolv) || isSymlink(resolv);
+      if (had) fs.renameSync(resolv, resolvSaved);
+      fs.writeFileSync(resolv, hostResolv, { mode: 0o644 });
+      restores.push(() => {
+        let ours = false;
+        try {
+          ours = !isSymlink(resolv) && fs.readFileSync(resolv, 'utf8') === hostResolv;
+        } catch {
+          /* removed by a script */
+        }
+        if (ours || !(fs.existsSync(resolv) || isSymlink(resolv))) {
+          fs.rmSync(resolv, { force: true });
+          if (had) fs.renameSync(resolvSaved, resolv);
+        } else if (had) {
+          // a script or package replaced it on purpose: keep theirs
+          fs.rmSync(resolvSaved, { force: true });
+        }
+      });
+    }
+
+    const env = chrootEnv(opts.env);
+    const c: Chroot = {
+      root,
+      env,
+      run(argv, ro = {}) {
+        return new Promise<RunResult>((resolve, reject) => {
+          const child = spawn('chroot', [root, ...argv], {
+            env: { ...env, ...ro.env },
+            stdio: ['ignore', 'pipe', 'pipe'],
+            detached: true, // its own process group: stopped whole on interruption
+          });
+          children.add(child);
+          const tail: string[] = [];
+          const partial = { out: '', err: '' };
+          const feed = (which: 'out' | 'err', d: Buffer | null) => {
+            const text = partial[which] + (d ? d.toString() : '');
+            const lines = text.split('\n');
+            partial[which] = d ? lines.pop()! : '';
+            for (const l of lines) {
+              if (!d && l === '') continue;
+              tail.push(l);
+              if (tail.length > 200) tail.shift();
+              ro.onLine?.(l);
+            }
+          };
+          child.stdout!.on('data', (d: Buffer) => feed('out', d));
+          child.stderr!.on('data', (d: Buffer) => feed('err', d));
+          child.on('error', (e) => {
+            children.delete(child);
+            reject(new ChrootError(`cannot run chroot: ${e.message}`));
+          });
+          child.on('close', (code, signal) => {
+            children.delete(child);
+            feed('out', null);
+            feed('err', null);
+            resolve({ code, signal, tail });
+          });
+        });
+      },
+      bindReadOnly(hostDir, inside) {
+        const mp = mountPoint(inside);
+        mount(['--bind', hostDir, mp]);
+        mount(['-o', 'remount,bind,ro', mp]);
+      },
+      bindWritable(hostDir, inside) {
+        mount(['--bind', hostDir, mountPoint(inside)]);
+      },
+      shell(extra = {}) {
+        return new Promise<number>((resolve) => {
+          shellActive = true;
+          const child = spawn('chroot', [root, '/bin/bash', '-i'], { env: { ...env, ...extra, PS1: '(mkma chroot) \\w# ' }, stdio: 'inherit' });
+          children.add(child);
+          const done = (code: number) => {
+            shellActive = false;
+            children.delete(child);
+            resolve(code);
+          };
+          child.on('error', () => done(127));
+          child.on('close', (code) => done(code ?? 1));
+        });
+      },
+    };
+    return await fn(c);
+  } finally {
+    session.cleanup();
+  }
+}
+
+function isSymlink(p: string): boolean {
+  try {
+    return fs.lstatSync(p).isSymbolicLink();
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Copies the tree `src` into the image at `root` as `cp` would, but resolving directories the
+ * way the image sees them (/lib → usr/lib, absolute links inside the image): an existing
+ * directory is entered, an existing file or link is replaced. Files belong to the user mkma
+ * runs as (root); modes and modification times are kept.
+ */
+export function copyTreeInto(src: string, root: string): number {
+  let n = 0;
+  const walk = (rel: string) => {
+    for (const e of fs.readdirSync(path.join(src, rel), { withFileTypes: true })) {
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      const from = path.join(src, r);
+      const st = fs.lstatSync(from);
+      const parent = resolveInRoot(root, rel);
+      const to = path.join(parent, e.name);
+      if (st.isDirectory()) {
+        const dest = resolveInRoot(root, r);
+        if (!fs.existsSync(dest)) {
+          fs.mkdirSync(dest, { mode: st.mode & 0o7777 });
+          fs.chmodSync(dest, st.mode & 0o7777);
+        } else if (!fs.statSync(dest).isDirectory()) {
+          throw new ChrootError(`files: /${r} is a directory in the preset but not in the image`);
+        }
+        walk(r);
+        continue;
+      }
+      if (fs.existsSync(to) || isSymlink(to)) {
+        if (fs.lstatSync(to).isDirectory()) throw new ChrootError(`files: /${r} is a directory in the image but not in the preset`);
+        fs.rmSync(to);
+      }
+      if (st.isSymbolicLink()) fs.symlinkSync(fs.readlinkSync(from), to);
+      else if (st.isFile()) {
+        fs.copyFileSync(from, to);
+        fs.chmodSync(to, st.mode & 0o7777);
+        fs.utimesSync(to, st.atime, st.mtime);
+      } else throw new ChrootError(`files: ${from} is neither a file, a directory nor a symbolic link`);
+      n++;
+    }
+  };
+  walk('');
+  return n;
+}

@@ -1,0 +1,585 @@
+// Presets: small TOML files that add packages, files, users, services, a chroot script and
+// host hooks to an image. `mkma build --preset PATH` applies them one after another (a
+// directory means every *.toml in it, in C-locale order of file name); `mkma lint` checks them.
+// Errors are ConfigErrors with file, line and key, in the words config/load.ts uses.
+
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { parse, TomlError, type TomlValue } from 'smol-toml';
+import { ConfigError, valueProblem } from './load.js';
+import { DEBIAN_PACKAGE_RE, type Setting } from './schema.js';
+import type { RootPasswordPolicy } from './types.js';
+
+export interface PresetUser {
+  name: string;
+  /** supplementary groups (they must exist when the preset runs: an earlier preset may create them) */
+  groups: string[];
+  /** member of "sudo" (the sudo package is installed); a locked password gets NOPASSWD */
+  sudo: boolean;
+  password: RootPasswordPolicy;
+}
+
+export interface PresetServices {
+  enable: string[];
+  disable: string[];
+  mask: string[];
+}
+
+export interface Preset {
+  /** absolute path of the TOML file */
+  file: string;
+  /** how output and errors name it: the file name (with its folder when two presets share one) */
+  name: string;
+  /** the folder holding the preset: shared directories, files and hooks are relative to it */
+  dir: string;
+  packages: string[];
+  script: string | null;
+  /** line of the TOML file holding the script's first line */
+  scriptLine: number;
+  /** folder names next to the preset, bind-mounted read-only at /shared_dirs/<name> */
+  sharedDirectories: string[];
+  environmentVariables: string[];
+  /** the values of environmentVariables, from mkma's environment */
+  env: Record<string, string>;
+  /** absolute path of the folder whose tree is copied into the image, or null */
+  files: string | null;
+  users: PresetUser[];
+  services: PresetServices;
+  /** absolute paths of executables run on the host with the image root as argument */
+  hooks: string[];
+}
+
+/** Where the chroot script sees a shared directory. */
+export const SHARED_DIRS_MOUNT = '/shared_dirs';
+
+const KEYS = ['packages', 'script', 'shared_directories', 'environment_variables', 'files', 'users', 'services', 'hooks'] as const;
+const USER_KEYS = ['name', 'groups', 'sudo', 'password'] as const;
+const SERVICE_KEYS = ['enable', 'disable', 'mask'] as const;
+
+const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
+// useradd's default NAME_REGEX (Debian) without the trailing "$" for machine accounts.
+const USER_NAME_RE = /^[a-z_][a-z0-9_-]{0,31}$/;
+const GROUP_NAME_RE = /^[a-z_][a-z0-9_-]{0,31}$/;
+const UNIT_NAME_RE = /^[A-Za-z0-9:_.@\\-]+$/;
+const CRYPT_HASH_RE = /^\$[^\s:]+$/;
+const FOLDER_NAME_RE = /^[A-Za-z0-9._-]+$/;
+
+const setting = (key: string, type: Setting['type']): Setting => ({ key, type, default: null, help: '' });
+
+const packageCheck = (s: string) =>
+  DEBIAN_PACKAGE_RE.test(s)
+    ? null
+    : `${JSON.stringify(s)} is not a valid Debian package name (lowercase letters, digits, ` +
+      `"+", "-", "."; at least 2 characters, starting with a letter or digit)`;
+const envNameCheck = (s: string) =>
+  ENV_NAME_RE.test(s) ? null : `${JSON.stringify(s)} is not a valid environment variable name (letters, digits and "_", not starting with a digit)`;
+const folderCheck = (s: string) =>
+  FOLDER_NAME_RE.test(s) && s !== '.' && s !== '..'
+    ? null
+    : `${JSON.stringify(s)} must be the name of a folder next to the preset (letters, digits, ".", "_", "-"; no "/")`;
+const relPathCheck = (s: string) => (s.trim() === '' ? 'must not be empty' : null);
+const unitCheck = (s: string) =>
+  UNIT_NAME_RE.test(s) ? null : `${JSON.stringify(s)} is not a valid systemd unit name`;
+
+const SETTINGS: Record<string, Setting> = {
+  packages: setting('packages', { kind: 'string[]', check: packageCheck }),
+  script: setting('script', { kind: 'string' }),
+  shared_directories: setting('shared_directories', { kind: 'string[]', check: folderCheck }),
+  environment_variables: setting('environment_variables', { kind: 'string[]', check: envNameCheck }),
+  files: setting('files', { kind: 'string', check: relPathCheck }),
+  hooks: setting('hooks', { kind: 'string[]', check: relPathCheck }),
+};
+
+export interface ParsedPreset {
+  /** null when the text could not be parsed at all */
+  preset: Preset | null;
+  /** every problem found, in file order as far as possible */
+  problems: ConfigError[];
+}
+
+export interface PresetCheckOptions {
+  env: NodeJS.ProcessEnv;
+  /** check folders and hooks on disk (the default); off for pure parsing */
+  checkFiles?: boolean;
+}
+
+/**
+ * Parses and checks one preset's text. Collects every problem instead of stopping at the
+ * first, so `mkma lint` can list them all; `loadPresets` throws the first.
+ */
+export function parsePresetText(text: string, file: string, opts: PresetCheckOptions): ParsedPreset {
+  const problems: ConfigError[] = [];
+  const lines = new KeyLines(text);
+  const err = (problem: string, key: string | null, line: number | null, column?: number) =>
+    problems.push(new ConfigError(problem, { file, key, line, column }));
+
+  let doc: Record<string, TomlValue>;
+  try {
+    doc = parse(text);
+  } catch (e) {
+    if (!(e instanceof TomlError)) throw e;
+    const reason = e.message.split('\n')[0].replace(/^Invalid TOML document: /, '');
+    err(`invalid TOML: ${reason}`, null, e.line, e.column);
+    return { preset: null, problems };
+  }
+
+  const abs = path.resolve(file);
+  const dir = path.dirname(abs);
+  const preset: Preset = {
+    file: abs,
+    name: path.basename(abs),
+    dir,
+    packages: [],
+    script: null,
+    scriptLine: 1,
+    sharedDirectories: [],
+    environmentVariables: [],
+    env: {},
+    files: null,
+    users: [],
+    services: { enable: [], disable: [], mask: [] },
+    hooks: [],
+  };
+
+  let usersRaw: TomlValue | undefined;
+  let servicesRaw: TomlValue | undefined;
+  for (const [key, value] of Object.entries(doc)) {
+    const line = lines.top(key);
+    if (!(KEYS as readonly string[]).includes(key)) {
+      err(unknownKey(key, KEYS), key, line);
+      continue;
+    }
+    if (key === 'users') {
+      usersRaw = value;
+      continue;
+    }
+    if (key === 'services') {
+      servicesRaw = value;
+      continue;
+    }
+    const problem = valueProblem(SETTINGS[key], value);
+    if (problem) {
+      err(keyed(key, problem), key, line);
+      continue;
+    }
+    switch (key) {
+      case 'packages': preset.packages = value as string[]; break;
+      case 'script':
+        preset.script = value as string;
+        preset.scriptLine = scriptStartLine(text, line);
+        break;
+      case 'shared_directories': preset.sharedDirectories = value as string[]; break;
+      case 'environment_variables': preset.environmentVariables = value as string[]; break;
+      case 'files': preset.files = path.resolve(dir, value as string); break;
+      case 'hooks': preset.hooks = (value as string[]).map((h) => path.resolve(dir, h)); break;
+    }
+  }
+
+  // environment variables: every declared one must be set (an empty value counts as unset)
+  const envLine = lines.top('environment_variables');
+  for (const name of preset.environmentVariables) {
+    const v = opts.env[name];
+    if (v === undefined || v === '') {
+      err(
+        `environment variable ${name} is not set (this preset needs it: export it; with sudo, ` +
+          `keep it with sudo --preserve-env=${name})`,
+        'environment_variables',
+        envLine,
+      );
+    } else preset.env[name] = v;
+  }
+
+  if (usersRaw !== undefined) preset.users = parseUsers(usersRaw, preset, lines, err);
+  if (servicesRaw !== undefined) preset.services = parseServices(servicesRaw, lines, err);
+  // sudo = true needs the sudo package
+  if (preset.users.some((u) => u.sudo) && !preset.packages.includes('sudo')) preset.packages = [...preset.packages, 'sudo'];
+
+  if (opts.checkFiles !== false) {
+    for (const name of preset.sharedDirectories) {
+      const p = path.join(dir, name);
+      if (!isDir(p)) err(`shared_directories: ${JSON.stringify(name)} is not a directory next to the preset (${p})`, 'shared_directories', lines.top('shared_directories'));
+    }
+    if (preset.files !== null && !isDir(preset.files)) {
+      err(`files: ${JSON.stringify(doc.files)} is not a directory (${preset.files})`, 'files', lines.top('files'));
+    }
+    (doc.hooks as string[] | undefined)?.forEach((h, i) => {
+      const p = preset.hooks[i];
+      if (!p) return;
+      let st: fs.Stats;
+      try {
+        st = fs.statSync(p);
+      } catch {
+        err(`hooks: ${JSON.stringify(h)} does not exist (${p})`, 'hooks', lines.top('hooks'));
+        return;
+      }
+      if (!st.isFile()) err(`hooks: ${JSON.stringify(h)} is not a file (${p})`, 'hooks', lines.top('hooks'));
+      else if ((st.mode & 0o111) === 0) err(`hooks: ${JSON.stringify(h)} is not executable (chmod +x ${p})`, 'hooks', lines.top('hooks'));
+    });
+  }
+  problems.sort((a, b) => (a.line ?? 0) - (b.line ?? 0));
+  return { preset, problems };
+}
+
+type Err = (problem: string, key: string | null, line: number | null) => void;
+
+function parseUsers(raw: TomlValue, preset: Preset, lines: KeyLines, err: Err): PresetUser[] {
+  const line = lines.top('users');
+  if (!Array.isArray(raw) || raw.some((u) => !isTable(u))) {
+    err(`users must be an array of tables ([[users]] with name, groups, sudo, password), got ${describe(raw)}`, 'users', line);
+    return [];
+  }
+  const users: PresetUser[] = [];
+  raw.forEach((u, i) => {
+    const t = u as Record<string, TomlValue>;
+    const where = `users[${i + 1}]`;
+    const uline = lines.arrayTable('users', i) ?? line;
+    const at = (k: string) => lines.after(uline, k) ?? uline;
+    let ok = true;
+    const bad = (problem: string, k: string | null) => {
+      ok = false;
+      err(problem, 'users', k ? at(k) : uline);
+    };
+    for (const k of Object.keys(t)) if (!(USER_KEYS as readonly string[]).includes(k)) bad(`${where}: ${unknownKey(k, USER_KEYS)}`, k);
+    const str = (k: string): string | null => {
+      const v = t[k];
+      if (v === undefined) return null;
+      if (typeof v !== 'string') {
+        bad(`${where}.${k} must be a string, got ${describe(v)}`, k);
+        return null;
+      }
+      const expanded = expandVars(v, preset, (name) => bad(`${where}.${k} uses \${${name}}, which is not in environment_variables`, k));
+      return expanded;
+    };
+    const name = str('name');
+    if (t.name === undefined) bad(`${where}.name is required`, null);
+    else if (name !== null && name !== UNSET && !USER_NAME_RE.test(name)) {
+      bad(`${where}.name: ${JSON.stringify(name)} is not a valid user name (lowercase letters, digits, "_" and "-", starting with a letter or "_", at most 32)`, 'name');
+    }
+    let groups: string[] = [];
+    if (t.groups !== undefined) {
+      if (!Array.isArray(t.groups) || t.groups.some((g) => typeof g !== 'string')) bad(`${where}.groups must be a list of strings, got ${describe(t.groups)}`, 'groups');
+      else {
+        groups = t.groups as string[];
+        for (const g of groups) if (!GROUP_NAME_RE.test(g)) bad(`${where}.groups: ${JSON.stringify(g)} is not a valid group name`, 'groups');
+      }
+    }
+    let sudo = false;
+    if (t.sudo !== undefined) {
+      if (typeof t.sudo !== 'boolean') bad(`${where}.sudo must be true or false, got ${describe(t.sudo)}`, 'sudo');
+      else sudo = t.sudo;
+    }
+    let password: RootPasswordPolicy = { kind: 'locked' };
+    const pw = str('password');
+    if (pw !== null && pw !== UNSET) {
+      if (pw === 'locked' || pw === 'empty') password = { kind: pw };
+      else if (CRYPT_HASH_RE.test(pw)) password = { kind: 'hash', hash: pw };
+      // the value is not echoed: it may be a clear-text password typed by mistake
+      else bad(`${where}.password must be "locked", "empty" or a crypt hash starting with "$" (make one with \`mkpasswd -m yescrypt\`; a clear-text password is not accepted)`, 'password');
+    }
+    if (ok && name !== null && name !== UNSET) users.push({ name, groups, sudo, password });
+  });
+  return users;
+}
+
+function parseServices(raw: TomlValue, lines: KeyLines, err: Err): PresetServices {
+  const line = lines.top('services');
+  const out: PresetServices = { enable: [], disable: [], mask: [] };
+  if (!isTable(raw)) {
+    err(`services must be a table (enable = [...], disable = [...], mask = [...]), got ${describe(raw)}`, 'services', line);
+    return out;
+  }
+  for (const [k, v] of Object.entries(raw as Record<string, TomlValue>)) {
+    const at = lines.after(line, k) ?? line;
+    if (!(SERVICE_KEYS as readonly string[]).includes(k)) {
+      err(`services: ${unknownKey(k, SERVICE_KEYS)}`, 'services', at);
+      continue;
+    }
+    const problem = valueProblem(setting(`services.${k}`, { kind: 'string[]', check: unitCheck }), v);
+    if (problem) err(keyed(`services.${k}`, problem), 'services', at);
+    else out[k as keyof PresetServices] = v as string[];
+  }
+  return out;
+}
+
+/** Marks a value that could not be expanded (a variable is missing): not validated further. */
+const UNSET = '\0unset';
+
+/** ${NAME} → its value; NAME must be one of the preset's environment_variables. */
+function expandVars(s: string, preset: Preset, undeclared: (name: string) => void): string {
+  let missing = false;
+  const out = s.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_m, name: string) => {
+    if (!preset.environmentVariables.includes(name)) {
+      undeclared(name);
+      missing = true;
+      return '';
+    }
+    const v = preset.env[name];
+    if (v === undefined) missing = true; // reported as "not set" already
+    return v ?? '';
+  });
+  return missing ? UNSET : out;
+}
+
+/** The files a PATH argument stands for: itself, or a directory's *.toml in C-locale order. */
+export function expandPresetPaths(args: string[]): string[] {
+  const files: string[] = [];
+  for (const arg of args) {
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(arg);
+    } catch {
+      throw new ConfigError('cannot read the preset: no such file or directory', { file: arg, key: null, line: null });
+    }
+    if (st.isDirectory()) {
+      const names = fs
+        .readdirSync(arg)
+        .filter((n) => n.endsWith('.toml') && fs.statSync(path.join(arg, n)).isFile())
+        .sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+      if (!names.length) throw new ConfigError('no *.toml presets in this directory', { file: arg, key: null, line: null });
+      files.push(...names.map((n) => path.resolve(arg, n)));
+    } else files.push(path.resolve(arg));
+  }
+  return files;
+}
+
+export interface LintedPresets {
+  presets: Preset[];
+  problems: ConfigError[];
+}
+
+/** Every preset the arguments name, parsed and checked, with all their problems. */
+export function checkPresets(args: string[], opts: PresetCheckOptions): LintedPresets {
+  const presets: Preset[] = [];
+  const problems: ConfigError[] = [];
+  for (const file of expandPresetPaths(args)) {
+    let text: string;
+    try {
+      text = fs.readFileSync(file, 'utf8');
+    } catch (e) {
+      problems.push(new ConfigError(`cannot read the preset: ${(e as Error).message}`, { file, key: null, line: null }));
+      continue;
+    }
+    const r = parsePresetText(text, displayPath(file), opts);
+    problems.push(...r.problems);
+    if (r.preset) presets.push({ ...r.preset, file });
+  }
+  nameUniquely(presets);
+  return { presets, problems };
+}
+
+/** For `mkma build`: the presets in order, or the first problem as a ConfigError. */
+export function loadPresets(args: string[], env: NodeJS.ProcessEnv): Preset[] {
+  const { presets, problems } = checkPresets(args, { env });
+  if (problems.length) throw problems[0];
+  return presets;
+}
+
+/** Paths in messages: relative to the working directory when inside it. */
+export function displayPath(file: string): string {
+  const rel = path.relative(process.cwd(), file);
+  return rel && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : file;
+}
+
+function nameUniquely(presets: Preset[]): void {
+  const count = new Map<string, number>();
+  for (const p of presets) count.set(p.name, (count.get(p.name) ?? 0) + 1);
+  for (const p of presets) if (count.get(p.name)! > 1) p.name = `${path.basename(p.dir)}/${path.basename(p.file)}`;
+}
+
+/**
+ * What a preset's run depends on: its file, the values of its environment variables, and the
+ * contents of its shared directories, files folder and hooks. Equal hashes: the run can be
+ * replayed from the cache.
+ */
+export function presetHash(p: Preset): string {
+  const h = createHash('sha256');
+  h.update('mkma-preset-1\0');
+  h.update(fs.readFileSync(p.file));
+  h.update('\0env\0');
+  for (const name of p.environmentVariables) h.update(`${name}=${p.env[name] ?? ''}\0`);
+  for (const name of p.sharedDirectories) hashTree(h, `shared:${name}`, path.join(p.dir, name));
+  if (p.files) hashTree(h, 'files', p.files);
+  for (const hook of p.hooks) hashTree(h, `hook:${hook}`, hook);
+  return h.digest('hex');
+}
+
+/** Names, types, modes, symlink targets and contents of a tree (not owners: they are not copied). */
+function hashTree(h: ReturnType<typeof createHash>, label: string, root: string): void {
+  h.update(`\0${label}\0`);
+  const walk = (abs: string, rel: string) => {
+    let st: fs.Stats;
+    try {
+      st = fs.lstatSync(abs);
+    } catch {
+      h.update(`${rel}\0missing\0`);
+      return;
+    }
+    h.update(`${rel}\0${st.mode.toString(8)}\0`);
+    if (st.isSymbolicLink()) h.update(fs.readlinkSync(abs));
+    else if (st.isFile()) h.update(fs.readFileSync(abs));
+    else if (st.isDirectory()) {
+      for (const n of fs.readdirSync(abs).sort()) walk(path.join(abs, n), rel ? `${rel}/${n}` : n);
+    }
+    h.update('\0');
+  };
+  walk(root, '');
+}
+
+/** The key nearest to `key` by edit distance when near enough to be a typo, as load.ts does. */
+function unknownKey(key: string, known: readonly string[]): string {
+  const near = closest(key, known);
+  return `key "${key}" is unknown${near ? ` (did you mean "${near}"?)` : ''}`;
+}
+
+function closest(key: string, known: readonly string[]): string | null {
+  const norm = (s: string) => s.toLowerCase().replace(/-/g, '_');
+  let best: string | null = null;
+  let bestD = Math.max(2, Math.floor(key.length / 3)) + 1;
+  for (const k of known) {
+    const d = editDistance(norm(key), norm(k));
+    if (d < bestD) [best, bestD] = [k, d];
+  }
+  return best;
+}
+
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++)
+      cur[j] = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = cur;
+  }
+  return prev[b.length];
+}
+
+function keyed(name: string, problem: string): string {
+  return problem.startsWith('must ') ? `${name} ${problem}` : `${name}: ${problem}`;
+}
+
+function isTable(v: TomlValue): boolean {
+  return v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Date);
+}
+
+function isDir(p: string): boolean {
+  try {
+    return fs.statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/** TOML type of a value, as users know the names. */
+function describe(v: TomlValue): string {
+  if (Array.isArray(v)) {
+    if (v.length && v.every(isTable)) return 'array of tables';
+    const odd = v.find((x) => typeof x !== 'string');
+    return odd === undefined ? 'list of strings' : `list containing ${describe(odd)}`;
+  }
+  if (typeof v === 'string') return 'string';
+  if (typeof v === 'number') return Number.isInteger(v) ? 'integer' : 'float';
+  if (typeof v === 'boolean') return 'boolean';
+  if (typeof v === 'bigint') return 'integer';
+  if (v instanceof Date) return 'datetime';
+  return 'table';
+}
+
+/**
+ * The line of the script's first line: the line after `script = '''` when the delimiter ends
+ * its line (TOML drops that newline), else the key's own line.
+ */
+function scriptStartLine(text: string, keyLine: number | null): number {
+  if (keyLine === null) return 1;
+  const l = text.split(/\r?\n/)[keyLine - 1] ?? '';
+  return /=\s*('''|""")\s*$/.test(l) ? keyLine + 1 : keyLine;
+}
+
+/**
+ * Lines of keys in the source. smol-toml reports no positions for values, so this scans for
+ * keys at the start of a line, skipping the insides of multi-line strings (a script's lines
+ * are not keys).
+ */
+class KeyLines {
+  private readonly lines: string[];
+  /** true for lines inside a multi-line string */
+  private readonly inString: boolean[];
+  /** line index from which a table header `[x]` / `[[x]]` starts a nested context */
+  private readonly firstHeader: number;
+
+  constructor(text: string) {
+    this.lines = text.split(/\r?\n/);
+    this.inString = [];
+    let open: string | null = null;
+    for (const l of this.lines) {
+      const startsInside = open !== null;
+      let rest = l;
+      for (;;) {
+        if (open) {
+          const j = rest.indexOf(open);
+          if (j < 0) break;
+          rest = rest.slice(j + 3);
+          open = null;
+        } else {
+          const m = /('''|""")/.exec(stripComment(rest));
+          if (!m) break;
+          open = m[1];
+          rest = rest.slice(m.index + 3);
+        }
+      }
+      this.inString.push(startsInside);
+    }
+    const h = this.lines.findIndex((l, i) => !this.inString[i] && /^\s*\[/.test(l));
+    this.firstHeader = h < 0 ? this.lines.length : h;
+  }
+
+  private find(re: RegExp, from: number, to = this.lines.length): number | null {
+    for (let i = from; i < to; i++) if (!this.inString[i] && re.test(this.lines[i])) return i + 1;
+    return null;
+  }
+
+  /** line of a top-level key: `key =`, `key.sub =` (before any table header), `[key]`, `[[key]]` */
+  top(key: string): number | null {
+    const k = keyRe(key);
+    return this.find(new RegExp(`^\\s*${k}\\s*[.=]`), 0, this.firstHeader) ?? this.find(new RegExp(`^\\s*\\[+\\s*${k}\\s*[\\].]`), 0);
+  }
+
+  /** line of the i-th `[[key]]` header (0-based), or null (inline arrays) */
+  arrayTable(key: string, i: number): number | null {
+    const re = new RegExp(`^\\s*\\[\\[\\s*${keyRe(key)}\\s*\\]\\]`);
+    let n = -1;
+    for (let j = 0; j < this.lines.length; j++) {
+      if (!this.inString[j] && re.test(this.lines[j]) && ++n === i) return j + 1;
+    }
+    return null;
+  }
+
+  /** line of `key` at or after line `from` (1-based), until the next table header */
+  after(from: number | null, key: string): number | null {
+    if (from === null) return null;
+    const l = this.lines[from - 1] ?? '';
+    if (new RegExp(`[{,\\s]${keyRe(key)}\\s*=`).test(` ${l}`)) return from;
+    let end = this.lines.length;
+    for (let i = from; i < this.lines.length; i++) if (!this.inString[i] && /^\s*\[/.test(this.lines[i])) { end = i; break; }
+    return this.find(new RegExp(`^\\s*${keyRe(key)}\\s*=`), from, end);
+  }
+}
+
+function keyRe(key: string): string {
+  return `["']?${key.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}["']?`;
+}
+
+function stripComment(l: string): string {
+  // good enough for delimiter detection: a '#' outside quotes starts a comment
+  let q: string | null = null;
+  for (let i = 0; i < l.length; i++) {
+    const c = l[i];
+    if (q) {
+      if (c === q) q = null;
+    } else if (c === '"' || c === "'") {
+      if (l.startsWith(c.repeat(3), i)) return l;
+      q = c;
+    } else if (c === '#') return l.slice(0, i);
+  }
+  return l;
+}
