@@ -1,10 +1,10 @@
-// ESM + TypeScript: @swc/jest transpiles (no type-check: `npm test` runs tsc first),
+// ESM + TypeScript: ts-jest transpiles only (no type-check here: `npm test` runs tsc first),
 // and ink is ESM-only, hence NODE_OPTIONS=--experimental-vm-modules in package.json.
+// Not @swc/jest / jest 30: their platform-specific optional packages (@swc/core-*,
+// @unrs/resolver-binding-*) are not all on the registry this project installs from, and then
+// `npm ci` refuses the lock file. ts-jest and jest 29 are plain JavaScript.
 const transform = {
-  '^.+\\.(t|j)sx?$': ['@swc/jest', {
-    jsc: { parser: { syntax: 'typescript', tsx: true }, target: 'es2022', transform: { react: { runtime: 'automatic' } } },
-    module: { type: 'es6' },
-  }],
+  '^.+\\.tsx?$': ['ts-jest', { useESM: true, isolatedModules: true, tsconfig: 'tsconfig.test.json', diagnostics: false }],
 };
 const common = {
   extensionsToTreatAsEsm: ['.ts', '.tsx'],

@@ -236,6 +236,7 @@ export class XattrCollector {
 
   /** On failure elsewhere: stop getfattr so that no child outlives the pack. */
   kill(): void {
+    this.done.catch(() => {}); // its failure is the point: nobody awaits it any more
     this.child.stdin.destroy();
     this.child.kill('SIGKILL');
   }
