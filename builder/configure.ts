@@ -133,7 +133,7 @@ export function installMkma(chroot: string): { bytes: number } {
       },
     });
   };
-  for (const part of ['package.json', 'bin', 'dist', 'init/templates', 'persist/default.rules']) {
+  for (const part of ['package.json', 'bin', 'dist', 'init/templates', 'init/unpack', 'persist/default.rules']) {
     if (!fs.existsSync(path.join(src, part))) throw new Error(`mkma is not built (${part} missing): run npm run build`);
     copy(path.join(src, part), path.join(dest, part));
   }

@@ -4,8 +4,9 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
-const REPO = path.resolve(__dirname, '..', '..');
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const WORK = path.join(REPO, '.test-work');
 const IMAGE_OUT = path.join(WORK, 'image'); // = test/helpers/paths.ts IMAGE_OUT
 const TEST_CONFIG = path.join(REPO, 'test/fixtures/test-image.toml');
