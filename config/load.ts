@@ -229,7 +229,7 @@ function lineOf(text: string, key: string): number | null {
 }
 
 /** The known key nearest to `key` by edit distance, if near enough to be a typo. */
-function closest(key: string, known: string[]): string | null {
+export function closest(key: string, known: readonly string[]): string | null {
   const norm = (s: string) => s.toLowerCase().replace(/-/g, '_');
   let best: string | null = null;
   let bestD = Math.max(2, Math.floor(key.length / 3)) + 1;

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parse, TomlError, type TomlValue } from 'smol-toml';
-import { ConfigError, valueProblem } from './load.js';
+import { closest, ConfigError, valueProblem } from './load.js';
 import { DEBIAN_PACKAGE_RE, type Setting } from './schema.js';
 import type { RootPasswordPolicy } from './types.js';
 
@@ -430,28 +430,6 @@ function hashTree(h: ReturnType<typeof createHash>, label: string, root: string)
 function unknownKey(key: string, known: readonly string[]): string {
   const near = closest(key, known);
   return `key "${key}" is unknown${near ? ` (did you mean "${near}"?)` : ''}`;
-}
-
-function closest(key: string, known: readonly string[]): string | null {
-  const norm = (s: string) => s.toLowerCase().replace(/-/g, '_');
-  let best: string | null = null;
-  let bestD = Math.max(2, Math.floor(key.length / 3)) + 1;
-  for (const k of known) {
-    const d = editDistance(norm(key), norm(k));
-    if (d < bestD) [best, bestD] = [k, d];
-  }
-  return best;
-}
-
-function editDistance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const cur = [i];
-    for (let j = 1; j <= b.length; j++)
-      cur[j] = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
-    prev = cur;
-  }
-  return prev[b.length];
 }
 
 function keyed(name: string, problem: string): string {
