@@ -46,7 +46,8 @@ describe('mkma persist terminal UI in tmux (80x24)', () => {
     for (const f of ['a', 'b', 'c']) fs.writeFileSync(`${upper}/srv/app/${f}`, f);
     fs.writeFileSync(`${upper}/srv/junk/big`, Buffer.alloc(300_000, 7));
 
-    const cmd = `${process.execPath} ${MKMA} persist --upper ${upper} --lower ${lower} --path ${images}; echo "EXIT=$?"; sleep 60`;
+    // env -u CI: ink renders only the last frame when it believes it runs in CI
+    const cmd = `env -u CI ${process.execPath} ${MKMA} persist --upper ${upper} --lower ${lower} --path ${images}; echo "EXIT=$?"; sleep 60`;
     tmux('new-session', '-d', '-s', SESSION, '-x', '80', '-y', '24', cmd);
     const first = await waitFor(/save 8 \(/);
     expect(first).toMatch(/^\/.*upper: 8 changes · save 8 \(293 KiB of 293 KiB\)/m);
