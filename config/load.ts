@@ -184,7 +184,7 @@ function expected(t: SettingType): string {
 }
 
 /** TOML type of a value, as users know the names. */
-function describe(v: TomlValue): string {
+export function describe(v: TomlValue): string {
   if (Array.isArray(v)) {
     const odd = v.find((x) => typeof x !== 'string');
     return odd === undefined ? 'list of strings' : `list containing ${describe(odd)}`;

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parse, TomlError, type TomlValue } from 'smol-toml';
-import { closest, ConfigError, valueProblem } from './load.js';
+import { closest, ConfigError, describe as describeValue, valueProblem } from './load.js';
 import { DEBIAN_PACKAGE_RE, type Setting } from './schema.js';
 import type { RootPasswordPolicy } from './types.js';
 
@@ -448,19 +448,9 @@ function isDir(p: string): boolean {
   }
 }
 
-/** TOML type of a value, as users know the names. */
+/** config/load.ts's describe, plus the one TOML shape only presets take: arrays of tables. */
 function describe(v: TomlValue): string {
-  if (Array.isArray(v)) {
-    if (v.length && v.every(isTable)) return 'array of tables';
-    const odd = v.find((x) => typeof x !== 'string');
-    return odd === undefined ? 'list of strings' : `list containing ${describe(odd)}`;
-  }
-  if (typeof v === 'string') return 'string';
-  if (typeof v === 'number') return Number.isInteger(v) ? 'integer' : 'float';
-  if (typeof v === 'boolean') return 'boolean';
-  if (typeof v === 'bigint') return 'integer';
-  if (v instanceof Date) return 'datetime';
-  return 'table';
+  return Array.isArray(v) && v.length && v.every(isTable) ? 'array of tables' : describeValue(v);
 }
 
 /**

@@ -120,8 +120,9 @@ safe_rel() {
 	return 0
 }
 
-# check_removals MANIFEST: every opaque/delete path must be safe, else the layer is refused.
-check_removals() {
+# each_removal MANIFEST FN [ARG]: calls FN PATH [ARG] for every opaque/delete path of the
+# manifest, in order (decoded); stops with status 1 as soon as FN fails.
+each_removal() {
 	while IFS= read -r _line; do
 		case $_line in
 		"opaque "* | "delete "*) ;;
@@ -129,12 +130,20 @@ check_removals() {
 		*) continue ;;
 		esac
 		decode "${_line#* }"
-		if ! safe_rel "$DECODED"; then
-			M_ERROR="unsafe path in manifest: $DECODED"
-			return 1
-		fi
+		"$2" "$DECODED" "${3:-}" || return 1
 	done <"$1"
 	return 0
+}
+
+# check_removals MANIFEST: every opaque/delete path must be safe, else the layer is refused.
+check_removals() {
+	each_removal "$1" refuse_unsafe
+}
+
+refuse_unsafe() {
+	safe_rel "$1" && return 0
+	M_ERROR="unsafe path in manifest: $1"
+	return 1
 }
 
 # check_names FILE: with busybox cpio (no mkma-unpack), refuse archive members with a ".."
@@ -172,22 +181,18 @@ parents_are_dirs() {
 # apply_removals TREE MANIFEST: rule 2, every `opaque` and `delete` path leaves the tree.
 apply_removals() {
 	M_REMOVED=0
-	while IFS= read -r _line; do
-		case $_line in
-		"opaque "* | "delete "*) ;;
-		"$XATTR_SECTION") break ;;
-		*) continue ;;
-		esac
-		decode "${_line#* }"
-		_rel=$DECODED
-		safe_rel "$_rel" || continue
-		parents_are_dirs "$1" "$_rel" || continue
-		[ -n "$_rel" ] || continue
-		if [ -e "$1/$_rel" ] || [ -L "$1/$_rel" ]; then
-			rm -rf "${1:?}/$_rel"
-			M_REMOVED=$((M_REMOVED + 1))
-		fi
-	done <"$2"
+	each_removal "$2" remove_path "$1"
+}
+
+# remove_path PATH TREE: never through a symlinked parent (see parents_are_dirs).
+remove_path() {
+	safe_rel "$1" || return 0
+	parents_are_dirs "$2" "$1" || return 0
+	if [ -e "$2/$1" ] || [ -L "$2/$1" ]; then
+		rm -rf "${2:?}/$1"
+		M_REMOVED=$((M_REMOVED + 1))
+	fi
+	return 0
 }
 
 # copy_dir_meta FROM TO: owner, then mode (chown clears setgid), then mtime.
