@@ -103,16 +103,9 @@ if ! unpack_base "$IMAGES/base.cpio.zst" "$TREE"; then
 	exit 2
 fi
 phase base-unpacked "$M_ENTRIES entries"
-STATUS=0
-for _l in $(sort_layers "$IMAGES"); do
-	if apply_layer "$IMAGES/$_l" "$TREE" "$TREE.stage"; then
-		phase layer-applied "$_l ($M_ENTRIES entries, $M_REMOVED removed)"
-	else
-		log "LAYER SKIPPED $_l: $M_ERROR"
-		STATUS=3
-	fi
-done
-exit "$STATUS"
+apply_layers "$IMAGES" "$TREE" "$TREE.stage"
+[ "$M_SKIPPED" -eq 0 ] || exit 3
+exit 0
 `,
   ].join('\n');
 }

@@ -19,7 +19,9 @@ to_kmsg() {
 }
 
 log() {
-	_line="mkma[$(uptime_now)]: $*"
+	# not $(uptime_now): a command substitution forks, and phase lines come per layer
+	read -r _up _idle </proc/uptime 2>/dev/null || _up=0
+	_line="mkma[$_up]: $*"
 	printf '%s\n' "$_line"
 	to_kmsg "$_line"
 }

@@ -115,14 +115,11 @@ mount_storage() {
 # The tmpfs must hold the base and every layer: refuse plainly instead of dying halfway.
 # Reads the layers' manifests into its own file, so the base's M_* values are kept.
 check_space() {
-	_need=$M_UNPACKED
 	_base_kind=$M_KIND _base_entries=$M_ENTRIES _base_unpacked=$M_UNPACKED _base_data=$M_DATA_BYTES
-	for _l in $(sort_layers "$IMAGES"); do
-		if read_manifest "$IMAGES/$_l" "$MKMA_TMP/size.manifest"; then
-			_need=$((_need + M_UNPACKED))
-		fi
-	done
+	# shellcheck disable=SC2046 # layer names are [0-9A-Za-z._+-] (sort_layers)
+	layer_sizes "$IMAGES" $(sort_layers "$IMAGES")
 	M_KIND=$_base_kind M_ENTRIES=$_base_entries M_UNPACKED=$_base_unpacked M_DATA_BYTES=$_base_data
+	_need=$((M_UNPACKED + M_LAYERS_UNPACKED))
 	_avail_kb=$(df -k "$ROOT" | awk 'NR==2 { print $4 }')
 	_need_kb=$((_need / 1024))
 	debug "space: need ${_need_kb} KiB, tmpfs has ${_avail_kb} KiB"
@@ -155,19 +152,8 @@ unpack_all() {
 	fi
 	_t1=$(uptime_now)
 	phase base-unpacked "in $(awk "BEGIN { printf \"%.2f\", $_t1 - $_t0 }") s, $(awk "BEGIN { d = $_t1 - $_t0; if (d <= 0) d = 0.01; printf \"%.1f\", $M_UNPACKED / 1048576 / d }") MB/s"
-	_applied=0
-	_skipped=0
-	for _l in $(sort_layers "$IMAGES"); do
-		if apply_layer "$IMAGES/$_l" "$ROOT/base" "$ROOT/stage"; then
-			phase layer-applied "$_l ($M_ENTRIES entries, $M_REMOVED removed)"
-			_applied=$((_applied + 1))
-		else
-			# Loud: on the console and in the kernel log, so that it is noticed after boot.
-			log "LAYER SKIPPED $_l: $M_ERROR"
-			_skipped=$((_skipped + 1))
-		fi
-	done
-	phase layers-done "$_applied applied, $_skipped skipped"
+	apply_layers "$IMAGES" "$ROOT/base" "$ROOT/stage"
+	phase layers-done "$M_APPLIED applied, $M_SKIPPED skipped"
 }
 
 mount_root() {

@@ -1,10 +1,14 @@
 // Layer application on both sides, on every fixture of test/fixtures/layers.ts:
 //   (a) TypeScript: unpackImages() from format/apply.ts;
 //   (b) the init's shell code: `busybox sh mkma-apply IMAGES TREE`, the script that
-//       generateApplyScript() emits, with PATH holding busybox applets only (plus the host's
-//       zstd and setfattr, which the initramfs ships).
-// The two trees must be identical (describeTree), and each fixture's expected result is
-// checked explicitly on both. Runs as root (chown, mknod, setcap).
+//       generateApplyScript() emits, with PATH holding busybox applets (plus the host's
+//       zstd and setfattr, which the initramfs ships) and mkma-unpack, as the initramfs has
+//       them when the build host can compile it: layers are applied by `mkma-unpack -l`;
+//   (c) the same script without mkma-unpack: busybox cpio and the shell's own removals and
+//       merge (the fallback for images built where mkma-unpack could not be).
+// The trees must be identical (describeTree; (c) cannot set a symlink's owner), and each
+// fixture's expected result is checked explicitly on (a) and (b). Runs as root (chown,
+// mknod, setcap).
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -23,12 +27,13 @@ const hostArch = () => execFileSync('dpkg', ['--print-architecture'], { encoding
 
 const TMP = fs.mkdtempSync(path.join(tmpdir(), 'mkma-layering-'));
 let BIN = '';
+let BIN_FALLBACK = '';
 let APPLY = '';
 beforeAll(() => {
+  BIN_FALLBACK = makeBusyboxBin(path.join(TMP, 'fallback'));
   BIN = makeBusyboxBin(TMP);
   // The initramfs carries mkma-unpack whenever the build host can compile it (native
-  // architecture): test the shell side in that configuration. The busybox cpio fallback is
-  // covered by test/unit/format.test.ts (it cannot set a symlink's owner).
+  // architecture): test the shell side in that configuration, and (BIN_FALLBACK) without it.
   const u = buildUnpacker({ cacheDir: path.join(REPO, '.test-work', 'unpacker'), arch: hostArch() });
   if (!u.path) throw new Error(`mkma-unpack could not be built: ${u.reason} (apt-get install ${UNPACKER_HOST_PACKAGES.join(' ')})`);
   fs.symlinkSync(u.path, path.join(BIN, 'mkma-unpack'));
@@ -40,7 +45,7 @@ afterAll(() => {
 });
 
 interface Side {
-  side: 'ts' | 'sh';
+  side: 'ts' | 'sh' | 'fallback';
   tree: string;
   /** layer file names reported as not applied */
   skipped: string[];
@@ -54,9 +59,10 @@ interface Run {
   fx: BuiltFixture;
   ts: Side;
   sh: Side;
+  fallback: Side;
   report: UnpackReport | null;
   /** the directories holding each tree: "../victim" from a tree is `${parent}/victim` */
-  parents: { ts: string; sh: string };
+  parents: { ts: string; sh: string; fallback: string };
 }
 
 /** What lies beside each tree, for the "never outside the tree" checks. */
@@ -70,15 +76,13 @@ async function run(name: FixtureName): Promise<Run> {
   const dir = path.join(TMP, name);
   fs.mkdirSync(dir);
   const fx = await buildFixture(name, dir);
-  const parents = { ts: path.join(dir, 'a'), sh: path.join(dir, 'b') };
+  const parents = { ts: path.join(dir, 'a'), sh: path.join(dir, 'b'), fallback: path.join(dir, 'c') };
   const treeA = path.join(parents.ts, 'tree');
-  const treeB = path.join(parents.sh, 'tree');
-  for (const p of [parents.ts, parents.sh]) {
+  for (const p of [parents.ts, parents.sh, parents.fallback]) {
     fs.mkdirSync(p);
     plantVictims(p);
+    fs.mkdirSync(path.join(p, 'tree'));
   }
-  fs.mkdirSync(treeA);
-  fs.mkdirSync(treeB);
 
   let report: UnpackReport | null = null;
   let ts: Side;
@@ -95,20 +99,22 @@ async function run(name: FixtureName): Promise<Run> {
     ts = { side: 'ts', tree: treeA, skipped: [], log: String((e as Error).stack), status: 1 };
   }
 
-  const r = spawnSync(BUSYBOX, ['sh', APPLY, fx.images, treeB], {
-    env: { PATH: BIN, LC_ALL: 'C' },
-    cwd: dir,
-    maxBuffer: 64 << 20,
-  });
-  const log = r.stdout.toString('latin1') + r.stderr.toString('latin1');
-  const sh: Side = {
-    side: 'sh',
-    tree: treeB,
-    skipped: [...log.matchAll(/LAYER SKIPPED (\S+):/g)].map((m) => m[1]),
-    log,
-    status: r.status,
+  const shell = (side: 'sh' | 'fallback', bin: string): Side => {
+    const tree = path.join(parents[side], 'tree');
+    const r = spawnSync(BUSYBOX, ['sh', APPLY, fx.images, tree], {
+      env: { PATH: bin, LC_ALL: 'C' },
+      cwd: dir,
+      maxBuffer: 64 << 20,
+    });
+    const log = r.stdout.toString('latin1') + r.stderr.toString('latin1');
+    return { side, tree, skipped: [...log.matchAll(/LAYER SKIPPED (\S+):/g)].map((m) => m[1]), log, status: r.status };
   };
-  return { fx, ts, sh, report, parents };
+  return { fx, ts, sh: shell('sh', BIN), fallback: shell('fallback', BIN_FALLBACK), report, parents };
+}
+
+/** describeTree without symlink owners (busybox cpio cannot set them: lchown is not used). */
+function withoutSymlinkOwners(tree: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(tree).map(([p, d]) => [p, d.startsWith('symlink ') ? d.replace(/^(symlink \d+) \d+:\d+/, '$1 ?:?') : d]));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -314,6 +320,12 @@ describe.each(FIXTURE_NAMES)('fixture %s', (name) => {
     expect(describeTree(r.sh.tree)).toEqual(describeTree(r.ts.tree));
   });
 
+  test('the shell fallback without mkma-unpack (busybox cpio) gives the same tree', () => {
+    if (r.ts.status !== 0) throw new Error(`unpackImages threw: ${r.ts.log}`);
+    expect({ status: r.fallback.status, skipped: r.fallback.skipped }).toEqual({ status: r.sh.status, skipped: r.sh.skipped });
+    expect(withoutSymlinkOwners(describeTree(r.fallback.tree))).toEqual(withoutSymlinkOwners(describeTree(r.ts.tree)));
+  });
+
   test.each(['ts', 'sh'] as const)('%s: expected result', (side) => {
     const s = r[side];
     if (side === 'ts') {
@@ -326,7 +338,7 @@ describe.each(FIXTURE_NAMES)('fixture %s', (name) => {
     EXPECT[name](s.tree, s);
   });
 
-  test.each(['ts', 'sh'] as const)('%s: nothing outside the tree was touched', (side) => {
+  test.each(['ts', 'sh', 'fallback'] as const)('%s: nothing outside the tree was touched', (side) => {
     const parent = r.parents[side];
     const readOrNull = (p: string) => (fs.existsSync(p) ? fs.readFileSync(p, 'utf8') : null);
     expect({

@@ -457,3 +457,62 @@ describe('hostile and damaged input: exit 1 and one line, never a crash', () => 
     expect(outcomes[1]).toBeGreaterThan(100);
   }, 120_000);
 });
+
+describe('-i (manifest facts) and -l (layers in one process)', () => {
+  test('-i: one line per image, "bad REASON" for a damaged one', () => {
+    const cut = path.join(TMP, 'cut.cpio.zst');
+    fs.writeFileSync(cut, fs.readFileSync(IMAGE).subarray(0, 1000));
+    const r = unpack(['-i', IMAGE, cut]);
+    expect(r.status).toBe(0);
+    const m = readManifest(IMAGE);
+    const lines = r.stdout.toString().trimEnd().split('\n');
+    expect(lines[0]).toBe(`ok base ${m.entries} ${m.unpackedBytes} ${m.dataBytes}`);
+    expect(lines[1]).toMatch(/^bad no manifest at its end/);
+  });
+
+  test('-l: applied, skipped (not a layer, unsafe removal) and applied again, in order; skips leave the tree alone', async () => {
+    const one = path.join(TMP, 'l1.cpio.zst');
+    await writeArchive(one, async (w) => {
+      await w.addEmpty(entry('.', S_IFDIR | 0o755, { nlink: 2 }));
+      await w.addBuffer(entry('etc/hostname', S_IFREG | 0o644), Buffer.from('layer\n'));
+      w.addDeleted('etc/shadow');
+      w.addXattrs({ path: 'etc/hostname', attrs: [['user.mkma', '0s' + Buffer.from('yes').toString('base64')]] });
+    });
+    const unsafe = path.join(TMP, 'l2.cpio.zst');
+    await writeArchive(unsafe, async (w) => {
+      await w.addBuffer(entry('new', S_IFREG | 0o644), Buffer.from('never\n'));
+      w.addDeleted('../victim');
+    });
+    const two = path.join(TMP, 'l3.cpio.zst');
+    await writeArchive(two, async (w) => {
+      await w.addBuffer(entry('etc/motd', S_IFREG | 0o600, { uid: 1234, gid: 5678 }), Buffer.from('hi\n'));
+      w.addOpaque('many');
+    });
+    const tree = fresh('layered');
+    expect(unpack([IMAGE, tree]).status).toBe(0);
+    const stage = path.join(TMP, 'layered.stage');
+    const r = unpack(['-l', tree, stage, one, IMAGE, unsafe, two]);
+    expect(r.stderr.toString()).toBe('');
+    expect(r.status).toBe(1);
+    expect(r.stdout.toString().trimEnd().split('\n')).toEqual([
+      'ok l1.cpio.zst 2 1',
+      'skip base.cpio.zst not a layer (kind base)',
+      'skip l2.cpio.zst unsafe path in manifest: ../victim',
+      'ok l3.cpio.zst 1 1',
+    ]);
+    expect(fs.readFileSync(path.join(tree, 'etc/hostname'), 'utf8')).toBe('layer\n');
+    expect(spawnSync('getfattr', ['-h', '--only-values', '-n', 'user.mkma', path.join(tree, 'etc/hostname')], { encoding: 'utf8' }).stdout).toBe('yes');
+    expect(fs.existsSync(path.join(tree, 'etc/shadow'))).toBe(false);
+    expect(fs.existsSync(path.join(tree, 'new'))).toBe(false);
+    expect(fs.existsSync(path.join(tree, 'many'))).toBe(false);
+    const motd = fs.statSync(path.join(tree, 'etc/motd'));
+    expect([motd.uid, motd.gid, motd.mode & 0o7777]).toEqual([1234, 5678, 0o600]);
+    expect(fs.existsSync(stage)).toBe(false);
+  });
+
+  test('-l: a missing tree is a usage-level failure (exit 2), not a skipped layer', () => {
+    const r = unpack(['-l', path.join(TMP, 'no-such-tree'), path.join(TMP, 'st'), IMAGE]);
+    expect(r.status).toBe(2);
+    expect(r.stderr.toString()).toMatch(/cannot open the tree/);
+  });
+});
