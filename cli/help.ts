@@ -52,11 +52,15 @@ Exit status: 0 and "ok" when nothing is wrong, 1 when something is, 2 bad argume
 
 Example: mkma lint --preset presets/console --preset presets/ssh-server
 `,
-  unpack: `Usage: sudo mkma unpack --images DIR --into DIR [--json]
+  unpack: `Usage: sudo mkma unpack --images DIR --into DIR [--json] [--extractor auto|native|ts]
 
 Does on this machine exactly what the initramfs does at boot: unpacks DIR/base.cpio.zst into
 an empty directory and applies every persistence.*.cpio.zst in order (deletions, replaced
 directories, xattrs). A damaged layer is skipped whole and reported (exit status 1).
+
+--extractor: native is mkma-unpack, the initramfs' extractor, compiled here once and cached
+in \$MKMA_CACHE_DIR or /var/cache/mkma/unpacker (needs gcc libc6-dev libzstd-dev); ts is
+mkma's TypeScript reader (same rules, slower); auto (default) is native when it can be built.
 `,
   qemu: `Usage: mkma qemu [--out DIR] [--timeout S] [--memory M] [--cpus N] [--fresh] [--interactive]
 

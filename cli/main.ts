@@ -100,8 +100,11 @@ const unpackCmd: CommandFn = async (argv) => {
     images: { type: 'string', short: 'i' },
     into: { type: 'string' },
     json: { type: 'boolean' },
+    extractor: { type: 'string' },
   });
   if (values.help) return printHelp('unpack');
+  const extractor = values.extractor ?? 'auto';
+  if (!['auto', 'native', 'ts'].includes(extractor)) throw new UsageError(`unpack: --extractor is auto, native or ts, not ${extractor}`);
   if (!values.images || !values.into) throw new UsageError('unpack: --images DIR and --into DIR are required');
   requireRoot('mkma unpack');
   const fs = await import('node:fs');
@@ -109,11 +112,22 @@ const unpackCmd: CommandFn = async (argv) => {
     throw new UsageError(`unpack: ${values.into} is not empty (mkma unpack builds a tree from scratch)`);
   }
   const { unpackImages } = await import('../format/apply.js');
+  let unpacker: string | null = null;
+  if (extractor !== 'ts') {
+    // the initramfs' own extractor, compiled once and cached (builder/unpacker.ts)
+    const { buildUnpacker } = await import('../builder/unpacker.js');
+    const { execFileSync } = await import('node:child_process');
+    const arch = execFileSync('dpkg', ['--print-architecture'], { encoding: 'utf8' }).trim();
+    const u = buildUnpacker({ cacheDir: process.env.MKMA_CACHE_DIR ?? '/var/cache/mkma/unpacker', arch });
+    if (!u.path && extractor === 'native') throw new EnvironmentError(`unpack: mkma-unpack cannot be built here: ${u.reason}`);
+    if (!u.path && !values.json) process.stderr.write(`note: using the TypeScript extractor (mkma-unpack: ${u.reason})\n`);
+    unpacker = u.path;
+  }
   const report = await unpackImages(values.images, values.into, (r) => {
     if (!values.json) {
       process.stderr.write(r.applied ? `applied ${r.file} (${r.entries} entries, ${r.deleted} removed)\n` : `LAYER SKIPPED ${r.file}: ${r.reason}\n`);
     }
-  });
+  }, unpacker);
   if (values.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
   else process.stderr.write(`unpacked base (${report.base.entries} entries) and ${report.layers.filter((l) => l.applied).length} layer(s) into ${values.into}\n`);
   return report.layers.some((l) => !l.applied) ? EXIT.failed : EXIT.ok;

@@ -107,12 +107,18 @@ export interface UnpackReport {
   ignored: string[];
 }
 
-/** `mkma unpack`: on the host, exactly what the init does at boot. */
-export async function unpackImages(imagesDir: string, into: string, onLayer?: (r: ApplyReport) => void): Promise<UnpackReport> {
+/**
+ * `mkma unpack`: on the host, exactly what the init does at boot. With `unpacker` (the
+ * mkma-unpack binary, builder/unpacker.ts) the work is done by it, as in the initramfs: the
+ * base with -X, then every layer in one `-l` process; otherwise in TypeScript (same rules,
+ * same fixtures: test/integration/layering.test.ts).
+ */
+export async function unpackImages(imagesDir: string, into: string, onLayer?: (r: ApplyReport) => void, unpacker?: string | null): Promise<UnpackReport> {
   const basePath = path.join(imagesDir, BASE_NAME);
   const manifest = readManifest(basePath);
   if (manifest.kind !== 'base') throw new Error(`${basePath} is not a base image (kind ${manifest.kind})`);
   fs.mkdirSync(into, { recursive: true });
+  if (unpacker) return unpackNative(unpacker, imagesDir, into, manifest, onLayer);
   const base = await extractImage(basePath, into);
   restoreXattrs(into, manifest.xattrs);
   const all = fs.readdirSync(imagesDir);
@@ -126,4 +132,45 @@ export async function unpackImages(imagesDir: string, into: string, onLayer?: (r
     onLayer?.(r);
   }
   return { base, layers: reports, ignored };
+}
+
+function runUnpacker(bin: string, args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(bin, args, { maxBuffer: 256 << 20 });
+  if (r.error) throw new Error(`cannot run ${bin}: ${r.error.message}`);
+  return { status: r.status, stdout: r.stdout.toString('latin1'), stderr: r.stderr.toString('latin1').trim() };
+}
+
+/** warn lines of mkma-unpack (xattrs it could not restore) become errors, like restoreXattrs. */
+function throwOnWarnings(out: string): void {
+  const warn = out.split('\n').find((l) => l.startsWith('warn '));
+  if (warn) throw new Error(warn.slice(5));
+}
+
+async function unpackNative(bin: string, imagesDir: string, into: string, manifest: Manifest, onLayer?: (r: ApplyReport) => void): Promise<UnpackReport> {
+  const basePath = path.join(imagesDir, BASE_NAME);
+  const b = runUnpacker(bin, ['-X', '--', basePath, into]);
+  if (b.status !== 0) throw new Error(b.stderr || `mkma-unpack failed (exit ${b.status})`);
+  throwOnWarnings(b.stdout);
+  const all = fs.readdirSync(imagesDir);
+  const layers = sortLayerNames(all);
+  const ignored = all.filter((n) => n.startsWith('persistence.') && !layers.includes(n));
+  const reports: ApplyReport[] = [];
+  if (layers.length) {
+    const stage = path.join(path.dirname(path.resolve(into)), `.${path.basename(into)}.mkma-stage`);
+    const r = runUnpacker(bin, ['-l', '--', into, stage, ...layers.map((n) => path.join(imagesDir, n))]);
+    if (r.status === 2 || r.status === null) throw new Error(r.stderr || `mkma-unpack -l failed (${r.status ?? 'killed'})`);
+    // "ok NAME ENTRIES REMOVED" | "skip NAME REASON" | "partial NAME REASON" | "warn NAME TEXT"
+    for (const line of r.stdout.split('\n').filter(Boolean)) {
+      const [what, name, ...rest] = line.split(' ');
+      const file = path.join(imagesDir, name);
+      if (what === 'warn') throw new Error(`${name}: ${rest.join(' ')}`);
+      const report: ApplyReport = what === 'ok'
+        ? { file, applied: true, entries: Number(rest[0]), deleted: Number(rest[1]) }
+        : { file, applied: false, reason: (what === 'partial' ? 'PARTLY APPLIED: ' : '') + rest.join(' '), entries: 0, deleted: 0 };
+      reports.push(report);
+      onLayer?.(report);
+    }
+    if (reports.length !== layers.length) throw new Error(`mkma-unpack -l reported ${reports.length} of ${layers.length} layers: ${r.stderr}`);
+  }
+  return { base: { entries: manifest.entries, bytes: manifest.unpackedBytes }, layers: reports, ignored };
 }

@@ -73,7 +73,7 @@ read_manifest() {
 	return 0
 }
 
-# extract FILE DIR: unpacks the whole archive into DIR. With mkma-unpack in the initramfs
+# extract FILE DIR [FLAG]: unpacks the whole archive into DIR (FLAG: for mkma-unpack). With mkma-unpack in the initramfs
 # (init/unpack/mkma-unpack.c: shards in parallel, few syscalls per entry) that does it all;
 # otherwise busybox cpio, failing if zstd (checksums, truncation) or cpio (structure) fails.
 # No pipefail in POSIX sh: zstd's status travels through a file.
@@ -83,7 +83,8 @@ extract() {
 	*) _file=$PWD/$1 ;;
 	esac
 	if command -v mkma-unpack >/dev/null 2>&1; then
-		mkma-unpack -- "$_file" "$2" 2>"$MKMA_TMP/unpack.err" && return 0
+		# shellcheck disable=SC2086 # $3: an optional flag
+		mkma-unpack ${3:-} -- "$_file" "$2" >"$MKMA_TMP/unpack.out" 2>"$MKMA_TMP/unpack.err" && return 0
 		_st=$?
 		_e=$(tail -n 1 "$MKMA_TMP/unpack.err")
 		M_ERROR="mkma-unpack: ${_e#"mkma-unpack: $_file: "}"
@@ -241,6 +242,14 @@ unpack_base() {
 	if [ "$M_KIND" != base ]; then
 		M_ERROR="not a base image (kind $M_KIND)"
 		return 1
+	fi
+	if command -v mkma-unpack >/dev/null 2>&1; then
+		# -X: the xattrs too, without sed/grep/setfattr processes
+		extract "$1" "$2" -X || return 1
+		while IFS=' ' read -r _what _l _rest; do
+			[ "$_what" = warn ] && warn "$_l: $_rest"
+		done <"$MKMA_TMP/unpack.out"
+		return 0
 	fi
 	extract "$1" "$2" || return 1
 	restore_xattrs "$2" "$MKMA_TMP/base.manifest"

@@ -2,8 +2,12 @@
  * mkma-unpack: extracts an mkma image (base.cpio.zst, persistence layers) into a directory,
  * fast. The boot-time replacement for `zstd -dc FILE | busybox cpio -i -d -m`.
  *
- *   mkma-unpack [-v] [-j N] FILE DEST   an mkma image: its shards in parallel (N threads,
- *                                       default: the number of online CPUs)
+ *   mkma-unpack [-v] [-X] [-j N] FILE DEST
+ *                                       an mkma image: its shards in parallel (N threads,
+ *                                       default: the number of online CPUs); -X: and its
+ *                                       %xattrs section
+ *   mkma-unpack -l TREE STAGE LAYER...  layers applied to TREE in order (see apply_layers_main)
+ *   mkma-unpack -i FILE...              what the init's space check needs from each manifest
  *   mkma-unpack [-v] - DEST             a plain (uncompressed) cpio newc stream on stdin
  *
  * Build: gcc -O2 -static -o mkma-unpack mkma-unpack.c -lzstd -lpthread
@@ -849,14 +853,16 @@ static int apply_dirs(struct worker *ws, int nw)
 static void usage(FILE *out)
 {
 	fprintf(out,
-		"usage: mkma-unpack [-v] [-j N] FILE DEST   extract an mkma image (shards in parallel)\n"
+		"usage: mkma-unpack [-v] [-X] [-j N] FILE DEST\n"
+		"                                           extract an mkma image (shards in parallel)\n"
 		"       mkma-unpack [-v] - DEST             extract a plain cpio newc stream from stdin\n"
 		"       mkma-unpack -l TREE STAGE LAYER...  apply layers to TREE in order, each all or\n"
 		"                                           nothing; one line per layer: ok NAME ENTRIES\n"
 		"                                           REMOVED, skip NAME REASON, partial NAME REASON\n"
 		"       mkma-unpack -i FILE...              one line per image: ok KIND ENTRIES UNPACKED\n"
 		"                                           DATA_BYTES, or bad REASON\n"
-		"  -j N  threads (default: online CPUs)   -v  print a summary\n");
+		"  -j N  threads (default: online CPUs)   -v  print a summary\n"
+		"  -X    also restore the image's %%xattrs (failures: \"warn NAME text\" on stdout)\n");
 }
 
 /* True when the directory has no entries besides "." and "..". */
@@ -1368,8 +1374,8 @@ static int info_main(char **files, int n)
 int main(int argc, char **argv)
 {
 	long jobs = 0;
-	int verbose = 0, layer = 0, info = 0, opt;
-	while ((opt = getopt(argc, argv, "j:vhli")) != -1) {
+	int verbose = 0, layer = 0, info = 0, with_xattrs = 0, opt;
+	while ((opt = getopt(argc, argv, "j:vhliX")) != -1) {
 		switch (opt) {
 		case 'j': {
 			char *end;
@@ -1384,6 +1390,7 @@ int main(int argc, char **argv)
 		case 'v': verbose = 1; break;
 		case 'l': layer = 1; break;
 		case 'i': info = 1; break;
+		case 'X': with_xattrs = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -1438,7 +1445,10 @@ int main(int argc, char **argv)
 		}
 	} else {
 		uint64_t size = 0;
-		if (map_image(file, &size) == 0) extract_image(jobs, &entries, &bytes, &cpio, &nw);
+		if (map_image(file, &size) == 0 && extract_image(jobs, &entries, &bytes, &cpio, &nw) == 0 && with_xattrs) {
+			const char *slash = strrchr(file, '/');
+			restore_xattrs(dest, slash ? slash + 1 : file);
+		}
 	}
 	if (atomic_load(&g_failed)) {
 		fprintf(stderr, "mkma-unpack: %s: %s\n", g_file_label, g_err);

@@ -27,6 +27,7 @@ const hostArch = () => execFileSync('dpkg', ['--print-architecture'], { encoding
 
 const TMP = fs.mkdtempSync(path.join(tmpdir(), 'mkma-layering-'));
 let BIN = '';
+let UNPACKER = '';
 let BIN_FALLBACK = '';
 let APPLY = '';
 beforeAll(() => {
@@ -37,6 +38,7 @@ beforeAll(() => {
   const u = buildUnpacker({ cacheDir: path.join(REPO, '.test-work', 'unpacker'), arch: hostArch() });
   if (!u.path) throw new Error(`mkma-unpack could not be built: ${u.reason} (apt-get install ${UNPACKER_HOST_PACKAGES.join(' ')})`);
   fs.symlinkSync(u.path, path.join(BIN, 'mkma-unpack'));
+  UNPACKER = u.path;
   APPLY = path.join(TMP, 'mkma-apply');
   fs.writeFileSync(APPLY, generateApplyScript(), { mode: 0o755 });
 });
@@ -45,7 +47,7 @@ afterAll(() => {
 });
 
 interface Side {
-  side: 'ts' | 'sh' | 'fallback';
+  side: 'ts' | 'sh' | 'fallback' | 'native';
   tree: string;
   /** layer file names reported as not applied */
   skipped: string[];
@@ -60,6 +62,8 @@ interface Run {
   ts: Side;
   sh: Side;
   fallback: Side;
+  /** unpackImages with mkma-unpack (mkma unpack --extractor native) */
+  native: Side;
   report: UnpackReport | null;
   /** the directories holding each tree: "../victim" from a tree is `${parent}/victim` */
   parents: { ts: string; sh: string; fallback: string };
@@ -109,7 +113,17 @@ async function run(name: FixtureName): Promise<Run> {
     const log = r.stdout.toString('latin1') + r.stderr.toString('latin1');
     return { side, tree, skipped: [...log.matchAll(/LAYER SKIPPED (\S+):/g)].map((m) => m[1]), log, status: r.status };
   };
-  return { fx, ts, sh: shell('sh', BIN), fallback: shell('fallback', BIN_FALLBACK), report, parents };
+  // `mkma unpack`'s native path: unpackImages driving mkma-unpack (-X, then -l)
+  const nativeTree = path.join(dir, 'd', 'tree');
+  fs.mkdirSync(nativeTree, { recursive: true });
+  let native: Side;
+  try {
+    const rep = await unpackImages(fx.images, nativeTree, undefined, UNPACKER);
+    native = { side: 'native', tree: nativeTree, skipped: rep.layers.filter((l) => !l.applied).map((l) => path.basename(l.file)), log: JSON.stringify(rep), status: 0 };
+  } catch (e) {
+    native = { side: 'native', tree: nativeTree, skipped: [], log: String((e as Error).stack), status: 1 };
+  }
+  return { fx, ts, sh: shell('sh', BIN), fallback: shell('fallback', BIN_FALLBACK), native, report, parents };
 }
 
 /** describeTree without symlink owners (busybox cpio cannot set them: lchown is not used). */
@@ -324,6 +338,12 @@ describe.each(FIXTURE_NAMES)('fixture %s', (name) => {
     if (r.ts.status !== 0) throw new Error(`unpackImages threw: ${r.ts.log}`);
     expect({ status: r.fallback.status, skipped: r.fallback.skipped }).toEqual({ status: r.sh.status, skipped: r.sh.skipped });
     expect(withoutSymlinkOwners(describeTree(r.fallback.tree))).toEqual(withoutSymlinkOwners(describeTree(r.ts.tree)));
+  });
+
+  test('unpackImages with mkma-unpack (mkma unpack --extractor native) gives the same tree and report', () => {
+    if (r.ts.status !== 0) throw new Error(`unpackImages threw: ${r.ts.log}`);
+    expect({ status: r.native.status, skipped: r.native.skipped }).toEqual({ status: 0, skipped: r.ts.skipped });
+    expect(describeTree(r.native.tree)).toEqual(describeTree(r.ts.tree));
   });
 
   test.each(['ts', 'sh'] as const)('%s: expected result', (side) => {
