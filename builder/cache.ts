@@ -25,9 +25,11 @@ import { mountsUnder, unmountUnder } from './chroot.js';
 export type StageStatus = 'ran' | 'reused' | 'skipped';
 
 export interface StageReport {
-  /** "bootstrap" or "preset <name>" */
+  /** "bootstrap", "configure", "preset <name>", "pack base", "initramfs" */
   stage: string;
   status: StageStatus;
+  /** why it ran or was reused (builder/stages.ts), for the stages after the bootstrap */
+  reason?: string;
 }
 
 /** Where a build starts from. */
@@ -40,10 +42,18 @@ export interface CachePlan {
 
 export class CacheError extends Error {}
 
-/** K0 = configHash, K(i) = sha256 of K(i-1) and preset i's hash. */
-export function chainKeys(configHash: string, presetHashes: string[]): string[] {
+/**
+ * K0 = configHash, K(i) = sha256 of K(i-1) and preset i's hash. `configured`, when given,
+ * joins the first link: what configure applies before the presets run (hostname, root
+ * password) is not part of K0 (changing it keeps the bootstrapped tree), but a preset may read
+ * it, so a change to it runs the presets again from the snapshot of the bootstrapped tree.
+ */
+export function chainKeys(configHash: string, presetHashes: string[], configured = ''): string[] {
   const keys = [configHash];
-  for (const h of presetHashes) keys.push(createHash('sha256').update(`mkma-chain-1\0${keys[keys.length - 1]}\0${h}`).digest('hex'));
+  for (const h of presetHashes) {
+    const prev = keys.length === 1 && configured ? `${keys[0]}\0${configured}` : keys[keys.length - 1];
+    keys.push(createHash('sha256').update(`mkma-chain-1\0${prev}\0${h}`).digest('hex'));
+  }
   return keys;
 }
 

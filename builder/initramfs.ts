@@ -1,6 +1,7 @@
 // Stage 4: the initramfs. Build-time half of mkinitcpio's hook pairs: everything the boot
 // needs is resolved here (binaries with their libraries, modules in load order), and the init
 // only executes the result.
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -8,7 +9,7 @@ import { packTree } from '../format/pack.js';
 import { generateInit } from '../init/generate.js';
 import { decompressModule, libraryClosure, moduleClosure, moduleName } from './closure.js';
 import type { KernelInfo } from './kernel.js';
-import { buildUnpacker, UNPACKER_HOST_PACKAGES, UNPACKER_INITRAMFS_PATH } from './unpacker.js';
+import { buildUnpacker, UNPACKER_HOST_PACKAGES, UNPACKER_INITRAMFS_PATH, type UnpackerResult } from './unpacker.js';
 
 /** Binaries taken from the image (same architecture and versions as the system they boot). */
 export const INITRAMFS_BINARIES = [
@@ -92,7 +93,7 @@ export interface InitramfsResult {
   fastUnpacker: boolean;
 }
 
-export async function buildInitramfs(opts: {
+export interface InitramfsOptions {
   chroot: string;
   kernel: KernelInfo;
   out: string;
@@ -104,7 +105,33 @@ export async function buildInitramfs(opts: {
   arch: string;
   cacheDir: string;
   onWarning: (w: string) => void;
-}): Promise<InitramfsResult> {
+}
+
+/** What the initramfs is made of besides files copied from the tree: resolved before building. */
+export interface InitramfsPrep {
+  plan: InitramfsPlan;
+  /** the generated /init */
+  init: string;
+  unpacker: UnpackerResult;
+  /** sha256 of the mkma-unpack binary ('none' without one) */
+  unpackerHash: string;
+}
+
+/**
+ * Resolves the modules, generates /init and gets mkma-unpack (from its cache): everything the
+ * initramfs holds that does not come straight from the tree, so the build can tell whether an
+ * existing initramfs is still the one these inputs make.
+ */
+export function prepareInitramfs(opts: Pick<InitramfsOptions, 'kernel' | 'wantedModules' | 'requiredModules' | 'ramSize' | 'version' | 'arch' | 'cacheDir'>): InitramfsPrep {
+  const plan = planModules(opts.kernel, opts.wantedModules, opts.requiredModules);
+  const init = generateInit({ modules: plan.groups, defaultRamSize: opts.ramSize, deviceTimeoutSec: 30, version: opts.version });
+  const unpacker = buildUnpacker({ cacheDir: opts.cacheDir, arch: opts.arch });
+  const unpackerHash = unpacker.path ? createHash('sha256').update(fs.readFileSync(unpacker.path)).digest('hex') : 'none';
+  return { plan, init, unpacker, unpackerHash };
+}
+
+export async function buildInitramfs(opts: InitramfsOptions, prepared?: InitramfsPrep): Promise<InitramfsResult> {
+  const prep = prepared ?? prepareInitramfs(opts);
   const staging = path.join(opts.workDir, 'initramfs');
   fs.rmSync(staging, { recursive: true, force: true });
   fs.mkdirSync(staging, { recursive: true });
@@ -121,7 +148,7 @@ export async function buildInitramfs(opts: {
   fs.symlinkSync('busybox', path.join(staging, 'usr/bin/sh'));
   // The fast extractor (3-4x fewer syscalls than busybox cpio, shards in parallel); the init
   // falls back to zstd | busybox cpio without it.
-  const unpacker = buildUnpacker({ cacheDir: opts.cacheDir, arch: opts.arch });
+  const unpacker = prep.unpacker;
   if (unpacker.path) {
     fs.copyFileSync(unpacker.path, path.join(staging, UNPACKER_INITRAMFS_PATH));
     fs.chmodSync(path.join(staging, UNPACKER_INITRAMFS_PATH), 0o755);
@@ -132,7 +159,7 @@ export async function buildInitramfs(opts: {
     );
   }
 
-  const plan = planModules(opts.kernel, opts.wantedModules, opts.requiredModules);
+  const plan = prep.plan;
   const modDir = path.join(staging, 'usr/lib/modules/mkma');
   fs.mkdirSync(modDir, { recursive: true });
   for (const rel of plan.moduleFiles) {
@@ -143,11 +170,7 @@ export async function buildInitramfs(opts: {
   // The kernel opens /dev/console for init's stdio before anything is mounted.
   const mk = spawnSync('mknod', ['-m', '600', path.join(staging, 'dev/console'), 'c', '5', '1']);
   if (mk.status !== 0) throw new InitramfsError(`mknod dev/console failed: ${mk.stderr}`);
-  fs.writeFileSync(
-    path.join(staging, 'init'),
-    generateInit({ modules: plan.groups, defaultRamSize: opts.ramSize, deviceTimeoutSec: 30, version: opts.version }),
-    { mode: 0o755 },
-  );
+  fs.writeFileSync(path.join(staging, 'init'), prep.init, { mode: 0o755 });
   // Plain newc + one zstd frame: the kernel unpacks it, not mkma. Small, so a high level is cheap.
   const r = await packTree(staging, opts.out, { kind: 'base', level: 12, threads: 0, manifest: false });
   fs.rmSync(staging, { recursive: true, force: true });

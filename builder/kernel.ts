@@ -33,8 +33,8 @@ export function findImageKernel(chroot: string): KernelInfo {
   return { version, image: path.join(chroot, 'boot', `vmlinuz-${version}`), modulesDir: path.join(modulesRoot, version) };
 }
 
-/** --host-kernel: the running kernel and its modules, copied into the image as the original mkma.sh did. */
-export function installHostKernel(chroot: string): KernelInfo {
+/** --host-kernel: the running kernel's image and modules directory on this machine. */
+export function hostKernelSource(): { version: string; image: string; modules: string } {
   const version = os.release();
   const image = `/boot/vmlinuz-${version}`;
   const mods = [`/usr/lib/modules/${version}`, `/lib/modules/${version}`].find((d) => fs.existsSync(d));
@@ -44,11 +44,40 @@ export function installHostKernel(chroot: string): KernelInfo {
         `(not a Debian kernel?). Build without --host-kernel to use the image's own kernel package.`,
     );
   }
-  const dest = path.join(chroot, 'usr/lib/modules', version);
-  fs.rmSync(dest, { recursive: true, force: true });
-  fs.cpSync(mods, dest, { recursive: true, verbatimSymlinks: true });
-  fs.copyFileSync(image, path.join(chroot, 'boot', `vmlinuz-${version}`));
-  return { version, image: path.join(chroot, 'boot', `vmlinuz-${version}`), modulesDir: dest };
+  return { version, image, modules: mods };
+}
+
+/** Where installHostKernel puts the host's kernel in the image. */
+export function hostKernelInfo(chroot: string): KernelInfo {
+  const { version } = hostKernelSource();
+  return { version, image: path.join(chroot, 'boot', `vmlinuz-${version}`), modulesDir: path.join(chroot, 'usr/lib/modules', version) };
+}
+
+/**
+ * What the host kernel copied into the image is: its version, and the size and mtime of its
+ * image and module index (a reinstalled or rebuilt kernel of the same version changes them).
+ */
+export function hostKernelStamp(): string {
+  const src = hostKernelSource();
+  const st = (p: string) => {
+    try {
+      const s = fs.statSync(p, { bigint: true });
+      return `${s.size}/${s.mtimeNs}`;
+    } catch {
+      return 'none';
+    }
+  };
+  return `${src.version} ${st(src.image)} ${st(path.join(src.modules, 'modules.dep'))}`;
+}
+
+/** --host-kernel: the running kernel and its modules, copied into the image as the original mkma.sh did. */
+export function installHostKernel(chroot: string): KernelInfo {
+  const { image, modules: mods } = hostKernelSource();
+  const info = hostKernelInfo(chroot);
+  fs.rmSync(info.modulesDir, { recursive: true, force: true });
+  fs.cpSync(mods, info.modulesDir, { recursive: true, verbatimSymlinks: true });
+  fs.copyFileSync(image, info.image);
+  return info;
 }
 
 /**

@@ -124,7 +124,8 @@ export function loadConfig(opts: Omit<ParseOptions, 'file'> & { file?: string })
  * Identifies the bootstrapped tree a configuration produces: the builder stores it next to the
  * chroot and reuses the chroot only when the hash is unchanged. It covers every setting except
  * those the schema marks `affectsTree: false` (compression level, RAM size: packing and boot
- * only) and `source`; `extra` adds anything else the tree depends on (mkma version, hook
+ * only; hostname, root password: applied by the configure stage, which runs again when they
+ * change) and `source`; `extra` adds anything else the tree depends on (mkma version, hook
  * contents). Object key order does not matter; list order does (a needless rebuild is the
  * safe mistake).
  */

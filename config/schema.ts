@@ -31,8 +31,10 @@ export interface Setting<T = unknown> {
   /** environment variable that overrides the file */
   env?: string;
   /**
-   * false for settings that only affect packing or boot: changing them keeps a bootstrapped
-   * tree reusable (see configHash). Absent means true, so a new setting errs on rebuilding.
+   * false for settings that only affect packing or boot, or that the configure stage applies
+   * to the bootstrapped tree on every build (hostname, root password): changing them keeps a
+   * bootstrapped tree reusable (see configHash). Absent means true, so a new setting errs on
+   * rebuilding.
    */
   affectsTree?: false;
   /** TOML value (already validated) → Config value; absent when they are the same */
@@ -96,6 +98,8 @@ export const SCHEMA: { [F in keyof Fields]: Setting<Fields[F]> } = {
     type: { kind: 'string', check: hostnameProblem },
     default: null,
     defaultText: "the build host's hostname",
+    // written by configure (builder/configure.ts), never by mmdebstrap
+    affectsTree: false,
     help: 'Hostname of the image (the command line argument takes precedence).',
   },
   suite: {
@@ -167,6 +171,8 @@ export const SCHEMA: { [F in keyof Fields]: Setting<Fields[F]> } = {
     key: 'root_password',
     type: { kind: 'string', check: rootPassword },
     default: 'locked',
+    // set in /etc/shadow by configure (builder/configure.ts), never by mmdebstrap
+    affectsTree: false,
     help: 'Root password: "locked", "empty", or a crypt hash such as "$y$..." from `mkpasswd`.',
     toConfig: (raw): RootPasswordPolicy =>
       raw === 'locked' || raw === 'empty' ? { kind: raw } : { kind: 'hash', hash: String(raw) },

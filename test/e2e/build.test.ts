@@ -74,11 +74,54 @@ describe('mkma build (minimal test image)', () => {
     expect(fsCase).toMatch(/'.*\bjbd2\b.*\bmbcache\b.*\bext4'/);
   });
 
-  test('running build again with the same configuration reuses the bootstrapped tree', () => {
-    const r = spawnSync('node', [MKMA, 'build', '--config', TEST_CONFIG, '--out', IMAGE_OUT, '--json'], { encoding: 'utf8' });
+  const rebuild = (...args: string[]) => {
+    const r = spawnSync('node', [MKMA, 'build', ...args, '--config', TEST_CONFIG, '--out', IMAGE_OUT, '--json'], {
+      encoding: 'utf8', env: { ...process.env, MKMA_QEMU_TEST: '' },
+    });
     expect(r.status).toBe(0);
-    const result = JSON.parse(r.stdout);
+    const result = JSON.parse(r.stdout) as {
+      bootstrap: string; timings: Record<string, number>; stages: Array<{ stage: string; status: string; reason?: string }>;
+      outputs: Record<string, { path: string; bytes: number; sha256: string }>;
+    };
+    const status = Object.fromEntries(result.stages.map((s) => [s.stage, s.status]));
+    const reason = Object.fromEntries(result.stages.map((s) => [s.stage, s.reason ?? '']));
+    return { result, status, reason };
+  };
+  const sha = (file: string) => sh(`sha256sum ${file}`).split(' ')[0];
+
+  test('running build again with the same configuration reuses the bootstrapped tree', () => {
+    const { result } = rebuild();
     expect(result.bootstrap).toBe('reused');
     expect(result.timings.bootstrap).toBeLessThan(1);
+  });
+
+  test('a second unchanged build reuses every stage, and says why; the outputs are the ones recorded', () => {
+    const { result, status, reason } = rebuild();
+    expect(status).toEqual({ bootstrap: 'reused', configure: 'reused', 'pack base': 'reused', initramfs: 'reused', kernel: 'reused' });
+    expect(reason.configure).toMatch(/^inputs unchanged/);
+    expect(reason['pack base']).toBe('inputs unchanged, base.cpio.zst as recorded');
+    for (const k of ['pack base', 'initramfs', 'configure']) expect(result.timings[k]).toBeLessThan(1);
+    for (const o of Object.values(result.outputs)) {
+      expect(fs.statSync(o.path).size).toBe(o.bytes);
+      expect(sha(o.path)).toBe(o.sha256);
+    }
+    const info = JSON.parse(fs.readFileSync(path.join(IMAGE_OUT, 'mkma.json'), 'utf8'));
+    expect(info.outputs.base.sha256).toBe(result.outputs.base.sha256);
+  });
+
+  test('a new hostname re-runs configure and re-packs the base, without a bootstrap; a missing output is made again', () => {
+    const other = rebuild('mkma-test-renamed');
+    expect(other.status).toEqual({ bootstrap: 'reused', configure: 'ran', 'pack base': 'ran', initramfs: 'reused', kernel: 'reused' });
+    expect(other.reason.configure).toBe('settings: hostname changed');
+    expect(other.reason['pack base']).toBe('tree changed');
+    expect(sh(`zstd -dc ${base} | cpio -i --quiet --to-stdout etc/hostname`)).toBe('mkma-test-renamed\n');
+    expect(sha(base)).toBe(other.result.outputs.base.sha256);
+    // back to the test image's hostname (the boot tests use this image), with vmlinuz deleted
+    fs.rmSync(path.join(IMAGE_OUT, 'vmlinuz'));
+    const back = rebuild();
+    expect(back.status).toEqual({ bootstrap: 'reused', configure: 'ran', 'pack base': 'ran', initramfs: 'reused', kernel: 'ran' });
+    expect(back.reason.kernel).toBe('vmlinuz is missing');
+    expect(sh(`zstd -dc ${base} | cpio -i --quiet --to-stdout etc/hostname`)).toBe('mkma-test\n');
+    expect(sha(path.join(IMAGE_OUT, 'vmlinuz'))).toBe(back.result.outputs.kernel.sha256);
   });
 });
