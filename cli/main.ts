@@ -3,7 +3,9 @@
 // missing tools), 4 the boot test failed.
 import * as os from 'node:os';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { ConfigError, loadConfig } from '../config/load.js';
+// Only what every command needs is imported here: each command loads its own modules (the
+// configuration parser, the TUI, the builder…) when it runs, so `mkma persist` and `mkma --help`
+// do not pay for them at start-up.
 import { createReporter, formatBytes } from './progress.js';
 import { EXIT, UsageError, EnvironmentError } from './errors.js';
 import { COMMANDS, commandHelp, mainHelp } from './help.js';
@@ -43,6 +45,7 @@ const buildCmd: CommandFn = async (argv) => {
   const qemuTest = process.env.MKMA_QEMU_TEST === '1';
   const tools = qemuTest ? [...BUILD_TOOLS, ...QEMU_TOOLS] : BUILD_TOOLS;
   requireRoot('mkma build');
+  const { loadConfig } = await import('../config/load.js');
   const config = loadConfig({ file: values.config, env: process.env, hostname: positionals[0], defaultHostname: os.hostname() });
   // every preset is checked (keys, folders, hooks, environment variables) before anything runs
   const presets = values.preset?.length ? (await import('../config/preset.js')).loadPresets(values.preset, process.env) : [];
@@ -168,7 +171,8 @@ export function reportError(e: unknown): number {
     process.stderr.write(`mkma: ${err.message}\n`);
     return EXIT.usage;
   }
-  if (err instanceof ConfigError) {
+  // by name: config/load.js (and its TOML parser) is loaded only by the commands that read a config
+  if (err?.name === 'ConfigError' || err?.constructor?.name === 'ConfigError') {
     process.stderr.write(`mkma: ${err.message}\n`);
     return EXIT.usage;
   }

@@ -6,7 +6,7 @@ import { DEFAULT_LOWER, DEFAULT_RULES_PATH, DEFAULT_UPPER, type ChangeEntry, typ
 import { appendRules, dpkgWarnings, loadRules, parsePattern, ruleDecider, rulesFromOverrides } from '../persist/rules.js';
 import { scanUpper } from '../persist/scan.js';
 import { BOOT_ENV_PATH, resolveTarget, type Target } from '../persist/storage.js';
-import { planLayer, writeLayer, type WriteLayerResult } from '../persist/write.js';
+import type { LayerPlan, WriteLayerResult } from '../persist/write.js';
 import { EnvironmentError, EXIT, UsageError } from './errors.js';
 import { createReporter, formatBytes, type Reporter } from './progress.js';
 
@@ -185,6 +185,9 @@ export async function persistCmd(argv: string[]): Promise<number> {
   const reporter = createReporter({ quiet: json });
   if (!isRoot) reporter.warn('not root: overlayfs\' own xattrs are invisible, so replaced directories show as added or unchanged');
   const stage = reporter.stage('scan', upper);
+  // The writer's modules load while find and getfattr work (the scan mostly waits for them).
+  const writeModule = dryRun ? null : import('../persist/write.js');
+  writeModule?.catch(() => {}); // a failure is reported where it is awaited
   const scan = await scanUpper(upper, lower);
   stage.done(`${scan.stats.entries} entries, ${formatBytes(scan.stats.bytes)}`);
   const decideRule = ruleDecider(rules);
@@ -201,7 +204,11 @@ export async function persistCmd(argv: string[]): Promise<number> {
 
   for (const s of scan.skipped) reporter.warn(`not saved: ${showPath(s.path)}: ${s.reason}`);
   for (const w of warnings) reporter.warn(w);
-  const include = (e: ChangeEntry) => decideRule(e).included;
+  // the rules' verdicts, computed once above (planLayer asks per entry)
+  const includedSet = new Set<ChangeEntry>();
+  scan.entries.forEach((e, i) => { if (decisions[i].included) includedSet.add(e); });
+  const include = (e: ChangeEntry) => includedSet.has(e);
+  const { planLayer, writeLayer } = await writeModule!;
   const plan = planLayer(scan, include);
   if (plan.changes === 0) {
     if (json) process.stdout.write(JSON.stringify({ saved: false, reason: 'nothing to save', totals, skipped: scan.skipped, warnings }, null, 2) + '\n');
@@ -212,7 +219,8 @@ export async function persistCmd(argv: string[]): Promise<number> {
   let result: WriteLayerResult;
   try {
     for (const w of target.warnings) reporter.warn(w);
-    result = await writeWithSignals(reporter, { scan, include, upper, imagesDir: target.imagesDir, level, message: values.message });
+    // statsFromScan: the scan is a moment old, its lstat data is the files' (no second lstat of each)
+    result = await writeWithSignals(reporter, writeLayer, { scan, include, plan, statsFromScan: true, upper, imagesDir: target.imagesDir, level, message: values.message });
   } finally {
     target.release();
   }
@@ -229,7 +237,17 @@ export async function persistCmd(argv: string[]): Promise<number> {
 
 async function writeWithSignals(
   reporter: Reporter,
-  o: { scan: ScanResult; include: (e: ChangeEntry) => boolean; upper: string; imagesDir: string; level: number; message?: string },
+  writeLayer: typeof import('../persist/write.js').writeLayer,
+  o: {
+    scan: ScanResult;
+    include: (e: ChangeEntry) => boolean;
+    plan: LayerPlan;
+    statsFromScan: boolean;
+    upper: string;
+    imagesDir: string;
+    level: number;
+    message?: string;
+  },
 ): Promise<WriteLayerResult> {
   const ac = new AbortController();
   const onSignal = () => ac.abort();
@@ -330,6 +348,7 @@ async function runTui(o: {
   // of this writing (scan, decideRule, rescan, watchPath, rulesFile, saveRules,
   // rulesFromOverrides, onConfirm). Adjust here if that interface changes.
   const { runPersistTui } = await import('../persist/tui.js');
+  const { writeLayer } = await import('../persist/write.js');
   // the UI's choice (`include`) is about the entries of its latest scan
   let latest = o.scan;
   const outcome = await runPersistTui({

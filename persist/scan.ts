@@ -172,6 +172,7 @@ class XattrReader {
   private readonly done: Promise<string>;
   private batch = Buffer.allocUnsafe(1 << 16);
   private len = 0;
+  private ended = false;
 
   constructor(root: string) {
     this.child = spawn('xargs', ['-0', '-r', 'getfattr', '-h', '-d', '-m', '-', '-e', 'base64', '--'], {
@@ -205,9 +206,16 @@ class XattrReader {
     this.len = 0;
   }
 
-  async finish(): Promise<XattrRecord[]> {
+  /** No more paths: getfattr gets the last batch now (finish() waits for its output). */
+  end(): void {
+    if (this.ended) return;
+    this.ended = true;
     this.flush();
     this.child.stdin.end();
+  }
+
+  async finish(): Promise<XattrRecord[]> {
+    this.end();
     await this.done;
     return parseGetfattrDump(this.out.join(''));
   }
@@ -320,6 +328,47 @@ function readFully(fd: number, buf: Buffer, want: number, pos: number): number {
   return got;
 }
 
+/**
+ * The lower tree's side of the classification, looked up ahead (while getfattr works, before
+ * the overlay xattrs are known): the lstat of every entry whose parent is a directory in both
+ * trees, and the byte comparison of regular files of equal size. A superset of what the
+ * classification asks (it does not look below opaque directories); it uses these results and
+ * looks up only what is not here.
+ */
+interface Below {
+  /** looked[i]: st[i] holds the lstat of the lower path (undefined: nothing there) */
+  looked: Uint8Array;
+  st: Array<fs.Stats | undefined>;
+  /** SAME / DIFFERENT for a compared file, 0 when not compared */
+  same: Uint8Array;
+}
+const SAME = 1;
+const DIFFERENT = 2;
+
+function lookBelow(w: Walk, order: Int32Array, parent: Int32Array, dev: number, upperB: Buffer, lowerRoot: Buffer): Below {
+  const n = w.rel.length;
+  const below: Below = { looked: new Uint8Array(n), st: new Array<fs.Stats | undefined>(n), same: new Uint8Array(n) };
+  const dirInBoth = new Uint8Array(n);
+  for (let k = 0; k < order.length; k++) {
+    const i = order[k];
+    const p = parent[i];
+    if ((p >= 0 && !dirInBoth[p]) || w.dev[i] !== dev || w.type[i] === 'socket') continue;
+    const relB = Buffer.from(w.rel[i], 'latin1');
+    const lowerAbs = Buffer.concat([lowerRoot, SLASH, relB]);
+    const lst = lstatQuiet(lowerAbs);
+    below.looked[i] = 1;
+    below.st[i] = lst;
+    if (!lst) continue;
+    const type = w.type[i];
+    if (type === 'dir') {
+      if (lst.isDirectory()) dirInBoth[i] = 1;
+    } else if (type === 'file' && lst.isFile() && lst.size === w.size[i] && w.size[i] <= COMPARE_MAX_BYTES) {
+      below.same[i] = sameContent(Buffer.concat([upperB, SLASH, relB]), lowerAbs, w.size[i]) ? SAME : DIFFERENT;
+    }
+  }
+  return below;
+}
+
 const NO_BYTES = Buffer.alloc(0);
 /** Shared by the many entries without xattrs or hardlinks (frozen: 100k empty arrays cost GC time). */
 const NONE = Object.freeze([]) as unknown as Array<[string, string]>;
@@ -340,12 +389,21 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
   const lowerRoot = lower === null ? null : Buffer.from(lower);
   if (lowerRoot && !lstatQuiet(lowerRoot)?.isDirectory()) throw new Error(`lower tree ${lower} is not a directory`);
 
+  const upperB = Buffer.from(root);
   const xattrs = new XattrReader(root);
   const walk = walkUpper(root, (buf, start, end) => xattrs.add(buf, start, end));
   let w: Walk;
   let records: XattrRecord[];
+  let order: Int32Array;
+  let parent: Int32Array;
+  let below: Below | null = null;
   try {
     w = await walk.done;
+    // xargs starts getfattr once its command line is full or its input ends, so for all but
+    // big trees getfattr runs only now: the lower tree is looked at meanwhile (another core)
+    xattrs.end();
+    ({ order, parent } = preorder(w));
+    if (lowerRoot) below = lookBelow(w, order, parent, rootSt.dev, upperB, lowerRoot);
     records = await xattrs.finish();
   } catch (e) {
     walk.kill();
@@ -372,9 +430,7 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
     if (other) userX.set(r.path, other);
   }
 
-  const { order, parent } = preorder(w);
   const n = w.rel.length;
-  const upperB = Buffer.from(root);
   // lowerDir[i]: the lower tree has a real, visible directory at this path, so children are
   // looked up below; dead[i]: skipped, and its subtree with it.
   const lowerDir = new Uint8Array(n);
@@ -385,9 +441,9 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
   const groups = new Map<string, number[]>();
   let bytes = 0;
   /** what the lower tree has at a path whose parent is visible there (for whiteouts and opaque dirs) */
-  const lowerTypeAt = (p: number, relB: Buffer): EntryType | undefined => {
+  const lowerTypeAt = (i: number, p: number, relB: Buffer): EntryType | undefined => {
     if (!lowerRoot || !(p < 0 || lowerDir[p] === 1)) return undefined;
-    const lst = lstatQuiet(Buffer.concat([lowerRoot, SLASH, relB]));
+    const lst = below?.looked[i] ? below.st[i] : lstatQuiet(Buffer.concat([lowerRoot, SLASH, relB]));
     return lst ? TYPE_BY_IFMT[lst.mode & S_IFMT] : undefined;
   };
 
@@ -422,7 +478,7 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
       kind = 'deleted';
       entryType = 'whiteout';
       size = 0;
-      lowerType = lowerTypeAt(p, relB);
+      lowerType = lowerTypeAt(i, p, relB);
     } else if (ov && (ov.has('redirect') || ov.has('metacopy'))) {
       const which = ov.has('redirect') ? 'redirect' : 'metacopy';
       skipped.push({
@@ -440,11 +496,11 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
     } else if (type === 'dir' && ov?.has('opaque') && decodeXattrValue(ov.get('opaque')!).toString('latin1') === 'y') {
       // ("x" means "holds xattr whiteouts", not opaque)
       kind = 'replaced';
-      lowerType = lowerTypeAt(p, relB);
+      lowerType = lowerTypeAt(i, p, relB);
     } else {
       const parentLowerVisible = p < 0 ? lowerRoot !== null : lowerDir[p] === 1;
       const lowerAbs = parentLowerVisible && lowerRoot ? Buffer.concat([lowerRoot, SLASH, relB]) : null;
-      const lst = lowerAbs ? lstatQuiet(lowerAbs) : undefined;
+      const lst = !lowerAbs ? undefined : below?.looked[i] ? below.st[i] : lstatQuiet(lowerAbs);
       if (lst) lowerType = TYPE_BY_IFMT[lst.mode & S_IFMT];
       if (!lst) {
         kind = 'added';
@@ -459,6 +515,7 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
       } else if (type === 'file') {
         if (lst.size !== w.size[i]) kind = 'modified';
         else if (w.size[i] > COMPARE_MAX_BYTES) kind = Math.floor(lst.mtimeMs / 1000) === w.mtime[i] ? 'metadata' : 'modified';
+        else if (below?.same[i]) kind = below.same[i] === SAME ? 'metadata' : 'modified';
         else kind = sameContent(Buffer.concat([upperB, SLASH, relB]), lowerAbs!, w.size[i]) ? 'metadata' : 'modified';
       } else if (type === 'symlink') {
         const lt = (fs.readlinkSync(lowerAbs!, { encoding: 'buffer' }) as Buffer).toString('latin1');

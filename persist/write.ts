@@ -194,6 +194,14 @@ export interface WriteLayerOptions {
   upper: string;
   scan: ScanResult;
   include: (e: ChangeEntry) => boolean;
+  /** planLayer(scan, include), when the caller has it already (it is not computed again) */
+  plan?: LayerPlan;
+  /**
+   * Take mode, owner, size and mtime from the scan instead of a new lstat of every entry: for a
+   * scan made just before (mkma persist --yes). Off by default: a scan the user looked at for a
+   * while in the UI is older than the files (their sizes would be padded/truncated to it).
+   */
+  statsFromScan?: boolean;
   imagesDir: string;
   level: number;
   message?: string;
@@ -226,8 +234,68 @@ function statfsFree(dir: string): number {
   return s.bavail * s.bsize;
 }
 
+/**
+ * The archive entries of a plan. `fresh`: each entry as lstat sees it now. Otherwise with the
+ * scan's own lstat data (find printed mode, owner, size and mtime; hardlink groups are the
+ * scan's), without a second stat of every path; what the scan could not see is looked at here:
+ * devices (st_rdev), and timestamps up to 1970 (find prints them as a negative fraction).
+ * Either way an entry that vanished since the scan is left out with a warning; a file whose size
+ * changed since its stat is padded or truncated by ArchiveWriter, which says so.
+ */
+export function treeFromScan(upper: string, write: ChangeEntry[], fresh: boolean, onWarning?: (msg: string) => void): TreeEntry[] {
+  const upperB = Buffer.from(upper);
+  const slash = Buffer.from('/');
+  // hardlink groups: one (fake) inode number per group, shared by its members
+  const inoOf = new Map<string, number>();
+  let nextIno = 1;
+  const tree: TreeEntry[] = [];
+  for (const e of write) {
+    const rel = Buffer.from(e.path, 'latin1');
+    const abs = Buffer.concat([upperB, slash, rel]);
+    if (e.type === 'socket' || e.type === 'whiteout') continue;
+    let st: StatLike;
+    if (fresh || e.type === 'char' || e.type === 'block' || e.mtime <= 0) {
+      let real: fs.Stats | undefined;
+      try {
+        real = fs.lstatSync(abs);
+      } catch {
+        real = undefined;
+      }
+      if (!real) {
+        onWarning?.(`/${e.path} vanished since the scan; not saved`);
+        continue;
+      }
+      if (real.isSocket()) continue;
+      st = real;
+    } else {
+      // (existsSync follows symlinks: a symlink's own existence takes an lstat)
+      if (e.type === 'symlink' ? !fs.lstatSync(abs, { throwIfNoEntry: false }) : !fs.existsSync(abs)) {
+        onWarning?.(`/${e.path} vanished since the scan; not saved`);
+        continue;
+      }
+      let ino = 0;
+      let nlink = e.type === 'dir' ? 2 : 1;
+      if (e.hardlinks.length && e.type !== 'dir') {
+        ino = inoOf.get(e.path) ?? 0;
+        if (!ino) {
+          ino = nextIno++;
+          inoOf.set(e.path, ino);
+          for (const h of e.hardlinks) inoOf.set(h, ino);
+        }
+        nlink = e.hardlinks.length + 1;
+      }
+      st = { mode: e.mode, uid: e.uid, gid: e.gid, size: e.type === 'file' ? e.size : 0, mtimeMs: e.mtime * 1000, nlink, dev: 0, ino, rdev: 0 };
+    }
+    tree.push({ rel, abs, st: st as fs.Stats });
+  }
+  return tree;
+}
+
+/** The fields of fs.Stats that format/tree.ts's packEntries and collectHardlinks read. */
+type StatLike = Pick<fs.Stats, 'mode' | 'uid' | 'gid' | 'size' | 'mtimeMs' | 'nlink' | 'dev' | 'ino' | 'rdev'>;
+
 export async function writeLayer(opts: WriteLayerOptions): Promise<WriteLayerResult> {
-  const plan = planLayer(opts.scan, opts.include);
+  const plan = opts.plan ?? planLayer(opts.scan, opts.include);
   const release = acquireLock(opts.imagesDir);
   let writer: ArchiveWriter | null = null;
   try {
@@ -254,22 +322,7 @@ export async function writeLayer(opts: WriteLayerOptions): Promise<WriteLayerRes
       onWarning: opts.onWarning,
       ...(opts.jobs ? { jobs: opts.jobs } : {}),
     });
-    const upperB = Buffer.from(opts.upper);
-    const slash = Buffer.from('/');
-    const tree: TreeEntry[] = [];
-    for (const e of plan.write) {
-      const rel = Buffer.from(e.path, 'latin1');
-      const abs = Buffer.concat([upperB, slash, rel]);
-      let st: fs.Stats;
-      try {
-        st = fs.lstatSync(abs);
-      } catch {
-        opts.onWarning?.(`/${e.path} vanished since the scan; not saved`);
-        continue;
-      }
-      if (st.isSocket()) continue;
-      tree.push({ rel, abs, st });
-    }
+    const tree = treeFromScan(opts.upper, plan.write, !opts.statsFromScan, opts.onWarning);
     const byPath = new Map(plan.write.map((e) => [e.path, e]));
     const signal = opts.signal;
     const stats = await packEntries(writer, tree, collectHardlinks(tree), () => {
