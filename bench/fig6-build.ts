@@ -32,7 +32,7 @@ async function build(out: string, rebuild: boolean, hostname?: string): Promise<
   delete env.MKMA_COMPRESSION_LEVEL;
   const args = [MKMA_BIN, 'build', ...(hostname ? [hostname] : []), '--config', TEST_CONFIG, '--out', out, '--json', ...(rebuild ? ['--rebuild'] : [])];
   const r = await runTimed('node', args, { env, timeoutMs: 30 * 60 * 1000 });
-  let res: { bootstrap?: string; stages?: Array<{ stage: string; status: string }> };
+  let res: { bootstrap?: string; stages?: Array<{ stage: string; status: string; reason?: string }> };
   try {
     res = JSON.parse(r.stdout) as typeof res;
   } catch {
@@ -41,6 +41,7 @@ async function build(out: string, rebuild: boolean, hostname?: string): Promise<
   const expected = rebuild ? 'fresh' : 'reused';
   if (res.bootstrap !== expected) throw new HarnessError(`mkma build: expected a ${expected} bootstrap, got ${res.bootstrap}`);
   const stages = (res.stages ?? []).map((st) => `${st.stage}: ${st.status}`);
+  for (const st of res.stages ?? []) if (st.status === 'ran' && st.reason && !rebuild) log(`    ${st.stage} ran: ${st.reason}`);
   return { value: r.ms, bootstrap: res.bootstrap, stages };
 }
 
