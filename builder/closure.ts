@@ -384,6 +384,27 @@ export function parseModulesAlias(text: string): Map<string, string[]> {
   return out;
 }
 
+/** Buses whose device aliases the init matches against sysfs modaliases (storage drivers). */
+const DEVICE_ALIAS_RE = /^(pci|usb|virtio|scsi|mmc|sdio|acpi|of|platform|vmbus|ccw|pcmcia|ieee1394|hid|serio):/;
+
+/**
+ * modules.alias' device aliases (the wildcard ones udev matches): normalised module name →
+ * its glob patterns, for the modules in `only`.
+ */
+export function parseDeviceAliases(text: string, only: Set<string>): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  for (const line of lines(text)) {
+    const [kw, alias, mod] = line.split(/\s+/);
+    if (kw !== 'alias' || !alias || !mod || !DEVICE_ALIAS_RE.test(alias)) continue;
+    const name = normalizeName(mod);
+    if (!only.has(name)) continue;
+    const pats = out.get(name) ?? [];
+    if (!pats.includes(alias)) pats.push(alias);
+    out.set(name, pats);
+  }
+  return out;
+}
+
 export interface ModuleClosureOptions {
   /** Wanted modules that don't exist are dropped instead of reported in `missing`. */
   optional?: boolean;

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { packTree } from '../format/pack.js';
 import { generateInit } from '../init/generate.js';
-import { decompressModule, libraryClosure, moduleClosure, moduleName } from './closure.js';
+import { decompressModule, libraryClosure, moduleClosure, moduleName, parseDeviceAliases } from './closure.js';
 import type { KernelInfo } from './kernel.js';
 import { buildUnpacker, UNPACKER_HOST_PACKAGES, UNPACKER_INITRAMFS_PATH, type UnpackerResult } from './unpacker.js';
 
@@ -25,6 +25,12 @@ export interface ModuleGroups {
   storage: string[];
   filesystems: Record<string, string[]>;
   overlay: string[];
+  /**
+   * Storage drivers by hardware: a module's device aliases (modules.alias globs) and what to
+   * load for it (its dependencies first), so the init loads only the drivers of the devices
+   * it finds in sysfs; the whole `storage` list stays the fallback.
+   */
+  storageByDevice?: Array<{ patterns: string[]; load: string[] }>;
 }
 
 export interface InitramfsPlan {
@@ -59,7 +65,22 @@ export function planModules(k: KernelInfo, wanted: ModuleGroups, required: strin
     overlay: resolve(wanted.overlay, false),
   };
   for (const [fs, mods] of Object.entries(groups.filesystems)) if (!mods.length) delete groups.filesystems[fs];
+  groups.storageByDevice = storageByDevice(k, groups.storage);
   return { groups, moduleFiles: [...files].sort(), missing: [...missing] };
+}
+
+/** Each storage module with device aliases, with its own closure (restricted to the group). */
+function storageByDevice(k: KernelInfo, storage: string[]): Array<{ patterns: string[]; load: string[] }> {
+  const aliasFile = path.join(k.modulesDir, 'modules.alias');
+  if (!fs.existsSync(aliasFile)) return [];
+  const inGroup = new Set(storage);
+  const byModule = parseDeviceAliases(fs.readFileSync(aliasFile, 'utf8'), inGroup);
+  return storage
+    .filter((m) => byModule.has(m))
+    .map((m) => {
+      const own = moduleClosure(k.modulesDir, [m], { optional: true }).order.map(moduleName).filter((n) => inGroup.has(n));
+      return { patterns: byModule.get(m)!, load: own.length ? own : [m] };
+    });
 }
 
 function copyIntoStaging(chroot: string, staging: string, rel: string): void {

@@ -42,10 +42,25 @@ export const FORMAT_CONSTANTS = {
 
 export interface InitOptions {
   /** module names in load order per group; files are /lib/modules/mkma/<name>.ko */
-  modules: { storage: string[]; filesystems: Record<string, string[]>; overlay: string[] };
+  modules: { storage: string[]; filesystems: Record<string, string[]>; overlay: string[]; storageByDevice?: Array<{ patterns: string[]; load: string[] }> };
   defaultRamSize: string;
   deviceTimeoutSec: number;
   version: string;
+}
+
+/** A modules.alias glob as a `case` pattern: glob characters stay, anything else is escaped. */
+export function casePattern(glob: string): string {
+  return glob.replace(/[^A-Za-z0-9*?[\]:._,+\-/=]/g, (c) => `\\${c}`);
+}
+
+/**
+ * match_storage MODALIAS: adds the storage drivers for one device (sysfs modalias) to
+ * MKMA_MATCHED, dependencies first. A variable, not output: no subshell per device.
+ */
+function storageMatchFunction(byDevice: Array<{ patterns: string[]; load: string[] }>): string {
+  const cases = byDevice.map((d) =>
+    `\tcase $1 in\n\t${d.patterns.map(casePattern).join(' | ')}) MKMA_MATCHED="$MKMA_MATCHED ${d.load.join(' ')}" ;;\n\tesac`);
+  return ['match_storage() {', ...cases, '\treturn 0', '}'].join('\n');
 }
 
 /** fs_modules TYPE: prints the modules a filesystem type needs (decided at build time). */
@@ -70,6 +85,7 @@ export function generateInit(o: InitOptions): string {
       MKMA_DEVICE_TIMEOUT: o.deviceTimeoutSec,
     }),
     filesystemModulesFunction(o.modules.filesystems),
+    storageMatchFunction(o.modules.storageByDevice ?? []),
     template('lib.sh'),
     template('layer.sh'),
     template('main.sh'),

@@ -16,6 +16,10 @@ is_number() {
 # the file is truncated or not an mkma image. Sets M_KIND M_ENTRIES M_UNPACKED M_DATA_BYTES.
 read_manifest() {
 	M_ERROR=''
+	if command -v mkma-unpack >/dev/null 2>&1; then
+		read_manifest_native "$1"
+		return
+	fi
 	_size=$(stat -c %s "$1" 2>/dev/null) || { M_ERROR="cannot read"; return 1; }
 	if [ "$_size" -lt $((FOOTER_SIZE + 8)) ]; then
 		M_ERROR="too small ($_size bytes)"
@@ -68,6 +72,20 @@ read_manifest() {
 	# zstd frame boundary, which the zstd checksums alone would not notice.
 	if [ $((M_DATA_BYTES + 8 + _len + FOOTER_SIZE)) -ne "$_size" ]; then
 		M_ERROR="size mismatch: data is $((_size - 8 - _len - FOOTER_SIZE)) bytes, manifest says $M_DATA_BYTES (truncated or damaged)"
+		return 1
+	fi
+	return 0
+}
+
+# read_manifest_native FILE: the same checks and M_* values from `mkma-unpack -i`, one process
+# instead of seven; the body is not written out (with mkma-unpack nothing else reads it).
+read_manifest_native() {
+	mkma-unpack -i -- "$1" >"$MKMA_TMP/info" 2>&1
+	read -r _ok M_KIND M_ENTRIES M_UNPACKED M_DATA_BYTES <"$MKMA_TMP/info"
+	if [ "$_ok" != ok ]; then
+		read -r _line <"$MKMA_TMP/info"
+		M_ERROR=${_line#bad }
+		[ "$_ok" = bad ] || M_ERROR="mkma-unpack -i failed: $_line"
 		return 1
 	fi
 	return 0
@@ -362,6 +380,9 @@ layer_sizes() {
 # sort_layers DIR: layer file names in natural order (format/names.ts: naturalKey), one per
 # line. Names outside the layer pattern are not layers and are reported, not applied.
 sort_layers() {
+	# no layers (a fresh machine): no awk/sort/cut processes
+	set -- "$1" "$1"/"$LAYER_PREFIX"*"$LAYER_SUFFIX"
+	[ -e "$2" ] || return 0
 	for _f in "$1"/"$LAYER_PREFIX"*"$LAYER_SUFFIX"; do
 		[ -f "$_f" ] || continue
 		_n=${_f##*/}

@@ -12,6 +12,22 @@ uptime_now() {
 	printf '%s' "$_up"
 }
 
+# uptime_cs: the uptime in centiseconds in UPTIME_CS, without a process (for durations).
+uptime_cs() {
+	read -r _up _idle </proc/uptime 2>/dev/null || _up=0.00
+	_cs=${_up#*.}
+	# shellcheck disable=SC2034 # read by the callers
+	UPTIME_CS=$((${_up%.*} * 100 + ${_cs#0}))
+}
+
+# centi CS: "S.SS" for a number of centiseconds
+centi() {
+	_c=$(($1 % 100))
+	[ "$_c" -lt 10 ] && _c="0$_c"
+	# shellcheck disable=SC2034 # read by the callers
+	CENTI="$(($1 / 100)).$_c"
+}
+
 to_kmsg() {
 	# MKMA_NO_KMSG: the standalone mkma-apply on a host must not write into the host's log
 	[ -z "${MKMA_NO_KMSG:-}" ] && [ -w /dev/kmsg ] && printf '<7>%s\n' "$1" >/dev/kmsg 2>/dev/null

@@ -1,7 +1,7 @@
 # --- main.sh: the boot ------------------------------------------------------------------
-# Generated at build time (from the image kernel's modules.dep): MKMA_MODULES_STORAGE and
-# MKMA_MODULES_OVERLAY (load order), fs_modules TYPE; and MKMA_DEFAULT_RAM_SIZE,
-# MKMA_DEVICE_TIMEOUT.
+# Generated at build time (from the image kernel's modules.dep and modules.alias):
+# MKMA_MODULES_STORAGE and MKMA_MODULES_OVERLAY (load order), fs_modules TYPE, match_storage
+# MODALIAS; and MKMA_DEFAULT_RAM_SIZE, MKMA_DEVICE_TIMEOUT.
 
 STORAGE=/mnt/storage
 ROOT=/overlay
@@ -41,6 +41,7 @@ parse_cmdline() {
 }
 
 MKMA_LOADED=' '
+MKMA_ALL_STORAGE_AFTER=${MKMA_ALL_STORAGE_AFTER:-3}
 
 # load_modules NAMES: insmod in the given (dependency) order, each module once.
 load_modules() {
@@ -71,13 +72,44 @@ resolve_device() {
 	esac
 }
 
+# Storage drivers for the hardware that is there, as udev would pick them: every device's
+# modalias in sysfs against the storage modules' aliases (match_storage, generated from
+# modules.alias). Loading the whole storage list costs ~0.1 s per module under emulation,
+# and a machine needs one or two of them.
+load_matched_storage() {
+	MKMA_MATCHED=''
+	for _f in /sys/bus/*/devices/*/modalias; do
+		[ -r "$_f" ] && read -r _alias <"$_f" && match_storage "$_alias"
+	done
+	# shellcheck disable=SC2086 # word splitting of the module list is intended
+	load_modules $MKMA_MATCHED
+}
+
 # No udev here: devtmpfs creates the nodes; poll until the device appears or time runs out.
+# Devices behind a driver (USB sticks behind xhci, disks behind a SCSI host) show up later:
+# the matching is repeated every second, and after MKMA_ALL_STORAGE_AFTER seconds every
+# storage driver is loaded (hardware whose aliases mkma did not know).
 wait_for_device() {
-	_deadline=$(($(cut -d. -f1 /proc/uptime) + MKMA_DEVICE_TIMEOUT))
+	read -r _up _idle </proc/uptime
+	_now=${_up%.*}
+	_deadline=$((_now + MKMA_DEVICE_TIMEOUT))
+	_rescan=$((_now + 1))
+	_all=$((_now + MKMA_ALL_STORAGE_AFTER))
 	while :; do
 		DEVICE=$(resolve_device "$MKMA_DEVICE" | head -n 1)
 		[ -n "$DEVICE" ] && return 0
-		[ "$(cut -d. -f1 /proc/uptime)" -ge "$_deadline" ] && return 1
+		read -r _up _idle </proc/uptime
+		_now=${_up%.*}
+		[ "$_now" -ge "$_deadline" ] && return 1
+		if [ -n "$_all" ] && [ "$_now" -ge "$_all" ]; then
+			log "$MKMA_DEVICE not found yet: loading every storage driver"
+			# shellcheck disable=SC2086 # word splitting of the module list is intended
+			load_modules $MKMA_MODULES_STORAGE
+			_all=''
+		elif [ "$_now" -ge "$_rescan" ]; then
+			load_matched_storage
+			_rescan=$((_now + 1))
+		fi
 		sleep 0.1
 	done
 }
@@ -120,7 +152,10 @@ check_space() {
 	layer_sizes "$IMAGES" $(sort_layers "$IMAGES")
 	M_KIND=$_base_kind M_ENTRIES=$_base_entries M_UNPACKED=$_base_unpacked M_DATA_BYTES=$_base_data
 	_need=$((M_UNPACKED + M_LAYERS_UNPACKED))
-	_avail_kb=$(df -k "$ROOT" | awk 'NR==2 { print $4 }')
+	# free blocks and block size of the tmpfs, one process
+	# shellcheck disable=SC2046 # two numbers
+	set -- $(stat -f -c '%a %S' "$ROOT")
+	_avail_kb=$(($1 * ($2 / 1024)))
 	_need_kb=$((_need / 1024))
 	debug "space: need ${_need_kb} KiB, tmpfs has ${_avail_kb} KiB"
 	if [ "$_need_kb" -gt "$_avail_kb" ]; then
@@ -143,15 +178,21 @@ unpack_all() {
 		return 1
 	fi
 	check_space || return 1
-	_t0=$(uptime_now)
+	uptime_cs
+	_t0=$UPTIME_CS
 	phase unpack-base "$((M_DATA_BYTES / 1048576)) MiB compressed, $((M_UNPACKED / 1048576)) MiB unpacked, $M_ENTRIES entries"
 	if ! unpack_base "$IMAGES/base.cpio.zst" "$ROOT/base"; then
 		fatal "base image $IMAGES/base.cpio.zst could not be unpacked: $M_ERROR" \
 			"out of memory? (see above); otherwise the image is damaged: rebuild or copy it again"
 		return 1
 	fi
-	_t1=$(uptime_now)
-	phase base-unpacked "in $(awk "BEGIN { printf \"%.2f\", $_t1 - $_t0 }") s, $(awk "BEGIN { d = $_t1 - $_t0; if (d <= 0) d = 0.01; printf \"%.1f\", $M_UNPACKED / 1048576 / d }") MB/s"
+	uptime_cs
+	_d=$((UPTIME_CS - _t0))
+	[ "$_d" -gt 0 ] || _d=1
+	centi "$_d"
+	# MB/s with one decimal, in integer arithmetic (no awk process at boot)
+	_rate=$((M_UNPACKED * 1000 / _d / 1048576))
+	phase base-unpacked "in $CENTI s, $((_rate / 10)).$((_rate % 10)) MB/s"
 	apply_layers "$IMAGES" "$ROOT/base" "$ROOT/stage"
 	phase layers-done "$M_APPLIED applied, $M_SKIPPED skipped"
 }
@@ -178,9 +219,8 @@ boot() {
 	mount_pseudo
 	parse_cmdline
 	phase start "mkma init"
-	# shellcheck disable=SC2086 # word splitting of the module list is intended
-	load_modules $MKMA_MODULES_STORAGE
-	phase modules-loaded
+	load_matched_storage
+	phase modules-loaded "for the devices found:${MKMA_MATCHED:- none}"
 	until mount_storage; do :; done
 	until unpack_all; do umount "$ROOT" 2>/dev/null; done
 	until mount_root; do :; done

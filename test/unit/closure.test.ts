@@ -8,8 +8,10 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import {
   decompressModule, ElfError, libraryClosure, MissingLibraryError, moduleClosure, moduleName, parseBuiltin,
-  parseModulesAlias, parseModulesDep, parseSoftdep, readElfInfo, resolveInRoot,
+  parseDeviceAliases, parseModulesAlias, parseModulesDep, parseSoftdep, readElfInfo, resolveInRoot,
 } from '../../builder/closure.js';
+import { planModules } from '../../builder/initramfs.js';
+import { generateInit } from '../../init/generate.js';
 
 let tmp: string;
 beforeAll(() => {
@@ -338,6 +340,9 @@ alias crc32c crc32c_generic
 alias crypto-crc32c crc32c_intel
 alias crc32c crc32c_intel
 alias pci:v00001AF4d00001001sv*sd*bc*sc*i* virtio_blk
+alias virtio:d00000002v* virtio_blk
+alias fs-ext4 ext4
+alias acpi*:PNP0A03:* dm_mod
 `;
 
 describe('module index parsers', () => {
@@ -358,10 +363,17 @@ describe('module index parsers', () => {
     expect(['a/dm-mod.ko.gz', 'x.ko.zst', 'y.ko.xz', 'z.ko', 'crc32c-intel'].map(moduleName)).toEqual(['dm_mod', 'x', 'y', 'z', 'crc32c_intel']);
   });
 
+  test('parseDeviceAliases keeps the device globs of the modules asked for', () => {
+    expect([...parseDeviceAliases(MODULES_ALIAS, new Set(['virtio_blk', 'ext4']))]).toEqual([
+      ['virtio_blk', ['pci:v00001AF4d00001001sv*sd*bc*sc*i*', 'virtio:d00000002v*']],
+    ]);
+  });
+
   test('parseModulesAlias keeps exact aliases only', () => {
     expect([...parseModulesAlias(MODULES_ALIAS)]).toEqual([
       ['crypto_crc32c', ['crc32c_generic', 'crc32c_intel']],
       ['crc32c', ['crc32c_generic', 'crc32c_intel']],
+      ['fs_ext4', ['ext4']],
     ]);
   });
 });
@@ -456,5 +468,44 @@ describe('decompressModule', () => {
     const dest = join(dir, 'out/bad.ko');
     await expect(decompressModule(join(dir, 'bad.ko.xz'), dest)).rejects.toThrow(/xz -dc .*bad\.ko\.xz failed/);
     expect(existsSync(dest)).toBe(false);
+  });
+});
+
+describe('storage drivers by hardware (init: match_storage)', () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = join(tmp, 'modules/6.12.0-match');
+    put(dir, 'modules.dep', MODULES_DEP);
+    put(dir, 'modules.softdep', MODULES_SOFTDEP);
+    put(dir, 'modules.builtin', MODULES_BUILTIN);
+    put(dir, 'modules.alias', MODULES_ALIAS);
+  });
+
+  test('planModules: each storage module with device aliases, with its dependencies first', () => {
+    const plan = planModules({ version: '6.12.0-match', image: '/nonexistent', modulesDir: dir },
+      { storage: ['virtio_blk', 'dm-mod'], filesystems: { ext4: ['ext4'] }, overlay: ['overlay'] }, []);
+    expect(plan.groups.storageByDevice).toEqual([
+      { patterns: ['pci:v00001AF4d00001001sv*sd*bc*sc*i*', 'virtio:d00000002v*'], load: ['virtio', 'virtio_ring', 'virtio_blk', 'rng_core', 'virtio_rng'] },
+    ]);
+  });
+
+  test('the generated match_storage picks the drivers of the devices given, under busybox', () => {
+    const init = generateInit({
+      modules: {
+        storage: ['virtio_blk', 'nvme'], filesystems: {}, overlay: [],
+        storageByDevice: [
+          { patterns: ['virtio:d00000002v*'], load: ['virtio_blk'] },
+          { patterns: ['pci:v*d*sv*sd*bc01sc08i02*', 'odd:a b(c)|*'], load: ['nvme_core', 'nvme'] },
+        ],
+      },
+      defaultRamSize: '50%', deviceTimeoutSec: 30, version: 't',
+    });
+    const fn = /^match_storage\(\) \{\n[\s\S]*?\n\}$/m.exec(init)![0];
+    const run = (...aliases: string[]) => execFileSync('busybox', ['sh', '-c',
+      `${fn}\nMKMA_MATCHED=''\nfor a in "$@"; do match_storage "$a"; done\necho "[$MKMA_MATCHED]"`, 'sh', ...aliases], { encoding: 'utf8' }).trim();
+    expect(run('virtio:d00000002v00001AF4')).toBe('[ virtio_blk]');
+    expect(run('pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01', 'virtio:d00000001v00001AF4')).toBe('[]');
+    expect(run('pci:v0000144Dd0000A808sv0000144Dsd0000A801bc01sc08i02', 'virtio:d00000002v00001AF4')).toBe('[ nvme_core nvme virtio_blk]');
+    expect(run('odd:a b(c)|x')).toBe('[ nvme_core nvme]');
   });
 });
