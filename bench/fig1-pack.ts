@@ -6,7 +6,9 @@
 // xattrs, sorted deterministic order) must cost neither time (≤ 1.0×) nor size (≤ 1.02×).
 // Both write into a tmpfs, so the disk (and mkma's fsync) is not what is measured.
 // Memory: the packing Node process's peak RSS (VmHWM, in a child of its own) on the tree and
-// on twice the tree: streaming must keep it ≤ 256 MB and flat (2× tree ≤ 1.1× memory).
+// on twice the tree: streaming must keep it ≤ 256 MB and flat (2× tree ≤ 1.1× memory). The
+// child runs with the V8 flags of bin/mkma.js, as `mkma build` and `mkma persist` do.
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { baseExclude } from '../builder/base.js';
 import { packTree } from '../format/pack.js';
@@ -14,7 +16,7 @@ import type { Figure } from './figure.js';
 import type { Inputs } from './inputs.js';
 import { ratioRow, type Row } from './report.js';
 import { interleave, median, values, type Sample } from './stats.js';
-import { bashTimed, fileSize, fmtMs, HarnessError, mountTmpfs, REPO, rmrf, runTimed, shQuote } from './util.js';
+import { bashTimed, fileSize, fmtMs, HarnessError, MKMA_BIN, mountTmpfs, REPO, rmrf, runTimed, shQuote } from './util.js';
 
 interface ChildResult {
   ms: number;
@@ -23,8 +25,16 @@ interface ChildResult {
   fileBytes: number;
 }
 
+/** The V8 flags of the `mkma` command (bin/mkma.js's `#!/usr/bin/env -S node FLAGS` line). */
+export function cliNodeFlags(): string[] {
+  const shebang = fs.readFileSync(MKMA_BIN, 'utf8').split('\n')[0];
+  const m = /^#!\/usr\/bin\/env -S node(.*)$/.exec(shebang);
+  return m ? m[1].trim().split(/\s+/).filter(Boolean) : [];
+}
+
 async function packInChild(root: string, out: string): Promise<ChildResult> {
-  const r = await runTimed('node', [path.join(REPO, 'dist', 'bench', 'pack-child.js'), root, out]);
+  // run as the CLI runs (same V8 flags), alone in its process
+  const r = await runTimed('node', [...cliNodeFlags(), path.join(REPO, 'dist', 'bench', 'pack-child.js'), root, out]);
   rmrf(out);
   const line = r.stdout.trim().split('\n').pop() ?? '';
   try {

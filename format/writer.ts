@@ -4,6 +4,7 @@
 // and only then renamed to its final name (then the directory is fsynced too).
 import { createHash, type Hash } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { encodeManifestFrame, type ImageKind, type Manifest, type XattrRecord } from './manifest.js';
 import { dataPadding, encodeHeader, trailer, type NewcHeader } from './newc.js';
@@ -30,6 +31,8 @@ export interface WriterOptions {
   manifest?: boolean;
   /** zstd threads per shard (default 1: parallelism comes from `jobs` shards at once) */
   threads?: number;
+  /** where compressed shards wait for their turn (unlinked files; default os.tmpdir()) */
+  spoolDir?: string;
 }
 
 export interface WriterProgress {
@@ -48,7 +51,6 @@ export interface WriterResult {
 export type EntryHeader = Omit<NewcHeader, 'devMajor' | 'devMinor'>;
 
 export const DEFAULT_SHARD_BYTES = 32 << 20;
-const READ_CHUNK = 1 << 20;
 const BATCH_BYTES = 1 << 20;
 
 export class ArchiveWriter {
@@ -68,8 +70,14 @@ export class ArchiveWriter {
   private readonly deleted: string[] = [];
   private holdShard = false;
   private closed = false;
-  private batch = Buffer.allocUnsafe(BATCH_BYTES);
+  // Two batch buffers: one is filled (file reads) while the other drains into zstd's pipe.
+  // Reused, not reallocated: a fresh 1 MiB buffer per batch made garbage that grew the
+  // process with the tree (figure 1's 2x-tree memory check).
+  private batch: Buffer = Buffer.allocUnsafe(BATCH_BYTES);
   private batchLen = 0;
+  private readonly freeBatches: Buffer[] = [Buffer.allocUnsafe(BATCH_BYTES)];
+  private pendingWrite: Promise<void> | null = null;
+  private readonly copyBuf = Buffer.allocUnsafe(BATCH_BYTES);
 
   constructor(readonly finalPath: string, private readonly opts: WriterOptions) {
     const dir = path.dirname(finalPath);
@@ -174,12 +182,20 @@ export class ArchiveWriter {
 
   private async flushBatch(): Promise<void> {
     if (!this.batchLen) return;
-    if (!this.current) this.current = new ShardCompressor(this.opts.level, this.opts.threads ?? 1);
-    const out = this.batch.subarray(0, this.batchLen);
-    // the pipe may still hold `out` after write() returns: never reuse it
-    this.batch = Buffer.allocUnsafe(BATCH_BYTES);
+    if (!this.current) this.current = new ShardCompressor(this.opts.level, this.opts.threads ?? 1, this.opts.spoolDir ?? os.tmpdir());
+    const full = this.batch;
+    const out = full.subarray(0, this.batchLen);
+    // the previous batch must be out of the pipe before its buffer is filled again
+    await this.settleWrite();
+    this.pendingWrite = this.current.write(out).then(() => void this.freeBatches.push(full));
+    this.batch = this.freeBatches.pop()!;
     this.batchLen = 0;
-    await this.current.write(out);
+  }
+
+  private async settleWrite(): Promise<void> {
+    const w = this.pendingWrite;
+    this.pendingWrite = null;
+    if (w) await w;
   }
 
   private async maybeCutShard(): Promise<void> {
@@ -190,6 +206,7 @@ export class ArchiveWriter {
 
   private async closeShard(): Promise<void> {
     await this.flushBatch();
+    await this.settleWrite();
     if (!this.current) return;
     const c = this.current;
     c.end();
@@ -202,10 +219,22 @@ export class ArchiveWriter {
 
   private async flushOldest(): Promise<void> {
     const { c } = this.inflight.shift()!;
-    const frame = await c.result();
-    this.shards.push({ offset: this.dataBytes, length: frame.length });
-    this.writeOut(frame);
-    this.dataBytes += frame.length;
+    const { fd, length } = await c.result();
+    this.shards.push({ offset: this.dataBytes, length });
+    // the frame from its spool file into the image, hashed on the way (DATA's sha256)
+    try {
+      for (let pos = 0; pos < length;) {
+        const n = fs.readSync(fd, this.copyBuf, 0, Math.min(this.copyBuf.length, length - pos), pos);
+        if (n === 0) throw new Error('a compressed shard was cut short in its spool file');
+        const chunk = this.copyBuf.subarray(0, n);
+        this.hash.update(chunk);
+        this.writeOut(chunk);
+        pos += n;
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+    this.dataBytes += length;
     this.opts.onProgress?.({ entries: this.entries, bytesIn: this.cpioBytes, bytesOut: this.dataBytes });
   }
 
@@ -219,8 +248,7 @@ export class ArchiveWriter {
     await this.push(trailer());
     await this.closeShard();
     while (this.inflight.length) await this.flushOldest();
-    // The hash covers DATA only; hash it from the file we wrote (cheap: page cache).
-    this.hashData();
+    // (the hash covers DATA only: the frames, hashed as they were written)
     const manifest: Manifest = {
       kind: this.opts.kind,
       created: (this.opts.created ?? new Date()).toISOString().replace(/\.\d+Z$/, 'Z'),
@@ -243,17 +271,6 @@ export class ArchiveWriter {
     fs.renameSync(this.tmpPath, this.finalPath);
     fsyncDir(path.dirname(this.finalPath));
     return { path: this.finalPath, manifest, fileBytes: this.dataBytes + frame.length, cpioBytes: this.cpioBytes };
-  }
-
-  private hashData(): void {
-    const buf = Buffer.allocUnsafe(READ_CHUNK);
-    let pos = 0;
-    while (pos < this.dataBytes) {
-      const n = fs.readSync(this.fd, buf, 0, Math.min(READ_CHUNK, this.dataBytes - pos), pos);
-      if (n === 0) break;
-      this.hash.update(buf.subarray(0, n));
-      pos += n;
-    }
   }
 
   /** Removes the temporary file; the final name is never touched. */
