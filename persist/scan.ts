@@ -336,18 +336,45 @@ function readFully(fd: number, buf: Buffer, want: number, pos: number): number {
  * looks up only what is not here.
  */
 interface Below {
-  /** looked[i]: st[i] holds the lstat of the lower path (undefined: nothing there) */
+  /** looked[i]: the lower path was looked up; present[i]: something is there (its stat below) */
   looked: Uint8Array;
-  st: Array<fs.Stats | undefined>;
+  present: Uint8Array;
+  mode: Uint32Array;
+  uid: Uint32Array;
+  gid: Uint32Array;
+  size: Float64Array;
+  mtimeMs: Float64Array;
+  rdev: Float64Array;
   /** SAME / DIFFERENT for a compared file, 0 when not compared */
   same: Uint8Array;
 }
 const SAME = 1;
 const DIFFERENT = 2;
+const S_IFDIR = 0o040000;
+const S_IFREG = 0o100000;
+
+/** What the classification reads of a lower path's lstat (columns in Below: 100k fs.Stats kept alive cost GC time). */
+interface LowerStat {
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  mtimeMs: number;
+  rdev: number;
+}
+
+function lowerStatAt(b: Below, i: number): LowerStat | undefined {
+  if (!b.present[i]) return undefined;
+  return { mode: b.mode[i], uid: b.uid[i], gid: b.gid[i], size: b.size[i], mtimeMs: b.mtimeMs[i], rdev: b.rdev[i] };
+}
 
 function lookBelow(w: Walk, order: Int32Array, parent: Int32Array, dev: number, upperB: Buffer, lowerRoot: Buffer): Below {
   const n = w.rel.length;
-  const below: Below = { looked: new Uint8Array(n), st: new Array<fs.Stats | undefined>(n), same: new Uint8Array(n) };
+  const b: Below = {
+    looked: new Uint8Array(n), present: new Uint8Array(n), mode: new Uint32Array(n), uid: new Uint32Array(n),
+    gid: new Uint32Array(n), size: new Float64Array(n), mtimeMs: new Float64Array(n), rdev: new Float64Array(n),
+    same: new Uint8Array(n),
+  };
   const dirInBoth = new Uint8Array(n);
   for (let k = 0; k < order.length; k++) {
     const i = order[k];
@@ -356,20 +383,26 @@ function lookBelow(w: Walk, order: Int32Array, parent: Int32Array, dev: number, 
     const relB = Buffer.from(w.rel[i], 'latin1');
     const lowerAbs = Buffer.concat([lowerRoot, SLASH, relB]);
     const lst = lstatQuiet(lowerAbs);
-    below.looked[i] = 1;
-    below.st[i] = lst;
+    b.looked[i] = 1;
     if (!lst) continue;
+    b.present[i] = 1;
+    b.mode[i] = lst.mode;
+    b.uid[i] = lst.uid;
+    b.gid[i] = lst.gid;
+    b.size[i] = lst.size;
+    b.mtimeMs[i] = lst.mtimeMs;
+    b.rdev[i] = lst.rdev;
     const type = w.type[i];
+    const ifmt = lst.mode & S_IFMT;
     if (type === 'dir') {
-      if (lst.isDirectory()) dirInBoth[i] = 1;
-    } else if (type === 'file' && lst.isFile() && lst.size === w.size[i] && w.size[i] <= COMPARE_MAX_BYTES) {
-      below.same[i] = sameContent(Buffer.concat([upperB, SLASH, relB]), lowerAbs, w.size[i]) ? SAME : DIFFERENT;
+      if (ifmt === S_IFDIR) dirInBoth[i] = 1;
+    } else if (type === 'file' && ifmt === S_IFREG && lst.size === w.size[i] && w.size[i] <= COMPARE_MAX_BYTES) {
+      b.same[i] = sameContent(Buffer.concat([upperB, SLASH, relB]), lowerAbs, w.size[i]) ? SAME : DIFFERENT;
     }
   }
-  return below;
+  return b;
 }
 
-const NO_BYTES = Buffer.alloc(0);
 /** Shared by the many entries without xattrs or hardlinks (frozen: 100k empty arrays cost GC time). */
 const NONE = Object.freeze([]) as unknown as Array<[string, string]>;
 
@@ -441,9 +474,12 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
   const groups = new Map<string, number[]>();
   let bytes = 0;
   /** what the lower tree has at a path whose parent is visible there (for whiteouts and opaque dirs) */
-  const lowerTypeAt = (i: number, p: number, relB: Buffer): EntryType | undefined => {
+  // (paths as bytes only when a lookup is not in `below` already: most are)
+  const lowerAbsOf = (path: string) => Buffer.concat([lowerRoot!, SLASH, Buffer.from(path, 'latin1')]);
+  const upperAbsOf = (path: string) => Buffer.concat([upperB, SLASH, Buffer.from(path, 'latin1')]);
+  const lowerTypeAt = (i: number, p: number, path: string): EntryType | undefined => {
     if (!lowerRoot || !(p < 0 || lowerDir[p] === 1)) return undefined;
-    const lst = below?.looked[i] ? below.st[i] : lstatQuiet(Buffer.concat([lowerRoot, SLASH, relB]));
+    const lst = below?.looked[i] ? lowerStatAt(below, i) : lstatQuiet(lowerAbsOf(path));
     return lst ? TYPE_BY_IFMT[lst.mode & S_IFMT] : undefined;
   };
 
@@ -468,17 +504,15 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
     let entryType: EntryType = type;
     let size = type === 'file' || type === 'symlink' ? w.size[i] : 0;
     const target = type === 'symlink' ? (w.target.get(i) ?? '') : undefined;
-    let relB: Buffer = NO_BYTES;
-    if (type === 'char' || type === 'block' || (p < 0 ? lowerRoot !== null : lowerDir[p] === 1)) relB = Buffer.from(path, 'latin1');
     // find cannot print st_rdev: devices (whiteouts, mostly) are looked at here
-    const rdev = type === 'char' || type === 'block' ? (lstatQuiet(Buffer.concat([upperB, SLASH, relB]))?.rdev ?? -1) : -1;
+    const rdev = type === 'char' || type === 'block' ? (lstatQuiet(upperAbsOf(path))?.rdev ?? -1) : -1;
 
     let lowerType: EntryType | undefined;
     if ((type === 'char' && rdev === 0) || (type === 'file' && w.size[i] === 0 && ov?.has('whiteout'))) {
       kind = 'deleted';
       entryType = 'whiteout';
       size = 0;
-      lowerType = lowerTypeAt(i, p, relB);
+      lowerType = lowerTypeAt(i, p, path);
     } else if (ov && (ov.has('redirect') || ov.has('metacopy'))) {
       const which = ov.has('redirect') ? 'redirect' : 'metacopy';
       skipped.push({
@@ -496,15 +530,15 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
     } else if (type === 'dir' && ov?.has('opaque') && decodeXattrValue(ov.get('opaque')!).toString('latin1') === 'y') {
       // ("x" means "holds xattr whiteouts", not opaque)
       kind = 'replaced';
-      lowerType = lowerTypeAt(i, p, relB);
+      lowerType = lowerTypeAt(i, p, path);
     } else {
       const parentLowerVisible = p < 0 ? lowerRoot !== null : lowerDir[p] === 1;
-      const lowerAbs = parentLowerVisible && lowerRoot ? Buffer.concat([lowerRoot, SLASH, relB]) : null;
-      const lst = !lowerAbs ? undefined : below?.looked[i] ? below.st[i] : lstatQuiet(lowerAbs);
+      const lst: LowerStat | undefined =
+        !parentLowerVisible || !lowerRoot ? undefined : below?.looked[i] ? lowerStatAt(below, i) : lstatQuiet(lowerAbsOf(path));
       if (lst) lowerType = TYPE_BY_IFMT[lst.mode & S_IFMT];
       if (!lst) {
         kind = 'added';
-      } else if (type === 'dir' && lst.isDirectory()) {
+      } else if (type === 'dir' && (lst.mode & S_IFMT) === S_IFDIR) {
         lowerDir[i] = 1;
         // A directory copied up only to hold changes is a container; one whose owner or mode
         // changed (chmod/chown of the directory itself) is a change of its own.
@@ -516,9 +550,9 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
         if (lst.size !== w.size[i]) kind = 'modified';
         else if (w.size[i] > COMPARE_MAX_BYTES) kind = Math.floor(lst.mtimeMs / 1000) === w.mtime[i] ? 'metadata' : 'modified';
         else if (below?.same[i]) kind = below.same[i] === SAME ? 'metadata' : 'modified';
-        else kind = sameContent(Buffer.concat([upperB, SLASH, relB]), lowerAbs!, w.size[i]) ? 'metadata' : 'modified';
+        else kind = sameContent(upperAbsOf(path), lowerAbsOf(path), w.size[i]) ? 'metadata' : 'modified';
       } else if (type === 'symlink') {
-        const lt = (fs.readlinkSync(lowerAbs!, { encoding: 'buffer' }) as Buffer).toString('latin1');
+        const lt = (fs.readlinkSync(lowerAbsOf(path), { encoding: 'buffer' }) as Buffer).toString('latin1');
         kind = lt === target ? 'metadata' : 'modified';
       } else if (type === 'char' || type === 'block') {
         kind = lst.rdev === rdev ? 'metadata' : 'modified';
