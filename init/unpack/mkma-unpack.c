@@ -65,6 +65,7 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
@@ -1270,63 +1271,113 @@ static void restore_xattrs(const char *tree, const char *label)
 }
 
 /*
- * Applies one layer to TREE, all or nothing: the manifest and every removal path are
- * checked, the archive is extracted into STAGE (made empty first), and only then are the
- * removals, the merge and the xattrs done. 0 applied; 1 skipped (TREE untouched); 3 failed
- * while changing TREE (partly applied). The reason is in g_err.
+ * Layers are applied in two parts (the rules of format/manifest.ts, "Applying a layer"):
+ *  1. extract_layer, in a child process per layer: the manifest and every removal path are
+ *     checked and the archive is extracted into the layer's own staging directory. Nothing
+ *     here depends on the tree or on the other layers, so up to one child per CPU runs ahead
+ *     of the merging (20 small layers are extracted two at a time on two CPUs);
+ *  2. merge_layer, in order, in the parent: removals, the merge by rename, the xattrs.
+ * A layer whose child failed is skipped whole: the tree never saw it.
  */
-static int apply_one_layer(const char *file, const char *tree, int treefd, const char *stage, long jobs,
-			   uint64_t *entries, uint64_t *removed)
+static int extract_layer(const char *file, const char *stage, long jobs, uint64_t *entries)
 {
-	uint64_t size = 0;
-	int rc = 1;
-	*entries = *removed = 0;
-	atomic_store(&g_failed, 0);
-	g_err[0] = '\0';
-	g_destfd = -1;
-	if (map_image(file, &size) < 0) goto out;
-	if (strcmp(g_kind, "layer") != 0) {
-		fail("not a layer (kind %s)", g_kind[0] ? g_kind : "missing");
-		goto out;
-	}
-	if (each_removal(refuse_unsafe, NULL)) goto out;
+	uint64_t size = 0, bytes = 0, cpio = 0;
+	int threads;
+	if (map_image(file, &size) < 0) return -1;
+	if (strcmp(g_kind, "layer") != 0) return fail("not a layer (kind %s)", g_kind[0] ? g_kind : "missing");
+	if (each_removal(refuse_unsafe, NULL)) return -1;
 	if ((remove_tree_at(AT_FDCWD, stage) < 0 && errno != ENOENT) || mkdir(stage, 0700) < 0 ||
-	    (g_destfd = open(stage, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
-		fail("cannot make the staging directory %s: %s", stage, strerror(errno));
-		goto out;
-	}
+	    (g_destfd = open(stage, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+		return fail("cannot make the staging directory %s: %s", stage, strerror(errno));
 	struct stat stage_st; /* made empty just now; a setgid parent would make it setgid */
 	g_fresh = fstat(g_destfd, &stage_st) == 0 && !(stage_st.st_mode & S_ISGID);
-	uint64_t bytes = 0, cpio = 0;
-	int threads;
-	if (extract_image(jobs, entries, &bytes, &cpio, &threads) < 0) goto out;
-	/* from here on the tree changes */
-	rc = 3;
+	return extract_image(jobs, entries, &bytes, &cpio, &threads);
+}
+
+struct layer_job {
+	pid_t pid;
+	int msg; /* the child's report: "ENTRIES" or "!REASON", then EOF */
+	char stage[PATH_MAX];
+	char *error; /* the child could not be started */
+};
+
+static int start_layer_job(struct layer_job *j, const char *file, const char *stage, int i, long jobs)
+{
+	int p[2];
+	snprintf(j->stage, sizeof j->stage, "%s.%d", stage, i);
+	if (pipe2(p, O_CLOEXEC) < 0) return fail("pipe: %s", strerror(errno));
+	fflush(stdout);
+	j->pid = fork();
+	if (j->pid < 0) {
+		close(p[0]);
+		close(p[1]);
+		return fail("fork: %s", strerror(errno));
+	}
+	if (j->pid == 0) {
+		close(p[0]);
+		uint64_t entries = 0;
+		char out[sizeof g_err + 32];
+		int rc = extract_layer(file, j->stage, jobs, &entries);
+		int len = rc == 0 ? snprintf(out, sizeof out, "%llu", (unsigned long long)entries) : snprintf(out, sizeof out, "!%s", g_err);
+		if (write(p[1], out, (size_t)len) < 0) _exit(1);
+		_exit(rc == 0 ? 0 : 1);
+	}
+	close(p[1]);
+	j->msg = p[0];
+	return 0;
+}
+
+/* Waits for the child; 0 with *entries, or -1 with the reason in g_err. */
+static int finish_layer_job(struct layer_job *j, uint64_t *entries)
+{
+	char buf[sizeof g_err + 32];
+	size_t len = 0;
+	ssize_t n;
+	while (len < sizeof buf - 1 && ((n = read(j->msg, buf + len, sizeof buf - 1 - len)) > 0 || (n < 0 && errno == EINTR)))
+		if (n > 0) len += (size_t)n;
+	buf[len] = '\0';
+	close(j->msg);
+	int st = 0;
+	while (waitpid(j->pid, &st, 0) < 0 && errno == EINTR) {}
+	atomic_store(&g_failed, 0);
+	g_err[0] = '\0';
+	if (WIFEXITED(st) && WEXITSTATUS(st) == 0 && len && buf[0] != '!') {
+		*entries = strtoull(buf, NULL, 10);
+		return 0;
+	}
+	if (len && buf[0] == '!') return fail("%s", buf + 1);
+	if (WIFSIGNALED(st)) return fail("extracting it was killed by signal %d", WTERMSIG(st));
+	return fail("extracting it failed (exit status %d)", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+}
+
+/* Part 2 for an extracted layer: 0 applied, 3 failed while changing the tree. */
+static int merge_layer(const char *file, const char *tree, int treefd, const char *stage, uint64_t *removed)
+{
+	uint64_t size = 0;
+	int rc = 3;
+	/* the manifest again, here: its removal lines and xattrs (the child checked them) */
+	if (map_image(file, &size) < 0) goto out;
+	int sfd = open(stage, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (sfd < 0) {
+		fail("cannot open the staging directory %s: %s", stage, strerror(errno));
+		goto out;
+	}
 	struct removal rm = { treefd, 0 };
-	if (each_removal(remove_path, &rm) || merge_dir(g_destfd, treefd, "")) goto out;
+	int bad = each_removal(remove_path, &rm) || merge_dir(sfd, treefd, "");
+	close(sfd);
+	if (bad) goto out;
 	*removed = rm.removed;
 	const char *slash = strrchr(file, '/');
 	restore_xattrs(tree, slash ? slash + 1 : file);
 	rc = 0;
 out:
-	if (g_destfd >= 0) close(g_destfd);
-	g_destfd = -1;
-	if (rc != 1 || g_map) {
-		/* the stage goes in every case (empty after a merge); failing to remove it only
-		 * matters when all went well */
-		if (rmdir(stage) < 0 && errno != ENOENT && remove_tree_at(AT_FDCWD, stage) < 0 && errno != ENOENT && rc == 0) {
-			fail("cannot remove the staging directory %s: %s", stage, strerror(errno));
-			rc = 3;
-		}
-	}
 	unmap_image(size);
 	return rc;
 }
 
 /*
- * -l TREE STAGE LAYER...: the layers in the order given, in one process (the per-layer cost
- * is what matters for a machine persisted many times). One line per layer on stdout, after
- * any "warn NAME text" lines of that layer:
+ * -l TREE STAGE LAYER...: the layers in the order given (staging directories STAGE.0, STAGE.1,
+ * …). One line per layer on stdout, in order, after any "warn NAME text" lines of that layer:
  *   ok NAME ENTRIES REMOVED | skip NAME REASON | partial NAME REASON
  * NAME is the file's base name. Exit 0 all applied, 1 some skipped, 3 some partly applied.
  */
@@ -1337,17 +1388,49 @@ static int apply_layers_main(const char *tree, const char *stage, char **files, 
 		fprintf(stderr, "mkma-unpack: cannot open the tree %s: %s\n", tree, strerror(errno));
 		return 2;
 	}
-	int status = 0;
+	struct layer_job *js = calloc((size_t)(n ? n : 1), sizeof *js);
+	if (!js) {
+		fprintf(stderr, "mkma-unpack: out of memory\n");
+		return 2;
+	}
+	long ahead = jobs ? jobs : online_cpus();
+	int started = 0, status = 0;
 	for (int i = 0; i < n; i++) {
 		const char *slash = strrchr(files[i], '/');
 		const char *label = slash ? slash + 1 : files[i];
-		uint64_t entries, removed;
-		int rc = apply_one_layer(files[i], tree, treefd, stage, jobs, &entries, &removed);
+		/* one child per CPU ahead of the merge; each extracts with one thread (layers are
+		 * small: mostly one shard) */
+		for (; started < n && started <= i + ahead - 1; started++) {
+			atomic_store(&g_failed, 0);
+			if (start_layer_job(&js[started], files[started], stage, started, 1) < 0) {
+				js[started].pid = -1;
+				js[started].error = strdup(g_err);
+			}
+		}
+		uint64_t entries = 0, removed = 0;
+		int rc;
+		if (js[i].pid < 0) {
+			atomic_store(&g_failed, 0);
+			fail("%s", js[i].error ? js[i].error : "out of memory");
+			free(js[i].error);
+			rc = 1;
+		} else {
+			rc = finish_layer_job(&js[i], &entries) == 0 ? merge_layer(files[i], tree, treefd, js[i].stage, &removed) : 1;
+			/* the stage goes in every case (empty after a merge); failing to remove it
+			 * only matters when all went well */
+			if (rmdir(js[i].stage) < 0 && errno != ENOENT && remove_tree_at(AT_FDCWD, js[i].stage) < 0 && errno != ENOENT &&
+			    rc == 0) {
+				atomic_store(&g_failed, 0);
+				fail("cannot remove the staging directory %s: %s", js[i].stage, strerror(errno));
+				rc = 3;
+			}
+		}
 		if (rc == 0) printf("ok %s %llu %llu\n", label, (unsigned long long)entries, (unsigned long long)removed);
 		else printf("%s %s %s\n", rc == 3 ? "partial" : "skip", label, g_err);
 		if (rc > status) status = rc;
 		fflush(stdout);
 	}
+	free(js);
 	close(treefd);
 	return status;
 }
