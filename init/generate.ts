@@ -107,18 +107,27 @@ export function generateApplyScript(): string {
     template('lib.sh'),
     template('layer.sh'),
     `
-# usage: mkma-apply IMAGES_DIR TREE   (TREE must be empty; a staging dir is made beside it)
+# usage: mkma-apply [--layers-only] IMAGES_DIR TREE
+#   TREE must be empty (a staging dir is made beside it); --layers-only: TREE already holds
+#   the base, only the layers are applied (the benchmark times the layer part this way)
 set -u
 MKMA_NO_KMSG=1
+LAYERS_ONLY=
+if [ "$1" = --layers-only ]; then
+	LAYERS_ONLY=1
+	shift
+fi
 IMAGES=$1
 TREE=$2
 MKMA_TMP=$(mktemp -d)
 trap 'rm -rf "$MKMA_TMP"' EXIT
-if ! unpack_base "$IMAGES/base.cpio.zst" "$TREE"; then
-	log "FATAL base: $M_ERROR"
-	exit 2
+if [ -z "$LAYERS_ONLY" ]; then
+	if ! unpack_base "$IMAGES/base.cpio.zst" "$TREE"; then
+		log "FATAL base: $M_ERROR"
+		exit 2
+	fi
+	phase base-unpacked "$M_ENTRIES entries"
 fi
-phase base-unpacked "$M_ENTRIES entries"
 apply_layers "$IMAGES" "$TREE" "$TREE.stage"
 [ "$M_SKIPPED" -eq 0 ] || exit 3
 exit 0

@@ -1116,6 +1116,7 @@ static int merge_dir(int sfd, int tfd, const char *where)
 			off += e->d_reclen;
 			const char *name = e->d_name;
 			if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) continue;
+			/* the path, for messages and the recursion (cheap next to the syscalls) */
 			snprintf(sub, sizeof sub, "%s%s%s", where, *where ? "/" : "", name);
 			struct stat ts;
 			int have = fstatat(tfd, name, &ts, AT_SYMLINK_NOFOLLOW) == 0;
@@ -1133,8 +1134,10 @@ static int merge_dir(int sfd, int tfd, const char *where)
 				if (rc == 0 && fstat(s2, &ss) < 0) rc = fail("%s: stat (staged): %s", sub, strerror(errno));
 				if (rc == 0 && g_chown && (ss.st_uid != ts.st_uid || ss.st_gid != ts.st_gid) && fchown(t2, ss.st_uid, ss.st_gid) < 0)
 					rc = fail("%s: chown: %s", sub, strerror(errno));
-				/* after a chown: it may have cleared setgid */
-				if (rc == 0 && fchmod(t2, ss.st_mode & 07777) < 0) rc = fail("%s: chmod: %s", sub, strerror(errno));
+				/* after a chown (which may clear setgid); not when nothing would change (most
+				 * directories of a layer are parents of its changes, as they were) */
+				if (rc == 0 && (((ss.st_mode ^ ts.st_mode) & 07777) || (ts.st_mode & 06000)) && fchmod(t2, ss.st_mode & 07777) < 0)
+					rc = fail("%s: chmod: %s", sub, strerror(errno));
 				struct timespec times[2] = { ss.st_atim, ss.st_mtim };
 				if (rc == 0 && futimens(t2, times) < 0) rc = fail("%s: utimens: %s", sub, strerror(errno));
 				if (s2 >= 0) close(s2);
@@ -1274,8 +1277,8 @@ static void restore_xattrs(const char *tree, const char *label)
  * Layers are applied in two parts (the rules of format/manifest.ts, "Applying a layer"):
  *  1. extract_layer, in a child process per layer: the manifest and every removal path are
  *     checked and the archive is extracted into the layer's own staging directory. Nothing
- *     here depends on the tree or on the other layers, so up to one child per CPU runs ahead
- *     of the merging (20 small layers are extracted two at a time on two CPUs);
+ *     here depends on the tree or on the other layers, so up to two children per CPU run
+ *     ahead of the merging;
  *  2. merge_layer, in order, in the parent: removals, the merge by rename, the xattrs.
  * A layer whose child failed is skipped whole: the tree never saw it.
  */
@@ -1393,16 +1396,18 @@ static int apply_layers_main(const char *tree, const char *stage, char **files, 
 		fprintf(stderr, "mkma-unpack: out of memory\n");
 		return 2;
 	}
-	long ahead = jobs ? jobs : online_cpus();
+	/* children ahead of the merge: two per CPU (measured on 2 CPUs: one per CPU left the
+	 * CPUs idle while the parent merged); -j N sets it */
+	long ahead = jobs ? jobs : 2 * online_cpus();
 	int started = 0, status = 0;
 	for (int i = 0; i < n; i++) {
 		const char *slash = strrchr(files[i], '/');
 		const char *label = slash ? slash + 1 : files[i];
-		/* one child per CPU ahead of the merge; each extracts with one thread (layers are
-		 * small: mostly one shard) */
+		/* each child extracts with one thread (layers are small: mostly one shard), a
+		 * single layer with all of them */
 		for (; started < n && started <= i + ahead - 1; started++) {
 			atomic_store(&g_failed, 0);
-			if (start_layer_job(&js[started], files[started], stage, started, 1) < 0) {
+			if (start_layer_job(&js[started], files[started], stage, started, n == 1 ? 0 : 1) < 0) {
 				js[started].pid = -1;
 				js[started].error = strdup(g_err);
 			}
