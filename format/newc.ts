@@ -45,31 +45,58 @@ export class NewcRangeError extends Error {}
 const pad4 = (n: number) => (4 - (n % 4)) % 4;
 export const ZERO_PAD = Buffer.alloc(4);
 
-function hex8(field: string, value: number, name: Buffer): string {
+const HEX = Buffer.from('0123456789abcdef');
+const LABELS = ['ino', 'mode', 'uid', 'gid', 'nlink', 'mtime', 'size',
+  'devmajor', 'devminor', 'rdevmajor', 'rdevminor', 'namesize', 'check'];
+
+function checkField(i: number, value: number, name: Buffer): void {
   if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) {
     throw new NewcRangeError(
-      `cannot store ${JSON.stringify(name.toString('latin1'))} in cpio newc: ${field}=${value} ` +
+      `cannot store ${JSON.stringify(name.toString('latin1'))} in cpio newc: ${LABELS[i]}=${value} ` +
         `does not fit in 32 bits (newc holds files up to 4 GiB - 1)`,
     );
   }
-  return value.toString(16).padStart(8, '0');
 }
 
-/** Header + name + padding, ready to be followed by `size` bytes of data and dataPadding(size). */
-export function encodeHeader(h: NewcHeader): Buffer {
+/** Bytes encodeHeader writes for a name of `nameLength` bytes (header, name, NUL, padding). */
+export function headerBytes(nameLength: number): number {
+  const total = HEADER_SIZE + nameLength + 1;
+  return total + pad4(total);
+}
+
+/**
+ * Writes header + name + padding into `out` at `off` (headerBytes(name.length) bytes) and
+ * returns the offset after it: hex digits straight into the buffer, no strings (the writer
+ * encodes one per entry, 100k for a big upperdir).
+ */
+export function encodeHeaderInto(h: NewcHeader, out: Buffer, off: number): number {
   const nameSize = h.name.length + 1;
   const fields = [
     h.ino, h.mode, h.uid, h.gid, h.nlink, h.mtime, h.size,
     h.devMajor, h.devMinor, h.rdevMajor, h.rdevMinor, nameSize, 0,
   ];
-  const labels = ['ino', 'mode', 'uid', 'gid', 'nlink', 'mtime', 'size',
-    'devmajor', 'devminor', 'rdevmajor', 'rdevminor', 'namesize', 'check'];
-  let text = NEWC_MAGIC;
-  for (let i = 0; i < fields.length; i++) text += hex8(labels[i], fields[i], h.name);
-  const total = HEADER_SIZE + nameSize;
-  const out = Buffer.alloc(total + pad4(total));
-  out.write(text, 0, 'latin1');
-  h.name.copy(out, HEADER_SIZE);
+  out.write(NEWC_MAGIC, off, 'latin1');
+  let p = off + NEWC_MAGIC.length;
+  for (let i = 0; i < fields.length; i++) {
+    let v = fields[i];
+    checkField(i, v, h.name);
+    for (let k = 7; k >= 0; k--) {
+      out[p + k] = HEX[v & 15];
+      v = Math.floor(v / 16);
+    }
+    p += 8;
+  }
+  h.name.copy(out, p);
+  p += h.name.length;
+  const end = off + headerBytes(h.name.length);
+  out.fill(0, p, end);
+  return end;
+}
+
+/** Header + name + padding, ready to be followed by `size` bytes of data and dataPadding(size). */
+export function encodeHeader(h: NewcHeader): Buffer {
+  const out = Buffer.allocUnsafe(headerBytes(h.name.length));
+  encodeHeaderInto(h, out, 0);
   return out;
 }
 

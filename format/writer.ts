@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { encodeManifestFrame, type ImageKind, type Manifest, type XattrRecord } from './manifest.js';
-import { dataPadding, encodeHeader, trailer, type NewcHeader } from './newc.js';
+import { dataPadding, encodeHeader, encodeHeaderInto, headerBytes, trailer, type NewcHeader } from './newc.js';
 import { ShardCompressor } from './zstd.js';
 
 export interface WriterOptions {
@@ -156,7 +156,16 @@ export class ArchiveWriter {
 
   private async emit(h: NewcHeader, data?: Buffer): Promise<void> {
     this.entries++;
-    await this.push(encodeHeader(h));
+    const need = headerBytes(h.name.length);
+    if (need <= this.batch.length) {
+      // straight into the batch: no Buffer per header
+      if (this.batch.length - this.batchLen < need) await this.flushBatch();
+      this.batchLen = encodeHeaderInto(h, this.batch, this.batchLen);
+      this.currentBytes += need;
+      this.cpioBytes += need;
+    } else {
+      await this.push(encodeHeader(h));
+    }
     if (data && data.length) {
       await this.push(data);
       await this.push(dataPadding(data.length));

@@ -321,6 +321,10 @@ export async function writeLayer(opts: WriteLayerOptions): Promise<WriteLayerRes
       onProgress: opts.onProgress,
       onWarning: opts.onWarning,
       ...(opts.jobs ? { jobs: opts.jobs } : {}),
+      // Two zstd threads per shard: the last shard's compression is the tail of a persist,
+      // which one thread ran alone (bench figure 4, 208 MiB upperdir: 2.1-2.2 s against
+      // 2.4 s with one thread; the base pack showed no difference, it keeps one).
+      threads: 2,
     });
     const tree = treeFromScan(opts.upper, plan.write, !opts.statsFromScan, opts.onWarning);
     const byPath = new Map(plan.write.map((e) => [e.path, e]));
