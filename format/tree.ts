@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import { unescapeXattrPath, type XattrRecord } from './manifest.js';
 import { NEWC_MAX_FILE_SIZE, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK } from './newc.js';
-import type { ArchiveWriter, EntryHeader } from './writer.js';
+import { VanishedError, type ArchiveWriter, type EntryHeader } from './writer.js';
 import { writeWithBackpressure } from './zstd.js';
 
 export interface TreeEntry {
@@ -113,6 +113,8 @@ export async function packEntries(
   entries: Iterable<TreeEntry>,
   hardlinks: HardlinkGroups,
   onEntry?: (e: TreeEntry) => void,
+  /** a regular file vanished since it was listed: skipped (without this: an error) */
+  onVanished?: (e: TreeEntry) => void,
 ): Promise<PackStats> {
   const stats: PackStats = { entries: 0, files: 0, bytes: 0, skippedSockets: [] };
   const done = new Set<string>();
@@ -161,7 +163,14 @@ export async function packEntries(
     stats.entries++;
     if (type === S_IFREG) {
       checkSize(rel, e.st.size);
-      await writer.addFile({ ...base, size: e.st.size }, e.abs);
+      try {
+        await writer.addFile({ ...base, size: e.st.size }, e.abs);
+      } catch (err) {
+        if (!(err instanceof VanishedError) || !onVanished) throw err;
+        stats.entries--;
+        onVanished(e);
+        continue;
+      }
       stats.files++;
       stats.bytes += e.st.size;
     } else if (type === S_IFLNK) {

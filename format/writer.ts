@@ -48,6 +48,9 @@ export interface WriterResult {
   cpioBytes: number;
 }
 
+/** addFile: the file is gone (a live tree); nothing of it was written. */
+export class VanishedError extends Error {}
+
 export type EntryHeader = Omit<NewcHeader, 'devMajor' | 'devMinor'>;
 
 export const DEFAULT_SHARD_BYTES = 32 << 20;
@@ -119,9 +122,16 @@ export class ArchiveWriter {
 
   /** An entry whose data is read from a file, in chunks, exactly h.size bytes. */
   async addFile(h: EntryHeader, source: string | Buffer): Promise<void> {
-    await this.emit({ ...h, devMajor: 0, devMinor: 0 });
-    const fd = fs.openSync(source, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    // opened before anything is written: a file gone since it was listed is skipped whole
+    let fd: number;
     try {
+      fd = fs.openSync(source, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new VanishedError(`${String(source)} vanished`);
+      throw e;
+    }
+    try {
+      await this.emit({ ...h, devMajor: 0, devMinor: 0 });
       let left = h.size;
       while (left > 0) {
         // Read straight into the batch buffer: no intermediate copy of file data.

@@ -268,8 +268,11 @@ export function treeFromScan(upper: string, write: ChangeEntry[], fresh: boolean
       if (real.isSocket()) continue;
       st = real;
     } else {
-      // (existsSync follows symlinks: a symlink's own existence takes an lstat)
-      if (e.type === 'symlink' ? !fs.lstatSync(abs, { throwIfNoEntry: false }) : !fs.existsSync(abs)) {
+      // (existsSync follows symlinks: a symlink's own existence takes an lstat). A plain
+      // regular file is not checked here: the writer opens it before writing anything and
+      // skips it when it is gone (packEntries' onVanished), one stat per file less.
+      const plainFile = e.type === 'file' && !e.hardlinks.length;
+      if (!plainFile && (e.type === 'symlink' ? !fs.lstatSync(abs, { throwIfNoEntry: false }) : !fs.existsSync(abs))) {
         onWarning?.(`/${e.path} vanished since the scan; not saved`);
         continue;
       }
@@ -331,7 +334,7 @@ export async function writeLayer(opts: WriteLayerOptions): Promise<WriteLayerRes
     const signal = opts.signal;
     const stats = await packEntries(writer, tree, collectHardlinks(tree), () => {
       if (signal?.aborted) throw new Error('interrupted');
-    });
+    }, (e) => opts.onWarning?.(`/${e.rel.toString('latin1')} vanished since the scan; not saved`));
     void stats;
     for (const t of tree) {
       const p = t.rel.toString('latin1');

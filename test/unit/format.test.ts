@@ -17,7 +17,8 @@ import {
 } from '../../format/newc.js';
 import { packTree } from '../../format/pack.js';
 import { readManifest } from '../../format/reader.js';
-import { FileTooLargeError } from '../../format/tree.js';
+import { collectHardlinks, FileTooLargeError, packEntries, walkTree } from '../../format/tree.js';
+import { ArchiveWriter, VanishedError } from '../../format/writer.js';
 import {
   BUSYBOX, layerFunctions, makeBusyboxBin, mkdir, mkfile, mkhardlink, mknode, mksymlink, noise,
 } from '../fixtures/layers.js';
@@ -498,5 +499,38 @@ describe('layer order', () => {
     const r = bbsh('sort_layers "$1"', [dir]);
     expect(r.status).toBe(0);
     expect(r.stdout.toString('latin1').split('\n').filter(Boolean)).toEqual(expected);
+  });
+});
+
+describe('a live tree: a file gone between listing and packing', () => {
+  async function packListed(onVanished?: (rel: string) => void) {
+    const src = fs.mkdtempSync(path.join(TMP, 'live-'));
+    mkfile(src, 'a', 'a\n');
+    mkfile(src, 'gone', 'gone\n');
+    mkfile(src, 'z', 'z\n');
+    const entries = [...walkTree(src)];
+    fs.rmSync(path.join(src, 'gone'));
+    const out = path.join(TMP, `live-${path.basename(src)}.cpio.zst`);
+    const w = new ArchiveWriter(out, { kind: 'layer', level: 3 });
+    try {
+      const stats = await packEntries(w, entries, collectHardlinks(entries), undefined, onVanished && ((e) => onVanished(e.rel.toString('latin1'))));
+      await w.finish();
+      return { stats, listing: execFileSync('bash', ['-c', `zstd -dc ${out} | cpio -t --quiet`], { encoding: 'utf8' }).trim().split('\n') };
+    } catch (e) {
+      w.abort();
+      throw e;
+    }
+  }
+
+  test('with onVanished: skipped whole (no header), reported, the rest packed', async () => {
+    const gone: string[] = [];
+    const r = await packListed((rel) => gone.push(rel));
+    expect(gone).toEqual(['gone']);
+    expect(r.listing).toEqual(['.', 'a', 'z']);
+    expect(r.stats.files).toBe(2);
+  });
+
+  test('without: an error (a base image is never packed from a changing tree)', async () => {
+    await expect(packListed()).rejects.toBeInstanceOf(VanishedError);
   });
 });
