@@ -55,11 +55,12 @@ export function casePattern(glob: string): string {
 
 /**
  * match_storage MODALIAS: adds the storage drivers for one device (sysfs modalias) to
- * MKMA_MATCHED, dependencies first. A variable, not output: no subshell per device.
+ * MKMA_MATCHED as ",dep dep driver" (one load chain, dependencies first). A variable, not
+ * output: no subshell per device.
  */
 function storageMatchFunction(byDevice: Array<{ patterns: string[]; load: string[] }>): string {
   const cases = byDevice.map((d) =>
-    `\tcase $1 in\n\t${d.patterns.map(casePattern).join(' | ')}) MKMA_MATCHED="$MKMA_MATCHED ${d.load.join(' ')}" ;;\n\tesac`);
+    `\tcase $1 in\n\t${d.patterns.map(casePattern).join(' | ')}) MKMA_MATCHED="$MKMA_MATCHED,${d.load.join(' ')}" ;;\n\tesac`);
   return ['match_storage() {', ...cases, '\treturn 0', '}'].join('\n');
 }
 

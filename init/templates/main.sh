@@ -75,14 +75,32 @@ resolve_device() {
 # Storage drivers for the hardware that is there, as udev would pick them: every device's
 # modalias in sysfs against the storage modules' aliases (match_storage, generated from
 # modules.alias). Loading the whole storage list costs ~0.1 s per module under emulation,
-# and a machine needs one or two of them.
+# and a machine needs one or two of them. Each driver's chain (its dependencies, then it) is
+# loaded in the background, so the device holding the images is looked for at once and a
+# slow unrelated controller (AHCI next to a virtio disk) does not hold the boot up; chains
+# sharing a dependency are safe (the kernel makes a second insmod of a module wait until
+# the first is done). Chains already started are not started again.
+MKMA_STARTED=','
 load_matched_storage() {
 	MKMA_MATCHED=''
 	for _f in /sys/bus/*/devices/*/modalias; do
 		[ -r "$_f" ] && read -r _alias <"$_f" && match_storage "$_alias"
 	done
-	# shellcheck disable=SC2086 # word splitting of the module list is intended
-	load_modules $MKMA_MATCHED
+	start_chains "$MKMA_MATCHED"
+}
+
+# start_chains ",CHAIN,CHAIN…": load_modules CHAIN in the background for each chain not
+# started before (MKMA_STARTED).
+start_chains() {
+	_rest=${1#,}
+	while [ -n "$_rest" ]; do
+		_chain=${_rest%%,*}
+		case $_rest in *,*) _rest=${_rest#*,} ;; *) _rest='' ;; esac
+		case $MKMA_STARTED in *",$_chain,"*) continue ;; esac
+		MKMA_STARTED="$MKMA_STARTED$_chain,"
+		# shellcheck disable=SC2086 # word splitting of the module list is intended
+		load_modules $_chain &
+	done
 }
 
 # No udev here: devtmpfs creates the nodes; poll until the device appears or time runs out.
@@ -220,7 +238,8 @@ boot() {
 	parse_cmdline
 	phase start "mkma init"
 	load_matched_storage
-	phase modules-loaded "for the devices found:${MKMA_MATCHED:- none}"
+	_drivers=$(printf '%s' "${MKMA_STARTED#,}" | tr ',' ' ')
+	phase modules-loading "for the devices found: ${_drivers:-none}"
 	until mount_storage; do :; done
 	until unpack_all; do umount "$ROOT" 2>/dev/null; done
 	until mount_root; do :; done
@@ -228,6 +247,9 @@ boot() {
 		log "mkma_break: shell before switch_root (exit to continue)"
 		setsid cttyhack sh || sh
 	fi
+	# the background driver loads are long done (the base unpack takes seconds); waiting
+	# makes sure no insmod runs from an initramfs that switch_root is about to free
+	wait
 	phase switch-root "/sbin/init"
 	for _m in /dev /proc /sys /run; do
 		mkdir -p "$ROOT/merge$_m"

@@ -503,9 +503,26 @@ describe('storage drivers by hardware (init: match_storage)', () => {
     const fn = /^match_storage\(\) \{\n[\s\S]*?\n\}$/m.exec(init)![0];
     const run = (...aliases: string[]) => execFileSync('busybox', ['sh', '-c',
       `${fn}\nMKMA_MATCHED=''\nfor a in "$@"; do match_storage "$a"; done\necho "[$MKMA_MATCHED]"`, 'sh', ...aliases], { encoding: 'utf8' }).trim();
-    expect(run('virtio:d00000002v00001AF4')).toBe('[ virtio_blk]');
+    expect(run('virtio:d00000002v00001AF4')).toBe('[,virtio_blk]');
     expect(run('pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01', 'virtio:d00000001v00001AF4')).toBe('[]');
-    expect(run('pci:v0000144Dd0000A808sv0000144Dsd0000A801bc01sc08i02', 'virtio:d00000002v00001AF4')).toBe('[ nvme_core nvme virtio_blk]');
-    expect(run('odd:a b(c)|x')).toBe('[ nvme_core nvme]');
+    expect(run('pci:v0000144Dd0000A808sv0000144Dsd0000A801bc01sc08i02', 'virtio:d00000002v00001AF4')).toBe('[,nvme_core nvme,virtio_blk]');
+    expect(run('odd:a b(c)|x')).toBe('[,nvme_core nvme]');
+  });
+
+  test('start_chains loads each chain once, in the background, in its own order', () => {
+    const init = generateInit({ modules: { storage: [], filesystems: {}, overlay: [] }, defaultRamSize: '50%', deviceTimeoutSec: 30, version: 't' });
+    const fn = /^start_chains\(\) \{\n[\s\S]*?\n\}$/m.exec(init)![0];
+    const out = execFileSync('busybox', ['sh', '-c', [
+      // a stand-in for load_modules: one line per chain, its modules in order
+      'load_modules() { echo "$*"; }',
+      fn,
+      "MKMA_STARTED=','",
+      "start_chains ',scsi_common scsi_mod ahci,virtio_blk'",
+      "start_chains ',virtio_blk,scsi_common scsi_mod virtio_scsi'",
+      'wait',
+      'echo "started: $MKMA_STARTED"',
+    ].join('\n')], { encoding: 'utf8' }).trim().split('\n');
+    expect(out.pop()).toBe('started: ,scsi_common scsi_mod ahci,virtio_blk,scsi_common scsi_mod virtio_scsi,');
+    expect(out.sort()).toEqual(['scsi_common scsi_mod ahci', 'scsi_common scsi_mod virtio_scsi', 'virtio_blk']);
   });
 });
