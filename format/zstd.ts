@@ -1,13 +1,14 @@
-// zstd through Debian's `zstd` CLI, streamed through pipes.
+// zstd through Debian's `zstd` CLI: data in through a pipe, the frame out into a file.
 //
 // Not @mongodb-js/zstd (design card): measured here (shared/notes/libraries.md), 7.x and 2.x
 // fail to install without network access to their prebuild host, 1.2.2 ignores the level
 // argument, and every version is buffer-only: compressing a 221 MB tree in-process held
 // ~600 MB RSS, against a flat ~60 MB for the CLI stream. Node 20 has no zlib zstd. The CLI is
 // also what the initramfs decompresses with, so build and boot share one implementation.
-import { spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import type { Writable } from 'node:stream';
 
 export const ZSTD_MIN_LEVEL = 1;
 export const ZSTD_MAX_LEVEL = 22;
@@ -21,15 +22,18 @@ export function zstdLevelArgs(level: number): string[] {
 
 export class ZstdError extends Error {}
 
-/** A zstd child process; `done` resolves when it exited 0, rejects with its stderr otherwise. */
-export function spawnZstd(args: string[]): { child: ChildProcessWithoutNullStreams; done: Promise<void> } {
-  const child = spawn('zstd', ['-q', ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+/**
+ * A zstd child process reading its stdin and writing to the file descriptor `stdout`; `done`
+ * resolves when it exited 0, rejects with its stderr otherwise.
+ */
+export function spawnZstd(args: string[], stdout: number): { child: ChildProcess; stdin: Writable; done: Promise<void> } {
+  const child = spawn('zstd', ['-q', ...args], { stdio: ['pipe', stdout, 'pipe'] });
   let stderr = '';
-  child.stderr.on('data', (d: Buffer) => {
+  child.stderr!.on('data', (d: Buffer) => {
     if (stderr.length < 4096) stderr += d.toString();
   });
   // EPIPE on stdin when zstd dies early is reported through the exit status instead.
-  child.stdin.on('error', () => {});
+  child.stdin!.on('error', () => {});
   const done = new Promise<void>((resolve, reject) => {
     child.on('error', (e) => reject(new ZstdError(`cannot run zstd (apt-get install zstd): ${e.message}`)));
     child.on('close', (code, signal) => {
@@ -37,7 +41,7 @@ export function spawnZstd(args: string[]): { child: ChildProcessWithoutNullStrea
       else reject(new ZstdError(`zstd ${args.join(' ')} failed (${signal ?? `exit ${code}`}): ${stderr.trim()}`));
     });
   });
-  return { child, done };
+  return { child, stdin: child.stdin!, done };
 }
 
 /** Write to a child's stdin honouring backpressure. */
@@ -66,7 +70,7 @@ export function writeWithBackpressure(stream: NodeJS.WritableStream, chunk: Buff
  * up to ~100 MB of RSS that grew with the tree (bench figure 1).
  */
 export class ShardCompressor {
-  private readonly child: ChildProcess;
+  private readonly proc: ReturnType<typeof spawnZstd>;
   private readonly spool: number;
   private readonly finished: Promise<{ fd: number; length: number }>;
 
@@ -74,20 +78,8 @@ export class ShardCompressor {
     const spoolPath = path.join(spoolDir, `.mkma-shard-${process.pid}-${++spoolSeq}`);
     this.spool = fs.openSync(spoolPath, 'w+', 0o600);
     fs.unlinkSync(spoolPath);
-    this.child = spawn('zstd', ['-q', '-c', ...zstdLevelArgs(level), `-T${threads}`, '--no-progress'], { stdio: ['pipe', this.spool, 'pipe'] });
-    let stderr = '';
-    this.child.stderr!.on('data', (d: Buffer) => {
-      if (stderr.length < 4096) stderr += d.toString();
-    });
-    // EPIPE on stdin when zstd dies early is reported through the exit status instead.
-    this.child.stdin!.on('error', () => {});
-    this.finished = new Promise((resolve, reject) => {
-      this.child.on('error', (e) => reject(new ZstdError(`cannot run zstd (apt-get install zstd): ${e.message}`)));
-      this.child.on('close', (code, signal) => {
-        if (code === 0) resolve({ fd: this.spool, length: fs.fstatSync(this.spool).size });
-        else reject(new ZstdError(`zstd -${level} failed (${signal ?? `exit ${code}`}): ${stderr.trim()}`));
-      });
-    });
+    this.proc = spawnZstd(['-c', ...zstdLevelArgs(level), `-T${threads}`, '--no-progress'], this.spool);
+    this.finished = this.proc.done.then(() => ({ fd: this.spool, length: fs.fstatSync(this.spool).size }));
     this.finished.catch(() => {}); // reported by whoever awaits result()
   }
 
@@ -97,12 +89,12 @@ export class ShardCompressor {
    */
   write(chunk: Buffer): Promise<void> {
     return new Promise((resolve) => {
-      this.child.stdin!.write(chunk, () => resolve());
+      this.proc.stdin.write(chunk, () => resolve());
     });
   }
 
   end(): void {
-    this.child.stdin!.end();
+    this.proc.stdin.end();
   }
 
   /** The spool file (read it with positional reads, then close it) and the frame's length. */
@@ -111,7 +103,7 @@ export class ShardCompressor {
   }
 
   kill(): void {
-    this.child.kill('SIGKILL');
+    this.proc.child.kill('SIGKILL');
     try { fs.closeSync(this.spool); } catch { /* closed by the writer already */ }
   }
 }
