@@ -490,18 +490,25 @@ static int parse_hex8(const uint8_t *p, uint32_t *out)
 
 /* "./a/b" → "a/b"; "." and "./" → "." (DEST itself). NULL when the name could leave DEST:
  * absolute, or with "..", "." or empty components. */
+/* A relative path that stays inside the tree: not empty, no leading or trailing "/", no
+ * empty, "." or ".." component (layer.sh: safe_rel). */
+static int safe_rel(const char *p)
+{
+	if (!*p) return 0;
+	for (const char *c = p;;) {
+		const char *slash = strchr(c, '/');
+		size_t len = slash ? (size_t)(slash - c) : strlen(c);
+		if (len == 0 || (len == 1 && c[0] == '.') || (len == 2 && c[0] == '.' && c[1] == '.')) return 0;
+		if (!slash) return 1;
+		c = slash + 1;
+	}
+}
+
 static const char *clean_name(char *name)
 {
 	if (name[0] == '.' && name[1] == '/') name += 2;
 	if (name[0] == '\0' || strcmp(name, ".") == 0) return ".";
-	if (name[0] == '/') return NULL;
-	for (const char *c = name;;) {
-		const char *slash = strchr(c, '/');
-		size_t len = slash ? (size_t)(slash - c) : strlen(c);
-		if (len == 0 || (len == 1 && c[0] == '.') || (len == 2 && c[0] == '.' && c[1] == '.')) return NULL;
-		if (!slash) return name;
-		c = slash + 1;
-	}
+	return safe_rel(name) ? name : NULL;
 }
 
 /* Writes the entry's data (size bytes, then padding) from the stream into fd. */
@@ -681,7 +688,7 @@ static atomic_size_t g_next_shard;
 
 static int worker_setup(struct worker *w)
 {
-	if (!w->buf) w->buf = malloc(BUF_SIZE);
+	w->buf = malloc(BUF_SIZE);
 	if (!w->buf) return fail("out of memory");
 	return 0;
 }
@@ -689,7 +696,7 @@ static int worker_setup(struct worker *w)
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
-	if (!w->dctx) w->dctx = ZSTD_createDCtx();
+	w->dctx = ZSTD_createDCtx();
 	if (!w->dctx) {
 		fail("out of memory (zstd)");
 		return NULL;
@@ -947,21 +954,10 @@ static int extract_image(long jobs, uint64_t *entries, uint64_t *bytes, uint64_t
 {
 	if (jobs == 0) jobs = online_cpus();
 	int nw = (size_t)jobs < g_nshards ? (int)jobs : (int)g_nshards;
-	/* Workers (their buffer, zstd context and tables) are kept for the next image: -l applies
-	 * many small layers in one process, and a fresh zstd window per layer costs page faults. */
-	static struct worker *ws;
-	static int have;
-	if (nw > have) {
-		struct worker *v = realloc(ws, (size_t)nw * sizeof *v);
-		if (!v) return fail("out of memory");
-		memset(v + have, 0, (size_t)(nw - have) * sizeof *v);
-		ws = v;
-		have = nw;
-	}
-	for (int i = 0; i < nw; i++) {
-		ws[i].entries = ws[i].file_bytes = ws[i].cpio_bytes = 0;
-		ws[i].dirs.n = 0;
-	}
+	/* one image per process (-l extracts each layer in a child of its own): the workers'
+	 * buffers, zstd contexts and tables go with the process */
+	struct worker *ws = calloc((size_t)nw, sizeof *ws);
+	if (!ws) return fail("out of memory");
 	int started = 0;
 	for (int i = 0; i < nw; i++)
 		if (worker_setup(&ws[i]) < 0) break;
@@ -981,15 +977,19 @@ static int extract_image(long jobs, uint64_t *entries, uint64_t *bytes, uint64_t
 		*entries += ws[i].entries;
 		*bytes += ws[i].file_bytes;
 		*cpio += ws[i].cpio_bytes;
-		link_clear(&ws[i].links);
-		for (size_t j = 0; j < ws[i].dirs.n; j++) free(ws[i].dirs.v[j].path);
-		ws[i].dirs.n = 0;
 	}
 	*threads = nw;
 	return atomic_load(&g_failed) ? -1 : 0;
 }
 
 /* --- layers (format/manifest.ts, "Applying a layer"; shell: init/templates/layer.sh) ----- */
+
+/* The byte of three octal digits "ooo" (the first 0-3) at p, or -1. */
+static int octal3(const char *p)
+{
+	if (p[0] < '0' || p[0] > '3' || p[1] < '0' || p[1] > '7' || p[2] < '0' || p[2] > '7') return -1;
+	return (p[0] - '0') * 64 + (p[1] - '0') * 8 + (p[2] - '0');
+}
 
 /* An `opaque`/`delete` path as written by escapePath: `\\` is a backslash, `\0ooo` a byte. */
 static int decode_path(const char *p, size_t len, char *out, size_t cap)
@@ -1000,9 +1000,8 @@ static int decode_path(const char *p, size_t len, char *out, size_t cap)
 		if (c == '\\') {
 			if (i + 1 < len && p[i + 1] == '\\') {
 				i++;
-			} else if (i + 4 < len && p[i + 1] == '0' && p[i + 2] >= '0' && p[i + 2] <= '3' &&
-				   p[i + 3] >= '0' && p[i + 3] <= '7' && p[i + 4] >= '0' && p[i + 4] <= '7') {
-				c = (unsigned char)((p[i + 2] - '0') * 64 + (p[i + 3] - '0') * 8 + (p[i + 4] - '0'));
+			} else if (i + 4 < len && p[i + 1] == '0' && octal3(p + i + 2) >= 0) {
+				c = (unsigned char)octal3(p + i + 2);
 				i += 4;
 			} else {
 				return -1;
@@ -1013,20 +1012,6 @@ static int decode_path(const char *p, size_t len, char *out, size_t cap)
 	}
 	out[n] = '\0';
 	return 0;
-}
-
-/* A relative path that stays inside the tree: no leading or trailing "/", no empty, "." or
- * ".." component (layer.sh: safe_rel). */
-static int safe_rel(const char *p)
-{
-	if (!*p) return 0;
-	for (const char *c = p;;) {
-		const char *slash = strchr(c, '/');
-		size_t len = slash ? (size_t)(slash - c) : strlen(c);
-		if (len == 0 || (len == 1 && c[0] == '.') || (len == 2 && c[0] == '.' && c[1] == '.')) return 0;
-		if (!slash) return 1;
-		c = slash + 1;
-	}
 }
 
 /* Calls fn for each opaque/delete path of the manifest, decoded, in order; stops at the
@@ -1161,9 +1146,8 @@ static int decode_getfattr_path(const char *p, size_t len, char *out, size_t cap
 	size_t n = 0;
 	for (size_t i = 0; i < len; i++) {
 		unsigned char c = (unsigned char)p[i];
-		if (c == '\\' && i + 3 < len && p[i + 1] >= '0' && p[i + 1] <= '3' && p[i + 2] >= '0' && p[i + 2] <= '7' &&
-		    p[i + 3] >= '0' && p[i + 3] <= '7') {
-			c = (unsigned char)((p[i + 1] - '0') * 64 + (p[i + 2] - '0') * 8 + (p[i + 3] - '0'));
+		if (c == '\\' && i + 3 < len && octal3(p + i + 1) >= 0) {
+			c = (unsigned char)octal3(p + i + 1);
 			i += 3;
 		}
 		if (c == '\0' || n + 1 >= cap) return -1;
