@@ -5,6 +5,12 @@
 # busybox ash: `local` is supported and needed for the recursive merge.
 # shellcheck disable=SC3043
 
+# have_unpacker: the initramfs carries mkma-unpack (init/unpack/mkma-unpack.c) when the
+# build host could compile it; without it, busybox cpio and the shell do the work.
+have_unpacker() {
+	command -v mkma-unpack >/dev/null 2>&1
+}
+
 is_number() {
 	case $1 in
 	'' | *[!0-9]*) return 1 ;;
@@ -16,7 +22,7 @@ is_number() {
 # the file is truncated or not an mkma image. Sets M_KIND M_ENTRIES M_UNPACKED M_DATA_BYTES.
 read_manifest() {
 	M_ERROR=''
-	if command -v mkma-unpack >/dev/null 2>&1; then
+	if have_unpacker; then
 		read_manifest_native "$1"
 		return
 	fi
@@ -100,7 +106,7 @@ extract() {
 	/*) _file=$1 ;;
 	*) _file=$PWD/$1 ;;
 	esac
-	if command -v mkma-unpack >/dev/null 2>&1; then
+	if have_unpacker; then
 		# shellcheck disable=SC2086 # $3: an optional flag
 		mkma-unpack ${3:-} -- "$_file" "$2" >"$MKMA_TMP/unpack.out" 2>"$MKMA_TMP/unpack.err" && return 0
 		_st=$?
@@ -165,12 +171,11 @@ refuse_unsafe() {
 	return 1
 }
 
-# check_names FILE: with busybox cpio (no mkma-unpack), refuse archive members with a ".."
+# check_names FILE: with busybox cpio (apply_layer, no mkma-unpack), refuse archive members with a ".."
 # component (they would land outside the staging directory) before extracting anything.
 # Busybox strips a leading "/" itself. A name with a newline followed by "../" is refused
 # too: safe, and rare enough.
 check_names() {
-	command -v mkma-unpack >/dev/null 2>&1 && return 0
 	if zstd -q -dc -- "$1" 2>/dev/null | cpio -t 2>/dev/null | grep -q -e '^\.\.$' -e '^\.\./' -e '/\.\./' -e '/\.\.$'; then
 		M_ERROR="unsafe path in archive"
 		return 1
@@ -261,7 +266,7 @@ unpack_base() {
 		M_ERROR="not a base image (kind $M_KIND)"
 		return 1
 	fi
-	if command -v mkma-unpack >/dev/null 2>&1; then
+	if have_unpacker; then
 		# -X: the xattrs too, without sed/grep/setfattr processes
 		extract "$1" "$2" -X || return 1
 		while IFS=' ' read -r _what _l _rest; do
@@ -311,7 +316,7 @@ apply_layer() {
 apply_layers() {
 	M_APPLIED=0
 	M_SKIPPED=0
-	if ! command -v mkma-unpack >/dev/null 2>&1; then
+	if ! have_unpacker; then
 		for _l in $(sort_layers "$1"); do
 			if apply_layer "$1/$_l" "$2" "$3"; then
 				layer_applied "$_l" "$M_ENTRIES" "$M_REMOVED"
@@ -361,7 +366,7 @@ layer_sizes() {
 	_dir=$1
 	shift
 	[ $# -gt 0 ] || return 0
-	if command -v mkma-unpack >/dev/null 2>&1; then
+	if have_unpacker; then
 		# one process for all the manifests
 		for _l; do set -- "$@" "$_dir/$_l"; shift; done
 		mkma-unpack -i -- "$@" >"$MKMA_TMP/sizes" 2>/dev/null

@@ -7,17 +7,18 @@
 MKMA_DEBUG=${MKMA_DEBUG:-}
 MKMA_ON_ERROR=${MKMA_ON_ERROR:-shell}
 
-uptime_now() {
-	read -r _up _idle </proc/uptime 2>/dev/null || _up=0
-	printf '%s' "$_up"
+# read_uptime: the uptime ("S.SS") in UPTIME, without a process (no $(...): a command
+# substitution forks, and phase lines come per layer).
+read_uptime() {
+	read -r UPTIME _idle </proc/uptime 2>/dev/null || UPTIME=0.00
 }
 
-# uptime_cs: the uptime in centiseconds in UPTIME_CS, without a process (for durations).
+# uptime_cs: the uptime in centiseconds in UPTIME_CS (for durations).
 uptime_cs() {
-	read -r _up _idle </proc/uptime 2>/dev/null || _up=0.00
-	_cs=${_up#*.}
+	read_uptime
+	_cs=${UPTIME#*.}
 	# shellcheck disable=SC2034 # read by the callers
-	UPTIME_CS=$((${_up%.*} * 100 + ${_cs#0}))
+	UPTIME_CS=$((${UPTIME%.*} * 100 + ${_cs#0}))
 }
 
 # centi CS: "S.SS" for a number of centiseconds
@@ -35,9 +36,8 @@ to_kmsg() {
 }
 
 log() {
-	# not $(uptime_now): a command substitution forks, and phase lines come per layer
-	read -r _up _idle </proc/uptime 2>/dev/null || _up=0
-	_line="mkma[$_up]: $*"
+	read_uptime
+	_line="mkma[$UPTIME]: $*"
 	printf '%s\n' "$_line"
 	to_kmsg "$_line"
 }

@@ -108,16 +108,16 @@ start_chains() {
 # the matching is repeated every second, and after MKMA_ALL_STORAGE_AFTER seconds every
 # storage driver is loaded (hardware whose aliases mkma did not know).
 wait_for_device() {
-	read -r _up _idle </proc/uptime
-	_now=${_up%.*}
+	read_uptime
+	_now=${UPTIME%.*}
 	_deadline=$((_now + MKMA_DEVICE_TIMEOUT))
 	_rescan=$((_now + 1))
 	_all=$((_now + MKMA_ALL_STORAGE_AFTER))
 	while :; do
 		DEVICE=$(resolve_device "$MKMA_DEVICE" | head -n 1)
 		[ -n "$DEVICE" ] && return 0
-		read -r _up _idle </proc/uptime
-		_now=${_up%.*}
+		read_uptime
+		_now=${UPTIME%.*}
 		[ "$_now" -ge "$_deadline" ] && return 1
 		if [ -n "$_all" ] && [ "$_now" -ge "$_all" ]; then
 			log "$MKMA_DEVICE not found yet: loading every storage driver"
