@@ -16,7 +16,7 @@ import type { Inputs } from './inputs.js';
 import { ratioRow, type Row } from './report.js';
 import { interleave, median, values, type Sample } from './stats.js';
 import { buildUnpacker } from '../builder/unpacker.js';
-import { bashTimed, CACHE, fmtMs, MKMA_BIN, runTimed, sh, shQuote, withTmpfs } from './util.js';
+import { bashTimed, CACHE, fmtMs, MKMA_BIN, runTimed, shQuote, withTmpfs } from './util.js';
 
 export const figure: Figure = {
   id: 2,
@@ -39,7 +39,7 @@ export const figure: Figure = {
     // mkma unpack uses mkma-unpack (the initramfs' extractor) when it can be built: build it
     // into the bench cache before timing, so that no run pays for the compiler.
     const unpackerCache = path.join(CACHE, 'unpacker');
-    const built = buildUnpacker({ cacheDir: unpackerCache, arch: sh('dpkg', ['--print-architecture']).trim() });
+    const built = buildUnpacker({ cacheDir: unpackerCache });
     const extractor = built.path ? 'mkma-unpack (native)' : `TypeScript (mkma-unpack not built: ${built.reason})`;
     const env = { ...process.env, MKMA_CACHE_DIR: unpackerCache };
     const [mk, ref] = await interleave<Sample>([

@@ -43,14 +43,16 @@ const lastLine = (s: string) => s.split('\n').filter(Boolean).slice(-3).join(' /
 
 /**
  * Builds (or takes from cacheDir) the static mkma-unpack for the image's architecture `arch`
- * (a Debian architecture name, e.g. amd64). Only native builds: a cross compiler and a
- * foreign libzstd.a are not worth it for an optional speed-up.
+ * (a Debian architecture name, e.g. amd64; default: the host's, for use on this machine).
+ * Only native builds: a cross compiler and a foreign libzstd.a are not worth it for an
+ * optional speed-up.
  */
-export function buildUnpacker(opts: { cacheDir: string; arch: string }): UnpackerResult {
+export function buildUnpacker(opts: { cacheDir: string; arch?: string }): UnpackerResult {
   const dpkg = run('dpkg', ['--print-architecture']);
   if (!dpkg.ok) return { path: null, reason: `cannot tell the host architecture (dpkg --print-architecture: ${dpkg.err || 'failed'})` };
-  if (dpkg.out !== opts.arch) {
-    return { path: null, reason: `the image is ${opts.arch} but the host is ${dpkg.out} (mkma-unpack is only built natively)` };
+  const arch = opts.arch ?? dpkg.out;
+  if (dpkg.out !== arch) {
+    return { path: null, reason: `the image is ${arch} but the host is ${dpkg.out} (mkma-unpack is only built natively)` };
   }
   const gcc = run('gcc', ['-dumpfullversion', '-dumpversion']);
   if (!gcc.ok) return { path: null, reason: `gcc is not available (${gcc.err || 'failed'}; apt-get install ${UNPACKER_HOST_PACKAGES.join(' ')})` };
@@ -72,10 +74,10 @@ export function buildUnpacker(opts: { cacheDir: string; arch: string }): Unpacke
   const code = fs.readFileSync(source);
   const key = createHash('sha256')
     .update(code)
-    .update(`\0${gccVersion}\0${opts.arch}\0${UNPACKER_CFLAGS.join(' ')} ${UNPACKER_LIBS.join(' ')}`)
+    .update(`\0${gccVersion}\0${arch}\0${UNPACKER_CFLAGS.join(' ')} ${UNPACKER_LIBS.join(' ')}`)
     .digest('hex')
     .slice(0, 16);
-  const out = path.join(opts.cacheDir, `mkma-unpack-${opts.arch}-${key}`);
+  const out = path.join(opts.cacheDir, `mkma-unpack-${arch}-${key}`);
   if (isExecutable(out)) return { path: out };
 
   fs.mkdirSync(opts.cacheDir, { recursive: true });

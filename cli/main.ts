@@ -119,9 +119,7 @@ const unpackCmd: CommandFn = async (argv) => {
   if (extractor !== 'ts') {
     // the initramfs' own extractor, compiled once and cached (builder/unpacker.ts)
     const { buildUnpacker } = await import('../builder/unpacker.js');
-    const { execFileSync } = await import('node:child_process');
-    const arch = execFileSync('dpkg', ['--print-architecture'], { encoding: 'utf8' }).trim();
-    const u = buildUnpacker({ cacheDir: process.env.MKMA_CACHE_DIR ?? '/var/cache/mkma/unpacker', arch });
+    const u = buildUnpacker({ cacheDir: process.env.MKMA_CACHE_DIR ?? '/var/cache/mkma/unpacker' });
     if (!u.path && extractor === 'native') throw new EnvironmentError(`unpack: mkma-unpack cannot be built here: ${u.reason}`);
     if (!u.path && !values.json) process.stderr.write(`note: using the TypeScript extractor (mkma-unpack: ${u.reason})\n`);
     unpacker = u.path;
