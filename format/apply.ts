@@ -118,14 +118,18 @@ export async function unpackImages(imagesDir: string, into: string, onLayer?: (r
   const manifest = readManifest(basePath);
   if (manifest.kind !== 'base') throw new Error(`${basePath} is not a base image (kind ${manifest.kind})`);
   fs.mkdirSync(into, { recursive: true });
-  if (unpacker) return unpackNative(unpacker, imagesDir, into, manifest, onLayer);
-  const base = await extractImage(basePath, into);
-  restoreXattrs(into, manifest.xattrs);
   const all = fs.readdirSync(imagesDir);
   const layers = sortLayerNames(all);
   const ignored = all.filter((n) => n.startsWith('persistence.') && !layers.includes(n));
-  const reports: ApplyReport[] = [];
   const stage = path.join(path.dirname(path.resolve(into)), `.${path.basename(into)}.mkma-stage`);
+  if (unpacker) {
+    unpackBaseNative(unpacker, basePath, into);
+    const reports = layers.length ? applyLayersNative(unpacker, into, stage, imagesDir, layers, onLayer) : [];
+    return { base: { entries: manifest.entries, bytes: manifest.unpackedBytes }, layers: reports, ignored };
+  }
+  const base = await extractImage(basePath, into);
+  restoreXattrs(into, manifest.xattrs);
+  const reports: ApplyReport[] = [];
   for (const name of layers) {
     const r = await applyLayer(into, path.join(imagesDir, name), stage);
     reports.push(r);
@@ -146,31 +150,27 @@ function throwOnWarnings(out: string): void {
   if (warn) throw new Error(warn.slice(5));
 }
 
-async function unpackNative(bin: string, imagesDir: string, into: string, manifest: Manifest, onLayer?: (r: ApplyReport) => void): Promise<UnpackReport> {
-  const basePath = path.join(imagesDir, BASE_NAME);
+function unpackBaseNative(bin: string, basePath: string, into: string): void {
   const b = runUnpacker(bin, ['-X', '--', basePath, into]);
   if (b.status !== 0) throw new Error(b.stderr || `mkma-unpack failed (exit ${b.status})`);
   throwOnWarnings(b.stdout);
-  const all = fs.readdirSync(imagesDir);
-  const layers = sortLayerNames(all);
-  const ignored = all.filter((n) => n.startsWith('persistence.') && !layers.includes(n));
+}
+
+function applyLayersNative(bin: string, into: string, stage: string, imagesDir: string, layers: string[], onLayer?: (r: ApplyReport) => void): ApplyReport[] {
+  const r = runUnpacker(bin, ['-l', '--', into, stage, ...layers.map((n) => path.join(imagesDir, n))]);
+  if (r.status === 2 || r.status === null) throw new Error(r.stderr || `mkma-unpack -l failed (${r.status ?? 'killed'})`);
   const reports: ApplyReport[] = [];
-  if (layers.length) {
-    const stage = path.join(path.dirname(path.resolve(into)), `.${path.basename(into)}.mkma-stage`);
-    const r = runUnpacker(bin, ['-l', '--', into, stage, ...layers.map((n) => path.join(imagesDir, n))]);
-    if (r.status === 2 || r.status === null) throw new Error(r.stderr || `mkma-unpack -l failed (${r.status ?? 'killed'})`);
-    // "ok NAME ENTRIES REMOVED" | "skip NAME REASON" | "partial NAME REASON" | "warn NAME TEXT"
-    for (const line of r.stdout.split('\n').filter(Boolean)) {
-      const [what, name, ...rest] = line.split(' ');
-      const file = path.join(imagesDir, name);
-      if (what === 'warn') throw new Error(`${name}: ${rest.join(' ')}`);
-      const report: ApplyReport = what === 'ok'
-        ? { file, applied: true, entries: Number(rest[0]), deleted: Number(rest[1]) }
-        : { file, applied: false, reason: (what === 'partial' ? 'PARTLY APPLIED: ' : '') + rest.join(' '), entries: 0, deleted: 0 };
-      reports.push(report);
-      onLayer?.(report);
-    }
-    if (reports.length !== layers.length) throw new Error(`mkma-unpack -l reported ${reports.length} of ${layers.length} layers: ${r.stderr}`);
+  // "ok NAME ENTRIES REMOVED" | "skip NAME REASON" | "partial NAME REASON" | "warn NAME TEXT"
+  for (const line of r.stdout.split('\n').filter(Boolean)) {
+    const [what, name, ...rest] = line.split(' ');
+    const file = path.join(imagesDir, name);
+    if (what === 'warn') throw new Error(`${name}: ${rest.join(' ')}`);
+    const report: ApplyReport = what === 'ok'
+      ? { file, applied: true, entries: Number(rest[0]), deleted: Number(rest[1]) }
+      : { file, applied: false, reason: (what === 'partial' ? 'PARTLY APPLIED: ' : '') + rest.join(' '), entries: 0, deleted: 0 };
+    reports.push(report);
+    onLayer?.(report);
   }
-  return { base: { entries: manifest.entries, bytes: manifest.unpackedBytes }, layers: reports, ignored };
+  if (reports.length !== layers.length) throw new Error(`mkma-unpack -l reported ${reports.length} of ${layers.length} layers: ${r.stderr}`);
+  return reports;
 }

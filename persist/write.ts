@@ -262,7 +262,7 @@ export function treeFromScan(upper: string, write: ChangeEntry[], fresh: boolean
         real = undefined;
       }
       if (!real) {
-        onWarning?.(`/${e.path} vanished since the scan; not saved`);
+        onWarning?.(vanishedWarning(e.path));
         continue;
       }
       if (real.isSocket()) continue;
@@ -273,7 +273,7 @@ export function treeFromScan(upper: string, write: ChangeEntry[], fresh: boolean
       // skips it when it is gone (packEntries' onVanished), one stat per file less.
       const plainFile = e.type === 'file' && !e.hardlinks.length;
       if (!plainFile && (e.type === 'symlink' ? !fs.lstatSync(abs, { throwIfNoEntry: false }) : !fs.existsSync(abs))) {
-        onWarning?.(`/${e.path} vanished since the scan; not saved`);
+        onWarning?.(vanishedWarning(e.path));
         continue;
       }
       let ino = 0;
@@ -293,6 +293,9 @@ export function treeFromScan(upper: string, write: ChangeEntry[], fresh: boolean
   }
   return tree;
 }
+
+/** The warning for an entry gone between the scan and the write (`rel`: raw, latin1). */
+const vanishedWarning = (rel: string) => `/${rel} vanished since the scan; not saved`;
 
 /** The fields of fs.Stats that format/tree.ts's packEntries and collectHardlinks read. */
 type StatLike = Pick<fs.Stats, 'mode' | 'uid' | 'gid' | 'size' | 'mtimeMs' | 'nlink' | 'dev' | 'ino' | 'rdev'>;
@@ -334,7 +337,7 @@ export async function writeLayer(opts: WriteLayerOptions): Promise<WriteLayerRes
     const signal = opts.signal;
     const stats = await packEntries(writer, tree, collectHardlinks(tree), () => {
       if (signal?.aborted) throw new Error('interrupted');
-    }, (e) => opts.onWarning?.(`/${e.rel.toString('latin1')} vanished since the scan; not saved`));
+    }, (e) => opts.onWarning?.(vanishedWarning(e.rel.toString('latin1'))));
     void stats;
     for (const t of tree) {
       const p = t.rel.toString('latin1');
