@@ -40,18 +40,22 @@ interface ParseOptions {
 
 const BY_KEY = new Map(SETTINGS.map((s) => [s.key, s]));
 
-/** Pure: parses mkma.toml's text (no I/O). Precedence: defaults < file < env < `hostname`. */
-export function parseConfigText(text: string, opts: ParseOptions): Config {
-  const { file } = opts;
-  let doc: Record<string, TomlValue>;
+/** The TOML document of `file` (mkma.toml or a preset); a syntax error is a ConfigError with its line. */
+export function parseTomlDocument(text: string, file: string | null): Record<string, TomlValue> {
   try {
-    doc = parse(text);
+    return parse(text);
   } catch (e) {
     if (!(e instanceof TomlError)) throw e;
     // smol-toml's message is "Invalid TOML document: <reason>" followed by a code excerpt.
     const reason = e.message.split('\n')[0].replace(/^Invalid TOML document: /, '');
     throw new ConfigError(`invalid TOML: ${reason}`, { file, key: null, line: e.line, column: e.column });
   }
+}
+
+/** Pure: parses mkma.toml's text (no I/O). Precedence: defaults < file < env < `hostname`. */
+export function parseConfigText(text: string, opts: ParseOptions): Config {
+  const { file } = opts;
+  const doc = parseTomlDocument(text, file);
 
   const raw = new Map<string, TomlValue | null>(SETTINGS.map((s) => [s.key, s.default]));
 

@@ -6,8 +6,8 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parse, TomlError, type TomlValue } from 'smol-toml';
-import { closest, ConfigError, describe as describeValue, valueProblem } from './load.js';
+import type { TomlValue } from 'smol-toml';
+import { closest, ConfigError, describe as describeValue, parseTomlDocument, valueProblem } from './load.js';
 import { DEBIAN_PACKAGE_RE, type Setting } from './schema.js';
 import type { RootPasswordPolicy } from './types.js';
 
@@ -116,11 +116,10 @@ export function parsePresetText(text: string, file: string, opts: PresetCheckOpt
 
   let doc: Record<string, TomlValue>;
   try {
-    doc = parse(text);
+    doc = parseTomlDocument(text, file);
   } catch (e) {
-    if (!(e instanceof TomlError)) throw e;
-    const reason = e.message.split('\n')[0].replace(/^Invalid TOML document: /, '');
-    err(`invalid TOML: ${reason}`, null, e.line, e.column);
+    if (!(e instanceof ConfigError)) throw e;
+    problems.push(e);
     return { preset: null, problems };
   }
 
