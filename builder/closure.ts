@@ -373,15 +373,24 @@ export function parseBuiltin(text: string): string[] {
  */
 export function parseModulesAlias(text: string): Map<string, string[]> {
   const out = new Map<string, string[]>();
-  for (const line of lines(text)) {
-    const [kw, alias, mod] = line.split(/\s+/);
-    if (kw !== 'alias' || !alias || !mod || /[*?[]/.test(alias)) continue;
-    const key = normalizeName(alias);
-    const mods = out.get(key) ?? [];
-    if (!mods.includes(normalizeName(mod))) mods.push(normalizeName(mod));
-    out.set(key, mods);
+  for (const [alias, mod] of aliasEntries(text)) {
+    if (!/[*?[]/.test(alias)) addUnique(out, normalizeName(alias), normalizeName(mod));
   }
   return out;
+}
+
+/** modules.alias' `alias PATTERN MODULE` lines, as [pattern, module]. */
+function* aliasEntries(text: string): Generator<[string, string]> {
+  for (const line of lines(text)) {
+    const [kw, alias, mod] = line.split(/\s+/);
+    if (kw === 'alias' && alias && mod) yield [alias, mod];
+  }
+}
+
+function addUnique(map: Map<string, string[]>, key: string, value: string): void {
+  const list = map.get(key) ?? [];
+  if (!list.includes(value)) list.push(value);
+  map.set(key, list);
 }
 
 /** Buses whose device aliases the init matches against sysfs modaliases (storage drivers). */
@@ -393,14 +402,9 @@ const DEVICE_ALIAS_RE = /^(pci|usb|virtio|scsi|mmc|sdio|acpi|of|platform|vmbus|c
  */
 export function parseDeviceAliases(text: string, only: Set<string>): Map<string, string[]> {
   const out = new Map<string, string[]>();
-  for (const line of lines(text)) {
-    const [kw, alias, mod] = line.split(/\s+/);
-    if (kw !== 'alias' || !alias || !mod || !DEVICE_ALIAS_RE.test(alias)) continue;
+  for (const [alias, mod] of aliasEntries(text)) {
     const name = normalizeName(mod);
-    if (!only.has(name)) continue;
-    const pats = out.get(name) ?? [];
-    if (!pats.includes(alias)) pats.push(alias);
-    out.set(name, pats);
+    if (DEVICE_ALIAS_RE.test(alias) && only.has(name)) addUnique(out, name, alias);
   }
   return out;
 }

@@ -378,14 +378,20 @@ describe('module index parsers', () => {
   });
 });
 
+/** A kernel modules directory holding the index files above (no module files). */
+function modulesDir(version: string): string {
+  const dir = join(tmp, 'modules', version);
+  put(dir, 'modules.dep', MODULES_DEP);
+  put(dir, 'modules.softdep', MODULES_SOFTDEP);
+  put(dir, 'modules.builtin', MODULES_BUILTIN);
+  put(dir, 'modules.alias', MODULES_ALIAS);
+  return dir;
+}
+
 describe('moduleClosure', () => {
   let dir: string;
   beforeAll(() => {
-    dir = join(tmp, 'modules/6.12.0-test');
-    put(dir, 'modules.dep', MODULES_DEP);
-    put(dir, 'modules.softdep', MODULES_SOFTDEP);
-    put(dir, 'modules.builtin', MODULES_BUILTIN);
-    put(dir, 'modules.alias', MODULES_ALIAS);
+    dir = modulesDir('6.12.0-test');
   });
 
   test('load order, softdeps through aliases, built-in and missing modules', () => {
@@ -474,11 +480,7 @@ describe('decompressModule', () => {
 describe('storage drivers by hardware (init: match_storage)', () => {
   let dir: string;
   beforeAll(() => {
-    dir = join(tmp, 'modules/6.12.0-match');
-    put(dir, 'modules.dep', MODULES_DEP);
-    put(dir, 'modules.softdep', MODULES_SOFTDEP);
-    put(dir, 'modules.builtin', MODULES_BUILTIN);
-    put(dir, 'modules.alias', MODULES_ALIAS);
+    dir = modulesDir('6.12.0-match');
   });
 
   test('planModules: each storage module with device aliases, with its dependencies first', () => {
