@@ -12,7 +12,7 @@ const common = {
   transform,
   testEnvironment: 'node',
   // never crawl build output, test work trees (whole root filesystems) or dependencies
-  roots: ['<rootDir>/test', '<rootDir>/format', '<rootDir>/config', '<rootDir>/builder', '<rootDir>/init',
+  roots: ['<rootDir>/test', '<rootDir>/lib', '<rootDir>/format', '<rootDir>/config', '<rootDir>/builder', '<rootDir>/init',
     '<rootDir>/persist', '<rootDir>/qemu', '<rootDir>/cli'],
 };
 export default {

@@ -4,6 +4,7 @@ import { spawn, spawnSync, type SpawnOptions } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { MkmaError } from '../lib/errors.js';
 
 /** The repository (bench/ is compiled to dist/bench/). */
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -22,7 +23,7 @@ export function log(msg: string): void {
   process.stderr.write(`[bench] ${msg}\n`);
 }
 
-export class HarnessError extends Error {}
+export class HarnessError extends MkmaError {}
 
 export interface RunResult {
   ms: number;

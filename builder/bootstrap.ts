@@ -5,7 +5,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Config } from '../config/types.js';
-import type { Stage } from '../cli/progress.js';
+import type { Stage } from '../lib/progress.js';
+import { MkmaError } from '../lib/errors.js';
 
 /** What every image needs to boot to systemd, and what mkma's own initramfs takes from it. */
 export const BASE_PACKAGES = [
@@ -54,7 +55,7 @@ export function mmdebstrapArgs(c: Config, target: string): string[] {
   ];
 }
 
-export class BootstrapError extends Error {}
+export class BootstrapError extends MkmaError {}
 
 /** mmdebstrap's and apt's reasons, shortened to what a user can act on. */
 export function summarizeMmdebstrapError(output: string): string {

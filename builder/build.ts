@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Config } from '../config/types.js';
 import { configHash, describeConfig } from '../config/load.js';
-import { formatBytes, type Reporter } from '../cli/progress.js';
+import { formatBytes, type Reporter } from '../lib/progress.js';
 import { packTree } from '../format/pack.js';
 import { BASE_NAME, BUILD_INFO_NAME, INITRAMFS_NAME, KERNEL_NAME } from '../format/names.js';
 import { fsyncDir } from '../format/writer.js';
@@ -23,6 +23,7 @@ import {
   findImageKernel, hostKernelInfo, hostKernelStamp, INITRAMFS_MODULE_GROUPS, INITRAMFS_MODULES, installHostKernel, trimModules, type KernelInfo,
 } from './kernel.js';
 import { decideOutput, decideStep, digest, newStamp, StageStore, statOutput, type Decision, type StageInputs } from './stages.js';
+import { MkmaError } from '../lib/errors.js';
 
 export interface BuildOptions {
   config: Config;
@@ -61,7 +62,7 @@ export interface BuildResult {
   timings: Record<string, number>;
 }
 
-export class BuildError extends Error {}
+export class BuildError extends MkmaError {}
 
 export function mkmaVersion(): string {
   return (JSON.parse(fs.readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;

@@ -21,6 +21,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { mountsUnder, unmountUnder } from './chroot.js';
+import { MkmaError } from '../lib/errors.js';
 
 export type StageStatus = 'ran' | 'reused' | 'skipped';
 
@@ -40,7 +41,7 @@ export interface CachePlan {
   from: 'in-place' | 'snapshot' | null;
 }
 
-export class CacheError extends Error {}
+export class CacheError extends MkmaError {}
 
 /**
  * K0 = configHash, K(i) = sha256 of K(i-1) and preset i's hash. `configured`, when given,

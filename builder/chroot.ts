@@ -7,6 +7,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { MkmaError } from '../lib/errors.js';
 
 export const CHROOT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
@@ -39,7 +40,7 @@ export interface Chroot {
   shell(env?: Record<string, string>): Promise<number>;
 }
 
-export class ChrootError extends Error {}
+export class ChrootError extends MkmaError {}
 
 /** Mount points at or below `dir` (not `dir` itself), innermost last, from /proc/self/mountinfo. */
 export function mountsUnder(dir: string): string[] {

@@ -10,6 +10,7 @@ import {
   readFileSync, readlinkSync, readSync, rmSync, statSync,
 } from 'node:fs';
 import { basename, dirname, join, posix } from 'node:path';
+import { MkmaError } from '../lib/errors.js';
 
 // ---------------------------------------------------------------------------------------------
 // Paths inside a root
@@ -84,7 +85,7 @@ export interface ElfInfo {
 }
 
 /** A file that starts like an ELF file but can't be parsed (truncated, big-endian, corrupt). */
-export class ElfError extends Error {
+export class ElfError extends MkmaError {
   constructor(readonly file: string, message: string) {
     super(`${file}: ${message}`);
     this.name = 'ElfError';
@@ -177,7 +178,7 @@ function cString(buf: Buffer, off: number): string {
 // ---------------------------------------------------------------------------------------------
 // Shared-library closure
 
-export class MissingLibraryError extends Error {
+export class MissingLibraryError extends MkmaError {
   /** `neededBy` is the library that needs it, null when `binary` needs it directly. */
   constructor(readonly binary: string, readonly library: string, readonly neededBy: string | null, root: string) {
     super(`${binary} needs ${library}${neededBy ? ` (through ${neededBy})` : ''}, which is not in the image at ${root}`);

@@ -10,6 +10,7 @@ import { generateInit } from '../init/generate.js';
 import { decompressModule, libraryClosure, moduleClosure, moduleName, parseDeviceAliases } from './closure.js';
 import type { KernelInfo } from './kernel.js';
 import { buildUnpacker, UNPACKER_HOST_PACKAGES, UNPACKER_INITRAMFS_PATH, type UnpackerResult } from './unpacker.js';
+import { MkmaError } from '../lib/errors.js';
 
 /** Binaries taken from the image (same architecture and versions as the system they boot). */
 export const INITRAMFS_BINARIES = [
@@ -19,7 +20,7 @@ export const INITRAMFS_BINARIES = [
   '/usr/sbin/blkid', // UUID=, LABEL=, PARTUUID= device specs
 ];
 
-export class InitramfsError extends Error {}
+export class InitramfsError extends MkmaError {}
 
 export interface ModuleGroups {
   storage: string[];

@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { moduleClosure, moduleName } from './closure.js';
+import { MkmaError } from '../lib/errors.js';
 
 export interface KernelInfo {
   version: string;
@@ -13,7 +14,7 @@ export interface KernelInfo {
   modulesDir: string;
 }
 
-export class KernelError extends Error {}
+export class KernelError extends MkmaError {}
 
 const versionCompare = (a: string, b: string) => a.localeCompare(b, 'en', { numeric: true });
 

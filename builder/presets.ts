@@ -16,9 +16,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { SHARED_DIRS_MOUNT, presetHash, type Preset, type PresetUser } from '../config/preset.js';
-import type { Reporter, Stage } from '../cli/progress.js';
+import type { Reporter, Stage } from '../lib/progress.js';
 import { BuildCache, type StageReport } from './cache.js';
 import { copyTreeInto, withChroot, type Chroot, type RunResult } from './chroot.js';
+import { MkmaError } from '../lib/errors.js';
 
 /** Printed by the ERR trap: bash knows the failing line, mkma reads it back. */
 export const ERROR_MARK = 'mkma-preset-error line ';
@@ -49,7 +50,7 @@ export interface StepFailure {
   tail: string[];
 }
 
-export class PresetError extends Error {
+export class PresetError extends MkmaError {
   constructor(
     message: string,
     readonly preset: string,

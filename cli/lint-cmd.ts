@@ -5,9 +5,9 @@ import { spawnSync } from 'node:child_process';
 import * as os from 'node:os';
 import { ConfigError, loadConfig } from '../config/load.js';
 import { checkPresets, displayPath, type Preset } from '../config/preset.js';
-import { EXIT, EnvironmentError, UsageError } from './errors.js';
+import { EXIT, EnvironmentError, UsageError } from '../lib/errors.js';
 import { COMMANDS } from './help.js';
-import { parse } from './main.js';
+import { parse } from './args.js';
 
 export interface Finding {
   file: string;

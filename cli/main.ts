@@ -2,32 +2,16 @@
 // Exit codes: 0 ok, 1 failed, 2 usage or configuration error, 3 environment (not root,
 // missing tools), 4 the boot test failed.
 import * as os from 'node:os';
-import { parseArgs, type ParseArgsConfig } from 'node:util';
 // Only what every command needs is imported here: each command loads its own modules (the
 // configuration parser, the TUI, the builder…) when it runs, so `mkma persist` and `mkma --help`
 // do not pay for them at start-up.
-import { createReporter, formatBytes } from './progress.js';
-import { EXIT, UsageError, EnvironmentError } from './errors.js';
+import { createReporter, formatBytes } from '../lib/progress.js';
+import { EnvironmentError, EXIT, exitCodeOf, UsageError } from '../lib/errors.js';
+import { parse, requireRoot } from './args.js';
+import { setDebug } from '../lib/run.js';
 import { COMMANDS, commandHelp, mainHelp } from './help.js';
 
 export type CommandFn = (argv: string[]) => Promise<number>;
-
-function parse<T extends ParseArgsConfig['options']>(name: string, argv: string[], options: T, allowPositionals = 0) {
-  try {
-    const r = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: allowPositionals > 0, strict: true });
-    if (r.positionals.length > allowPositionals) throw new UsageError(`${name}: unexpected argument ${r.positionals[allowPositionals]}`);
-    return r;
-  } catch (e) {
-    if (e instanceof UsageError) throw e;
-    throw new UsageError(`${name}: ${(e as Error).message.replace(/\. To specify.*$/, '')}`);
-  }
-}
-
-function requireRoot(what: string): void {
-  if (process.getuid && process.getuid() !== 0) {
-    throw new EnvironmentError(`${what} must run as root (it bootstraps, mounts and sets file owners): run it with sudo`);
-  }
-}
 
 const buildCmd: CommandFn = async (argv) => {
   const { values, positionals } = parse('build', argv, {
@@ -41,7 +25,7 @@ const buildCmd: CommandFn = async (argv) => {
     preset: { type: 'string', short: 'p', multiple: true },
   }, 1);
   if (values.help) return printHelp('build');
-  const { BUILD_TOOLS, FAST_BOOT_PACKAGES, QEMU_TOOLS, installTools, requireTools } = await import('../builder/hosttools.js');
+  const { BUILD_TOOLS, FAST_BOOT_PACKAGES, QEMU_TOOLS, installTools, requireTools } = await import('../lib/hosttools.js');
   const qemuTest = process.env.MKMA_QEMU_TEST === '1';
   const tools = qemuTest ? [...BUILD_TOOLS, ...QEMU_TOOLS] : BUILD_TOOLS;
   requireRoot('mkma build');
@@ -139,7 +123,13 @@ async function printHelp(cmd?: string): Promise<number> {
   return EXIT.ok;
 }
 
-export async function main(argv: string[]): Promise<number> {
+export async function main(argvIn: string[]): Promise<number> {
+  // --debug, anywhere: every command mkma runs is logged (lib/run.ts), and stack traces shown
+  const argv = argvIn.filter((a) => a !== '--debug');
+  if (argv.length !== argvIn.length) {
+    process.env.MKMA_DEBUG = '1';
+    setDebug(true);
+  }
   const [cmd, ...rest] = argv;
   try {
     if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') return printHelp(rest[0] && rest[0] in COMMANDS ? rest[0] : undefined);
@@ -165,22 +155,8 @@ export async function main(argv: string[]): Promise<number> {
 
 export function reportError(e: unknown): number {
   const err = e as Error;
-  if (err instanceof UsageError) {
-    process.stderr.write(`mkma: ${err.message}\n`);
-    return EXIT.usage;
-  }
-  // by name: config/load.js (and its TOML parser) is loaded only by the commands that read a config
-  if (err?.name === 'ConfigError' || err?.constructor?.name === 'ConfigError') {
-    process.stderr.write(`mkma: ${err.message}\n`);
-    return EXIT.usage;
-  }
-  if (err instanceof EnvironmentError || err?.constructor?.name === 'MissingToolsError') {
-    process.stderr.write(`mkma: ${err.message}\n`);
-    return EXIT.environment;
-  }
   process.stderr.write(`mkma: ${err?.message ?? String(e)}\n`);
-  if (process.env.MKMA_DEBUG) process.stderr.write(`${err?.stack}\n`);
-  return EXIT.failed;
+  const code = exitCodeOf(e);
+  if (code === EXIT.failed && process.env.MKMA_DEBUG) process.stderr.write(`${err?.stack}\n`);
+  return code;
 }
-
-export { parse, requireRoot };

@@ -1,14 +1,14 @@
 // `mkma persist`: save chosen changes of the running system (the overlay's upperdir) as a new
 // layer next to base.cpio.zst, applied at the next boot.
 import * as fs from 'node:fs';
-import { parseArgs } from 'node:util';
 import { DEFAULT_LOWER, DEFAULT_RULES_PATH, DEFAULT_UPPER, type ChangeEntry, type Decision, type Rule, type ScanResult } from '../persist/model.js';
 import { appendRules, dpkgWarnings, loadRules, parsePattern, ruleDecider, rulesFromOverrides } from '../persist/rules.js';
 import { scanUpper } from '../persist/scan.js';
 import { BOOT_ENV_PATH, resolveTarget, type Target } from '../persist/storage.js';
 import type { LayerPlan, WriteLayerResult } from '../persist/write.js';
-import { EnvironmentError, EXIT, UsageError } from './errors.js';
-import { createReporter, formatBytes, type Reporter } from './progress.js';
+import { EnvironmentError, EXIT, UsageError } from '../lib/errors.js';
+import { parse } from './args.js';
+import { createReporter, formatBytes, type Reporter } from '../lib/progress.js';
 
 export const PERSIST_HELP = `Usage: sudo mkma persist [options]
 
@@ -109,33 +109,20 @@ function totalsOf(scan: ScanResult, decisions: Decision[]): Totals {
 }
 
 export async function persistCmd(argv: string[]): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      tokens: true,
-      options: {
-        yes: { type: 'boolean', short: 'y' },
-        'dry-run': { type: 'boolean', short: 'n' },
-        json: { type: 'boolean' },
-        include: { type: 'string', multiple: true },
-        exclude: { type: 'string', multiple: true },
-        message: { type: 'string', short: 'm' },
-        upper: { type: 'string' },
-        lower: { type: 'string' },
-        rules: { type: 'string' },
-        device: { type: 'string' },
-        path: { type: 'string' },
-        level: { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    });
-  } catch (e) {
-    throw new UsageError(`persist: ${(e as Error).message.replace(/\. To specify.*$/, '')}`);
-  }
-  const { values, tokens } = parsed;
+  const { values, tokens } = parse('persist', argv, {
+    yes: { type: 'boolean', short: 'y' },
+    'dry-run': { type: 'boolean', short: 'n' },
+    json: { type: 'boolean' },
+    include: { type: 'string', multiple: true },
+    exclude: { type: 'string', multiple: true },
+    message: { type: 'string', short: 'm' },
+    upper: { type: 'string' },
+    lower: { type: 'string' },
+    rules: { type: 'string' },
+    device: { type: 'string' },
+    path: { type: 'string' },
+    level: { type: 'string' },
+  });
   if (values.help) {
     process.stdout.write(PERSIST_HELP);
     return EXIT.ok;

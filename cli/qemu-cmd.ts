@@ -1,8 +1,8 @@
 // `mkma qemu`: boot the built image and report.
-import { parse } from './main.js';
-import { EXIT, UsageError } from './errors.js';
+import { parse } from './args.js';
+import { EXIT, UsageError } from '../lib/errors.js';
 import { COMMANDS } from './help.js';
-import { createReporter } from './progress.js';
+import { createReporter } from '../lib/progress.js';
 
 function positiveInt(name: string, v: string | undefined, def: number): number {
   if (v === undefined) return def;

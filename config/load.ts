@@ -7,8 +7,9 @@ import { readFileSync } from 'node:fs';
 import { parse, TomlError, type TomlValue } from 'smol-toml';
 import { SETTINGS, hostnameProblem, type Setting, type SettingType } from './schema.js';
 import type { Config } from './types.js';
+import { UsageError } from '../lib/errors.js';
 
-export class ConfigError extends Error {
+export class ConfigError extends UsageError {
   readonly file: string | null;
   readonly key: string | null;
   readonly line: number | null;

@@ -8,6 +8,7 @@
 // what newc cannot hold, so the ~150 lines below own the format.
 
 export const NEWC_MAGIC = '070701';
+import { MkmaError } from '../lib/errors.js';
 export const HEADER_SIZE = 110;
 export const TRAILER_NAME = 'TRAILER!!!';
 /** newc stores sizes in 8 hex digits: anything at or above this cannot be represented. */
@@ -40,7 +41,7 @@ export interface NewcHeader {
   rdevMinor: number;
 }
 
-export class NewcRangeError extends Error {}
+export class NewcRangeError extends MkmaError {}
 
 const pad4 = (n: number) => (4 - (n % 4)) % 4;
 export const ZERO_PAD = Buffer.alloc(4);
@@ -111,7 +112,7 @@ export function trailer(): Buffer {
   });
 }
 
-export class NewcFormatError extends Error {}
+export class NewcFormatError extends MkmaError {}
 
 export interface NewcEntry extends NewcHeader {
   /** whole data for small entries; for large ones, the reader hands chunks to onData */

@@ -7,8 +7,9 @@ import { FOOTER_SIZE, ManifestError, parseFooter, parseManifestBody, SKIPPABLE_M
 import {
   NewcParser, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, type NewcHeader,
 } from './newc.js';
+import { MkmaError } from '../lib/errors.js';
 
-export class ImageReadError extends Error {}
+export class ImageReadError extends MkmaError {}
 
 export function readManifest(file: string): Manifest {
   const fd = fs.openSync(file, 'r');

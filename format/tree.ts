@@ -6,6 +6,7 @@ import { unescapeXattrPath, type XattrRecord } from './manifest.js';
 import { NEWC_MAX_FILE_SIZE, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK } from './newc.js';
 import { VanishedError, type ArchiveWriter, type EntryHeader } from './writer.js';
 import { writeWithBackpressure } from './zstd.js';
+import { MkmaError } from '../lib/errors.js';
 
 export interface TreeEntry {
   /** path relative to the root, raw bytes; "." for the root itself */
@@ -94,7 +95,7 @@ export function rdevSplit(rdev: number): { major: number; minor: number } {
   return { major: major >>> 0, minor: minor >>> 0 };
 }
 
-export class FileTooLargeError extends Error {}
+export class FileTooLargeError extends MkmaError {}
 
 export interface PackStats {
   entries: number;

@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { encodeManifestFrame, type ImageKind, type Manifest, type XattrRecord } from './manifest.js';
 import { dataPadding, encodeHeader, encodeHeaderInto, headerBytes, trailer, type NewcHeader } from './newc.js';
 import { ShardCompressor } from './zstd.js';
+import { MkmaError } from '../lib/errors.js';
 
 export interface WriterOptions {
   kind: ImageKind;
@@ -49,7 +50,7 @@ export interface WriterResult {
 }
 
 /** addFile: the file is gone (a live tree); nothing of it was written. */
-export class VanishedError extends Error {}
+export class VanishedError extends MkmaError {}
 
 export type EntryHeader = Omit<NewcHeader, 'devMajor' | 'devMinor'>;
 

@@ -9,6 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Writable } from 'node:stream';
+import { MkmaError } from '../lib/errors.js';
 
 export const ZSTD_MIN_LEVEL = 1;
 export const ZSTD_MAX_LEVEL = 22;
@@ -20,7 +21,7 @@ export function zstdLevelArgs(level: number): string[] {
   return level > 19 ? ['--ultra', `-${level}`] : [`-${level}`];
 }
 
-export class ZstdError extends Error {}
+export class ZstdError extends MkmaError {}
 
 /**
  * A zstd child process reading its stdin and writing to the file descriptor `stdout`; `done`

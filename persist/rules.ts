@@ -16,8 +16,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ChangeEntry, Decision, Overrides, Rule } from './model.js';
+import { UsageError } from '../lib/errors.js';
 
-export class RulesError extends Error {}
+export class RulesError extends UsageError {}
 
 interface Compiled {
   re: RegExp;

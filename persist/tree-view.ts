@@ -6,7 +6,7 @@
 // visible rows are one forward walk that jumps over folded subtrees, and a choice on a directory
 // only recomputes that directory's range and the counts of its ancestors.
 
-import { formatBytes } from '../cli/progress.js';
+import { formatBytes } from '../lib/progress.js';
 import { decide, overrideFor } from './model.js';
 import type { ChangeEntry, ChangeKind, Decision, Overrides, ScanResult } from './model.js';
 

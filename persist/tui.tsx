@@ -8,7 +8,7 @@
 import { memo, useEffect, useRef, useState, type ReactElement } from 'react';
 import { Box, render, Text, useApp, useInput, useStdout } from 'ink';
 import { watch } from 'chokidar';
-import { formatBytes } from '../cli/progress.js';
+import { formatBytes } from '../lib/progress.js';
 import type { ChangeEntry, Decision, Overrides, ScanResult } from './model.js';
 import { displayPath, fitLine, PersistView, ruleLinesFromOverrides, rowText, textWidth, totals, truncateMiddle, type RowParts, type Summary } from './tree-view.js';
 

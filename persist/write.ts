@@ -14,13 +14,14 @@ import { layerNameFor, LAYER_PREFIX } from '../format/names.js';
 import { collectHardlinks, packEntries, type TreeEntry } from '../format/tree.js';
 import { ArchiveWriter, type WriterProgress } from '../format/writer.js';
 import type { ChangeEntry, ScanResult } from './model.js';
+import { MkmaError } from '../lib/errors.js';
 
 export const LOCK_NAME = '.mkma-persist.lock';
 /** Kept free on the storage device beyond the layer's estimated size. */
 export const SPACE_MARGIN = 16 << 20;
 
-export class PersistBusyError extends Error {}
-export class NoSpaceError extends Error {}
+export class PersistBusyError extends MkmaError {}
+export class NoSpaceError extends MkmaError {}
 
 export interface LayerPlan {
   /** entries that go into the archive, in scan order (included changes + their parent directories) */

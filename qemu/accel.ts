@@ -6,13 +6,14 @@
 // broken (nested virtualisation that hangs), `kvm` to fail loudly instead of silently
 // falling back to a 10× slower emulated boot.
 import fs from 'node:fs';
+import { MkmaError } from '../lib/errors.js';
 
 export type Accel = 'kvm' | 'tcg';
 
 export const ACCEL_ENV = 'MKMA_QEMU_ACCEL';
 export const KVM_DEVICE = '/dev/kvm';
 
-export class AccelError extends Error {}
+export class AccelError extends MkmaError {}
 
 /** The one host check pickAccel makes; replaceable in tests. */
 export interface AccelProbe {

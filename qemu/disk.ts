@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { LAYER_PREFIX, LAYER_SUFFIX } from '../format/names.js';
+import { MkmaError } from '../lib/errors.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -22,7 +23,7 @@ export const PERSISTENCE_HEADROOM_BYTES = 64 * MiB;
 export const DATA_DISK_HEADROOM_BYTES = 16 * MiB;
 const BLOCK = 4096;
 
-export class DiskError extends Error {}
+export class DiskError extends MkmaError {}
 
 export interface ImagesDiskOptions {
   /** the raw disk image to (re)create */

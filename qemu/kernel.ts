@@ -8,13 +8,14 @@ import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { MkmaError } from '../lib/errors.js';
 
 const execFileAsync = promisify(execFile);
 
 /** Overrides the download: a kernel the user already has. */
 export const TEST_KERNEL_ENV = 'MKMA_TEST_KERNEL';
 
-export class KernelError extends Error {}
+export class KernelError extends MkmaError {}
 
 /** Versioned kernel image packages: linux-image-6.1.0-56-amd64 (not -dbg, -unsigned, -cloud, -rt). */
 export const KERNEL_PACKAGE_RE = /^linux-image-(\d+)\.(\d+)\.(\d+)-(\d+)-amd64$/;

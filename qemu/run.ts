@@ -10,6 +10,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Accel } from './accel.js';
+import { MkmaError } from '../lib/errors.js';
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
 
@@ -68,7 +69,7 @@ export interface BootResult {
   log: string;
 }
 
-export class QemuError extends Error {}
+export class QemuError extends MkmaError {}
 
 /** QEMU's option parser splits on commas; a literal comma is written twice. */
 export function escapeOptionValue(v: string): string {

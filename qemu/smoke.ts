@@ -2,9 +2,9 @@
 // read the console, pass/fail with the boot phase timings.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Reporter } from '../cli/progress.js';
+import type { Reporter } from '../lib/progress.js';
 import { BASE_NAME, INITRAMFS_NAME, KERNEL_NAME, layerId } from '../format/names.js';
-import { QEMU_TOOLS, requireTools } from '../builder/hosttools.js';
+import { QEMU_TOOLS, requireTools } from '../lib/hosttools.js';
 import { ACCEL_ENV, pickAccel, type Accel } from './accel.js';
 import { makeDataDisk, makeImagesDisk } from './disk.js';
 import {

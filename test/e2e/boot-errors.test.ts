@@ -2,7 +2,7 @@
 // mkma_on_error=halt powers the VM off right after the message.
 import { describe, expect, test } from '@jest/globals';
 import * as path from 'node:path';
-import { createReporter } from '../../cli/progress.js';
+import { createReporter } from '../../lib/progress.js';
 import { smokeBoot } from '../../qemu/smoke.js';
 import { IMAGE_OUT, WORK } from '../helpers/paths.js';
 

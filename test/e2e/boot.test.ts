@@ -5,7 +5,7 @@ import { describe, expect, test } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { createReporter } from '../../cli/progress.js';
+import { createReporter } from '../../lib/progress.js';
 import { collectHardlinks, packEntries, walkTree, XattrCollector } from '../../format/tree.js';
 import { ArchiveWriter } from '../../format/writer.js';
 import { describeSmoke, smokeBoot, type SmokeResult } from '../../qemu/smoke.js';

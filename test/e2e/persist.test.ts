@@ -4,7 +4,7 @@
 import { describe, expect, test } from '@jest/globals';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { createReporter } from '../../cli/progress.js';
+import { createReporter } from '../../lib/progress.js';
 import { listDiskFiles } from '../../qemu/disk.js';
 import { describeSmoke, IMAGES_PATH, smokeBoot } from '../../qemu/smoke.js';
 import { IMAGE_OUT, WORK } from '../helpers/paths.js';

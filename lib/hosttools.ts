@@ -1,5 +1,6 @@
 // Host tools mkma needs, and the Debian packages that provide them.
-import { spawnSync } from 'node:child_process';
+import { EnvironmentError } from './errors.js';
+import { runSync } from './run.js';
 
 export interface HostTool {
   command: string;
@@ -30,14 +31,14 @@ export const QEMU_TOOLS: HostTool[] = [
 ];
 
 export function hasCommand(cmd: string): boolean {
-  return spawnSync('/bin/sh', ['-c', `command -v "$1" >/dev/null 2>&1`, 'sh', cmd]).status === 0;
+  return runSync('/bin/sh', ['-c', `command -v "$1" >/dev/null 2>&1`, 'sh', cmd], { allowFailure: true }).ok;
 }
 
 export function missingTools(tools: HostTool[]): HostTool[] {
   return tools.filter((t) => !hasCommand(t.command));
 }
 
-export class MissingToolsError extends Error {
+export class MissingToolsError extends EnvironmentError {
   constructor(readonly missing: HostTool[]) {
     const pkgs = [...new Set(missing.map((t) => t.pkg))];
     super(
@@ -54,13 +55,11 @@ export function requireTools(tools: HostTool[]): void {
 
 /** --install-deps: apt-get install what is missing (apt-get update first, once). */
 export function installTools(tools: HostTool[], log: (s: string) => void, extraPackages: string[] = []): void {
-  const missingExtra = extraPackages.filter((p) => spawnSync('dpkg-query', ['-W', '-f=${Status}', p], { encoding: 'utf8' }).stdout !== 'install ok installed');
+  const missingExtra = extraPackages.filter((p) => runSync('dpkg-query', ['-W', '-f=${Status}', p], { allowFailure: true }).stdout !== 'install ok installed');
   const pkgs = [...new Set([...missingTools(tools).map((t) => t.pkg), ...missingExtra])];
   if (!pkgs.length) return;
   log(`installing host packages: ${pkgs.join(' ')}`);
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  const up = spawnSync('apt-get', ['update'], { stdio: 'inherit', env });
-  if (up.status !== 0) throw new Error('apt-get update failed');
-  const r = spawnSync('apt-get', ['install', '-y', '--no-install-recommends', ...pkgs], { stdio: 'inherit', env });
-  if (r.status !== 0) throw new Error(`apt-get install ${pkgs.join(' ')} failed`);
+  const env = { DEBIAN_FRONTEND: 'noninteractive' };
+  runSync('apt-get', ['update'], { stdio: 'inherit', env });
+  runSync('apt-get', ['install', '-y', '--no-install-recommends', ...pkgs], { stdio: 'inherit', env });
 }
