@@ -28,6 +28,8 @@
 // Applying a layer (TS: format/apply.ts, boot: init/templates/layer.sh):
 //   1. the archive is unpacked completely into a staging directory; if that fails the
 //      layer is skipped whole and nothing below it changes;
+import { FOOTER_SIZE, FORMAT } from '../lib/contract.js';
+import { MkmaError } from '../lib/errors.js';
 //   2. every `opaque` and every `delete` path is removed from the tree (never through a
 //      symlinked parent: such a path does not exist in the layer's view);
 //   3. staged entries are merged top-down: a directory that exists as a directory gets the
@@ -35,11 +37,12 @@
 //      and the staged entry is renamed into place (hardlinks stay hardlinks);
 //   4. the %xattrs section is restored.
 
-export const MANIFEST_VERSION = 1;
-export const SKIPPABLE_MAGIC = 0x184d2a5e;
-export const FOOTER_TAG = 'MKMA-MANIFEST-LEN';
-export const FOOTER_SIZE = FOOTER_TAG.length + 12 + 1;
-export const XATTR_SECTION = '%xattrs';
+// (the constants are the boot contract's, lib/contract.ts: the init and mkma-unpack share them)
+export const MANIFEST_VERSION = FORMAT.manifestVersion;
+export const SKIPPABLE_MAGIC = FORMAT.skippableMagic;
+export const FOOTER_TAG = FORMAT.footerTag;
+export { FOOTER_SIZE };
+export const XATTR_SECTION = FORMAT.xattrSection;
 
 export type ImageKind = 'base' | 'layer';
 
@@ -64,7 +67,7 @@ export interface Manifest {
   xattrs: XattrRecord[];
 }
 
-export class ManifestError extends Error {}
+export class ManifestError extends MkmaError {}
 
 /**
  * Paths are stored as raw bytes (latin1 strings here); two spellings, one per reader:

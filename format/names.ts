@@ -5,12 +5,14 @@
 // suffix (digit runs compare as numbers). The init does the same in awk (see
 // init/templates/layer.sh, `sort_layers`); both are tested against test/fixtures/layer-order.txt.
 
-export const BASE_NAME = 'base.cpio.zst';
-export const INITRAMFS_NAME = 'initramfs.cpio.zst';
-export const KERNEL_NAME = 'vmlinuz';
-export const BUILD_INFO_NAME = 'mkma.json';
-export const LAYER_PREFIX = 'persistence.';
-export const LAYER_SUFFIX = '.cpio.zst';
+import { FILES } from '../lib/contract.js';
+
+export const BASE_NAME = FILES.base;
+export const INITRAMFS_NAME = FILES.initramfs;
+export const KERNEL_NAME = FILES.kernel;
+export const BUILD_INFO_NAME = FILES.buildInfo;
+export const LAYER_PREFIX = FILES.layerPrefix;
+export const LAYER_SUFFIX = FILES.layerSuffix;
 /** What may stand between prefix and suffix; anything else is not a layer (and is reported). */
 export const LAYER_ID_RE = /^[0-9A-Za-z][0-9A-Za-z._+-]*$/;
 

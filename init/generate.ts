@@ -4,8 +4,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { FOOTER_SIZE, FOOTER_TAG, SKIPPABLE_MAGIC, XATTR_SECTION } from '../format/manifest.js';
-import { LAYER_PREFIX, LAYER_SUFFIX } from '../format/names.js';
+import { CMDLINE, FILES, FOOTER_SIZE, FORMAT, RUNTIME, UNPACK_EXIT, UNPACK_PROTOCOL } from '../lib/contract.js';
 
 /** init/templates, from both the sources (tests) and dist/init (installed). */
 export function templatesDir(): string {
@@ -23,21 +22,35 @@ function template(name: string): string {
 const shQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
 function constants(vars: Record<string, string | number>): string {
-  return Object.entries(vars)
-    .map(([k, v]) => `${k}=${shQuote(String(v))}`)
-    .join('\n');
+  // Not every script uses every constant: SC2034 is disabled for this block only (a
+  // directive before a script's first command would apply to the whole file, hence the `:`).
+  return [':', '# shellcheck disable=SC2034', '{', ...Object.entries(vars).map(([k, v]) => `\t${k}=${shQuote(String(v))}`), '}'].join('\n');
 }
 
 /** The magic as the bytes `od -An -tu1` prints (little-endian). */
 const magicBytes = (m: number) => [0, 8, 16, 24].map((s) => (m >>> s) & 0xff).join(' ');
 
-export const FORMAT_CONSTANTS = {
-  SKIPPABLE_MAGIC_BYTES: magicBytes(SKIPPABLE_MAGIC),
-  FOOTER_TAG,
+const upperSnake = (s: string) => s.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase();
+const prefixed = (prefix: string, o: Record<string, string | number>) =>
+  Object.fromEntries(Object.entries(o).map(([k, v]) => [`${prefix}${upperSnake(k)}`, v]));
+
+/**
+ * The boot contract (lib/contract.ts) as shell variables: the format's constants under their
+ * historic names, the runtime paths as RT_*, the command line keys as KEY_*, mkma-unpack's
+ * protocol words and exit statuses as UNPACK_* / UNPACK_EXIT_*.
+ */
+export const FORMAT_CONSTANTS: Record<string, string | number> = {
+  SKIPPABLE_MAGIC_BYTES: magicBytes(FORMAT.skippableMagic),
+  FOOTER_TAG: FORMAT.footerTag,
   FOOTER_SIZE,
-  XATTR_SECTION,
-  LAYER_PREFIX,
-  LAYER_SUFFIX,
+  XATTR_SECTION: FORMAT.xattrSection,
+  LAYER_PREFIX: FILES.layerPrefix,
+  LAYER_SUFFIX: FILES.layerSuffix,
+  BASE_NAME: FILES.base,
+  ...prefixed('RT_', RUNTIME),
+  ...prefixed('KEY_', CMDLINE),
+  ...prefixed('UNPACK_', UNPACK_PROTOCOL),
+  ...prefixed('UNPACK_EXIT_', UNPACK_EXIT),
 };
 
 export interface InitOptions {

@@ -1,6 +1,7 @@
 // What `mkma persist` knows about the overlay's upperdir: one shared model for the scanner
 // (persist/scan.ts), the rules (persist/rules.ts), the terminal UI (persist/tui.tsx) and the
 // layer writer (persist/write.ts).
+import { RUNTIME } from '../lib/contract.js';
 
 /** How an upperdir entry changes the system, as overlayfs shows it in the merged view. */
 export type ChangeKind =
@@ -70,8 +71,8 @@ export interface Decision {
 }
 
 export const DEFAULT_RULES_PATH = '/etc/mkma/persist.rules';
-export const DEFAULT_UPPER = '/overlay/fresh';
-export const DEFAULT_LOWER = '/overlay/base';
+export const DEFAULT_UPPER: string = RUNTIME.upper;
+export const DEFAULT_LOWER: string = RUNTIME.lower;
 
 /**
  * The user's choices in the UI (or --include/--exclude on exact paths): path → include?, each

@@ -16,10 +16,11 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { EnvironmentError, UsageError } from '../cli/errors.js';
+import { RUNTIME } from '../lib/contract.js';
+import { EnvironmentError, UsageError } from '../lib/errors.js';
 import { BASE_NAME } from '../format/names.js';
 
-export const BOOT_ENV_PATH = '/overlay/boot.env';
+export const BOOT_ENV_PATH: string = RUNTIME.bootEnv;
 
 export interface Target {
   /** the directory the layer goes into */

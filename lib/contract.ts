@@ -1,0 +1,89 @@
+// The boot contract: every name and number that the build (TypeScript), the boot (the init's
+// POSIX shell, init/templates) and the C extractor (init/unpack/mkma-unpack.c) must agree on,
+// defined once. init/generate.ts turns it into the shell constants at the top of every
+// generated init; the C side gets it as a generated header. Change a value here and all
+// three follow; never spell one of these out elsewhere.
+//
+// Pure data: lib/ is the ground floor and imports nothing of mkma's.
+
+/** File names in an images directory (format/names.ts orders the layers). */
+export const FILES = {
+  base: 'base.cpio.zst',
+  initramfs: 'initramfs.cpio.zst',
+  kernel: 'vmlinuz',
+  buildInfo: 'mkma.json',
+  layerPrefix: 'persistence.',
+  layerSuffix: '.cpio.zst',
+} as const;
+
+/** The image format (docs/FORMAT.md; format/manifest.ts reads and writes it). */
+export const FORMAT = {
+  manifestVersion: 1,
+  /** zstd skippable frame magic of the manifest frame (0x184d2a50..5f are skippable) */
+  skippableMagic: 0x184d2a5e,
+  footerTag: 'MKMA-MANIFEST-LEN',
+  /** footer: tag + body length right-aligned in 12 columns + "\n" */
+  footerDigits: 12,
+  xattrSection: '%xattrs',
+  /** cpio newc: fixed header size and the end marker */
+  newcHeaderSize: 110,
+  newcTrailer: 'TRAILER!!!',
+  /** longest entry name accepted, NUL included (PATH_MAX) */
+  nameLimit: 4096,
+  /** longest symlink target (Linux refuses longer ones) */
+  symlinkLimit: 4095,
+} as const;
+
+export const FOOTER_SIZE = FORMAT.footerTag.length + FORMAT.footerDigits + 1;
+
+/** Where things are on the running system (set up by the init, read by `mkma persist`). */
+export const RUNTIME = {
+  /** the RAM filesystem holding the layers of the overlay */
+  overlay: '/overlay',
+  /** the base with the layers applied: the overlay's lowerdir */
+  lower: '/overlay/base',
+  /** this boot's changes: the overlay's upperdir, what `mkma persist` saves */
+  upper: '/overlay/fresh',
+  work: '/overlay/work',
+  merged: '/overlay/merge',
+  /** where the init tells the running system where its images came from */
+  bootEnv: '/overlay/boot.env',
+  /** the init's scratch directory (a tmpfs, moved into the new root with /run) */
+  initTmp: '/run/mkma',
+  /** where the init mounts the storage device (read-only, unmounted before switch_root) */
+  storageMount: '/mnt/storage',
+} as const;
+
+/** Kernel command line keys read by the init (and by `mkma persist`, for the storage). */
+export const CMDLINE = {
+  storageDevice: 'mkma_storage_device',
+  imagesPath: 'mkma_images_path',
+  ramSize: 'mkma_ram_size',
+  onError: 'mkma_on_error',
+  deviceTimeout: 'mkma_device_timeout',
+  debug: 'mkma_debug',
+  break: 'mkma_break',
+} as const;
+
+/**
+ * mkma-unpack's output protocol: one line per layer (-l) or image (-i), first word below.
+ *   -l: "ok NAME ENTRIES REMOVED" | "skip NAME REASON" | "partial NAME REASON" | "warn NAME TEXT"
+ *   -i: "ok KIND ENTRIES UNPACKED DATA_BYTES" | "bad REASON"
+ */
+export const UNPACK_PROTOCOL = {
+  ok: 'ok',
+  skip: 'skip',
+  partial: 'partial',
+  warn: 'warn',
+  bad: 'bad',
+} as const;
+
+/** mkma-unpack's exit statuses. */
+export const UNPACK_EXIT = {
+  ok: 0,
+  /** one image failed (single image), or some layers were skipped (-l) */
+  failed: 1,
+  usage: 2,
+  /** -l: some layer was applied only partly */
+  partial: 3,
+} as const;
