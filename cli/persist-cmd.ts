@@ -6,11 +6,12 @@ import { appendRules, dpkgWarnings, loadRules, parsePattern, ruleDecider, rulesF
 import { scanUpper } from '../persist/scan.js';
 import { BOOT_ENV_PATH, resolveTarget, type Target } from '../persist/storage.js';
 import type { LayerPlan, WriteLayerResult } from '../persist/write.js';
-import { EnvironmentError, EXIT, UsageError } from '../lib/errors.js';
+import { interceptSignals } from '../lib/cleanup.js';
+import { EnvironmentError, EXIT, MkmaError, UsageError } from '../lib/errors.js';
 import { parse } from './args.js';
 import { createReporter, formatBytes, type Reporter } from '../lib/progress.js';
 
-export const PERSIST_HELP = `Usage: sudo mkma persist [options]
+export const HELP = `Usage: sudo mkma persist [options]
 
 Saves changes made since boot (the overlay's upperdir, ${DEFAULT_UPPER}) as a new layer
 persistence.<UTC time>.cpio.zst next to base.cpio.zst on the storage device; the next boot
@@ -108,7 +109,7 @@ function totalsOf(scan: ScanResult, decisions: Decision[]): Totals {
   return t;
 }
 
-export async function persistCmd(argv: string[]): Promise<number> {
+export async function run(argv: string[]): Promise<number> {
   const { values, tokens } = parse('persist', argv, {
     yes: { type: 'boolean', short: 'y' },
     'dry-run': { type: 'boolean', short: 'n' },
@@ -124,7 +125,7 @@ export async function persistCmd(argv: string[]): Promise<number> {
     level: { type: 'string' },
   });
   if (values.help) {
-    process.stdout.write(PERSIST_HELP);
+    process.stdout.write(HELP);
     return EXIT.ok;
   }
   const dryRun = !!values['dry-run'];
@@ -236,10 +237,14 @@ async function writeWithSignals(
     message?: string;
   },
 ): Promise<WriteLayerResult> {
+  // Ctrl-C or SIGTERM while writing: the writer stops and removes its partial file, and the
+  // command then reports the interruption (exit 1) instead of dying mid-write. SIGHUP too:
+  // a closed terminal must not leave a partial layer either.
   const ac = new AbortController();
-  const onSignal = () => ac.abort();
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const stopIntercepting = interceptSignals(() => {
+    ac.abort();
+    return true;
+  });
   const stage = reporter.stage('write', o.imagesDir);
   try {
     const r = await writeLayer({
@@ -252,11 +257,10 @@ async function writeWithSignals(
     stage.done(`${formatBytes(r.bytesIn)} → ${formatBytes(r.bytesOut)}`);
     return r;
   } catch (e) {
-    if (ac.signal.aborted) throw new Error('interrupted: nothing was saved (the partial file was removed)');
+    if (ac.signal.aborted) throw new MkmaError('interrupted: nothing was saved (the partial file was removed)');
     throw e;
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    stopIntercepting();
   }
 }
 
