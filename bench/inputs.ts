@@ -5,7 +5,6 @@
 //   - generated upperdirs (upper-gen.ts) and layers written from them by persist's writer.
 // Each cached item has a key file beside it; a changed key (another snapshot, another
 // generator spec) rebuilds it.
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { baseExclude } from '../builder/base.js';
@@ -13,6 +12,7 @@ import { BASE_NAME } from '../format/names.js';
 import { packTree } from '../format/pack.js';
 import { scanUpper } from '../persist/scan.js';
 import { writeLayer } from '../persist/write.js';
+import { runSync } from '../lib/run.js';
 import { generateUpper, listLower, type LowerListing, type UpperSpec } from './upper-gen.js';
 import { CACHE, countEntries, HarnessError, log, MKMA_BIN, rmrf, sh, TEST_CONFIG, TEST_IMAGE } from './util.js';
 
@@ -59,8 +59,8 @@ export class Inputs {
     const had = need.every((f) => fs.existsSync(path.join(TEST_IMAGE, f)));
     log(`${had ? 'updating' : 'building'} ${TEST_IMAGE} (mkma build --config test/fixtures/test-image.toml${had ? '' : ', ~1-2 min'})`);
     const t0 = Date.now();
-    const r = spawnSync('node', [MKMA_BIN, 'build', '--quiet', '--config', TEST_CONFIG, '--out', TEST_IMAGE], { stdio: ['ignore', 'inherit', 'inherit'] });
-    if (r.status !== 0) throw new HarnessError(`building the test image failed (exit ${r.status})`);
+    const r = runSync('node', [MKMA_BIN, 'build', '--quiet', '--config', TEST_CONFIG, '--out', TEST_IMAGE], { stdio: 'inherit', allowFailure: true });
+    if (!r.ok) throw new HarnessError(`building the test image failed (exit ${r.status})`);
     if (!had) this.notes.push(`the test image was missing and was built first (${((Date.now() - t0) / 1000).toFixed(0)} s)`);
     this.testImageReady = true;
     return TEST_IMAGE;

@@ -9,6 +9,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
+import { onCleanup } from '../lib/cleanup.js';
 import { figure as fig1 } from './fig1-pack.js';
 import { figure as fig2 } from './fig2-unpack.js';
 import { figure as fig3 } from './fig3-boot.js';
@@ -108,7 +109,8 @@ export async function main(argv: string[]): Promise<number> {
   const machine = machineFacts();
   const unlock = lockCache();
   if (!unlock) return 1;
-  process.on('exit', unlock);
+  // removed at exit, and on Ctrl-C with the mounts (lib/cleanup.ts)
+  onCleanup('remove the benchmark lock', unlock);
   cleanStaleMounts(CACHE);
   const inputs = new Inputs({ quick: opts.quick, runs: opts.runs });
   const rows: Row[] = [];

@@ -4,13 +4,14 @@
 // line to a log file and to onLine, and end as soon as the outcome is known: the success
 // marker (the guest's mkma-test hook prints it), a failure marker (kernel panic, init FATAL),
 // QEMU exiting, or the time limit. QEMU is always killed and reaped before the promise
-// settles, and also when this process exits or is signalled, so no emulator is ever left
-// running (an orphaned TCG guest would eat a core until someone notices).
-import { spawn, type ChildProcess } from 'node:child_process';
+// settles, and also when this process exits or is signalled (lib/cleanup.ts), so no emulator
+// is ever left running (an orphaned TCG guest would eat a core until someone notices).
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Accel } from './accel.js';
 import { MkmaError } from '../lib/errors.js';
+import { spawnTracked } from '../lib/run.js';
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
 
@@ -137,42 +138,6 @@ export function qemuArgs(o: QemuArgsOptions): string[] {
   return args;
 }
 
-// --- never leave a QEMU behind ---------------------------------------------------------------
-
-const running = new Set<ChildProcess>();
-const SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
-
-function killAll(): void {
-  for (const c of running) c.kill('SIGKILL');
-}
-
-function onSignal(sig: NodeJS.Signals): void {
-  killAll();
-  // Were we the only listener, the signal's default action (exit) must still happen.
-  if (process.listenerCount(sig) === 1) {
-    unwatch();
-    process.kill(process.pid, sig);
-  }
-}
-
-// The handlers exist only while a QEMU runs, so they never change how an idle process
-// reacts to signals.
-function watch(child: ChildProcess): void {
-  if (running.size === 0) {
-    process.on('exit', killAll);
-    for (const s of SIGNALS) process.on(s, onSignal);
-  }
-  running.add(child);
-}
-
-function unwatch(child?: ChildProcess): void {
-  if (child) running.delete(child);
-  if (running.size === 0 || !child) {
-    process.off('exit', killAll);
-    for (const s of SIGNALS) process.off(s, onSignal);
-  }
-}
-
 // --- console processing ------------------------------------------------------------------------
 
 /** SeaBIOS and the kernel emit terminal control sequences (ESC c, ESC [2J …); logs want text. */
@@ -191,11 +156,14 @@ function checkInputs(o: BootOptions): void {
   if (!o.interactive && !(o.timeoutSec > 0)) throw new QemuError('a non-interactive boot needs timeoutSec > 0');
 }
 
+/**
+ * QEMU as a tracked child (lib/run.ts): its console is read line by line as it comes (a raw
+ * stream, not a command run to its end), and lib/cleanup.ts kills it if mkma exits or is
+ * signalled first.
+ */
 function spawnQemu(o: BootOptions, stdio: 'inherit' | 'pipe'): ChildProcess {
   const bin = o.qemuBinary ?? QEMU_BINARY;
-  const child = spawn(bin, qemuArgs(o), { stdio: stdio === 'inherit' ? 'inherit' : ['ignore', 'pipe', 'pipe'] });
-  watch(child);
-  return child;
+  return spawnTracked(bin, qemuArgs(o), { stdio: stdio === 'inherit' ? 'inherit' : ['ignore', 'pipe', 'pipe'] });
 }
 
 function spawnFailure(bin: string, e: NodeJS.ErrnoException): QemuError {
@@ -234,7 +202,6 @@ async function bootInteractive(o: BootOptions): Promise<BootResult> {
     clearTimeout(timer);
     clearTimeout(killTimer);
     child.kill('SIGKILL');
-    unwatch(child);
   }
 }
 
@@ -312,14 +279,12 @@ function bootCaptured(o: BootOptions): Promise<BootResult> {
       // spawn failed: there is no process to wait for.
       spawnFailed = true;
       clearTimeout(timer);
-      unwatch(child);
       logFile.end();
       reject(spawnFailure(bin, e));
     });
 
     child.on('close', (code, signal) => {
       if (spawnFailed) return;
-      unwatch(child);
       if (pending) onLine(pending);
       // After the last line: it may have started a grace timer that must not keep us waiting.
       clearTimeout(timer);

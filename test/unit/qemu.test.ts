@@ -6,7 +6,7 @@ import {
   type QemuArgsOptions,
 } from '../../qemu/run.js';
 import { imagesDiskSize, contentBytes, mke2fsArgs, isCarriedOver, DiskError, PERSISTENCE_HEADROOM_BYTES } from '../../qemu/disk.js';
-import { newestKernelPackage } from '../../qemu/kernel.js';
+import { newestKernelPackage } from '../helpers/kernel.js';
 
 const MiB = 1024 * 1024;
 
