@@ -79,7 +79,8 @@ export const figure: Figure = {
 
     const work = path.join(CACHE, 'apply');
     fs.mkdirSync(work, { recursive: true });
-    let { bin, busybox, unpacker } = makeBin(work);
+    const { bin, busybox, unpacker: built } = makeBin(work);
+    let unpacker = built;
     const script = path.join(work, 'mkma-apply');
     fs.writeFileSync(script, generateApplyScript(), { mode: 0o755 });
     const scratch = inp.scratch('apply');

@@ -36,7 +36,7 @@ Options:
                          the system booted from (mkma_storage_device= on the kernel command line)
       --path PATH        with --device: the images directory on it; alone: a directory to
                          write the layer into as it is
-      --level N          zstd level 1..19 (default \$MKMA_COMPRESSION_LEVEL or 3)
+      --level N          zstd level 1..19 (default $MKMA_COMPRESSION_LEVEL or 3)
 
 Kinds: A added, M modified, m metadata only (chmod/chown/touch), D deleted, R replaced
 directory (its old contents are dropped).
@@ -55,6 +55,7 @@ const KIND_LETTER: Record<string, string> = { added: 'A', modified: 'M', metadat
 export function showPath(raw: string): string {
   const utf8 = Buffer.from(raw, 'latin1').toString('utf8');
   const text = Buffer.from(utf8, 'utf8').toString('latin1') === raw ? utf8 : raw;
+  // eslint-disable-next-line no-control-regex -- control bytes are what is escaped here
   return '/' + text.replace(/[\x00-\x1f\x7f\\]/g, (c) => (c === '\\' ? '\\\\' : '\\' + c.charCodeAt(0).toString(8).padStart(3, '0')));
 }
 

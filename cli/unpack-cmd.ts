@@ -10,7 +10,7 @@ an empty directory and applies every persistence.*.cpio.zst in order (deletions,
 directories, xattrs). A damaged layer is skipped whole and reported (exit status 1).
 
 --extractor: native is mkma-unpack, the initramfs' extractor, compiled here once and cached
-in \$MKMA_CACHE_DIR or /var/cache/mkma/unpacker (needs gcc libc6-dev libzstd-dev); ts is
+in $MKMA_CACHE_DIR or /var/cache/mkma/unpacker (needs gcc libc6-dev libzstd-dev); ts is
 mkma's TypeScript reader (same rules, slower); auto (default) is native when it can be built.
 
 Options:

@@ -76,6 +76,7 @@ export function mke2fsArgs(a: Mke2fsArgs): string[] {
   if (a.uuid !== undefined && !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(a.uuid)) {
     throw new DiskError(`"${a.uuid}" is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)`);
   }
+  // prettier-ignore -- option and value on one line
   return [
     '-q', '-t', 'ext4',
     // Under 512 MiB mke2fs's "small" profile picks 1 KiB blocks; 4 KiB keeps the base image

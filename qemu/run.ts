@@ -106,6 +106,7 @@ export function kernelCommandLine(append: string): string {
 export function qemuArgs(o: QemuArgsOptions): string[] {
   if (!Number.isInteger(o.cpus) || o.cpus < 1) throw new QemuError(`cpus must be a positive integer, got ${o.cpus}`);
   if (!Number.isInteger(o.memoryMiB) || o.memoryMiB < 64) throw new QemuError(`memoryMiB must be an integer ≥ 64, got ${o.memoryMiB}`);
+  // prettier-ignore -- option and value on one line
   const args = [
     '-machine', o.machine ?? 'q35',
     '-accel', accelArg(o.accel, o.cpus),
@@ -142,6 +143,7 @@ export function qemuArgs(o: QemuArgsOptions): string[] {
 
 /** SeaBIOS and the kernel emit terminal control sequences (ESC c, ESC [2J …); logs want text. */
 export function cleanConsoleLine(raw: string): string {
+  // eslint-disable-next-line no-control-regex -- ESC sequences are what is removed here
   return raw.replace(/\r/g, '').replace(/\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-~])/g, '');
 }
 

@@ -293,7 +293,6 @@ describe('real QEMU boot (TCG)', () => {
     const opts = { ...boot('quiet', 'boot.log'), waitForPoweroff: true };
     const r = await bootQemu(opts);
     const t = phaseTimings(r.log);
-    // eslint-disable-next-line no-console
     console.log(`tiny boot under TCG: ${r.durationSec.toFixed(1)}s wall, ${r.reason}\n` +
       `qemu-system-x86_64 ${qemuArgs(opts).join(' ')}\n${formatTimings(t)}`);
     expect(r.reason).toMatch(/powered off/);
