@@ -86,7 +86,10 @@ export function toolVersion(cmd: string, args: string[]): string {
     if (e instanceof CommandNotFoundError) return 'unavailable';
     throw e;
   }
-  const text = `${r.stdout}\n${r.stderr}`.split('\n').map((l) => l.trim()).find(Boolean);
+  const text = `${r.stdout}\n${r.stderr}`
+    .split('\n')
+    .map((l) => l.trim())
+    .find(Boolean);
   return text ?? 'unknown';
 }
 
@@ -131,7 +134,11 @@ export function mountTmpfs(dir: string, size = '16G'): () => void {
 /** An overlay as mkma's init mounts it (redirect_dir and metacopy off). */
 export function mountOverlay(dir: string, lower: string, upper: string, work: string): () => void {
   return mount(dir, [
-    '-t', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper},workdir=${work},redirect_dir=off,metacopy=off`, 'overlay',
+    '-t',
+    'overlay',
+    '-o',
+    `lowerdir=${lower},upperdir=${upper},workdir=${work},redirect_dir=off,metacopy=off`,
+    'overlay',
   ]);
 }
 
@@ -148,7 +155,9 @@ export async function withTmpfs<T>(dir: string, fn: (dir: string) => Promise<T>,
 /** Removes stale mounts under the cache left by a killed run (unmount deepest first). */
 export function cleanStaleMounts(under: string): void {
   const abs = path.resolve(under) + '/';
-  const mounts = fs.readFileSync('/proc/self/mounts', 'utf8').split('\n')
+  const mounts = fs
+    .readFileSync('/proc/self/mounts', 'utf8')
+    .split('\n')
     .map((l) => l.split(' ')[1]?.replace(/\\040/g, ' '))
     .filter((m): m is string => !!m && m.startsWith(abs))
     .sort((a, b) => b.length - a.length);

@@ -42,16 +42,21 @@ Example: sudo mkma build myhost --config mkma.toml --out /srv/mkma
 `;
 
 export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parse('build', argv, {
-    out: { type: 'string', short: 'o' },
-    config: { type: 'string', short: 'c' },
-    rebuild: { type: 'boolean' },
-    'host-kernel': { type: 'boolean' },
-    'install-deps': { type: 'boolean' },
-    quiet: { type: 'boolean', short: 'q' },
-    json: { type: 'boolean' },
-    preset: { type: 'string', short: 'p', multiple: true },
-  }, 1);
+  const { values, positionals } = parse(
+    'build',
+    argv,
+    {
+      out: { type: 'string', short: 'o' },
+      config: { type: 'string', short: 'c' },
+      rebuild: { type: 'boolean' },
+      'host-kernel': { type: 'boolean' },
+      'install-deps': { type: 'boolean' },
+      quiet: { type: 'boolean', short: 'q' },
+      json: { type: 'boolean' },
+      preset: { type: 'string', short: 'p', multiple: true },
+    },
+    1,
+  );
   if (values.help) {
     process.stdout.write(HELP);
     return EXIT.ok;
@@ -70,7 +75,15 @@ export async function run(argv: string[]): Promise<number> {
   const { build } = await import('../builder/build.js');
   const out = values.out ?? 'mkma-out';
   const interactive = !values.json && !!process.stdin.isTTY && !!process.stdout.isTTY;
-  const result = await build({ config, out, rebuild: !!values.rebuild, hostKernel: !!values['host-kernel'], reporter, presets, interactive });
+  const result = await build({
+    config,
+    out,
+    rebuild: !!values.rebuild,
+    hostKernel: !!values['host-kernel'],
+    reporter,
+    presets,
+    interactive,
+  });
   let boot: unknown = null;
   if (qemuTest) {
     const { smokeBoot, describeSmoke } = await import('../qemu/smoke.js');
@@ -95,8 +108,12 @@ export async function run(argv: string[]): Promise<number> {
     `  initramfs  ${o.initramfs.path}  (${formatBytes(o.initramfs.bytes)})`,
     `  base       ${o.base.path}  (${formatBytes(o.base.bytes)}, ${formatBytes(o.base.unpackedBytes)} in RAM, ${o.base.entries} entries)`,
     ...(presets.length
-      ? ['', 'Stages:', ...result.stages.map((s) => `  ${s.stage}: ${s.status}`),
-        `  (${result.cache.snapshots} snapshot(s), ${formatBytes(result.cache.bytes)}, in ${out}/.cache for rebuilds)`]
+      ? [
+          '',
+          'Stages:',
+          ...result.stages.map((s) => `  ${s.stage}: ${s.status}`),
+          `  (${result.cache.snapshots} snapshot(s), ${formatBytes(result.cache.bytes)}, in ${out}/.cache for rebuilds)`,
+        ]
       : []),
     '',
     'Kernel command line:',

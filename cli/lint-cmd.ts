@@ -32,7 +32,8 @@ export async function run(argv: string[]): Promise<number> {
     return EXIT.ok;
   }
   const presets = values.preset ?? [];
-  if (!presets.length && values.config === undefined) throw new UsageError('lint: nothing to check: give --preset PATH (repeatable) and/or --config FILE');
+  if (!presets.length && values.config === undefined)
+    throw new UsageError('lint: nothing to check: give --preset PATH (repeatable) and/or --config FILE');
   const findings = lint(presets, values.config, process.env);
   if (!findings.length) {
     process.stdout.write('ok\n');

@@ -1,7 +1,15 @@
 // `mkma persist`: save chosen changes of the running system (the overlay's upperdir) as a new
 // layer next to base.cpio.zst, applied at the next boot.
 import * as fs from 'node:fs';
-import { DEFAULT_LOWER, DEFAULT_RULES_PATH, DEFAULT_UPPER, type ChangeEntry, type Decision, type Rule, type ScanResult } from '../persist/model.js';
+import {
+  DEFAULT_LOWER,
+  DEFAULT_RULES_PATH,
+  DEFAULT_UPPER,
+  type ChangeEntry,
+  type Decision,
+  type Rule,
+  type ScanResult,
+} from '../persist/model.js';
 import { appendRules, dpkgWarnings, loadRules, parsePattern, ruleDecider, rulesFromOverrides } from '../persist/rules.js';
 import { scanUpper } from '../persist/scan.js';
 import { BOOT_ENV_PATH, resolveTarget, type Target } from '../persist/storage.js';
@@ -74,7 +82,8 @@ function ruleJson(r: Rule | null) {
 function parseLevel(v: string | undefined): number {
   const text = v ?? process.env.MKMA_COMPRESSION_LEVEL ?? '3';
   const n = Number(text);
-  if (!Number.isInteger(n) || n < 1 || n > 19) throw new UsageError(`persist: --level must be an integer 1..19, not ${JSON.stringify(text)}`);
+  if (!Number.isInteger(n) || n < 1 || n > 19)
+    throw new UsageError(`persist: --level must be an integer 1..19, not ${JSON.stringify(text)}`);
   return n;
 }
 
@@ -152,7 +161,7 @@ export async function run(argv: string[]): Promise<number> {
     }
     if (!dryRun || !readable) {
       throw new EnvironmentError(
-        'mkma persist must run as root (it reads every file of the upperdir, overlayfs\' trusted.* xattrs, and mounts the storage device): run it with sudo' +
+        "mkma persist must run as root (it reads every file of the upperdir, overlayfs' trusted.* xattrs, and mounts the storage device): run it with sudo" +
           (readable ? '' : ` (--dry-run works without root only if ${upper} is readable)`),
       );
     }
@@ -172,7 +181,7 @@ export async function run(argv: string[]): Promise<number> {
   }
 
   const reporter = createReporter({ quiet: json });
-  if (!isRoot) reporter.warn('not root: overlayfs\' own xattrs are invisible, so replaced directories show as added or unchanged');
+  if (!isRoot) reporter.warn("not root: overlayfs' own xattrs are invisible, so replaced directories show as added or unchanged");
   const stage = reporter.stage('scan', upper);
   // The writer's modules load while find and getfattr work (the scan mostly waits for them).
   const writeModule = dryRun ? null : import('../persist/write.js');
@@ -195,21 +204,40 @@ export async function run(argv: string[]): Promise<number> {
   for (const w of warnings) reporter.warn(w);
   // the rules' verdicts, computed once above (planLayer asks per entry)
   const includedSet = new Set<ChangeEntry>();
-  scan.entries.forEach((e, i) => { if (decisions[i].included) includedSet.add(e); });
+  scan.entries.forEach((e, i) => {
+    if (decisions[i].included) includedSet.add(e);
+  });
   const include = (e: ChangeEntry) => includedSet.has(e);
   const { planLayer, writeLayer } = await writeModule!;
   const plan = planLayer(scan, include);
   if (plan.changes === 0) {
-    if (json) process.stdout.write(JSON.stringify({ saved: false, reason: 'nothing to save', totals, skipped: scan.skipped, warnings }, null, 2) + '\n');
+    if (json)
+      process.stdout.write(
+        JSON.stringify({ saved: false, reason: 'nothing to save', totals, skipped: scan.skipped, warnings }, null, 2) + '\n',
+      );
     else process.stdout.write(`mkma: nothing to save (${totals.changes} change(s), all left out by the rules)\n`);
     return EXIT.ok;
   }
-  const target = resolveTarget({ device: values.device, path: values.path, cmdline: readIf('/proc/cmdline') ?? '', bootEnv: readIf(BOOT_ENV_PATH) });
+  const target = resolveTarget({
+    device: values.device,
+    path: values.path,
+    cmdline: readIf('/proc/cmdline') ?? '',
+    bootEnv: readIf(BOOT_ENV_PATH),
+  });
   let result: WriteLayerResult;
   try {
     for (const w of target.warnings) reporter.warn(w);
     // statsFromScan: the scan is a moment old, its lstat data is the files' (no second lstat of each)
-    result = await writeWithSignals(reporter, writeLayer, { scan, include, plan, statsFromScan: true, upper, imagesDir: target.imagesDir, level, message: values.message });
+    result = await writeWithSignals(reporter, writeLayer, {
+      scan,
+      include,
+      plan,
+      statsFromScan: true,
+      upper,
+      imagesDir: target.imagesDir,
+      level,
+      message: values.message,
+    });
   } finally {
     target.release();
   }
@@ -274,7 +302,10 @@ function printSaved(r: WriteLayerResult, name: string, target: Target, totals: T
     `  ${name}`,
     `  in ${target.description}`,
   ];
-  if (totals.excluded) lines.push(`  left out by the rules: ${totals.excluded} change(s), ${formatBytes(totals.excludedBytes)} (mkma persist --dry-run lists them)`);
+  if (totals.excluded)
+    lines.push(
+      `  left out by the rules: ${totals.excluded} change(s), ${formatBytes(totals.excludedBytes)} (mkma persist --dry-run lists them)`,
+    );
   lines.push('  It applies at the next boot.');
   process.stdout.write(lines.join('\n') + '\n');
 }
@@ -352,9 +383,21 @@ async function runTui(o: {
     saveRules: (lines) => appendRules(o.rulesFile, lines, `added by mkma persist on ${new Date().toISOString()}`),
     rulesFromOverrides,
     onConfirm: async (include) => {
-      const target = resolveTarget({ device: o.values.device, path: o.values.path, cmdline: readIf('/proc/cmdline') ?? '', bootEnv: readIf(BOOT_ENV_PATH) });
+      const target = resolveTarget({
+        device: o.values.device,
+        path: o.values.path,
+        cmdline: readIf('/proc/cmdline') ?? '',
+        bootEnv: readIf(BOOT_ENV_PATH),
+      });
       try {
-        const r = await writeLayer({ upper: o.upper, scan: latest, include, imagesDir: target.imagesDir, level: o.level, message: o.values.message });
+        const r = await writeLayer({
+          upper: o.upper,
+          scan: latest,
+          include,
+          imagesDir: target.imagesDir,
+          level: o.level,
+          message: o.values.message,
+        });
         return { file: r.file, bytesIn: r.bytesIn, bytesOut: r.bytesOut, entries: r.entries };
       } finally {
         target.release();

@@ -54,12 +54,22 @@ export async function run(argv: string[]): Promise<number> {
     if (!u.path && !values.json) process.stderr.write(`note: using the TypeScript extractor (mkma-unpack: ${u.reason})\n`);
     unpacker = u.path;
   }
-  const report = await unpackImages(values.images, values.into, (r) => {
-    if (!values.json) {
-      process.stderr.write(r.applied ? `applied ${r.file} (${r.entries} entries, ${r.deleted} removed)\n` : `LAYER SKIPPED ${r.file}: ${r.reason}\n`);
-    }
-  }, unpacker);
+  const report = await unpackImages(
+    values.images,
+    values.into,
+    (r) => {
+      if (!values.json) {
+        process.stderr.write(
+          r.applied ? `applied ${r.file} (${r.entries} entries, ${r.deleted} removed)\n` : `LAYER SKIPPED ${r.file}: ${r.reason}\n`,
+        );
+      }
+    },
+    unpacker,
+  );
   if (values.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
-  else process.stderr.write(`unpacked base (${report.base.entries} entries) and ${report.layers.filter((l) => l.applied).length} layer(s) into ${values.into}\n`);
+  else
+    process.stderr.write(
+      `unpacked base (${report.base.entries} entries) and ${report.layers.filter((l) => l.applied).length} layer(s) into ${values.into}\n`,
+    );
   return report.layers.some((l) => !l.applied) ? EXIT.failed : EXIT.ok;
 }

@@ -191,11 +191,13 @@ export function run(cmd: string, args: readonly string[], o: RunOptions = {}): P
       child.stdin.end(o.input);
     }
     let killTimer: NodeJS.Timeout | undefined;
-    const timer = o.timeoutMs ? setTimeout(() => {
-      timedOut = true;
-      signal('SIGTERM');
-      killTimer = setTimeout(() => signal('SIGKILL'), 3000);
-    }, o.timeoutMs) : undefined;
+    const timer = o.timeoutMs
+      ? setTimeout(() => {
+          timedOut = true;
+          signal('SIGTERM');
+          killTimer = setTimeout(() => signal('SIGKILL'), 3000);
+        }, o.timeoutMs)
+      : undefined;
     child.on('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       clearTimeout(killTimer);

@@ -76,7 +76,8 @@ export function mke2fsArgs(a: Mke2fsArgs): string[] {
   if (a.uuid !== undefined && !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(a.uuid)) {
     throw new DiskError(`"${a.uuid}" is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)`);
   }
-  // prettier-ignore -- option and value on one line
+  // option and value on one line
+  // prettier-ignore
   return [
     '-q', '-t', 'ext4',
     // Under 512 MiB mke2fs's "small" profile picks 1 KiB blocks; 4 KiB keeps the base image
@@ -204,8 +205,10 @@ export async function makeImagesDisk(opts: ImagesDiskOptions): Promise<ImagesDis
       try {
         entries = await listDiskEntries(opts.diskPath, `/${rel}`);
       } catch (e) {
-        throw new DiskError(`cannot read the layers of the existing disk ${opts.diskPath}: ${(e as Error).message}; ` +
-          'move it away, or rebuild it with fresh to start without them');
+        throw new DiskError(
+          `cannot read the layers of the existing disk ${opts.diskPath}: ${(e as Error).message}; ` +
+            'move it away, or rebuild it with fresh to start without them',
+        );
       }
       for (const e of entries) {
         // A layer of the same name passed in `files` replaces the disk's copy.

@@ -106,7 +106,8 @@ export function kernelCommandLine(append: string): string {
 export function qemuArgs(o: QemuArgsOptions): string[] {
   if (!Number.isInteger(o.cpus) || o.cpus < 1) throw new QemuError(`cpus must be a positive integer, got ${o.cpus}`);
   if (!Number.isInteger(o.memoryMiB) || o.memoryMiB < 64) throw new QemuError(`memoryMiB must be an integer ≥ 64, got ${o.memoryMiB}`);
-  // prettier-ignore -- option and value on one line
+  // option and value on one line
+  // prettier-ignore
   const args = [
     '-machine', o.machine ?? 'q35',
     '-accel', accelArg(o.accel, o.cpus),
@@ -169,9 +170,7 @@ function spawnQemu(o: BootOptions, stdio: 'inherit' | 'pipe'): ChildProcess {
 }
 
 function spawnFailure(bin: string, e: NodeJS.ErrnoException): QemuError {
-  return new QemuError(e.code === 'ENOENT'
-    ? `${bin} not found (apt-get install qemu-system-x86)`
-    : `cannot start ${bin}: ${e.message}`);
+  return new QemuError(e.code === 'ENOENT' ? `${bin} not found (apt-get install qemu-system-x86)` : `cannot start ${bin}: ${e.message}`);
 }
 
 export async function bootQemu(o: BootOptions): Promise<BootResult> {
@@ -187,11 +186,14 @@ async function bootInteractive(o: BootOptions): Promise<BootResult> {
   let timedOut = false;
   let killTimer: NodeJS.Timeout | undefined;
   // SIGTERM first: QEMU then restores the terminal it put in raw mode; SIGKILL if it hangs.
-  const timer = o.timeoutSec > 0 ? setTimeout(() => {
-    timedOut = true;
-    child.kill('SIGTERM');
-    killTimer = setTimeout(() => child.kill('SIGKILL'), 3000);
-  }, o.timeoutSec * 1000) : undefined;
+  const timer =
+    o.timeoutSec > 0
+      ? setTimeout(() => {
+          timedOut = true;
+          child.kill('SIGTERM');
+          killTimer = setTimeout(() => child.kill('SIGKILL'), 3000);
+        }, o.timeoutSec * 1000)
+      : undefined;
   try {
     const exitCode = await new Promise<number | null>((resolve, reject) => {
       child.on('error', (e) => reject(spawnFailure(o.qemuBinary ?? QEMU_BINARY, e)));

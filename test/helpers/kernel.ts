@@ -35,13 +35,20 @@ function compareVersions(a: string, b: string): number {
 
 /** The newest kernel package among `apt-cache search` output lines. */
 export function newestKernelPackage(searchOutput: string): string | null {
-  const names = searchOutput.split('\n').map((l) => l.split(' ')[0]).filter((n) => KERNEL_PACKAGE_RE.test(n));
+  const names = searchOutput
+    .split('\n')
+    .map((l) => l.split(' ')[0])
+    .filter((n) => KERNEL_PACKAGE_RE.test(n));
   return names.sort(compareVersions).pop() ?? null;
 }
 
 function cachedKernel(cacheDir: string): string | null {
   if (!fs.existsSync(cacheDir)) return null;
-  const found = fs.readdirSync(cacheDir).filter((n) => /^vmlinuz-.*-amd64$/.test(n)).sort(compareVersions).pop();
+  const found = fs
+    .readdirSync(cacheDir)
+    .filter((n) => /^vmlinuz-.*-amd64$/.test(n))
+    .sort(compareVersions)
+    .pop();
   return found ? path.join(cacheDir, found) : null;
 }
 
@@ -51,7 +58,15 @@ async function aptCacheSearch(): Promise<string> {
 
 /** dpkg-deb --fsys-tarfile DEB | tar -x ./boot/vmlinuz-*: the kernel only (pipefail: either failing fails). */
 async function extractVmlinuz(deb: string, dest: string): Promise<void> {
-  await run('bash', ['-o', 'pipefail', '-c', 'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" --wildcards "./boot/vmlinuz-*"', 'bash', deb, dest]);
+  await run('bash', [
+    '-o',
+    'pipefail',
+    '-c',
+    'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" --wildcards "./boot/vmlinuz-*"',
+    'bash',
+    deb,
+    dest,
+  ]);
 }
 
 /**

@@ -18,11 +18,12 @@ afterEach(() => {
 describe('mkma --help', () => {
   test('lists every command with its summary', async () => {
     expect(await main(['--help'])).toBe(0);
-    for (const [name, c] of Object.entries(COMMANDS)) expect(out).toMatch(new RegExp(`^  ${name} +${c.summary.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'));
+    for (const [name, c] of Object.entries(COMMANDS))
+      expect(out).toMatch(new RegExp(`^  ${name} +${c.summary.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'));
     expect(Object.keys(COMMANDS).sort()).toEqual(['build', 'lint', 'persist', 'qemu', 'unpack']);
   });
 
-  test.each(Object.keys(COMMANDS))('%s: --help and `mkma help` print the command\'s own text', async (name) => {
+  test.each(Object.keys(COMMANDS))("%s: --help and `mkma help` print the command's own text", async (name) => {
     const { HELP } = await COMMANDS[name].load();
     expect(HELP).toMatch(new RegExp(`^Usage: (sudo )?mkma ${name}\\b`));
     expect(await main([name, '--help'])).toBe(0);
