@@ -34,9 +34,9 @@ export function initModules(initText: string): { storage: string[]; ext4: string
     return m[1].split(/\s+/).filter(Boolean);
   };
   return {
-    storage: list(/^MKMA_MODULES_STORAGE='([^']*)'/m, 'MKMA_MODULES_STORAGE'),
+    storage: list(/^\s*MKMA_MODULES_STORAGE='([^']*)'/m, 'MKMA_MODULES_STORAGE'),
     ext4: list(/^\s*ext4\) echo '([^']*)'/m, 'the fs_modules ext4 line'),
-    overlay: list(/^MKMA_MODULES_OVERLAY='([^']*)'/m, 'MKMA_MODULES_OVERLAY'),
+    overlay: list(/^\s*MKMA_MODULES_OVERLAY='([^']*)'/m, 'MKMA_MODULES_OVERLAY'),
   };
 }
 
