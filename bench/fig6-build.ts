@@ -88,22 +88,42 @@ export const figure: Figure = {
       fs.copyFileSync(path.join(image, '.mkma-bootstrap.json'), path.join(out, '.mkma-bootstrap.json'));
     }
     const runs = inp.o.runs ?? 1;
-    const renameRow = (re: BuildSample[], fresh: BuildSample[] | null) =>
+    // a row of mkma's rebuild times against the fresh build (none in --quick)
+    const row = (id: string, what: string, target: number | null, re: BuildSample[], fresh: BuildSample[] | null, note: string) =>
       ratioRow({
         figure: 6,
-        id: '6.rename',
-        what: 'rebuild after a hostname change vs fresh',
+        id,
+        what,
         unit: 'ms',
         mkma: median(values(re)),
         reference: fresh ? median(values(fresh)) : null,
-        target: null,
+        target,
         ...(fresh ? {} : { status: 'skipped' as const }),
         referenceLabel: 'mkma build --rebuild (fresh mmdebstrap bootstrap, same configuration)',
-        note:
-          `mkma build ${RENAMED}: configure runs again and the base is re-packed, no bootstrap (${re[0]?.stages.filter((st) => st.endsWith(': ran')).join(', ') || '-'})` +
-          (fresh ? '' : '; fresh build skipped in --quick'),
+        note,
         samples: { mkma: values(re), ...(fresh ? { reference: values(fresh) } : {}) },
       });
+    const rebuildRow = (re: BuildSample[], fresh: BuildSample[] | null) =>
+      row(
+        '6.rebuild',
+        'rebuild, unchanged config vs fresh',
+        0.1,
+        re,
+        fresh,
+        (fresh
+          ? `${runs} run(s) each; the fresh build depends on the mirror's speed`
+          : 'fresh build skipped in --quick (the unchanged rebuild was measured)') + notReused(re),
+      );
+    const renameRow = (rn: BuildSample[], fresh: BuildSample[] | null) =>
+      row(
+        '6.rename',
+        'rebuild after a hostname change vs fresh',
+        null,
+        rn,
+        fresh,
+        `mkma build ${RENAMED}: configure runs again and the base is re-packed, no bootstrap (${rn[0]?.stages.filter((st) => st.endsWith(': ran')).join(', ') || '-'})` +
+          (fresh ? '' : '; fresh build skipped in --quick'),
+      );
     if (quick) {
       // one unmeasured round first: after seeding (or a change to mkma itself) the first
       // rebuild records what every stage was made from
@@ -114,22 +134,7 @@ export const figure: Figure = {
         ],
         { runs, warmup: 1, label: 'build', fmt: fmtMs },
       );
-      return [
-        ratioRow({
-          figure: 6,
-          id: '6.rebuild',
-          what: 'rebuild, unchanged config vs fresh',
-          unit: 'ms',
-          mkma: median(values(re)),
-          reference: null,
-          target: 0.1,
-          status: 'skipped',
-          referenceLabel: 'mkma build --rebuild (fresh mmdebstrap bootstrap)',
-          note: `fresh build skipped in --quick (the unchanged rebuild was measured)${notReused(re)}`,
-          samples: { mkma: values(re) },
-        }),
-        renameRow(rn, null),
-      ];
+      return [rebuildRow(re, null), renameRow(rn, null)];
     }
     // fresh first: it also makes the chroot the unchanged rebuild reuses
     const [fresh, re, rn] = await interleave<BuildSample>(
@@ -140,20 +145,6 @@ export const figure: Figure = {
       ],
       { runs, label: 'build', fmt: fmtMs },
     );
-    return [
-      ratioRow({
-        figure: 6,
-        id: '6.rebuild',
-        what: 'rebuild, unchanged config vs fresh',
-        unit: 'ms',
-        mkma: median(values(re)),
-        reference: median(values(fresh)),
-        target: 0.1,
-        referenceLabel: 'mkma build --rebuild (fresh mmdebstrap bootstrap, same configuration)',
-        note: `${runs} run(s) each; the fresh build depends on the mirror's speed${notReused(re)}`,
-        samples: { mkma: values(re), reference: values(fresh) },
-      }),
-      renameRow(rn, fresh),
-    ];
+    return [rebuildRow(re, fresh), renameRow(rn, fresh)];
   },
 };

@@ -300,21 +300,23 @@ function sizesFor(rng: Rng, spec: UpperSpec): number[] {
   return rng.sample(sizes, sizes.length);
 }
 
+const noStats = (): GenStats => ({
+  newFiles: 0,
+  newBytes: 0,
+  deletedFiles: 0,
+  deletedDirs: 0,
+  replacedDirs: 0,
+  symlinks: 0,
+  hardlinks: 0,
+  chmods: 0,
+  modified: 0,
+});
+
 /** Runs one generator pass in `merged` (a mounted overlay over `lower`). */
 export function generatePass(merged: string, lower: LowerListing, spec: UpperSpec): GenStats {
   const rng = new Rng(spec.seed);
   const words = vocabulary(rng);
-  const st: GenStats = {
-    newFiles: 0,
-    newBytes: 0,
-    deletedFiles: 0,
-    deletedDirs: 0,
-    replacedDirs: 0,
-    symlinks: 0,
-    hardlinks: 0,
-    chmods: 0,
-    modified: 0,
-  };
+  const st = noStats();
   const part = spec.partition;
   const mine = <T>(xs: T[]) => (part ? xs.filter((_, i) => i % part.count === part.index) : xs);
   const lowerFiles = mine(lower.files);
@@ -438,17 +440,7 @@ export interface GeneratedUpper {
 export function generateUpper(lowerRoot: string, lower: LowerListing, specs: UpperSpec[], out: string, scratch: string): GeneratedUpper {
   fs.mkdirSync(scratch, { recursive: true });
   const unmountTmp = mountTmpfs(scratch, '8G');
-  const stats: GenStats = {
-    newFiles: 0,
-    newBytes: 0,
-    deletedFiles: 0,
-    deletedDirs: 0,
-    replacedDirs: 0,
-    symlinks: 0,
-    hardlinks: 0,
-    chmods: 0,
-    modified: 0,
-  };
+  const stats = noStats();
   try {
     const upper = path.join(scratch, 'upper');
     const work = path.join(scratch, 'work');

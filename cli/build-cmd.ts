@@ -3,7 +3,7 @@
 import * as os from 'node:os';
 import { EXIT } from '../lib/errors.js';
 import { createReporter, formatBytes } from '../lib/progress.js';
-import { parse, requireRoot } from './args.js';
+import { parse, printHelp, requireRoot } from './args.js';
 
 export const HELP = `Usage: sudo mkma build [HOSTNAME] [options]
 
@@ -57,10 +57,7 @@ export async function run(argv: string[]): Promise<number> {
     },
     1,
   );
-  if (values.help) {
-    process.stdout.write(HELP);
-    return EXIT.ok;
-  }
+  if (values.help) return printHelp(HELP);
   const { BUILD_TOOLS, FAST_BOOT_PACKAGES, QEMU_TOOLS, installTools, requireTools } = await import('../lib/hosttools.js');
   const qemuTest = process.env.MKMA_QEMU_TEST === '1';
   const tools = qemuTest ? [...BUILD_TOOLS, ...QEMU_TOOLS] : BUILD_TOOLS;

@@ -2,7 +2,7 @@
 // one line `FILE:LINE: message` per finding. Exit 0 and "ok" when nothing is wrong, 1 otherwise.
 import { formatFinding, lint } from '../config/lint.js';
 import { EXIT, UsageError } from '../lib/errors.js';
-import { parse } from './args.js';
+import { parse, printHelp } from './args.js';
 
 export const HELP = `Usage: mkma lint [--preset PATH …] [--config FILE]
 
@@ -27,10 +27,7 @@ export async function run(argv: string[]): Promise<number> {
     preset: { type: 'string', short: 'p', multiple: true },
     config: { type: 'string', short: 'c' },
   });
-  if (values.help) {
-    process.stdout.write(HELP);
-    return EXIT.ok;
-  }
+  if (values.help) return printHelp(HELP);
   const presets = values.preset ?? [];
   if (!presets.length && values.config === undefined)
     throw new UsageError('lint: nothing to check: give --preset PATH (repeatable) and/or --config FILE');

@@ -6,6 +6,7 @@
 import { CMDLINE } from '../lib/contract.js';
 import { EXIT, exitCodeOf, UsageError } from '../lib/errors.js';
 import { setDebug } from '../lib/run.js';
+import { printHelp } from './args.js';
 
 /** What every cli/*-cmd.ts exports. */
 export interface CommandModule {
@@ -73,8 +74,7 @@ export async function main(argvIn: string[]): Promise<number> {
   try {
     if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') {
       const topic = rest[0] !== undefined ? Object.hasOwn(COMMANDS, rest[0]) && COMMANDS[rest[0]] : undefined;
-      process.stdout.write(topic ? (await topic.load()).HELP : mainHelp());
-      return EXIT.ok;
+      return printHelp(topic ? (await topic.load()).HELP : mainHelp());
     }
     if (cmd === '--version' || cmd === '-V') {
       const { mkmaVersion } = await import('../builder/build.js');

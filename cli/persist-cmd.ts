@@ -16,7 +16,7 @@ import { BOOT_ENV_PATH, resolveTarget, type Target } from '../persist/storage.js
 import type { LayerPlan, WriteLayerResult } from '../persist/write.js';
 import { interceptSignals } from '../lib/cleanup.js';
 import { EnvironmentError, EXIT, MkmaError, UsageError } from '../lib/errors.js';
-import { parse } from './args.js';
+import { parse, printHelp } from './args.js';
 import { createReporter, formatBytes, type Reporter } from '../lib/progress.js';
 
 export const HELP = `Usage: sudo mkma persist [options]
@@ -134,10 +134,7 @@ export async function run(argv: string[]): Promise<number> {
     path: { type: 'string' },
     level: { type: 'string' },
   });
-  if (values.help) {
-    process.stdout.write(HELP);
-    return EXIT.ok;
-  }
+  if (values.help) return printHelp(HELP);
   const dryRun = !!values['dry-run'];
   const yes = !!values.yes;
   const json = !!values.json;

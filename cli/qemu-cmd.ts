@@ -1,5 +1,5 @@
 // `mkma qemu`: boot the built image and report (qemu/smoke.ts).
-import { parse } from './args.js';
+import { parse, printHelp } from './args.js';
 import { EXIT, UsageError } from '../lib/errors.js';
 import { createReporter } from '../lib/progress.js';
 
@@ -39,10 +39,7 @@ export async function run(argv: string[]): Promise<number> {
     interactive: { type: 'boolean', short: 'i' },
     json: { type: 'boolean' },
   });
-  if (values.help) {
-    process.stdout.write(HELP);
-    return EXIT.ok;
-  }
+  if (values.help) return printHelp(HELP);
   const reporter = createReporter({ quiet: !!values.json });
   const { smokeBoot, describeSmoke } = await import('../qemu/smoke.js');
   const r = await smokeBoot({

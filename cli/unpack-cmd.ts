@@ -1,7 +1,7 @@
 // `mkma unpack`: on the host, exactly what the initramfs does at boot (format/apply.ts), with
 // the initramfs' own extractor when it can be built here.
 import { EnvironmentError, EXIT, UsageError } from '../lib/errors.js';
-import { parse, requireRoot } from './args.js';
+import { parse, printHelp, requireRoot } from './args.js';
 
 export const HELP = `Usage: sudo mkma unpack --images DIR --into DIR [--json] [--extractor auto|native|ts]
 
@@ -32,10 +32,7 @@ export async function run(argv: string[]): Promise<number> {
     json: { type: 'boolean' },
     extractor: { type: 'string' },
   });
-  if (values.help) {
-    process.stdout.write(HELP);
-    return EXIT.ok;
-  }
+  if (values.help) return printHelp(HELP);
   const extractor = values.extractor ?? 'auto';
   if (!['auto', 'native', 'ts'].includes(extractor)) throw new UsageError(`unpack: --extractor is auto, native or ts, not ${extractor}`);
   if (!values.images || !values.into) throw new UsageError('unpack: --images DIR and --into DIR are required');
