@@ -1,10 +1,11 @@
-// ESM + TypeScript: ts-jest transpiles only (no type-check here: `npm test` runs tsc first),
+// ESM + TypeScript: ts-jest transpiles only, file by file (isolatedModules in
+// tsconfig.test.json; no type-check here: the test scripts run tsc first),
 // and ink is ESM-only, hence NODE_OPTIONS=--experimental-vm-modules in package.json.
 // Not @swc/jest / jest 30: their platform-specific optional packages (@swc/core-*,
 // @unrs/resolver-binding-*) are not all on the registry this project installs from, and then
 // `npm ci` refuses the lock file. ts-jest and jest 29 are plain JavaScript.
 const transform = {
-  '^.+\\.tsx?$': ['ts-jest', { useESM: true, isolatedModules: true, tsconfig: 'tsconfig.test.json', diagnostics: false }],
+  '^.+\\.tsx?$': ['ts-jest', { useESM: true, tsconfig: 'tsconfig.test.json', diagnostics: false }],
 };
 const common = {
   extensionsToTreatAsEsm: ['.ts', '.tsx'],
@@ -12,8 +13,17 @@ const common = {
   transform,
   testEnvironment: 'node',
   // never crawl build output, test work trees (whole root filesystems) or dependencies
-  roots: ['<rootDir>/test', '<rootDir>/lib', '<rootDir>/format', '<rootDir>/config', '<rootDir>/builder', '<rootDir>/init',
-    '<rootDir>/persist', '<rootDir>/qemu', '<rootDir>/cli'],
+  roots: [
+    '<rootDir>/test',
+    '<rootDir>/lib',
+    '<rootDir>/format',
+    '<rootDir>/config',
+    '<rootDir>/builder',
+    '<rootDir>/init',
+    '<rootDir>/persist',
+    '<rootDir>/qemu',
+    '<rootDir>/cli',
+  ],
 };
 export default {
   projects: [

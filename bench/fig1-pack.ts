@@ -56,62 +56,102 @@ export const figure: Figure = {
       const mkOut = path.join(scratch, 'mkma.cpio.zst');
       const refOut = path.join(scratch, 'ref.cpio.zst');
       const runs = inp.runs(5);
-      const [mk, ref] = await interleave<Sample & { bytes: number }>([
-        {
-          name: 'mkma packTree',
-          run: async () => {
-            rmrf(mkOut);
-            const t0 = performance.now();
-            await packTree(root, mkOut, { kind: 'base', level: 3, exclude: baseExclude });
-            const value = performance.now() - t0;
-            const bytes = fileSize(mkOut);
-            rmrf(mkOut);
-            return { value, bytes };
+      const [mk, ref] = await interleave<Sample & { bytes: number }>(
+        [
+          {
+            name: 'mkma packTree',
+            run: async () => {
+              rmrf(mkOut);
+              const t0 = performance.now();
+              await packTree(root, mkOut, { kind: 'base', level: 3, exclude: baseExclude });
+              const value = performance.now() - t0;
+              const bytes = fileSize(mkOut);
+              rmrf(mkOut);
+              return { value, bytes };
+            },
           },
-        },
-        {
-          name: 'find|cpio|zstd',
-          run: async () => {
-            rmrf(refOut);
-            const r = await bashTimed(`cd ${shQuote(root)} && find . -xdev -print0 | cpio -o --null -H newc --quiet | zstd -T0 -3 -q > ${shQuote(refOut)}`);
-            const bytes = fileSize(refOut);
-            rmrf(refOut);
-            return { value: r.ms, bytes };
+          {
+            name: 'find|cpio|zstd',
+            run: async () => {
+              rmrf(refOut);
+              const r = await bashTimed(
+                `cd ${shQuote(root)} && find . -xdev -print0 | cpio -o --null -H newc --quiet | zstd -T0 -3 -q > ${shQuote(refOut)}`,
+              );
+              const bytes = fileSize(refOut);
+              rmrf(refOut);
+              return { value: r.ms, bytes };
+            },
           },
-        },
-      ], { runs, warmup: inp.warmup, label: 'pack', fmt: fmtMs });
+        ],
+        { runs, warmup: inp.warmup, label: 'pack', fmt: fmtMs },
+      );
 
       // Memory, each in its own process; the tree and twice the tree alternate too.
       const memRuns = inp.runs(3);
-      const [one, two] = await interleave<Sample & { hwm: number; entries: number }>([
-        { name: 'pack rootfs (child)', run: async () => { const c = await packInChild(root, mkOut); return { value: c.hwmKiB, hwm: c.hwmKiB, entries: c.entries }; } },
-        { name: 'pack 2× rootfs (child)', run: async () => { const c = await packInChild(twice, mkOut); return { value: c.hwmKiB, hwm: c.hwmKiB, entries: c.entries }; } },
-      ], { runs: memRuns, label: 'peak RSS KiB' });
+      const [one, two] = await interleave<Sample & { hwm: number; entries: number }>(
+        [
+          {
+            name: 'pack rootfs (child)',
+            run: async () => {
+              const c = await packInChild(root, mkOut);
+              return { value: c.hwmKiB, hwm: c.hwmKiB, entries: c.entries };
+            },
+          },
+          {
+            name: 'pack 2× rootfs (child)',
+            run: async () => {
+              const c = await packInChild(twice, mkOut);
+              return { value: c.hwmKiB, hwm: c.hwmKiB, entries: c.entries };
+            },
+          },
+        ],
+        { runs: memRuns, label: 'peak RSS KiB' },
+      );
 
       const rssOne = median(values(one));
       const rssTwo = median(values(two));
       return [
         ratioRow({
-          figure: 1, id: '1.pack-time', what: 'pack base, level 3 (time)', unit: 'ms',
-          mkma: median(values(mk)), reference: median(values(ref)), target: 1.0,
+          figure: 1,
+          id: '1.pack-time',
+          what: 'pack base, level 3 (time)',
+          unit: 'ms',
+          mkma: median(values(mk)),
+          reference: median(values(ref)),
+          target: 1.0,
           referenceLabel: 'find . -xdev -print0 | cpio -o --null -H newc | zstd -T0 -3',
           samples: { mkma: values(mk), reference: values(ref) },
         }),
         ratioRow({
-          figure: 1, id: '1.pack-size', what: 'pack base, level 3 (size)', unit: 'bytes',
-          mkma: median(mk.map((s) => s.bytes)), reference: median(ref.map((s) => s.bytes)), target: 1.02,
-          referenceLabel: 'the same one-liner\'s output',
+          figure: 1,
+          id: '1.pack-size',
+          what: 'pack base, level 3 (size)',
+          unit: 'bytes',
+          mkma: median(mk.map((s) => s.bytes)),
+          reference: median(ref.map((s) => s.bytes)),
+          target: 1.02,
+          referenceLabel: "the same one-liner's output",
         }),
         ratioRow({
-          figure: 1, id: '1.pack-rss', what: 'pack peak RSS (≤ 256 MB)', unit: 'KiB',
-          mkma: rssOne, reference: 256 * 1024, target: 1.0,
+          figure: 1,
+          id: '1.pack-rss',
+          what: 'pack peak RSS (≤ 256 MB)',
+          unit: 'KiB',
+          mkma: rssOne,
+          reference: 256 * 1024,
+          target: 1.0,
           referenceLabel: 'the 256 MB budget (an absolute limit of the design, not a measurement)',
           note: `Node process VmHWM, median of ${memRuns}; zstd children not counted; ${one[0]?.entries ?? '?'} entries`,
           samples: { mkma: values(one) },
         }),
         ratioRow({
-          figure: 1, id: '1.pack-rss-2x', what: 'pack peak RSS, 2× tree vs 1×', unit: 'KiB',
-          mkma: rssTwo, reference: rssOne, target: 1.1,
+          figure: 1,
+          id: '1.pack-rss-2x',
+          what: 'pack peak RSS, 2× tree vs 1×',
+          unit: 'KiB',
+          mkma: rssTwo,
+          reference: rssOne,
+          target: 1.1,
           referenceLabel: 'the same on the 1× tree (row 1.pack-rss)',
           note: `2× tree: ${two[0]?.entries ?? '?'} entries (the rootfs + a real copy under copy-2/)`,
           samples: { mkma: values(two), reference: values(one) },

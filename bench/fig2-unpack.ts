@@ -30,11 +30,12 @@ export const figure: Figure = {
     const scratch = inp.scratch('unpack');
     const runs = inp.runs(5);
 
-    const refScript = (into: string) => [
-      `cd ${shQuote(into)}`,
-      `zstd -q -dc ${shQuote(path.join(images, BASE_NAME))} | cpio -idm --quiet`,
-      ...layers.map((l) => `zstd -q -dc ${shQuote(path.join(images, l))} | cpio -idmu --quiet`),
-    ].join(' && ');
+    const refScript = (into: string) =>
+      [
+        `cd ${shQuote(into)}`,
+        `zstd -q -dc ${shQuote(path.join(images, BASE_NAME))} | cpio -idm --quiet`,
+        ...layers.map((l) => `zstd -q -dc ${shQuote(path.join(images, l))} | cpio -idmu --quiet`),
+      ].join(' && ');
 
     // mkma unpack uses mkma-unpack (the initramfs' extractor) when it can be built: build it
     // into the bench cache before timing, so that no run pays for the compiler.
@@ -42,32 +43,50 @@ export const figure: Figure = {
     const built = buildUnpacker({ cacheDir: unpackerCache });
     const extractor = built.path ? 'mkma-unpack (native)' : `TypeScript (mkma-unpack not built: ${built.reason})`;
     const env = { ...process.env, MKMA_CACHE_DIR: unpackerCache };
-    const [mk, ref] = await interleave<Sample>([
-      {
-        name: 'mkma unpack',
-        run: () => withTmpfs(scratch, async (t) => {
-          const into = path.join(t, 'tree');
-          const r = await runTimed('node', [MKMA_BIN, 'unpack', '--images', images, '--into', into], { env });
-          return { value: r.ms };
-        }, '4G'),
-      },
-      {
-        name: 'zstd|cpio ×4',
-        run: () => withTmpfs(scratch, async (t) => {
-          const into = path.join(t, 'tree');
-          fs.mkdirSync(into);
-          const r = await bashTimed(refScript(into));
-          return { value: r.ms };
-        }, '4G'),
-      },
-    ], { runs, warmup: inp.warmup, label: 'unpack', fmt: fmtMs });
+    const [mk, ref] = await interleave<Sample>(
+      [
+        {
+          name: 'mkma unpack',
+          run: () =>
+            withTmpfs(
+              scratch,
+              async (t) => {
+                const into = path.join(t, 'tree');
+                const r = await runTimed('node', [MKMA_BIN, 'unpack', '--images', images, '--into', into], { env });
+                return { value: r.ms };
+              },
+              '4G',
+            ),
+        },
+        {
+          name: 'zstd|cpio ×4',
+          run: () =>
+            withTmpfs(
+              scratch,
+              async (t) => {
+                const into = path.join(t, 'tree');
+                fs.mkdirSync(into);
+                const r = await bashTimed(refScript(into));
+                return { value: r.ms };
+              },
+              '4G',
+            ),
+        },
+      ],
+      { runs, warmup: inp.warmup, label: 'unpack', fmt: fmtMs },
+    );
 
     const sizes = [BASE_NAME, ...layers].map((n) => fs.statSync(path.join(images, n)).size);
     const mib = (n: number) => (n / 2 ** 20).toFixed(1);
     return [
       ratioRow({
-        figure: 2, id: '2.unpack', what: `host unpack, base + ${layers.length} layers`, unit: 'ms',
-        mkma: median(values(mk)), reference: median(values(ref)), target: 1.0,
+        figure: 2,
+        id: '2.unpack',
+        what: `host unpack, base + ${layers.length} layers`,
+        unit: 'ms',
+        mkma: median(values(mk)),
+        reference: median(values(ref)),
+        target: 1.0,
         referenceLabel: `zstd -dc base | cpio -idm, then zstd -dc LAYER | cpio -idmu for each of the ${layers.length} layers`,
         note: `images ${mib(sizes[0])} MiB base + layers of ${sizes.slice(1).map(mib).join(', ')} MiB (compressed); mkma unpack includes Node's start-up; extractor: ${extractor}`,
         samples: { mkma: values(mk), reference: values(ref) },

@@ -34,9 +34,9 @@ export function initModules(initText: string): { storage: string[]; ext4: string
     return m[1].split(/\s+/).filter(Boolean);
   };
   return {
-    storage: list(/^MKMA_MODULES_STORAGE='([^']*)'/m, 'MKMA_MODULES_STORAGE'),
+    storage: list(/^\s*MKMA_MODULES_STORAGE='([^']*)'/m, 'MKMA_MODULES_STORAGE'),
     ext4: list(/^\s*ext4\) echo '([^']*)'/m, 'the fs_modules ext4 line'),
-    overlay: list(/^MKMA_MODULES_OVERLAY='([^']*)'/m, 'MKMA_MODULES_OVERLAY'),
+    overlay: list(/^\s*MKMA_MODULES_OVERLAY='([^']*)'/m, 'MKMA_MODULES_OVERLAY'),
   };
 }
 
@@ -122,17 +122,35 @@ export const figure: Figure = {
     const realInitrd = path.join(work, 'initramfs.cpio.zst');
     const refInitrd = path.join(work, 'reference-initramfs.cpio.zst');
     makeReferenceInitramfs(realInitrd, refInitrd, work);
-    const hasUnpacker = sh('bash', ['-c', `zstd -q -dc ${shQuote(realInitrd)} | cpio -t --quiet 2>/dev/null`]).split('\n').some((l) => /(^|\/)mkma-unpack$/.test(l));
+    const hasUnpacker = sh('bash', ['-c', `zstd -q -dc ${shQuote(realInitrd)} | cpio -t --quiet 2>/dev/null`])
+      .split('\n')
+      .some((l) => /(^|\/)mkma-unpack$/.test(l));
 
     const diskPath = path.join(work, 'disk.img');
-    await makeImagesDisk({ diskPath, imagesDir: path.join(work, 'images'), label: LABEL, fresh: true, files: [BASE_NAME], imagesPath: IMAGES_PATH });
+    await makeImagesDisk({
+      diskPath,
+      imagesDir: path.join(work, 'images'),
+      label: LABEL,
+      fresh: true,
+      files: [BASE_NAME],
+      imagesPath: IMAGES_PATH,
+    });
     const append = `mkma_storage_device=LABEL=${LABEL} mkma_images_path=${IMAGES_PATH} mkma_test`;
 
     const boot = async (initrd: string, name: string, round: number): Promise<BootSample> => {
       const logPath = path.join(work, `console-${name}-${round + 1}.log`);
       const r = await bootQemu({
-        kernel, initrd, disks: [{ path: diskPath, readonly: true }], append, memoryMiB: MEMORY_MIB, cpus: CPUS, accel: 'tcg',
-        interactive: false, timeoutSec: TIMEOUT_SEC, logPath, successMarker: MULTI_USER_MARKER,
+        kernel,
+        initrd,
+        disks: [{ path: diskPath, readonly: true }],
+        append,
+        memoryMiB: MEMORY_MIB,
+        cpus: CPUS,
+        accel: 'tcg',
+        interactive: false,
+        timeoutSec: TIMEOUT_SEC,
+        logPath,
+        successMarker: MULTI_USER_MARKER,
       });
       const t = phaseTimings(r.log);
       if (t.kernelToInit === undefined || t.switchRoot === undefined) {
@@ -143,12 +161,19 @@ export const figure: Figure = {
     };
 
     const runs = inp.runs(3, 1);
-    const [mk, ref] = await interleave<BootSample>([
-      { name: 'mkma init', run: (round) => boot(realInitrd, 'mkma', round) },
-      { name: 'reference init', run: (round) => boot(refInitrd, 'reference', round) },
-    ], { runs, label: 'start→switch-root', fmt: (v) => `${(v / 1000).toFixed(2)} s` });
+    const [mk, ref] = await interleave<BootSample>(
+      [
+        { name: 'mkma init', run: (round) => boot(realInitrd, 'mkma', round) },
+        { name: 'reference init', run: (round) => boot(refInitrd, 'reference', round) },
+      ],
+      { runs, label: 'start→switch-root', fmt: (v) => `${(v / 1000).toFixed(2)} s` },
+    );
 
-    const mu = (xs: BootSample[]) => xs.map((s) => s.timings.multiUser).filter((x): x is number => x !== undefined).map((x) => x * 1000);
+    const mu = (xs: BootSample[]) =>
+      xs
+        .map((s) => s.timings.multiUser)
+        .filter((x): x is number => x !== undefined)
+        .map((x) => x * 1000);
     const mkMu = mu(mk);
     const refMu = mu(ref);
     const after = (xs: BootSample[]) => {
@@ -158,29 +183,51 @@ export const figure: Figure = {
     const extractor = hasUnpacker ? 'mkma-unpack (in the initramfs)' : 'zstd | busybox cpio (no mkma-unpack in the initramfs)';
     return [
       ratioRow({
-        figure: 3, id: '3.init', what: 'boot: init start → switch_root', unit: 'ms',
-        mkma: median(values(mk)), reference: median(values(ref)), target: 0.5,
+        figure: 3,
+        id: '3.init',
+        what: 'boot: init start → switch_root',
+        unit: 'ms',
+        mkma: median(values(mk)),
+        reference: median(values(ref)),
+        target: 0.5,
         referenceLabel: 'classic init: insmod, blkid LABEL=, mount, zstd -dc base | busybox cpio -id, overlay, switch_root',
         note: `QEMU TCG, ${MEMORY_MIB} MiB, ${CPUS} vCPUs, guest uptimes; mkma's init extracts with ${extractor}`,
         samples: { mkma: values(mk), reference: values(ref) },
       }),
       ratioRow({
-        figure: 3, id: '3.multi-user', what: 'boot: kernel → multi-user', unit: 'ms',
-        mkma: mkMu.length ? median(mkMu) : null, reference: refMu.length ? median(refMu) : null, target: null,
+        figure: 3,
+        id: '3.multi-user',
+        what: 'boot: kernel → multi-user',
+        unit: 'ms',
+        mkma: mkMu.length ? median(mkMu) : null,
+        reference: refMu.length ? median(refMu) : null,
+        target: null,
         referenceLabel: 'the same boot with the reference init',
-        note: mkMu.length === mk.length && refMu.length === ref.length ? undefined
-          : `multi-user reached in ${mkMu.length}/${mk.length} mkma and ${refMu.length}/${ref.length} reference boots`,
+        note:
+          mkMu.length === mk.length && refMu.length === ref.length
+            ? undefined
+            : `multi-user reached in ${mkMu.length}/${mk.length} mkma and ${refMu.length}/${ref.length} reference boots`,
         samples: { mkma: mkMu, reference: refMu },
       }),
       ratioRow({
-        figure: 3, id: '3.systemd', what: 'boot: switch_root → multi-user', unit: 'ms',
-        mkma: after(mk), reference: after(ref), target: null,
+        figure: 3,
+        id: '3.systemd',
+        what: 'boot: switch_root → multi-user',
+        unit: 'ms',
+        mkma: after(mk),
+        reference: after(ref),
+        target: null,
         referenceLabel: 'the same systemd, after the reference init',
       }),
       ratioRow({
-        figure: 3, id: '3.kernel', what: 'boot: kernel → init start', unit: 'ms',
-        mkma: median(mk.map((s) => s.timings.kernelToInit! * 1000)), reference: median(ref.map((s) => s.timings.kernelToInit! * 1000)),
-        target: null, referenceLabel: 'the same kernel with the reference initramfs',
+        figure: 3,
+        id: '3.kernel',
+        what: 'boot: kernel → init start',
+        unit: 'ms',
+        mkma: median(mk.map((s) => s.timings.kernelToInit! * 1000)),
+        reference: median(ref.map((s) => s.timings.kernelToInit! * 1000)),
+        target: null,
+        referenceLabel: 'the same kernel with the reference initramfs',
       }),
     ];
   },

@@ -31,61 +31,81 @@ export const figure: Figure = {
       const runs = inp.runs(5);
       const env = { ...process.env };
       delete env.MKMA_COMPRESSION_LEVEL;
-      const [mk, ref] = await interleave<Sample & { bytes: number }>([
-        {
-          name: 'mkma persist',
-          run: async () => {
-            rmrf(outDir);
-            fs.mkdirSync(outDir);
-            const r = await runTimed('node', [MKMA_BIN, 'persist', '--yes', '--json', '--level', '3', '--upper', upper, '--lower', lower, '--path', outDir], { env });
-            const saved = JSON.parse(r.stdout) as { saved: boolean; file?: string };
-            if (!saved.saved || !saved.file) throw new HarnessError(`mkma persist saved nothing: ${r.stdout.slice(0, 500)}`);
-            const bytes = fileSize(saved.file);
-            rmrf(outDir);
-            return { value: r.ms, bytes };
+      const [mk, ref] = await interleave<Sample & { bytes: number }>(
+        [
+          {
+            name: 'mkma persist',
+            run: async () => {
+              rmrf(outDir);
+              fs.mkdirSync(outDir);
+              const r = await runTimed(
+                'node',
+                [MKMA_BIN, 'persist', '--yes', '--json', '--level', '3', '--upper', upper, '--lower', lower, '--path', outDir],
+                { env },
+              );
+              const saved = JSON.parse(r.stdout) as { saved: boolean; file?: string };
+              if (!saved.saved || !saved.file) throw new HarnessError(`mkma persist saved nothing: ${r.stdout.slice(0, 500)}`);
+              const bytes = fileSize(saved.file);
+              rmrf(outDir);
+              return { value: r.ms, bytes };
+            },
           },
-        },
-        {
-          name: 'find|cpio|zstd',
-          run: async () => {
-            rmrf(refOut);
-            const r = await bashTimed(`cd ${shQuote(upper)} && find . | cpio -o -H newc --quiet | zstd -T0 -3 -q > ${shQuote(refOut)}`);
-            const bytes = fileSize(refOut);
-            rmrf(refOut);
-            return { value: r.ms, bytes };
+          {
+            name: 'find|cpio|zstd',
+            run: async () => {
+              rmrf(refOut);
+              const r = await bashTimed(`cd ${shQuote(upper)} && find . | cpio -o -H newc --quiet | zstd -T0 -3 -q > ${shQuote(refOut)}`);
+              const bytes = fileSize(refOut);
+              rmrf(refOut);
+              return { value: r.ms, bytes };
+            },
           },
-        },
-      ], { runs, warmup: inp.warmup, label: 'persist', fmt: fmtMs });
+        ],
+        { runs, warmup: inp.warmup, label: 'persist', fmt: fmtMs },
+      );
 
-      const [scan, find] = await interleave<Sample & { entries: number }>([
-        {
-          name: 'scanUpper',
-          run: async () => {
-            const t0 = performance.now();
-            const s = await scanUpper(big.dir, lower);
-            return { value: performance.now() - t0, entries: s.stats.entries };
+      const [scan, find] = await interleave<Sample & { entries: number }>(
+        [
+          {
+            name: 'scanUpper',
+            run: async () => {
+              const t0 = performance.now();
+              const s = await scanUpper(big.dir, lower);
+              return { value: performance.now() - t0, entries: s.stats.entries };
+            },
           },
-        },
-        {
-          name: "find -printf '%s\\n'",
-          run: async () => {
-            const r = await bashTimed(`find ${shQuote(big.dir)} -printf '%s\\n' > /dev/null`);
-            return { value: r.ms, entries: big.entries };
+          {
+            name: "find -printf '%s\\n'",
+            run: async () => {
+              const r = await bashTimed(`find ${shQuote(big.dir)} -printf '%s\\n' > /dev/null`);
+              return { value: r.ms, entries: big.entries };
+            },
           },
-        },
-      ], { runs, warmup: inp.warmup, label: 'scan', fmt: fmtMs });
+        ],
+        { runs, warmup: inp.warmup, label: 'scan', fmt: fmtMs },
+      );
 
       return [
         ratioRow({
-          figure: 4, id: '4.persist', what: 'persist upperdir (mkma persist --yes)', unit: 'ms',
-          mkma: median(values(mk)), reference: median(values(ref)), target: 1.0,
+          figure: 4,
+          id: '4.persist',
+          what: 'persist upperdir (mkma persist --yes)',
+          unit: 'ms',
+          mkma: median(values(mk)),
+          reference: median(values(ref)),
+          target: 1.0,
           referenceLabel: 'cd U && find . | cpio -o -H newc | zstd -T0 -3',
           note: `the CLI in a child process (Node start-up included); layer ${(median(mk.map((s) => s.bytes)) / 2 ** 20).toFixed(1)} MiB, plain archive ${(median(ref.map((s) => s.bytes)) / 2 ** 20).toFixed(1)} MiB`,
           samples: { mkma: values(mk), reference: values(ref) },
         }),
         ratioRow({
-          figure: 4, id: '4.scan', what: `scan upperdir, ${scan[0]?.entries ?? big.entries} entries`, unit: 'ms',
-          mkma: median(values(scan)), reference: median(values(find)), target: 3.0,
+          figure: 4,
+          id: '4.scan',
+          what: `scan upperdir, ${scan[0]?.entries ?? big.entries} entries`,
+          unit: 'ms',
+          mkma: median(values(scan)),
+          reference: median(values(find)),
+          target: 3.0,
           referenceLabel: "find U -printf '%s\\n' > /dev/null",
           note: 'scanUpper in process, against the root filesystem copy as the lower tree',
           samples: { mkma: values(scan), reference: values(find) },

@@ -28,9 +28,17 @@ const LAYERS = 20;
 function layerSpec(i: number, quick: boolean): UpperSpec {
   const files = quick ? 25 : 50;
   return {
-    seed: 100 + i, files, bytes: files * 2048, sizes: 'small',
-    deleteFiles: 3, deleteDirs: i % 5 === 0 ? 1 : 0, replaceDirs: i % 5 === 2 ? 1 : 0,
-    symlinks: 3, hardlinks: 1, chmods: 2, modify: 2,
+    seed: 100 + i,
+    files,
+    bytes: files * 2048,
+    sizes: 'small',
+    deleteFiles: 3,
+    deleteDirs: i % 5 === 0 ? 1 : 0,
+    replaceDirs: i % 5 === 2 ? 1 : 0,
+    symlinks: 3,
+    hardlinks: 1,
+    chmods: 2,
+    modify: 2,
     partition: { index: i, count: LAYERS },
   };
 }
@@ -79,7 +87,8 @@ export const figure: Figure = {
 
     const work = path.join(CACHE, 'apply');
     fs.mkdirSync(work, { recursive: true });
-    let { bin, busybox, unpacker } = makeBin(work);
+    const { bin, busybox, unpacker: built } = makeBin(work);
+    let unpacker = built;
     const script = path.join(work, 'mkma-apply');
     fs.writeFileSync(script, generateApplyScript(), { mode: 0o755 });
     const scratch = inp.scratch('apply');
@@ -88,18 +97,36 @@ export const figure: Figure = {
     // the init's own code, `mkma-apply --layers-only` (sort_layers + apply_layers + a phase
     // line per layer): timed as a whole by the harness, with millisecond resolution (the
     // phase lines' uptime has 10 ms, as much as one small layer costs).
-    const apply = (images: string, check: boolean) => withTmpfs(scratch, async (t): Promise<ApplySample> => {
-      const tree = path.join(t, 'tree');
-      fs.mkdirSync(tree);
-      await runTimed(busybox, ['sh', script, imagesBase, tree], { env: { PATH: bin, LC_ALL: 'C' }, cwd: t });
-      const r = await runTimed(busybox, ['sh', script, '--layers-only', images, tree], { env: { PATH: bin, LC_ALL: 'C' }, cwd: t, okCodes: [0, 3] });
-      if (r.code === 3) throw new HarnessError(`mkma-apply skipped a layer: ${(r.stdout + r.stderr).split('\n').filter((l) => /SKIPPED/.test(l)).join('; ')}`);
-      const applied = r.stdout.split('\n').filter((l) => PHASE_LINE_RE.exec(l)?.[2] === 'layer-applied').length;
-      const digest = check
-        ? sh('bash', ['-c', `set -o pipefail; cd ${shQuote(tree)} && find . -printf '%P %y %s %m %U %G %l\\n' | LC_ALL=C sort | sha256sum`]).split(' ')[0]
-        : undefined;
-      return { value: r.ms, applied, digest };
-    }, '4G');
+    const apply = (images: string, check: boolean) =>
+      withTmpfs(
+        scratch,
+        async (t): Promise<ApplySample> => {
+          const tree = path.join(t, 'tree');
+          fs.mkdirSync(tree);
+          await runTimed(busybox, ['sh', script, imagesBase, tree], { env: { PATH: bin, LC_ALL: 'C' }, cwd: t });
+          const r = await runTimed(busybox, ['sh', script, '--layers-only', images, tree], {
+            env: { PATH: bin, LC_ALL: 'C' },
+            cwd: t,
+            okCodes: [0, 3],
+          });
+          if (r.code === 3)
+            throw new HarnessError(
+              `mkma-apply skipped a layer: ${(r.stdout + r.stderr)
+                .split('\n')
+                .filter((l) => /SKIPPED/.test(l))
+                .join('; ')}`,
+            );
+          const applied = r.stdout.split('\n').filter((l) => PHASE_LINE_RE.exec(l)?.[2] === 'layer-applied').length;
+          const digest = check
+            ? sh('bash', [
+                '-c',
+                `set -o pipefail; cd ${shQuote(tree)} && find . -printf '%P %y %s %m %U %G %l\\n' | LC_ALL=C sort | sha256sum`,
+              ]).split(' ')[0]
+            : undefined;
+          return { value: r.ms, applied, digest };
+        },
+        '4G',
+      );
 
     // a broken mkma-unpack is reported in the note, and the figure measured without it
     if (unpacker === 'mkma-unpack') {
@@ -113,22 +140,35 @@ export const figure: Figure = {
     }
 
     const runs = inp.runs(5);
-    const [l20, l1] = await interleave<ApplySample>([
-      { name: `${LAYERS} layers`, run: (round) => apply(images20, round === 0) },
-      { name: '1 merged layer', run: (round) => apply(images1, round === 0) },
-    ], { runs, warmup: inp.warmup, label: 'apply', fmt: fmtMs });
+    const [l20, l1] = await interleave<ApplySample>(
+      [
+        { name: `${LAYERS} layers`, run: (round) => apply(images20, round === 0) },
+        { name: '1 merged layer', run: (round) => apply(images1, round === 0) },
+      ],
+      { runs, warmup: inp.warmup, label: 'apply', fmt: fmtMs },
+    );
 
     const d20 = l20.find((s) => s.digest)?.digest;
     const d1 = l1.find((s) => s.digest)?.digest;
     const same = d20 && d1 && d20 === d1;
-    const sizes = (dir: string) => fs.readdirSync(dir).filter((n) => n !== BASE_NAME).reduce((a, n) => a + fs.statSync(path.join(dir, n)).size, 0);
+    const sizes = (dir: string) =>
+      fs
+        .readdirSync(dir)
+        .filter((n) => n !== BASE_NAME)
+        .reduce((a, n) => a + fs.statSync(path.join(dir, n)).size, 0);
     const applied = `${l20[0]?.applied ?? '?'} and ${l1[0]?.applied ?? '?'} layer-applied lines`;
     return [
       ratioRow({
-        figure: 5, id: '5.layers', what: `boot apply: ${LAYERS} layers vs 1 (layer part)`, unit: 'ms',
-        mkma: median(values(l20)), reference: median(values(l1)), target: 1.2,
-        referenceLabel: 'the same content as one layer (mkma-apply --layers-only onto the unpacked base: the init\'s apply_layers)',
-        note: `${same ? 'trees identical' : `TREES DIFFER (${d20?.slice(0, 12)} vs ${d1?.slice(0, 12)})`}; ${applied}; ` +
+        figure: 5,
+        id: '5.layers',
+        what: `boot apply: ${LAYERS} layers vs 1 (layer part)`,
+        unit: 'ms',
+        mkma: median(values(l20)),
+        reference: median(values(l1)),
+        target: 1.2,
+        referenceLabel: "the same content as one layer (mkma-apply --layers-only onto the unpacked base: the init's apply_layers)",
+        note:
+          `${same ? 'trees identical' : `TREES DIFFER (${d20?.slice(0, 12)} vs ${d1?.slice(0, 12)})`}; ${applied}; ` +
           `${(sizes(images20) / 1024).toFixed(0)} KiB in ${LAYERS} layers vs ${(sizes(images1) / 1024).toFixed(0)} KiB; extractor: ${unpacker}`,
         samples: { mkma: values(l20), reference: values(l1) },
       }),

@@ -30,7 +30,17 @@ const RENAMED = 'mkma-bench-renamed';
 async function build(out: string, rebuild: boolean, hostname?: string): Promise<BuildSample> {
   const env: NodeJS.ProcessEnv = { ...process.env, MKMA_QEMU_TEST: '' };
   delete env.MKMA_COMPRESSION_LEVEL;
-  const args = [MKMA_BIN, 'build', ...(hostname ? [hostname] : []), '--config', TEST_CONFIG, '--out', out, '--json', ...(rebuild ? ['--rebuild'] : [])];
+  const args = [
+    MKMA_BIN,
+    'build',
+    ...(hostname ? [hostname] : []),
+    '--config',
+    TEST_CONFIG,
+    '--out',
+    out,
+    '--json',
+    ...(rebuild ? ['--rebuild'] : []),
+  ];
   const r = await runTimed('node', args, { env, timeoutMs: 30 * 60 * 1000 });
   let res: { bootstrap?: string; stages?: Array<{ stage: string; status: string; reason?: string }> };
   try {
@@ -71,49 +81,70 @@ export const figure: Figure = {
     if (quick && !haveChroot) {
       // --quick never bootstraps: start from the tests' chroot (same configuration file)
       const image = inp.testImage();
-      log('seeding the build output with a copy of the test image\'s chroot …');
+      log("seeding the build output with a copy of the test image's chroot …");
       fs.rmSync(out, { recursive: true, force: true });
       fs.mkdirSync(out, { recursive: true });
       sh('cp', ['-a', path.join(image, 'chroot'), path.join(out, 'chroot')]);
       fs.copyFileSync(path.join(image, '.mkma-bootstrap.json'), path.join(out, '.mkma-bootstrap.json'));
     }
     const runs = inp.o.runs ?? 1;
-    const renameRow = (re: BuildSample[], fresh: BuildSample[] | null) => ratioRow({
-      figure: 6, id: '6.rename', what: 'rebuild after a hostname change vs fresh', unit: 'ms',
-      mkma: median(values(re)), reference: fresh ? median(values(fresh)) : null, target: null,
-      ...(fresh ? {} : { status: 'skipped' as const }),
-      referenceLabel: 'mkma build --rebuild (fresh mmdebstrap bootstrap, same configuration)',
-      note: `mkma build ${RENAMED}: configure runs again and the base is re-packed, no bootstrap (${re[0]?.stages.filter((st) => st.endsWith(': ran')).join(', ') || '-'})`
-        + (fresh ? '' : '; fresh build skipped in --quick'),
-      samples: { mkma: values(re), ...(fresh ? { reference: values(fresh) } : {}) },
-    });
+    // a row of mkma's rebuild times against the fresh build (none in --quick)
+    const row = (id: string, what: string, target: number | null, re: BuildSample[], fresh: BuildSample[] | null, note: string) =>
+      ratioRow({
+        figure: 6,
+        id,
+        what,
+        unit: 'ms',
+        mkma: median(values(re)),
+        reference: fresh ? median(values(fresh)) : null,
+        target,
+        ...(fresh ? {} : { status: 'skipped' as const }),
+        referenceLabel: 'mkma build --rebuild (fresh mmdebstrap bootstrap, same configuration)',
+        note,
+        samples: { mkma: values(re), ...(fresh ? { reference: values(fresh) } : {}) },
+      });
+    const rebuildRow = (re: BuildSample[], fresh: BuildSample[] | null) =>
+      row(
+        '6.rebuild',
+        'rebuild, unchanged config vs fresh',
+        0.1,
+        re,
+        fresh,
+        (fresh
+          ? `${runs} run(s) each; the fresh build depends on the mirror's speed`
+          : 'fresh build skipped in --quick (the unchanged rebuild was measured)') + notReused(re),
+      );
+    const renameRow = (rn: BuildSample[], fresh: BuildSample[] | null) =>
+      row(
+        '6.rename',
+        'rebuild after a hostname change vs fresh',
+        null,
+        rn,
+        fresh,
+        `mkma build ${RENAMED}: configure runs again and the base is re-packed, no bootstrap (${rn[0]?.stages.filter((st) => st.endsWith(': ran')).join(', ') || '-'})` +
+          (fresh ? '' : '; fresh build skipped in --quick'),
+      );
     if (quick) {
       // one unmeasured round first: after seeding (or a change to mkma itself) the first
       // rebuild records what every stage was made from
-      const [re, rn] = await interleave<BuildSample>([
-        { name: 'unchanged rebuild', run: () => build(out, false) },
-        { name: 'hostname change', run: () => renamed(out) },
-      ], { runs, warmup: 1, label: 'build', fmt: fmtMs });
-      return [ratioRow({
-        figure: 6, id: '6.rebuild', what: 'rebuild, unchanged config vs fresh', unit: 'ms',
-        mkma: median(values(re)), reference: null, target: 0.1, status: 'skipped',
-        referenceLabel: 'mkma build --rebuild (fresh mmdebstrap bootstrap)',
-        note: `fresh build skipped in --quick (the unchanged rebuild was measured)${notReused(re)}`,
-        samples: { mkma: values(re) },
-      }), renameRow(rn, null)];
+      const [re, rn] = await interleave<BuildSample>(
+        [
+          { name: 'unchanged rebuild', run: () => build(out, false) },
+          { name: 'hostname change', run: () => renamed(out) },
+        ],
+        { runs, warmup: 1, label: 'build', fmt: fmtMs },
+      );
+      return [rebuildRow(re, null), renameRow(rn, null)];
     }
     // fresh first: it also makes the chroot the unchanged rebuild reuses
-    const [fresh, re, rn] = await interleave<BuildSample>([
-      { name: 'fresh build (--rebuild)', run: () => build(out, true) },
-      { name: 'unchanged rebuild', run: () => build(out, false) },
-      { name: 'hostname change', run: () => renamed(out) },
-    ], { runs, label: 'build', fmt: fmtMs });
-    return [ratioRow({
-      figure: 6, id: '6.rebuild', what: 'rebuild, unchanged config vs fresh', unit: 'ms',
-      mkma: median(values(re)), reference: median(values(fresh)), target: 0.1,
-      referenceLabel: 'mkma build --rebuild (fresh mmdebstrap bootstrap, same configuration)',
-      note: `${runs} run(s) each; the fresh build depends on the mirror's speed${notReused(re)}`,
-      samples: { mkma: values(re), reference: values(fresh) },
-    }), renameRow(rn, fresh)];
+    const [fresh, re, rn] = await interleave<BuildSample>(
+      [
+        { name: 'fresh build (--rebuild)', run: () => build(out, true) },
+        { name: 'unchanged rebuild', run: () => build(out, false) },
+        { name: 'hostname change', run: () => renamed(out) },
+      ],
+      { runs, label: 'build', fmt: fmtMs },
+    );
+    return [rebuildRow(re, fresh), renameRow(rn, fresh)];
   },
 };

@@ -5,7 +5,6 @@
 //   - generated upperdirs (upper-gen.ts) and layers written from them by persist's writer.
 // Each cached item has a key file beside it; a changed key (another snapshot, another
 // generator spec) rebuilds it.
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { baseExclude } from '../builder/base.js';
@@ -13,6 +12,7 @@ import { BASE_NAME } from '../format/names.js';
 import { packTree } from '../format/pack.js';
 import { scanUpper } from '../persist/scan.js';
 import { writeLayer } from '../persist/write.js';
+import { runSync } from '../lib/run.js';
 import { generateUpper, listLower, type LowerListing, type UpperSpec } from './upper-gen.js';
 import { CACHE, countEntries, HarnessError, log, MKMA_BIN, rmrf, sh, TEST_CONFIG, TEST_IMAGE } from './util.js';
 
@@ -59,8 +59,11 @@ export class Inputs {
     const had = need.every((f) => fs.existsSync(path.join(TEST_IMAGE, f)));
     log(`${had ? 'updating' : 'building'} ${TEST_IMAGE} (mkma build --config test/fixtures/test-image.toml${had ? '' : ', ~1-2 min'})`);
     const t0 = Date.now();
-    const r = spawnSync('node', [MKMA_BIN, 'build', '--quiet', '--config', TEST_CONFIG, '--out', TEST_IMAGE], { stdio: ['ignore', 'inherit', 'inherit'] });
-    if (r.status !== 0) throw new HarnessError(`building the test image failed (exit ${r.status})`);
+    const r = runSync('node', [MKMA_BIN, 'build', '--quiet', '--config', TEST_CONFIG, '--out', TEST_IMAGE], {
+      stdio: 'inherit',
+      allowFailure: true,
+    });
+    if (!r.ok) throw new HarnessError(`building the test image failed (exit ${r.status})`);
     if (!had) this.notes.push(`the test image was missing and was built first (${((Date.now() - t0) / 1000).toFixed(0)} s)`);
     this.testImageReady = true;
     return TEST_IMAGE;
@@ -141,10 +144,17 @@ export class Inputs {
     const files = Math.round((this.o.quick ? 2000 : 10000) * scale);
     const bytes = Math.round((this.o.quick ? 30 : 200) * scale * 2 ** 20);
     return {
-      seed, files, bytes, sizes: 'mixed',
-      deleteFiles: Math.round(files * 0.03), deleteDirs: Math.max(1, Math.round(files / 500)),
-      replaceDirs: Math.max(1, Math.round(files / 500)), symlinks: Math.round(files * 0.05),
-      hardlinks: Math.round(files * 0.02), chmods: Math.round(files * 0.02), modify: Math.round(files * 0.02),
+      seed,
+      files,
+      bytes,
+      sizes: 'mixed',
+      deleteFiles: Math.round(files * 0.03),
+      deleteDirs: Math.max(1, Math.round(files / 500)),
+      replaceDirs: Math.max(1, Math.round(files / 500)),
+      symlinks: Math.round(files * 0.05),
+      hardlinks: Math.round(files * 0.02),
+      chmods: Math.round(files * 0.02),
+      modify: Math.round(files * 0.02),
     };
   }
 
@@ -167,9 +177,17 @@ export class Inputs {
     const target = this.o.quick ? 20000 : 100000;
     const files = Math.round(target * 0.9);
     const spec: UpperSpec = {
-      seed: 7, files, bytes: files * 600, sizes: 'small',
-      deleteFiles: Math.round(target * 0.01), deleteDirs: 10, replaceDirs: 10, symlinks: Math.round(target * 0.04),
-      hardlinks: Math.round(target * 0.005), chmods: Math.round(target * 0.005), modify: Math.round(target * 0.005),
+      seed: 7,
+      files,
+      bytes: files * 600,
+      sizes: 'small',
+      deleteFiles: Math.round(target * 0.01),
+      deleteDirs: 10,
+      replaceDirs: 10,
+      symlinks: Math.round(target * 0.04),
+      hardlinks: Math.round(target * 0.005),
+      chmods: Math.round(target * 0.005),
+      modify: Math.round(target * 0.005),
     };
     const dir = await this.upper(this.o.quick ? 'big-quick' : 'big', [spec]);
     return { dir, entries: countEntries(dir) };
@@ -188,7 +206,11 @@ export class Inputs {
       for (let i = 0; i < uppers.length; i++) {
         const scan = await scanUpper(uppers[i], lower);
         await writeLayer({
-          upper: uppers[i], scan, include: () => true, imagesDir: tmp, level: 3,
+          upper: uppers[i],
+          scan,
+          include: () => true,
+          imagesDir: tmp,
+          level: 3,
           now: new Date(Date.UTC(2030, 0, 1, 0, 0, 0) + i * 1000),
         });
       }

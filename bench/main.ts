@@ -9,6 +9,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
+import { onCleanup } from '../lib/cleanup.js';
 import { figure as fig1 } from './fig1-pack.js';
 import { figure as fig2 } from './fig2-unpack.js';
 import { figure as fig3 } from './fig3-boot.js';
@@ -53,7 +54,8 @@ function parse(argv: string[]): { quick: boolean; only: number[] | null; runs: n
   if (values.only !== undefined) {
     only = values.only.split(',').map((s) => Number(s.trim()));
     const bad = only.filter((n) => !FIGURES.some((f) => f.id === n));
-    if (bad.length || !only.length) throw new Error(`--only: unknown figure(s) ${values.only} (figures: ${FIGURES.map((f) => f.id).join(', ')})`);
+    if (bad.length || !only.length)
+      throw new Error(`--only: unknown figure(s) ${values.only} (figures: ${FIGURES.map((f) => f.id).join(', ')})`);
   }
   let runs: number | null = null;
   if (values.runs !== undefined) {
@@ -77,7 +79,9 @@ function lockCache(): (() => void) | null {
       try {
         process.kill(pid, 0);
         alive = Number.isInteger(pid) && pid > 0;
-      } catch { /* gone */ }
+      } catch {
+        /* gone */
+      }
       if (alive) {
         process.stderr.write(`bench: another benchmark (pid ${pid}) is running; wait for it (lock ${file})\n`);
         return null;
@@ -108,13 +112,16 @@ export async function main(argv: string[]): Promise<number> {
   const machine = machineFacts();
   const unlock = lockCache();
   if (!unlock) return 1;
-  process.on('exit', unlock);
+  // removed at exit, and on Ctrl-C with the mounts (lib/cleanup.ts)
+  onCleanup('remove the benchmark lock', unlock);
   cleanStaleMounts(CACHE);
   const inputs = new Inputs({ quick: opts.quick, runs: opts.runs });
   const rows: Row[] = [];
   let broken = 0;
   const chosen = FIGURES.filter((f) => !opts.only || opts.only.includes(f.id));
-  log(`${opts.quick ? 'quick' : 'full'} run of figure(s) ${chosen.map((f) => f.id).join(', ')} on ${machine.cores} cores, load ${machine.loadAverageAtStart.join(' ')}`);
+  log(
+    `${opts.quick ? 'quick' : 'full'} run of figure(s) ${chosen.map((f) => f.id).join(', ')} on ${machine.cores} cores, load ${machine.loadAverageAtStart.join(' ')}`,
+  );
   for (const f of chosen) {
     const t0 = performance.now();
     log(`figure ${f.id}: ${f.title}`);
@@ -129,7 +136,9 @@ export async function main(argv: string[]): Promise<number> {
   }
   for (const n of inputs.notes) log(`note: ${n}`);
   const durationSec = (performance.now() - started) / 1000;
-  process.stdout.write(`\nmkma benchmark (${opts.quick ? 'quick' : 'full'}), ${machine.cores} cores, ${(machine.memoryBytes / 2 ** 30).toFixed(0)} GiB, ${machine.kernel}, ${durationSec.toFixed(0)} s\n\n`);
+  process.stdout.write(
+    `\nmkma benchmark (${opts.quick ? 'quick' : 'full'}), ${machine.cores} cores, ${(machine.memoryBytes / 2 ** 30).toFixed(0)} GiB, ${machine.kernel}, ${durationSec.toFixed(0)} s\n\n`,
+  );
   process.stdout.write(formatTable(rows) + '\n');
   const file = writeResults({ mode: opts.quick ? 'quick' : 'full', runs: opts.runs, only: opts.only, machine, rows, durationSec });
   process.stdout.write(`\nresults: ${file}\n`);
@@ -138,7 +147,9 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 main(process.argv.slice(2)).then(
-  (code) => { process.exitCode = code; },
+  (code) => {
+    process.exitCode = code;
+  },
   (e) => {
     process.stderr.write(`bench: ${(e as Error).stack ?? e}\n`);
     process.exitCode = 1;

@@ -17,6 +17,13 @@ const r = await packTree(root, out, { kind: 'base', level: 3, exclude: baseExclu
 const ms = performance.now() - t0;
 const status = fs.readFileSync('/proc/self/status', 'utf8');
 const kib = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
-process.stdout.write(JSON.stringify({
-  ms, hwmKiB: kib('VmHWM'), rssKiB: kib('VmRSS'), entries: r.stats.entries, cpioBytes: r.cpioBytes, fileBytes: r.fileBytes,
-}) + '\n');
+process.stdout.write(
+  JSON.stringify({
+    ms,
+    hwmKiB: kib('VmHWM'),
+    rssKiB: kib('VmRSS'),
+    entries: r.stats.entries,
+    cpioBytes: r.cpioBytes,
+    fileBytes: r.fileBytes,
+  }) + '\n',
+);

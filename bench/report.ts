@@ -37,25 +37,50 @@ export function ratioRow(r: Omit<Row, 'ratio' | 'pass' | 'status'> & { status?: 
 
 export function skippedRow(figure: number, id: string, what: string, note: string, target: number | null = null): Row {
   return {
-    figure, id, what, unit: 'ms', mkma: null, reference: null, referenceLabel: '', ratio: null, target, pass: null, status: 'skipped', note,
+    figure,
+    id,
+    what,
+    unit: 'ms',
+    mkma: null,
+    reference: null,
+    referenceLabel: '',
+    ratio: null,
+    target,
+    pass: null,
+    status: 'skipped',
+    note,
   };
 }
 
 export function errorRow(figure: number, title: string, e: unknown): Row {
   const msg = e instanceof Error ? e.message : String(e);
   return {
-    figure, id: `${figure}.error`, what: title, unit: 'ms', mkma: null, reference: null, referenceLabel: '', ratio: null,
-    target: null, pass: null, status: 'error', note: msg.split('\n')[0].slice(0, 500),
+    figure,
+    id: `${figure}.error`,
+    what: title,
+    unit: 'ms',
+    mkma: null,
+    reference: null,
+    referenceLabel: '',
+    ratio: null,
+    target: null,
+    pass: null,
+    status: 'error',
+    note: msg.split('\n')[0].slice(0, 500),
   };
 }
 
 export function fmtValue(v: number | null, unit: Unit): string {
   if (v === null || Number.isNaN(v)) return '-';
   switch (unit) {
-    case 'ms': return fmtMs(v);
-    case 'bytes': return fmtBytes(v);
-    case 'KiB': return fmtBytes(v * 1024);
-    case 'count': return String(Math.round(v));
+    case 'ms':
+      return fmtMs(v);
+    case 'bytes':
+      return fmtBytes(v);
+    case 'KiB':
+      return fmtBytes(v * 1024);
+    case 'count':
+      return String(Math.round(v));
   }
 }
 
@@ -83,7 +108,10 @@ export function formatTable(rows: Row[]): string {
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
   const line = (cells: string[]) =>
-    cells.map((c, i) => (i >= 2 && i <= 5 ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ').trimEnd();
+    cells
+      .map((c, i) => (i >= 2 && i <= 5 ? c.padStart(widths[i]) : c.padEnd(widths[i])))
+      .join('  ')
+      .trimEnd();
   const out = [line(head), widths.map((w) => '-'.repeat(w)).join('  ')];
   for (const b of body) out.push(line(b));
   const notes = rows.filter((r) => r.note).map((r) => `  [${r.id}] ${r.note}`);

@@ -146,8 +146,19 @@ function pickKind(rng: Rng): ContentKind {
 
 /** Paths `mkma persist` leaves out by default (persist/default.rules): never generated. */
 const RULE_EXCLUDED = [
-  'tmp', 'var/tmp', 'run', 'dev', 'proc', 'sys', 'var/cache/apt', 'var/lib/apt/lists', 'var/log/journal',
-  'var/lib/systemd/coredump', 'var/cache/man', 'root/.cache', 'var/lib/systemd/random-seed',
+  'tmp',
+  'var/tmp',
+  'run',
+  'dev',
+  'proc',
+  'sys',
+  'var/cache/apt',
+  'var/lib/apt/lists',
+  'var/log/journal',
+  'var/lib/systemd/coredump',
+  'var/cache/man',
+  'root/.cache',
+  'var/lib/systemd/random-seed',
 ];
 
 function ruleExcluded(rel: string): boolean {
@@ -191,7 +202,10 @@ export function listLower(root: string): LowerListing {
   // Reserved: small subtrees (2..300 entries, depth ≥ 3), not nested in one another, chosen
   // with a fixed seed, so that every generated upper (whatever its seed) agrees on them.
   const rng = new Rng(0x5eed);
-  const candidates = rng.sample(dirs.filter((d) => d.depth >= 3 && d.count >= 2 && d.count <= 300), 400);
+  const candidates = rng.sample(
+    dirs.filter((d) => d.depth >= 3 && d.count >= 2 && d.count <= 300),
+    400,
+  );
   const reserved: string[] = [];
   for (const d of candidates) {
     if (reserved.length >= 120) break;
@@ -286,13 +300,23 @@ function sizesFor(rng: Rng, spec: UpperSpec): number[] {
   return rng.sample(sizes, sizes.length);
 }
 
+const noStats = (): GenStats => ({
+  newFiles: 0,
+  newBytes: 0,
+  deletedFiles: 0,
+  deletedDirs: 0,
+  replacedDirs: 0,
+  symlinks: 0,
+  hardlinks: 0,
+  chmods: 0,
+  modified: 0,
+});
+
 /** Runs one generator pass in `merged` (a mounted overlay over `lower`). */
 export function generatePass(merged: string, lower: LowerListing, spec: UpperSpec): GenStats {
   const rng = new Rng(spec.seed);
   const words = vocabulary(rng);
-  const st: GenStats = {
-    newFiles: 0, newBytes: 0, deletedFiles: 0, deletedDirs: 0, replacedDirs: 0, symlinks: 0, hardlinks: 0, chmods: 0, modified: 0,
-  };
+  const st = noStats();
   const part = spec.partition;
   const mine = <T>(xs: T[]) => (part ? xs.filter((_, i) => i % part.count === part.index) : xs);
   const lowerFiles = mine(lower.files);
@@ -351,9 +375,12 @@ export function generatePass(merged: string, lower: LowerListing, spec: UpperSpe
   if (newSymlinks > 0) fs.mkdirSync(M(`${newTree}/sym`), { recursive: true });
   for (let i = 0; i < newSymlinks; i++) {
     const r = rng.float();
-    const target = r < 0.5 && newFiles.length
-      ? path.relative(M(`${newTree}/sym`), M(rng.pick(newFiles)))
-      : r < 0.9 && lower.files.length ? '/' + rng.pick(lower.files).rel : `/nonexistent/${tag}-${i}`;
+    const target =
+      r < 0.5 && newFiles.length
+        ? path.relative(M(`${newTree}/sym`), M(rng.pick(newFiles)))
+        : r < 0.9 && lower.files.length
+          ? '/' + rng.pick(lower.files).rel
+          : `/nonexistent/${tag}-${i}`;
     fs.symlinkSync(target, M(`${newTree}/sym/${tag}-l${i}`));
     st.symlinks++;
   }
@@ -413,9 +440,7 @@ export interface GeneratedUpper {
 export function generateUpper(lowerRoot: string, lower: LowerListing, specs: UpperSpec[], out: string, scratch: string): GeneratedUpper {
   fs.mkdirSync(scratch, { recursive: true });
   const unmountTmp = mountTmpfs(scratch, '8G');
-  const stats: GenStats = {
-    newFiles: 0, newBytes: 0, deletedFiles: 0, deletedDirs: 0, replacedDirs: 0, symlinks: 0, hardlinks: 0, chmods: 0, modified: 0,
-  };
+  const stats = noStats();
   try {
     const upper = path.join(scratch, 'upper');
     const work = path.join(scratch, 'work');
@@ -439,8 +464,10 @@ export function generateUpper(lowerRoot: string, lower: LowerListing, specs: Upp
   } finally {
     unmountTmp();
   }
-  log(`  generated ${path.basename(out).replace(/\.tmp$/, '')}: ${stats.newFiles} new files (${(stats.newBytes / 2 ** 20).toFixed(1)} MiB), ` +
-    `${stats.deletedFiles} deleted files, ${stats.deletedDirs} deleted dirs, ${stats.replacedDirs} replaced dirs, ` +
-    `${stats.symlinks} symlinks, ${stats.hardlinks} hardlinks, ${stats.chmods} chmods, ${stats.modified} rewritten`);
+  log(
+    `  generated ${path.basename(out).replace(/\.tmp$/, '')}: ${stats.newFiles} new files (${(stats.newBytes / 2 ** 20).toFixed(1)} MiB), ` +
+      `${stats.deletedFiles} deleted files, ${stats.deletedDirs} deleted dirs, ${stats.replacedDirs} replaced dirs, ` +
+      `${stats.symlinks} symlinks, ${stats.hardlinks} hardlinks, ${stats.chmods} chmods, ${stats.modified} rewritten`,
+  );
   return { dir: out, stats };
 }

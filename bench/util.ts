@@ -1,10 +1,12 @@
-// Small helpers for the benchmark: child processes (timed), tmpfs/overlay mounts that are
-// always unmounted (also on Ctrl-C), paths, and logging to stderr.
-import { spawn, spawnSync, type SpawnOptions } from 'node:child_process';
+// Small helpers for the benchmark: child processes (timed; through lib/run.ts like every
+// program mkma runs), tmpfs/overlay mounts that are always unmounted (also on Ctrl-C: the
+// cleanup registry of lib/cleanup.ts), paths, and logging to stderr.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { onCleanup } from '../lib/cleanup.js';
 import { MkmaError } from '../lib/errors.js';
+import { CommandNotFoundError, run, runSync } from '../lib/run.js';
 
 /** The repository (bench/ is compiled to dist/bench/). */
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -25,70 +27,69 @@ export function log(msg: string): void {
 
 export class HarnessError extends MkmaError {}
 
-export interface RunResult {
+export interface TimedResult {
   ms: number;
   code: number | null;
   stdout: string;
   stderr: string;
 }
 
+export interface TimedOptions {
+  cwd?: string;
+  /** the command's whole environment (default: the harness's own, unchanged) */
+  env?: NodeJS.ProcessEnv;
+  input?: string;
+  /** exit statuses that are not a failure (default [0]) */
+  okCodes?: number[];
+  timeoutMs?: number;
+}
+
 /**
  * Runs a command to completion and times it (wall clock, from spawn to exit). Throws when it
- * exits non-zero, unless `okCodes` allows it.
+ * exits non-zero, unless `okCodes` allows it. The environment is exactly the one given (or the
+ * harness's): lib/run.ts's LC_ALL=C would change what the references measure.
  */
-export function runTimed(
-  cmd: string,
-  args: string[],
-  opts: SpawnOptions & { okCodes?: number[]; input?: string; timeoutMs?: number } = {},
-): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const child = spawn(cmd, args, { ...opts, stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.setEncoding('utf8');
-    child.stderr!.setEncoding('utf8');
-    child.stdout!.on('data', (d: string) => { if (stdout.length < 64 << 20) stdout += d; });
-    child.stderr!.on('data', (d: string) => { if (stderr.length < 1 << 20) stderr += d; });
-    child.stdin!.on('error', () => {});
-    child.stdin!.end(opts.input ?? '');
-    const timer = opts.timeoutMs ? setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs) : undefined;
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(new HarnessError(`cannot run ${cmd}: ${e.message}`));
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      const ms = performance.now() - t0;
-      const ok = opts.okCodes ?? [0];
-      if (code === null || !ok.includes(code)) {
-        const why = signal ? `killed by ${signal}` : `exit ${code}`;
-        reject(new HarnessError(`${cmd} ${args.join(' ').slice(0, 300)} failed (${why}): ${stderr.trim().slice(-2000)}`));
-        return;
-      }
-      resolve({ ms, code, stdout, stderr });
-    });
+export async function runTimed(cmd: string, args: string[], opts: TimedOptions = {}): Promise<TimedResult> {
+  const t0 = performance.now();
+  const r = await run(cmd, args, {
+    cwd: opts.cwd,
+    env: opts.env ?? process.env,
+    cleanEnv: true,
+    input: opts.input,
+    timeoutMs: opts.timeoutMs,
+    allowFailure: true,
   });
+  const ms = performance.now() - t0;
+  if (r.status === null || !(opts.okCodes ?? [0]).includes(r.status)) {
+    const why = r.timedOut ? 'timed out' : r.signal ? `killed by ${r.signal}` : `exit ${r.status}`;
+    throw new HarnessError(`${cmd} ${args.join(' ').slice(0, 300)} failed (${why}): ${r.stderr.trim().slice(-2000)}`);
+  }
+  return { ms, code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
 /** A bash command line (with pipefail), timed. */
-export function bashTimed(script: string, opts: SpawnOptions & { okCodes?: number[]; timeoutMs?: number } = {}): Promise<RunResult> {
+export function bashTimed(script: string, opts: TimedOptions = {}): Promise<TimedResult> {
   return runTimed('bash', ['-c', `set -o pipefail; ${script}`], opts);
 }
 
-/** Synchronous command for setup work; throws with stderr on failure. */
+/** Synchronous command for setup work; throws with the end of stderr on failure. */
 export function sh(cmd: string, args: string[], opts: { cwd?: string; input?: string | Buffer } = {}): string {
-  const r = spawnSync(cmd, args, { cwd: opts.cwd, input: opts.input, encoding: 'utf8', maxBuffer: 256 << 20 });
-  if (r.error) throw new HarnessError(`cannot run ${cmd}: ${r.error.message}`);
-  if (r.status !== 0) throw new HarnessError(`${cmd} ${args.join(' ').slice(0, 300)} failed (exit ${r.status}): ${(r.stderr ?? '').trim().slice(-2000)}`);
-  return r.stdout;
+  return runSync(cmd, args, { cwd: opts.cwd, input: opts.input }).stdout;
 }
 
 /** First line of a tool's version output, or "unavailable". */
 export function toolVersion(cmd: string, args: string[]): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
-  if (r.error) return 'unavailable';
-  const text = `${r.stdout ?? ''}\n${r.stderr ?? ''}`.split('\n').map((l) => l.trim()).find(Boolean);
+  let r;
+  try {
+    r = runSync(cmd, args, { allowFailure: true });
+  } catch (e) {
+    if (e instanceof CommandNotFoundError) return 'unavailable';
+    throw e;
+  }
+  const text = `${r.stdout}\n${r.stderr}`
+    .split('\n')
+    .map((l) => l.trim())
+    .find(Boolean);
   return text ?? 'unknown';
 }
 
@@ -96,27 +97,9 @@ export const shQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
 // --- mounts that never outlive the benchmark -------------------------------------------------
 
-const mounted: string[] = [];
-let hooked = false;
-
-function unmountAll(): void {
-  while (mounted.length) {
-    const m = mounted.pop()!;
-    spawnSync('umount', [m]);
-    if (isMountPoint(m)) spawnSync('umount', ['-l', m]);
-  }
-}
-
-function hookExit(): void {
-  if (hooked) return;
-  hooked = true;
-  process.on('exit', unmountAll);
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.on(sig, () => {
-      unmountAll();
-      process.exit(130);
-    });
-  }
+/** umount, lazily (detached) when busy: a mount is never left behind. */
+function unmount(dir: string): void {
+  if (!runSync('umount', [dir], { allowFailure: true }).ok && isMountPoint(dir)) runSync('umount', ['-l', dir], { allowFailure: true });
 }
 
 export function isMountPoint(dir: string): boolean {
@@ -130,22 +113,16 @@ export function isMountPoint(dir: string): boolean {
 }
 
 function mount(dir: string, args: string[]): () => void {
-  hookExit();
   fs.mkdirSync(dir, { recursive: true });
   sh('mount', [...args, dir]);
   const abs = path.resolve(dir);
-  mounted.push(abs);
+  const release = onCleanup(`unmount ${abs}`, () => unmount(abs));
   let done = false;
   return () => {
     if (done) return;
     done = true;
-    const i = mounted.lastIndexOf(abs);
-    if (i >= 0) mounted.splice(i, 1);
-    const r = spawnSync('umount', [abs], { encoding: 'utf8' });
-    if (r.status !== 0) {
-      // busy (a child still in it): detach it rather than leave it behind
-      spawnSync('umount', ['-l', abs]);
-    }
+    release();
+    unmount(abs);
   };
 }
 
@@ -157,7 +134,11 @@ export function mountTmpfs(dir: string, size = '16G'): () => void {
 /** An overlay as mkma's init mounts it (redirect_dir and metacopy off). */
 export function mountOverlay(dir: string, lower: string, upper: string, work: string): () => void {
   return mount(dir, [
-    '-t', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper},workdir=${work},redirect_dir=off,metacopy=off`, 'overlay',
+    '-t',
+    'overlay',
+    '-o',
+    `lowerdir=${lower},upperdir=${upper},workdir=${work},redirect_dir=off,metacopy=off`,
+    'overlay',
   ]);
 }
 
@@ -174,13 +155,15 @@ export async function withTmpfs<T>(dir: string, fn: (dir: string) => Promise<T>,
 /** Removes stale mounts under the cache left by a killed run (unmount deepest first). */
 export function cleanStaleMounts(under: string): void {
   const abs = path.resolve(under) + '/';
-  const mounts = fs.readFileSync('/proc/self/mounts', 'utf8').split('\n')
+  const mounts = fs
+    .readFileSync('/proc/self/mounts', 'utf8')
+    .split('\n')
     .map((l) => l.split(' ')[1]?.replace(/\\040/g, ' '))
     .filter((m): m is string => !!m && m.startsWith(abs))
     .sort((a, b) => b.length - a.length);
   for (const m of mounts) {
     log(`unmounting ${m} (left by an earlier run)`);
-    spawnSync('umount', ['-l', m]);
+    runSync('umount', ['-l', m], { allowFailure: true });
   }
 }
 

@@ -5,4 +5,6 @@
 // (bench figure 1) though the live heap stayed ~5 MB. At 8 the peak is flat (81 MB for the
 // test image's tree and for twice it) at no measurable cost in time.
 import { main } from '../dist/cli/main.js';
-main(process.argv.slice(2)).then((code) => { process.exitCode = code; });
+main(process.argv.slice(2)).then((code) => {
+  process.exitCode = code;
+});

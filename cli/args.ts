@@ -1,7 +1,7 @@
 // The one argument parser of every mkma command (node:util parseArgs, strict), and the checks
 // commands share. Every command gets -h/--help from here.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { EnvironmentError, UsageError } from '../lib/errors.js';
+import { EnvironmentError, EXIT, UsageError } from '../lib/errors.js';
 
 export type Options = NonNullable<ParseArgsConfig['options']>;
 
@@ -30,4 +30,10 @@ export function requireRoot(what: string, why = 'it bootstraps, mounts and sets 
   if (process.getuid && process.getuid() !== 0) {
     throw new EnvironmentError(`${what} must run as root (${why}): run it with sudo`);
   }
+}
+
+/** `--help`: the command's text on stdout, exit 0. */
+export function printHelp(text: string): number {
+  process.stdout.write(text);
+  return EXIT.ok;
 }

@@ -1,126 +1,66 @@
-// The `mkma` command: parses argv, calls one stage module, prints results and errors.
-// Exit codes: 0 ok, 1 failed, 2 usage or configuration error, 3 environment (not root,
-// missing tools), 4 the boot test failed.
-import * as os from 'node:os';
-// Only what every command needs is imported here: each command loads its own modules (the
-// configuration parser, the TUI, the builder…) when it runs, so `mkma persist` and `mkma --help`
-// do not pay for them at start-up.
-import { createReporter, formatBytes } from '../lib/progress.js';
-import { EnvironmentError, EXIT, exitCodeOf, UsageError } from '../lib/errors.js';
-import { parse, requireRoot } from './args.js';
+// The `mkma` command: finds the command in COMMANDS, runs it, and turns what it throws into a
+// message and an exit status (0 ok, 1 failed, 2 usage or configuration, 3 environment: not
+// root or missing tools, 4 the boot test failed; lib/errors.ts). Each command lives in its own
+// cli/*-cmd.ts with its --help text, and is loaded only when it runs: `mkma persist` and
+// `mkma --help` do not pay for the configuration parser, the builder or the TUI.
+import { CMDLINE } from '../lib/contract.js';
+import { EXIT, exitCodeOf, UsageError } from '../lib/errors.js';
 import { setDebug } from '../lib/run.js';
-import { COMMANDS, commandHelp, mainHelp } from './help.js';
+import { printHelp } from './args.js';
 
-export type CommandFn = (argv: string[]) => Promise<number>;
+/** What every cli/*-cmd.ts exports. */
+export interface CommandModule {
+  /** the text of `mkma <command> --help` */
+  HELP: string;
+  run(argv: string[]): Promise<number>;
+}
 
-const buildCmd: CommandFn = async (argv) => {
-  const { values, positionals } = parse('build', argv, {
-    out: { type: 'string', short: 'o' },
-    config: { type: 'string', short: 'c' },
-    rebuild: { type: 'boolean' },
-    'host-kernel': { type: 'boolean' },
-    'install-deps': { type: 'boolean' },
-    quiet: { type: 'boolean', short: 'q' },
-    json: { type: 'boolean' },
-    preset: { type: 'string', short: 'p', multiple: true },
-  }, 1);
-  if (values.help) return printHelp('build');
-  const { BUILD_TOOLS, FAST_BOOT_PACKAGES, QEMU_TOOLS, installTools, requireTools } = await import('../lib/hosttools.js');
-  const qemuTest = process.env.MKMA_QEMU_TEST === '1';
-  const tools = qemuTest ? [...BUILD_TOOLS, ...QEMU_TOOLS] : BUILD_TOOLS;
-  requireRoot('mkma build');
-  const { loadConfig } = await import('../config/load.js');
-  const config = loadConfig({ file: values.config, env: process.env, hostname: positionals[0], defaultHostname: os.hostname() });
-  // every preset is checked (keys, folders, hooks, environment variables) before anything runs
-  const presets = values.preset?.length ? (await import('../config/preset.js')).loadPresets(values.preset, process.env) : [];
-  const reporter = createReporter({ quiet: !!values.quiet || !!values.json });
-  if (values['install-deps']) installTools(tools, (s) => reporter.info(s), FAST_BOOT_PACKAGES);
-  requireTools(tools);
-  const { build } = await import('../builder/build.js');
-  const out = values.out ?? 'mkma-out';
-  const interactive = !values.json && !!process.stdin.isTTY && !!process.stdout.isTTY;
-  const result = await build({ config, out, rebuild: !!values.rebuild, hostKernel: !!values['host-kernel'], reporter, presets, interactive });
-  let boot: unknown = null;
-  if (qemuTest) {
-    const { smokeBoot, describeSmoke } = await import('../qemu/smoke.js');
-    const { log: _log, ...r } = await smokeBoot({ out, reporter, env: process.env });
-    boot = r;
-    if (!values.json) process.stderr.write(describeSmoke({ ...r, log: '' }) + '\n');
-    if (!r.ok) {
-      if (values.json) process.stdout.write(JSON.stringify({ ...result, boot }, null, 2) + '\n');
-      process.stderr.write(`mkma: the image did not boot: ${r.reason}\n  console log: ${r.logPath}\n`);
-      return EXIT.bootFailed;
-    }
-  }
-  if (values.json) {
-    process.stdout.write(JSON.stringify({ ...result, boot }, null, 2) + '\n');
-    return EXIT.ok;
-  }
-  const o = result.outputs;
-  const lines = [
-    '',
-    `mkma: built ${result.hostname} (kernel ${result.kernelVersion}, bootstrap ${result.bootstrap})`,
-    `  kernel     ${o.kernel.path}  (${formatBytes(o.kernel.bytes)})`,
-    `  initramfs  ${o.initramfs.path}  (${formatBytes(o.initramfs.bytes)})`,
-    `  base       ${o.base.path}  (${formatBytes(o.base.bytes)}, ${formatBytes(o.base.unpackedBytes)} in RAM, ${o.base.entries} entries)`,
-    ...(presets.length
-      ? ['', 'Stages:', ...result.stages.map((s) => `  ${s.stage}: ${s.status}`),
-        `  (${result.cache.snapshots} snapshot(s), ${formatBytes(result.cache.bytes)}, in ${out}/.cache for rebuilds)`]
-      : []),
-    '',
-    'Kernel command line:',
-    `  ${result.cmdline}`,
-  ];
-  if (result.storage) {
-    lines.push(`  (the images are on ${result.storage.source}, ${result.storage.fstype}, mounted at ${result.storage.mountpoint})`);
-    lines.push('', 'GRUB (e.g. /etc/grub.d/40_custom, then update-grub):', result.grub!, '', 'systemd-boot:', result.systemdBoot!);
-  } else {
-    lines.push('  (the output directory is not on a block device: copy the images to the boot disk and use its UUID)');
-  }
-  if (!qemuTest) lines.push('', 'Try it in a VM: mkma qemu --out ' + out);
-  process.stdout.write(lines.join('\n') + '\n');
-  return EXIT.ok;
+interface Command {
+  /** one line for `mkma --help` */
+  summary: string;
+  load(): Promise<CommandModule>;
+}
+
+/** Every command, in the order `mkma --help` lists them. */
+export const COMMANDS: Record<string, Command> = {
+  build: { summary: 'bootstrap, configure and pack an image (base, initramfs, kernel)', load: () => import('./build-cmd.js') },
+  qemu: { summary: 'boot the built image in QEMU and report pass/fail with boot timings', load: () => import('./qemu-cmd.js') },
+  unpack: { summary: 'apply base + layers into a directory, as the boot does (inspection, tests)', load: () => import('./unpack-cmd.js') },
+  persist: { summary: 'on the running RAM system: choose changes and save them as a layer', load: () => import('./persist-cmd.js') },
+  lint: { summary: 'check presets (keys, folders, hooks, environment, shellcheck) without building', load: () => import('./lint-cmd.js') },
 };
 
-const unpackCmd: CommandFn = async (argv) => {
-  const { values } = parse('unpack', argv, {
-    images: { type: 'string', short: 'i' },
-    into: { type: 'string' },
-    json: { type: 'boolean' },
-    extractor: { type: 'string' },
-  });
-  if (values.help) return printHelp('unpack');
-  const extractor = values.extractor ?? 'auto';
-  if (!['auto', 'native', 'ts'].includes(extractor)) throw new UsageError(`unpack: --extractor is auto, native or ts, not ${extractor}`);
-  if (!values.images || !values.into) throw new UsageError('unpack: --images DIR and --into DIR are required');
-  requireRoot('mkma unpack');
-  const fs = await import('node:fs');
-  if (fs.existsSync(values.into) && fs.readdirSync(values.into).length) {
-    throw new UsageError(`unpack: ${values.into} is not empty (mkma unpack builds a tree from scratch)`);
-  }
-  const { unpackImages } = await import('../format/apply.js');
-  let unpacker: string | null = null;
-  if (extractor !== 'ts') {
-    // the initramfs' own extractor, compiled once and cached (builder/unpacker.ts)
-    const { buildUnpacker } = await import('../builder/unpacker.js');
-    const u = buildUnpacker({ cacheDir: process.env.MKMA_CACHE_DIR ?? '/var/cache/mkma/unpacker' });
-    if (!u.path && extractor === 'native') throw new EnvironmentError(`unpack: mkma-unpack cannot be built here: ${u.reason}`);
-    if (!u.path && !values.json) process.stderr.write(`note: using the TypeScript extractor (mkma-unpack: ${u.reason})\n`);
-    unpacker = u.path;
-  }
-  const report = await unpackImages(values.images, values.into, (r) => {
-    if (!values.json) {
-      process.stderr.write(r.applied ? `applied ${r.file} (${r.entries} entries, ${r.deleted} removed)\n` : `LAYER SKIPPED ${r.file}: ${r.reason}\n`);
-    }
-  }, unpacker);
-  if (values.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
-  else process.stderr.write(`unpacked base (${report.base.entries} entries) and ${report.layers.filter((l) => l.applied).length} layer(s) into ${values.into}\n`);
-  return report.layers.some((l) => !l.applied) ? EXIT.failed : EXIT.ok;
-};
+const KERNEL_PARAMETERS: Array<[string, string]> = [
+  [`${CMDLINE.storageDevice}=DEV`, '/dev/…, UUID=…, LABEL=… or PARTUUID=… holding the images'],
+  [`${CMDLINE.imagesPath}=DIR`, 'directory of the images on that device'],
+  [`${CMDLINE.ramSize}=SIZE`, 'size of the RAM filesystem (default 50%)'],
+  [`${CMDLINE.onError}=shell|reboot|halt`, 'what to do when boot cannot continue (default shell)'],
+  [`${CMDLINE.deviceTimeout}=SECONDS`, 'how long to wait for the storage device (default 30)'],
+  [CMDLINE.debug, 'verbose boot log'],
+  [CMDLINE.break, 'a shell just before switch_root'],
+];
 
-async function printHelp(cmd?: string): Promise<number> {
-  process.stdout.write(cmd ? await commandHelp(cmd) : mainHelp());
-  return EXIT.ok;
+/** Two columns, the first padded to its longest entry. */
+function table(rows: Array<[string, string]>): string {
+  const width = Math.max(...rows.map(([a]) => a.length));
+  return rows.map(([a, b]) => `  ${a.padEnd(width)}  ${b}`).join('\n');
+}
+
+export function mainHelp(): string {
+  return `mkma — a Debian machine that boots entirely into RAM and keeps only what you choose to keep.
+
+Usage: mkma <command> [options]      (mkma <command> --help for details)
+
+Commands:
+${table(Object.entries(COMMANDS).map(([name, c]) => [name, c.summary]))}
+
+Options for every command: --debug (log every program mkma runs, and stack traces)
+
+Kernel command line (printed by mkma build):
+${table(KERNEL_PARAMETERS)}
+
+Quick start: sudo mkma build myhost && mkma qemu
+`;
 }
 
 export async function main(argvIn: string[]): Promise<number> {
@@ -132,22 +72,19 @@ export async function main(argvIn: string[]): Promise<number> {
   }
   const [cmd, ...rest] = argv;
   try {
-    if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') return printHelp(rest[0] && rest[0] in COMMANDS ? rest[0] : undefined);
+    if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') {
+      const topic = rest[0] !== undefined ? Object.hasOwn(COMMANDS, rest[0]) && COMMANDS[rest[0]] : undefined;
+      return printHelp(topic ? (await topic.load()).HELP : mainHelp());
+    }
     if (cmd === '--version' || cmd === '-V') {
       const { mkmaVersion } = await import('../builder/build.js');
       process.stdout.write(`mkma ${mkmaVersion()}\n`);
       return EXIT.ok;
     }
-    const table: Record<string, CommandFn> = {
-      build: buildCmd,
-      unpack: unpackCmd,
-      qemu: async (a) => (await import('./qemu-cmd.js')).qemuCmd(a),
-      persist: async (a) => (await import('./persist-cmd.js')).persistCmd(a),
-      lint: async (a) => (await import('./lint-cmd.js')).lintCmd(a),
-    };
-    const fn = table[cmd];
-    if (!fn) throw new UsageError(`unknown command "${cmd}"; commands: ${Object.keys(COMMANDS).join(', ')} (mkma --help)`);
-    return await fn(rest);
+    if (!Object.hasOwn(COMMANDS, cmd)) {
+      throw new UsageError(`unknown command "${cmd}"; commands: ${Object.keys(COMMANDS).join(', ')} (mkma --help)`);
+    }
+    return await (await COMMANDS[cmd].load()).run(rest);
   } catch (e) {
     return reportError(e);
   }

@@ -1,16 +1,25 @@
 // `mkma persist`: save chosen changes of the running system (the overlay's upperdir) as a new
 // layer next to base.cpio.zst, applied at the next boot.
 import * as fs from 'node:fs';
-import { DEFAULT_LOWER, DEFAULT_RULES_PATH, DEFAULT_UPPER, type ChangeEntry, type Decision, type Rule, type ScanResult } from '../persist/model.js';
+import {
+  DEFAULT_LOWER,
+  DEFAULT_RULES_PATH,
+  DEFAULT_UPPER,
+  type ChangeEntry,
+  type Decision,
+  type Rule,
+  type ScanResult,
+} from '../persist/model.js';
 import { appendRules, dpkgWarnings, loadRules, parsePattern, ruleDecider, rulesFromOverrides } from '../persist/rules.js';
 import { scanUpper } from '../persist/scan.js';
 import { BOOT_ENV_PATH, resolveTarget, type Target } from '../persist/storage.js';
 import type { LayerPlan, WriteLayerResult } from '../persist/write.js';
-import { EnvironmentError, EXIT, UsageError } from '../lib/errors.js';
-import { parse } from './args.js';
+import { interceptSignals } from '../lib/cleanup.js';
+import { EnvironmentError, EXIT, MkmaError, UsageError } from '../lib/errors.js';
+import { parse, printHelp } from './args.js';
 import { createReporter, formatBytes, type Reporter } from '../lib/progress.js';
 
-export const PERSIST_HELP = `Usage: sudo mkma persist [options]
+export const HELP = `Usage: sudo mkma persist [options]
 
 Saves changes made since boot (the overlay's upperdir, ${DEFAULT_UPPER}) as a new layer
 persistence.<UTC time>.cpio.zst next to base.cpio.zst on the storage device; the next boot
@@ -35,7 +44,7 @@ Options:
                          the system booted from (mkma_storage_device= on the kernel command line)
       --path PATH        with --device: the images directory on it; alone: a directory to
                          write the layer into as it is
-      --level N          zstd level 1..19 (default \$MKMA_COMPRESSION_LEVEL or 3)
+      --level N          zstd level 1..19 (default $MKMA_COMPRESSION_LEVEL or 3)
 
 Kinds: A added, M modified, m metadata only (chmod/chown/touch), D deleted, R replaced
 directory (its old contents are dropped).
@@ -54,6 +63,7 @@ const KIND_LETTER: Record<string, string> = { added: 'A', modified: 'M', metadat
 export function showPath(raw: string): string {
   const utf8 = Buffer.from(raw, 'latin1').toString('utf8');
   const text = Buffer.from(utf8, 'utf8').toString('latin1') === raw ? utf8 : raw;
+  // eslint-disable-next-line no-control-regex -- control bytes are what is escaped here
   return '/' + text.replace(/[\x00-\x1f\x7f\\]/g, (c) => (c === '\\' ? '\\\\' : '\\' + c.charCodeAt(0).toString(8).padStart(3, '0')));
 }
 
@@ -72,7 +82,8 @@ function ruleJson(r: Rule | null) {
 function parseLevel(v: string | undefined): number {
   const text = v ?? process.env.MKMA_COMPRESSION_LEVEL ?? '3';
   const n = Number(text);
-  if (!Number.isInteger(n) || n < 1 || n > 19) throw new UsageError(`persist: --level must be an integer 1..19, not ${JSON.stringify(text)}`);
+  if (!Number.isInteger(n) || n < 1 || n > 19)
+    throw new UsageError(`persist: --level must be an integer 1..19, not ${JSON.stringify(text)}`);
   return n;
 }
 
@@ -108,7 +119,7 @@ function totalsOf(scan: ScanResult, decisions: Decision[]): Totals {
   return t;
 }
 
-export async function persistCmd(argv: string[]): Promise<number> {
+export async function run(argv: string[]): Promise<number> {
   const { values, tokens } = parse('persist', argv, {
     yes: { type: 'boolean', short: 'y' },
     'dry-run': { type: 'boolean', short: 'n' },
@@ -123,10 +134,7 @@ export async function persistCmd(argv: string[]): Promise<number> {
     path: { type: 'string' },
     level: { type: 'string' },
   });
-  if (values.help) {
-    process.stdout.write(PERSIST_HELP);
-    return EXIT.ok;
-  }
+  if (values.help) return printHelp(HELP);
   const dryRun = !!values['dry-run'];
   const yes = !!values.yes;
   const json = !!values.json;
@@ -150,7 +158,7 @@ export async function persistCmd(argv: string[]): Promise<number> {
     }
     if (!dryRun || !readable) {
       throw new EnvironmentError(
-        'mkma persist must run as root (it reads every file of the upperdir, overlayfs\' trusted.* xattrs, and mounts the storage device): run it with sudo' +
+        "mkma persist must run as root (it reads every file of the upperdir, overlayfs' trusted.* xattrs, and mounts the storage device): run it with sudo" +
           (readable ? '' : ` (--dry-run works without root only if ${upper} is readable)`),
       );
     }
@@ -170,7 +178,7 @@ export async function persistCmd(argv: string[]): Promise<number> {
   }
 
   const reporter = createReporter({ quiet: json });
-  if (!isRoot) reporter.warn('not root: overlayfs\' own xattrs are invisible, so replaced directories show as added or unchanged');
+  if (!isRoot) reporter.warn("not root: overlayfs' own xattrs are invisible, so replaced directories show as added or unchanged");
   const stage = reporter.stage('scan', upper);
   // The writer's modules load while find and getfattr work (the scan mostly waits for them).
   const writeModule = dryRun ? null : import('../persist/write.js');
@@ -193,21 +201,40 @@ export async function persistCmd(argv: string[]): Promise<number> {
   for (const w of warnings) reporter.warn(w);
   // the rules' verdicts, computed once above (planLayer asks per entry)
   const includedSet = new Set<ChangeEntry>();
-  scan.entries.forEach((e, i) => { if (decisions[i].included) includedSet.add(e); });
+  scan.entries.forEach((e, i) => {
+    if (decisions[i].included) includedSet.add(e);
+  });
   const include = (e: ChangeEntry) => includedSet.has(e);
   const { planLayer, writeLayer } = await writeModule!;
   const plan = planLayer(scan, include);
   if (plan.changes === 0) {
-    if (json) process.stdout.write(JSON.stringify({ saved: false, reason: 'nothing to save', totals, skipped: scan.skipped, warnings }, null, 2) + '\n');
+    if (json)
+      process.stdout.write(
+        JSON.stringify({ saved: false, reason: 'nothing to save', totals, skipped: scan.skipped, warnings }, null, 2) + '\n',
+      );
     else process.stdout.write(`mkma: nothing to save (${totals.changes} change(s), all left out by the rules)\n`);
     return EXIT.ok;
   }
-  const target = resolveTarget({ device: values.device, path: values.path, cmdline: readIf('/proc/cmdline') ?? '', bootEnv: readIf(BOOT_ENV_PATH) });
+  const target = resolveTarget({
+    device: values.device,
+    path: values.path,
+    cmdline: readIf('/proc/cmdline') ?? '',
+    bootEnv: readIf(BOOT_ENV_PATH),
+  });
   let result: WriteLayerResult;
   try {
     for (const w of target.warnings) reporter.warn(w);
     // statsFromScan: the scan is a moment old, its lstat data is the files' (no second lstat of each)
-    result = await writeWithSignals(reporter, writeLayer, { scan, include, plan, statsFromScan: true, upper, imagesDir: target.imagesDir, level, message: values.message });
+    result = await writeWithSignals(reporter, writeLayer, {
+      scan,
+      include,
+      plan,
+      statsFromScan: true,
+      upper,
+      imagesDir: target.imagesDir,
+      level,
+      message: values.message,
+    });
   } finally {
     target.release();
   }
@@ -236,10 +263,14 @@ async function writeWithSignals(
     message?: string;
   },
 ): Promise<WriteLayerResult> {
+  // Ctrl-C or SIGTERM while writing: the writer stops and removes its partial file, and the
+  // command then reports the interruption (exit 1) instead of dying mid-write. SIGHUP too:
+  // a closed terminal must not leave a partial layer either.
   const ac = new AbortController();
-  const onSignal = () => ac.abort();
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const stopIntercepting = interceptSignals(() => {
+    ac.abort();
+    return true;
+  });
   const stage = reporter.stage('write', o.imagesDir);
   try {
     const r = await writeLayer({
@@ -252,11 +283,10 @@ async function writeWithSignals(
     stage.done(`${formatBytes(r.bytesIn)} → ${formatBytes(r.bytesOut)}`);
     return r;
   } catch (e) {
-    if (ac.signal.aborted) throw new Error('interrupted: nothing was saved (the partial file was removed)');
+    if (ac.signal.aborted) throw new MkmaError('interrupted: nothing was saved (the partial file was removed)');
     throw e;
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    stopIntercepting();
   }
 }
 
@@ -269,7 +299,10 @@ function printSaved(r: WriteLayerResult, name: string, target: Target, totals: T
     `  ${name}`,
     `  in ${target.description}`,
   ];
-  if (totals.excluded) lines.push(`  left out by the rules: ${totals.excluded} change(s), ${formatBytes(totals.excludedBytes)} (mkma persist --dry-run lists them)`);
+  if (totals.excluded)
+    lines.push(
+      `  left out by the rules: ${totals.excluded} change(s), ${formatBytes(totals.excludedBytes)} (mkma persist --dry-run lists them)`,
+    );
   lines.push('  It applies at the next boot.');
   process.stdout.write(lines.join('\n') + '\n');
 }
@@ -347,9 +380,21 @@ async function runTui(o: {
     saveRules: (lines) => appendRules(o.rulesFile, lines, `added by mkma persist on ${new Date().toISOString()}`),
     rulesFromOverrides,
     onConfirm: async (include) => {
-      const target = resolveTarget({ device: o.values.device, path: o.values.path, cmdline: readIf('/proc/cmdline') ?? '', bootEnv: readIf(BOOT_ENV_PATH) });
+      const target = resolveTarget({
+        device: o.values.device,
+        path: o.values.path,
+        cmdline: readIf('/proc/cmdline') ?? '',
+        bootEnv: readIf(BOOT_ENV_PATH),
+      });
       try {
-        const r = await writeLayer({ upper: o.upper, scan: latest, include, imagesDir: target.imagesDir, level: o.level, message: o.values.message });
+        const r = await writeLayer({
+          upper: o.upper,
+          scan: latest,
+          include,
+          imagesDir: target.imagesDir,
+          level: o.level,
+          message: o.values.message,
+        });
         return { file: r.file, bytesIn: r.bytesIn, bytesOut: r.bytesOut, entries: r.entries };
       } finally {
         target.release();

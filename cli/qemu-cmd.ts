@@ -1,8 +1,26 @@
-// `mkma qemu`: boot the built image and report.
-import { parse } from './args.js';
+// `mkma qemu`: boot the built image and report (qemu/smoke.ts).
+import { parse, printHelp } from './args.js';
 import { EXIT, UsageError } from '../lib/errors.js';
-import { COMMANDS } from './help.js';
 import { createReporter } from '../lib/progress.js';
+
+export const HELP = `Usage: mkma qemu [--out DIR] [--timeout S] [--memory M] [--cpus N] [--fresh] [--interactive]
+
+Boots OUT/vmlinuz + OUT/initramfs.cpio.zst in QEMU with the images on a virtual disk
+(OUT/qemu/disk.img, made with mke2fs -d: nothing is mounted), reads the serial console and
+reports pass/fail with the boot phase timings. The disk keeps persistence layers written in
+the guest between runs unless --fresh.
+
+Options:
+  -o, --out DIR        build output directory (default ./mkma-out)
+      --timeout S      give up after S seconds (default 600)
+      --memory M       guest memory in MiB (default 2048)
+      --cpus N         guest CPUs (default 2)
+      --fresh          recreate the disk without the layers saved in earlier runs
+  -i, --interactive    give the console to the user instead of testing
+      --json           print the result (pass/fail, accelerator, phase timings) as JSON on stdout
+Environment: MKMA_QEMU_ACCEL=kvm|tcg (default kvm where /dev/kvm works, else tcg)
+Exit status: 0 booted to multi-user, 4 did not, 2 bad arguments, 3 missing tools.
+`;
 
 function positiveInt(name: string, v: string | undefined, def: number): number {
   if (v === undefined) return def;
@@ -11,7 +29,7 @@ function positiveInt(name: string, v: string | undefined, def: number): number {
   return n;
 }
 
-export async function qemuCmd(argv: string[]): Promise<number> {
+export async function run(argv: string[]): Promise<number> {
   const { values } = parse('qemu', argv, {
     out: { type: 'string', short: 'o' },
     timeout: { type: 'string' },
@@ -21,10 +39,7 @@ export async function qemuCmd(argv: string[]): Promise<number> {
     interactive: { type: 'boolean', short: 'i' },
     json: { type: 'boolean' },
   });
-  if (values.help) {
-    process.stdout.write(COMMANDS.qemu);
-    return EXIT.ok;
-  }
+  if (values.help) return printHelp(HELP);
   const reporter = createReporter({ quiet: !!values.json });
   const { smokeBoot, describeSmoke } = await import('../qemu/smoke.js');
   const r = await smokeBoot({

@@ -1,6 +1,6 @@
 // Every setting of mkma.toml, defined once: TOML key, type, default, help and environment
-// override. config/load.ts validates against this table, the README's reference and
-// `mkma config --json` are rendered from it, so a new setting is added here and nowhere else
+// override. config/load.ts validates against this table and the README's reference is
+// rendered from it (`npm run readme`), so a new setting is added here and nowhere else
 // (plus its field in types.ts, which the compiler then demands).
 
 import type { TomlValue } from 'smol-toml';

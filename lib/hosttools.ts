@@ -19,9 +19,7 @@ export const BUILD_TOOLS: HostTool[] = [
 ];
 
 /** Optional: mkma-unpack, the fast boot-time extractor, is compiled from them (see builder/unpacker.ts). */
-export const FAST_BOOT_TOOLS: HostTool[] = [
-  { command: 'gcc', pkg: 'gcc', why: 'compiles mkma-unpack, the fast boot-time extractor' },
-];
+export const FAST_BOOT_TOOLS: HostTool[] = [{ command: 'gcc', pkg: 'gcc', why: 'compiles mkma-unpack, the fast boot-time extractor' }];
 export const FAST_BOOT_PACKAGES = ['gcc', 'libc6-dev', 'libzstd-dev'];
 
 export const QEMU_TOOLS: HostTool[] = [
@@ -55,7 +53,9 @@ export function requireTools(tools: HostTool[]): void {
 
 /** --install-deps: apt-get install what is missing (apt-get update first, once). */
 export function installTools(tools: HostTool[], log: (s: string) => void, extraPackages: string[] = []): void {
-  const missingExtra = extraPackages.filter((p) => runSync('dpkg-query', ['-W', '-f=${Status}', p], { allowFailure: true }).stdout !== 'install ok installed');
+  const missingExtra = extraPackages.filter(
+    (p) => runSync('dpkg-query', ['-W', '-f=${Status}', p], { allowFailure: true }).stdout !== 'install ok installed',
+  );
   const pkgs = [...new Set([...missingTools(tools).map((t) => t.pkg), ...missingExtra])];
   if (!pkgs.length) return;
   log(`installing host packages: ${pkgs.join(' ')}`);

@@ -14,9 +14,12 @@
 // so the runner is ~150 lines over it, and zx is not a dependency.
 //
 // Raw `spawn` stays only where a stream is piped through mkma itself (the archive writer into
-// zstd, find and getfattr into the scanner); those children are registered with
-// `trackChild` so they are killed with mkma.
+// zstd, find and getfattr into the scanner); those children are started with `spawnTracked`
+// so they are killed with mkma. A command that starts processes of its own (a chroot's
+// maintainer scripts) runs as its own process group (`processGroup`), stopped whole.
 import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import * as fs from 'node:fs';
+import { StringDecoder } from 'node:string_decoder';
 import { onCleanup } from './cleanup.js';
 import { EnvironmentError, MkmaError } from './errors.js';
 import { packageFor } from './packages.js';
@@ -37,6 +40,13 @@ export interface RunOptions {
   stdio?: 'pipe' | 'inherit';
   /** output larger than this is an error (default 256 MiB) */
   maxBuffer?: number;
+  /** run() only: every line of output (stdout and stderr, without the newline), as it comes */
+  onLine?: (line: string) => void;
+  /**
+   * run() only: the command gets a process group of its own, and everything it started is
+   * stopped with it (SIGTERM, SIGKILL 3 s later) on a timeout or when mkma ends first.
+   */
+  processGroup?: boolean;
 }
 
 export interface RunResult {
@@ -154,47 +164,54 @@ export function run(cmd: string, args: readonly string[], o: RunOptions = {}): P
       cwd: o.cwd,
       env: environment(o),
       stdio: o.stdio === 'inherit' ? 'inherit' : [o.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+      detached: !!o.processGroup,
     });
+    const signal = (sig: NodeJS.Signals) => (o.processGroup ? signalGroup(child, sig) : child.kill(sig));
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     let size = 0;
     let timedOut = false;
     let overflow = false;
     const limit = o.maxBuffer ?? 256 << 20;
-    const collect = (into: Buffer[]) => (d: Buffer) => {
+    const lines = o.onLine ? [new LineSplitter(o.onLine), new LineSplitter(o.onLine)] : null;
+    const collect = (into: Buffer[], stream: number) => (d: Buffer) => {
       size += d.length;
       if (size > limit) {
         overflow = true;
-        child.kill('SIGKILL');
+        signal('SIGKILL');
         return;
       }
       into.push(d);
+      lines?.[stream].push(d);
     };
-    child.stdout?.on('data', collect(out));
-    child.stderr?.on('data', collect(err));
+    child.stdout?.on('data', collect(out, 0));
+    child.stderr?.on('data', collect(err, 1));
     if (o.input !== undefined && child.stdin) {
       child.stdin.on('error', () => {}); // EPIPE: the exit status tells
       child.stdin.end(o.input);
     }
     let killTimer: NodeJS.Timeout | undefined;
-    const timer = o.timeoutMs ? setTimeout(() => {
-      timedOut = true;
-      child.kill('SIGTERM');
-      killTimer = setTimeout(() => child.kill('SIGKILL'), 3000);
-    }, o.timeoutMs) : undefined;
+    const timer = o.timeoutMs
+      ? setTimeout(() => {
+          timedOut = true;
+          signal('SIGTERM');
+          killTimer = setTimeout(() => signal('SIGKILL'), 3000);
+        }, o.timeoutMs)
+      : undefined;
     child.on('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       clearTimeout(killTimer);
       reject(e.code === 'ENOENT' ? new CommandNotFoundError(cmd) : new MkmaError(`cannot run ${cmd}: ${e.message}`));
     });
-    child.on('close', (status, signal) => {
+    child.on('close', (status, endSignal) => {
       clearTimeout(timer);
       clearTimeout(killTimer);
+      for (const l of lines ?? []) l.end();
       const stdoutBytes = Buffer.concat(out);
       const result: RunResult = {
         command: commandLine(cmd, args),
         status,
-        signal,
+        signal: endSignal,
         stdout: stdoutBytes.toString('utf8'),
         stderr: Buffer.concat(err).toString('utf8') + (overflow ? `\n(output over ${limit} bytes)` : ''),
         stdoutBytes,
@@ -210,17 +227,98 @@ export function run(cmd: string, args: readonly string[], o: RunOptions = {}): P
   });
 }
 
+/** Calls `onLine` with each complete line of a byte stream; `end` flushes an unterminated last line. */
+class LineSplitter {
+  private partial = '';
+  // a character split between two chunks is decoded whole
+  private readonly decoder = new StringDecoder('utf8');
+  constructor(private readonly onLine: (line: string) => void) {}
+  push(d: Buffer): void {
+    const parts = (this.partial + this.decoder.write(d)).split('\n');
+    this.partial = parts.pop()!;
+    for (const p of parts) this.onLine(p);
+  }
+  end(): void {
+    this.partial += this.decoder.end();
+    if (this.partial) this.onLine(this.partial);
+    this.partial = '';
+  }
+}
+
 /**
- * spawn() for a child whose streams mkma handles itself; it is killed (SIGKILL) if mkma ends
- * first. The registration goes when the child exits.
+ * spawn() for a child whose streams mkma handles itself; it is killed if mkma ends first
+ * (SIGKILL, or with `detached`, its whole process group: see stopProcessGroup). The
+ * registration goes when the child exits.
  */
 export function spawnTracked(cmd: string, args: readonly string[], opts: SpawnOptions): ChildProcess {
   if (debug) process.stderr.write(`[debug] ${commandLine(cmd, args)}  (started)\n`);
   const child = spawn(cmd, args, opts);
   const release = onCleanup(`kill ${cmd}`, () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    if (opts.detached) stopProcessGroup(child);
+    else if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   });
   child.once('exit', release);
   child.once('error', release);
   return child;
+}
+
+/** Sends `sig` to the child's process group (it must lead one: spawned `detached`), else to the child. */
+function signalGroup(child: ChildProcess, sig: NodeJS.Signals): void {
+  try {
+    if (child.pid) process.kill(-child.pid, sig);
+  } catch {
+    child.kill(sig);
+  }
+}
+
+/**
+ * Stops a process group led by `child` (spawned `detached`) synchronously, so that it can run
+ * from a cleanup: SIGTERM to the group, up to `graceMs` for its members to go, then SIGKILL.
+ * Daemons a maintainer script started, and a build's own children, go with it. A child that
+ * does not lead a group (spawned without `detached`) is killed alone.
+ */
+export function stopProcessGroup(child: ChildProcess, graceMs = 3000): void {
+  const pid = child.pid;
+  if (!pid || child.exitCode !== null || child.signalCode !== null) return;
+  try {
+    process.kill(-pid, 'SIGTERM');
+  } catch {
+    child.kill('SIGKILL'); // not a group leader
+    return;
+  }
+  // our own child stays a zombie until the event loop reaps it: only live members count
+  for (let waited = 0; waited < graceMs && processGroupAlive(pid); waited += 50) sleepSync(50);
+  if (!processGroupAlive(pid)) return;
+  try {
+    process.kill(-pid, 'SIGKILL');
+  } catch {
+    /* gone */
+  }
+  for (let i = 0; i < 20 && processGroupAlive(pid); i++) sleepSync(50);
+}
+
+/** Whether a process group has a member that is not a zombie (from /proc/PID/stat). */
+export function processGroupAlive(pgid: number): boolean {
+  let pids: string[];
+  try {
+    pids = fs.readdirSync('/proc').filter((n) => /^[0-9]+$/.test(n));
+  } catch {
+    return false;
+  }
+  for (const p of pids) {
+    let stat: string;
+    try {
+      stat = fs.readFileSync(`/proc/${p}/stat`, 'utf8');
+    } catch {
+      continue;
+    }
+    // pid (comm) state ppid pgrp …: comm may hold spaces and parentheses
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (Number(f[2]) === pgid && f[0] !== 'Z' && f[0] !== 'X') return true;
+  }
+  return false;
+}
+
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }

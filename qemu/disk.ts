@@ -5,15 +5,12 @@
 // that dies half-way leaves no mount behind. Disks are built under a temporary name and
 // renamed into place: a failed rebuild never destroys the persistence layers the guest
 // wrote into the previous disk.
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { LAYER_PREFIX, LAYER_SUFFIX } from '../format/names.js';
 import { MkmaError } from '../lib/errors.js';
-
-const execFileAsync = promisify(execFile);
+import { run } from '../lib/run.js';
 
 export const DEFAULT_IMAGES_PATH = '/mkma';
 const MiB = 1024 * 1024;
@@ -79,6 +76,8 @@ export function mke2fsArgs(a: Mke2fsArgs): string[] {
   if (a.uuid !== undefined && !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(a.uuid)) {
     throw new DiskError(`"${a.uuid}" is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)`);
   }
+  // option and value on one line
+  // prettier-ignore
   return [
     '-q', '-t', 'ext4',
     // Under 512 MiB mke2fs's "small" profile picks 1 KiB blocks; 4 KiB keeps the base image
@@ -94,23 +93,13 @@ export function mke2fsArgs(a: Mke2fsArgs): string[] {
   ];
 }
 
-async function run(cmd: string, args: string[], pkg: string): Promise<{ stdout: string; stderr: string }> {
-  try {
-    return await execFileAsync(cmd, args, { maxBuffer: 64 * MiB, encoding: 'utf8' });
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException & { stderr?: string };
-    if (err.code === 'ENOENT') throw new DiskError(`${cmd} not found (apt-get install ${pkg})`);
-    throw new DiskError(`${cmd} ${args.join(' ')} failed: ${(err.stderr ?? '').trim() || err.message}`);
-  }
-}
-
 /**
  * debugfs exits 0 even when a request fails and reports only on stderr, next to its version
  * banner; so anything on stderr but the banner is the error.
  */
 async function debugfs(diskPath: string, request: string): Promise<string> {
   if (!fs.existsSync(diskPath)) throw new DiskError(`no disk image at ${diskPath}`);
-  const { stdout, stderr } = await run('debugfs', ['-R', request, diskPath], 'e2fsprogs');
+  const { stdout, stderr } = await run('debugfs', ['-R', request, diskPath]);
   const problems = stderr.split('\n').filter((l) => l.trim() && !/^debugfs \d+\.\d+/.test(l));
   if (problems.length) throw new DiskError(`debugfs ${diskPath} "${request}": ${problems.join('; ').trim()}`);
   return stdout;
@@ -176,7 +165,7 @@ async function buildDisk(sourceDir: string, diskPath: string, label: string, siz
     // A sparse file of the final size: mke2fs writes only metadata and the files' blocks.
     fs.closeSync(fs.openSync(tmp, 'w'));
     fs.truncateSync(tmp, sizeBytes);
-    await run('mke2fs', mke2fsArgs({ file: tmp, sourceDir, label, uuid, sizeBytes }), 'e2fsprogs');
+    await run('mke2fs', mke2fsArgs({ file: tmp, sourceDir, label, uuid, sizeBytes }));
     fs.renameSync(tmp, diskPath);
   } finally {
     fs.rmSync(tmp, { force: true });
@@ -216,8 +205,10 @@ export async function makeImagesDisk(opts: ImagesDiskOptions): Promise<ImagesDis
       try {
         entries = await listDiskEntries(opts.diskPath, `/${rel}`);
       } catch (e) {
-        throw new DiskError(`cannot read the layers of the existing disk ${opts.diskPath}: ${(e as Error).message}; ` +
-          'move it away, or rebuild it with fresh to start without them');
+        throw new DiskError(
+          `cannot read the layers of the existing disk ${opts.diskPath}: ${(e as Error).message}; ` +
+            'move it away, or rebuild it with fresh to start without them',
+        );
       }
       for (const e of entries) {
         // A layer of the same name passed in `files` replaces the disk's copy.

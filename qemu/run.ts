@@ -4,13 +4,14 @@
 // line to a log file and to onLine, and end as soon as the outcome is known: the success
 // marker (the guest's mkma-test hook prints it), a failure marker (kernel panic, init FATAL),
 // QEMU exiting, or the time limit. QEMU is always killed and reaped before the promise
-// settles, and also when this process exits or is signalled, so no emulator is ever left
-// running (an orphaned TCG guest would eat a core until someone notices).
-import { spawn, type ChildProcess } from 'node:child_process';
+// settles, and also when this process exits or is signalled (lib/cleanup.ts), so no emulator
+// is ever left running (an orphaned TCG guest would eat a core until someone notices).
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Accel } from './accel.js';
 import { MkmaError } from '../lib/errors.js';
+import { spawnTracked } from '../lib/run.js';
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
 
@@ -105,6 +106,8 @@ export function kernelCommandLine(append: string): string {
 export function qemuArgs(o: QemuArgsOptions): string[] {
   if (!Number.isInteger(o.cpus) || o.cpus < 1) throw new QemuError(`cpus must be a positive integer, got ${o.cpus}`);
   if (!Number.isInteger(o.memoryMiB) || o.memoryMiB < 64) throw new QemuError(`memoryMiB must be an integer ≥ 64, got ${o.memoryMiB}`);
+  // option and value on one line
+  // prettier-ignore
   const args = [
     '-machine', o.machine ?? 'q35',
     '-accel', accelArg(o.accel, o.cpus),
@@ -137,46 +140,11 @@ export function qemuArgs(o: QemuArgsOptions): string[] {
   return args;
 }
 
-// --- never leave a QEMU behind ---------------------------------------------------------------
-
-const running = new Set<ChildProcess>();
-const SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
-
-function killAll(): void {
-  for (const c of running) c.kill('SIGKILL');
-}
-
-function onSignal(sig: NodeJS.Signals): void {
-  killAll();
-  // Were we the only listener, the signal's default action (exit) must still happen.
-  if (process.listenerCount(sig) === 1) {
-    unwatch();
-    process.kill(process.pid, sig);
-  }
-}
-
-// The handlers exist only while a QEMU runs, so they never change how an idle process
-// reacts to signals.
-function watch(child: ChildProcess): void {
-  if (running.size === 0) {
-    process.on('exit', killAll);
-    for (const s of SIGNALS) process.on(s, onSignal);
-  }
-  running.add(child);
-}
-
-function unwatch(child?: ChildProcess): void {
-  if (child) running.delete(child);
-  if (running.size === 0 || !child) {
-    process.off('exit', killAll);
-    for (const s of SIGNALS) process.off(s, onSignal);
-  }
-}
-
 // --- console processing ------------------------------------------------------------------------
 
 /** SeaBIOS and the kernel emit terminal control sequences (ESC c, ESC [2J …); logs want text. */
 export function cleanConsoleLine(raw: string): string {
+  // eslint-disable-next-line no-control-regex -- ESC sequences are what is removed here
   return raw.replace(/\r/g, '').replace(/\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-~])/g, '');
 }
 
@@ -191,17 +159,18 @@ function checkInputs(o: BootOptions): void {
   if (!o.interactive && !(o.timeoutSec > 0)) throw new QemuError('a non-interactive boot needs timeoutSec > 0');
 }
 
+/**
+ * QEMU as a tracked child (lib/run.ts): its console is read line by line as it comes (a raw
+ * stream, not a command run to its end), and lib/cleanup.ts kills it if mkma exits or is
+ * signalled first.
+ */
 function spawnQemu(o: BootOptions, stdio: 'inherit' | 'pipe'): ChildProcess {
   const bin = o.qemuBinary ?? QEMU_BINARY;
-  const child = spawn(bin, qemuArgs(o), { stdio: stdio === 'inherit' ? 'inherit' : ['ignore', 'pipe', 'pipe'] });
-  watch(child);
-  return child;
+  return spawnTracked(bin, qemuArgs(o), { stdio: stdio === 'inherit' ? 'inherit' : ['ignore', 'pipe', 'pipe'] });
 }
 
 function spawnFailure(bin: string, e: NodeJS.ErrnoException): QemuError {
-  return new QemuError(e.code === 'ENOENT'
-    ? `${bin} not found (apt-get install qemu-system-x86)`
-    : `cannot start ${bin}: ${e.message}`);
+  return new QemuError(e.code === 'ENOENT' ? `${bin} not found (apt-get install qemu-system-x86)` : `cannot start ${bin}: ${e.message}`);
 }
 
 export async function bootQemu(o: BootOptions): Promise<BootResult> {
@@ -217,11 +186,14 @@ async function bootInteractive(o: BootOptions): Promise<BootResult> {
   let timedOut = false;
   let killTimer: NodeJS.Timeout | undefined;
   // SIGTERM first: QEMU then restores the terminal it put in raw mode; SIGKILL if it hangs.
-  const timer = o.timeoutSec > 0 ? setTimeout(() => {
-    timedOut = true;
-    child.kill('SIGTERM');
-    killTimer = setTimeout(() => child.kill('SIGKILL'), 3000);
-  }, o.timeoutSec * 1000) : undefined;
+  const timer =
+    o.timeoutSec > 0
+      ? setTimeout(() => {
+          timedOut = true;
+          child.kill('SIGTERM');
+          killTimer = setTimeout(() => child.kill('SIGKILL'), 3000);
+        }, o.timeoutSec * 1000)
+      : undefined;
   try {
     const exitCode = await new Promise<number | null>((resolve, reject) => {
       child.on('error', (e) => reject(spawnFailure(o.qemuBinary ?? QEMU_BINARY, e)));
@@ -234,7 +206,6 @@ async function bootInteractive(o: BootOptions): Promise<BootResult> {
     clearTimeout(timer);
     clearTimeout(killTimer);
     child.kill('SIGKILL');
-    unwatch(child);
   }
 }
 
@@ -312,14 +283,12 @@ function bootCaptured(o: BootOptions): Promise<BootResult> {
       // spawn failed: there is no process to wait for.
       spawnFailed = true;
       clearTimeout(timer);
-      unwatch(child);
       logFile.end();
       reject(spawnFailure(bin, e));
     });
 
     child.on('close', (code, signal) => {
       if (spawnFailed) return;
-      unwatch(child);
       if (pending) onLine(pending);
       // After the last line: it may have started a grace timer that must not keep us waiting.
       clearTimeout(timer);

@@ -7,9 +7,7 @@ import { BASE_NAME, INITRAMFS_NAME, KERNEL_NAME, layerId } from '../format/names
 import { QEMU_TOOLS, requireTools } from '../lib/hosttools.js';
 import { ACCEL_ENV, pickAccel, type Accel } from './accel.js';
 import { makeDataDisk, makeImagesDisk } from './disk.js';
-import {
-  bootQemu, formatTimings, MULTI_USER_MARKER, phaseTimings, TEST_DONE_MARKER, type BootResult, type PhaseTimings,
-} from './run.js';
+import { bootQemu, formatTimings, MULTI_USER_MARKER, phaseTimings, TEST_DONE_MARKER, type BootResult, type PhaseTimings } from './run.js';
 
 export const DISK_LABEL = 'MKMA';
 export const IMAGES_PATH = '/mkma';
@@ -52,14 +50,29 @@ let kvmVerdict: boolean | null = null;
  * choice, a KVM pick is confirmed by booting the kernel to a deliberate panic (1-2 s under
  * KVM), and TCG is used if that does not finish in time.
  */
-export async function chooseAccel(env: NodeJS.ProcessEnv, kernel: string, initrd: string, workDir: string, reporter: Reporter): Promise<Accel> {
+export async function chooseAccel(
+  env: NodeJS.ProcessEnv,
+  kernel: string,
+  initrd: string,
+  workDir: string,
+  reporter: Reporter,
+): Promise<Accel> {
   const picked = pickAccel(env);
   if (picked === 'tcg' || env[ACCEL_ENV]?.trim()) return picked;
   if (kvmVerdict === null) {
     const r = await bootQemu({
-      kernel, initrd, disks: [], append: 'panic=-1 rdinit=/mkma-kvm-probe', memoryMiB: 256, cpus: 1, accel: 'kvm',
-      interactive: false, timeoutSec: 20, logPath: path.join(workDir, 'kvm-probe.log'),
-      successMarker: 'Kernel panic', failureMarkers: [],
+      kernel,
+      initrd,
+      disks: [],
+      append: 'panic=-1 rdinit=/mkma-kvm-probe',
+      memoryMiB: 256,
+      cpus: 1,
+      accel: 'kvm',
+      interactive: false,
+      timeoutSec: 20,
+      logPath: path.join(workDir, 'kvm-probe.log'),
+      successMarker: 'Kernel panic',
+      failureMarkers: [],
     });
     kvmVerdict = r.ok;
     if (!r.ok) reporter.warn(`KVM at /dev/kvm did not boot a kernel within 20 s (${r.reason}); using TCG. Set ${ACCEL_ENV}=kvm to insist.`);
@@ -68,7 +81,10 @@ export async function chooseAccel(env: NodeJS.ProcessEnv, kernel: string, initrd
 }
 
 function imageFiles(dir: string): string[] {
-  return fs.readdirSync(dir).filter((n) => n === BASE_NAME || layerId(n) !== null).sort();
+  return fs
+    .readdirSync(dir)
+    .filter((n) => n === BASE_NAME || layerId(n) !== null)
+    .sort();
 }
 
 export async function smokeBoot(o: SmokeOptions): Promise<SmokeResult> {
@@ -86,9 +102,15 @@ export async function smokeBoot(o: SmokeOptions): Promise<SmokeResult> {
   const diskPath = path.join(work, 'disk.img');
   const imagesDir = path.resolve(o.imagesDir ?? out);
   const disk = await makeImagesDisk({
-    diskPath, imagesDir, label: DISK_LABEL, fresh: !!o.fresh, files: imageFiles(imagesDir), imagesPath: IMAGES_PATH,
+    diskPath,
+    imagesDir,
+    label: DISK_LABEL,
+    fresh: !!o.fresh,
+    files: imageFiles(imagesDir),
+    imagesPath: IMAGES_PATH,
   });
-  if (disk.carried.length) o.reporter.info(`keeping ${disk.carried.length} layer(s) saved on the disk in earlier runs (--fresh drops them)`);
+  if (disk.carried.length)
+    o.reporter.info(`keeping ${disk.carried.length} layer(s) saved on the disk in earlier runs (--fresh drops them)`);
   const disks = [{ path: diskPath }];
   if (o.testDataDir) {
     const dataDisk = path.join(work, 'test-data.img');
@@ -97,15 +119,28 @@ export async function smokeBoot(o: SmokeOptions): Promise<SmokeResult> {
   }
 
   const logPath = o.logPath ?? path.join(work, 'console.log');
-  const append = [`mkma_storage_device=LABEL=${DISK_LABEL}`, `mkma_images_path=${IMAGES_PATH}`, o.interactive ? '' : 'mkma_test', o.append ?? '']
+  const append = [
+    `mkma_storage_device=LABEL=${DISK_LABEL}`,
+    `mkma_images_path=${IMAGES_PATH}`,
+    o.interactive ? '' : 'mkma_test',
+    o.append ?? '',
+  ]
     .filter(Boolean)
     .join(' ');
   const stage = o.reporter.stage('qemu', `${accel.toUpperCase()}, ${o.memoryMiB ?? 2048} MiB, ${o.cpus ?? 2} CPUs, console log ${logPath}`);
   let r: BootResult;
   try {
     r = await bootQemu({
-      kernel, initrd, disks, append, memoryMiB: o.memoryMiB ?? 2048, cpus: o.cpus ?? 2, accel,
-      interactive: !!o.interactive, timeoutSec: o.timeoutSec ?? (o.interactive ? 0 : 600), logPath,
+      kernel,
+      initrd,
+      disks,
+      append,
+      memoryMiB: o.memoryMiB ?? 2048,
+      cpus: o.cpus ?? 2,
+      accel,
+      interactive: !!o.interactive,
+      timeoutSec: o.timeoutSec ?? (o.interactive ? 0 : 600),
+      logPath,
       // with a test script, wait until it is done and the guest has powered off (its writes are on the disk)
       successMarker: o.interactive ? undefined : o.testDataDir ? TEST_DONE_MARKER : MULTI_USER_MARKER,
       waitForPoweroff: !!o.testDataDir,

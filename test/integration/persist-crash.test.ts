@@ -20,15 +20,9 @@ const LEVEL = '9';
 
 afterAll(() => fs.rmSync(WORK, { recursive: true, force: true }));
 
-const LAUNCHER = `
-import { persistCmd } from ${JSON.stringify(path.join(REPO, 'dist/cli/persist-cmd.js'))};
-import { reportError } from ${JSON.stringify(path.join(REPO, 'dist/cli/main.js'))};
-persistCmd(process.argv.slice(1)).then((c) => { process.exitCode = c; }, (e) => { process.exitCode = reportError(e); });
-`;
-/** `node bin/mkma.js persist …` once cli/main.ts dispatches it, else persistCmd through a launcher */
+/** The CLI as users run it: `node bin/mkma.js persist …` */
 function cliArgv(args: string[]): string[] {
-  const wired = fs.readFileSync(path.join(REPO, 'dist/cli/main.js'), 'utf8').includes('persist-cmd');
-  return wired ? [path.join(REPO, 'bin/mkma.js'), 'persist', ...args] : ['--input-type=module', '-e', LAUNCHER, '--', ...args];
+  return [path.join(REPO, 'bin/mkma.js'), 'persist', ...args];
 }
 const ARGS = ['--yes', '--upper', U, '--path', IMAGES, '--level', LEVEL];
 

@@ -49,16 +49,9 @@ function put(root: string, rel: string, data: string | Buffer, mode = 0o644): vo
   fs.chmodSync(p, mode);
 }
 
-// The CLI: `node bin/mkma.js persist …` once cli/main.ts dispatches `persist`; until then the
-// same code through a two-line launcher (persistCmd + main's error reporting).
-const LAUNCHER = `
-import { persistCmd } from ${JSON.stringify(path.join(REPO, 'dist/cli/persist-cmd.js'))};
-import { reportError } from ${JSON.stringify(path.join(REPO, 'dist/cli/main.js'))};
-persistCmd(process.argv.slice(1)).then((c) => { process.exitCode = c; }, (e) => { process.exitCode = reportError(e); });
-`;
+/** The CLI as users run it: `node bin/mkma.js persist …` */
 function cliArgv(args: string[]): string[] {
-  const wired = fs.readFileSync(path.join(REPO, 'dist/cli/main.js'), 'utf8').includes('persist-cmd');
-  return wired ? [path.join(REPO, 'bin/mkma.js'), 'persist', ...args] : ['--input-type=module', '-e', LAUNCHER, '--', ...args];
+  return [path.join(REPO, 'bin/mkma.js'), 'persist', ...args];
 }
 function persist(args: string[]): SpawnSyncReturns<string> {
   return spawnSync(process.execPath, cliArgv(args), { encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'], timeout: 120_000 });

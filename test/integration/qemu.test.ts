@@ -1,15 +1,17 @@
 // Real tools: mke2fs/debugfs disks, QEMU runs (a fake emulator for the console logic, and a
 // real TCG boot of a tiny busybox initramfs with a Debian kernel fetched through apt).
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { makeImagesDisk, makeDataDisk, listDiskFiles, readDiskFile, DiskError } from '../../qemu/disk.js';
 import { bootQemu, phaseTimings, formatTimings, qemuArgs, MULTI_USER_MARKER, type BootOptions } from '../../qemu/run.js';
-import { ensureTestKernel } from '../../qemu/kernel.js';
-import { WORK } from '../helpers/paths.js';
+import { ensureTestKernel } from '../helpers/kernel.js';
+import { REPO, WORK } from '../helpers/paths.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const KERNEL_CACHE = path.join(WORK, 'kernel');
 const BOOT_TIMEOUT_SEC = 120;
@@ -199,6 +201,20 @@ describe('bootQemu console logic (fake emulator)', () => {
     expect(alive(pidFile)).toBe(false);
   });
 
+  test('mkma ended by a signal mid-boot takes the emulator with it, then dies of the signal', async () => {
+    const { opts, pidFile } = fake('exec sleep 60');
+    const script = `import { bootQemu } from ${JSON.stringify(path.join(REPO, 'dist/qemu/run.js'))};
+      await bootQemu(JSON.parse(process.argv[1]));`;
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script, JSON.stringify(opts)], { stdio: 'ignore' });
+    const ended = new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_code, sig) => resolve(sig)));
+    for (let i = 0; i < 200 && !(fs.existsSync(pidFile) && alive(pidFile)); i++) await sleep(50);
+    expect(alive(pidFile)).toBe(true);
+    child.kill('SIGTERM');
+    expect(await ended).toBe('SIGTERM');
+    for (let i = 0; i < 40 && alive(pidFile); i++) await sleep(50); // reaped by init
+    expect(alive(pidFile)).toBe(false);
+  });
+
   test('missing inputs and emulator are clear errors', async () => {
     const { opts } = fake('true');
     await expect(bootQemu({ ...opts, kernel: '/nonexistent/vmlinuz' })).rejects.toThrow(/kernel \/nonexistent\/vmlinuz does not exist/);
@@ -277,7 +293,6 @@ describe('real QEMU boot (TCG)', () => {
     const opts = { ...boot('quiet', 'boot.log'), waitForPoweroff: true };
     const r = await bootQemu(opts);
     const t = phaseTimings(r.log);
-    // eslint-disable-next-line no-console
     console.log(`tiny boot under TCG: ${r.durationSec.toFixed(1)}s wall, ${r.reason}\n` +
       `qemu-system-x86_64 ${qemuArgs(opts).join(' ')}\n${formatTimings(t)}`);
     expect(r.reason).toMatch(/powered off/);

@@ -60,7 +60,36 @@ describe('runSync / run', () => {
     await expect(run('sleep', ['10'], { timeoutMs: 200 })).rejects.toThrow(/timed out/);
     expect(() => runSync('sleep', ['10'], { timeoutMs: 200 })).toThrow(/timed out/);
   });
+
+  test('onLine gets every line of both streams as it comes, the last one without a newline too', async () => {
+    const lines: string[] = [];
+    // é (c3 a9) split between two writes is still one character
+    const r = await run('sh', ['-c', 'printf "a\\nb\\n"; printf "c\\n" >&2; printf "\\303"; sleep 0.1; printf "\\251x"'], {
+      onLine: (l) => lines.push(l),
+    });
+    expect(lines.sort()).toEqual(['a', 'b', 'c', '\u00e9x']);
+    expect(r.stdout).toBe('a\nb\n\u00e9x');
+  });
+
+  test('processGroup: a timeout stops what the command started too', async () => {
+    const r = await run('sh', ['-c', 'sleep 30 & echo $!; wait'], { processGroup: true, timeoutMs: 300, allowFailure: true });
+    expect(r.timedOut).toBe(true);
+    const pid = Number(r.stdout.trim());
+    expect(pid).toBeGreaterThan(0);
+    expect(alive(pid)).toBe(false);
+  });
 });
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  // a zombie (not yet reaped by its parent) is gone for our purpose
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return !/^[ZX]$/.test(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0]);
+}
 
 describe('cleanup registry', () => {
   // A child node process: registered cleanups run when it is killed by a signal, newest
@@ -102,5 +131,19 @@ describe('cleanup registry', () => {
       interceptSignals((sig) => { fs.appendFileSync(log, 'intercepted ' + sig + '\\n'); setTimeout(() => process.exit(7), 10); return true; });
     `);
     expect(lines).toEqual(['ready', 'intercepted SIGTERM', 'cleanup', 'status 7']);
+  });
+
+  test('a tracked child spawned detached is stopped with its whole process group', () => {
+    expect(fs.existsSync('dist/lib/run.js')).toBe(true);
+    const lines = runChild(`
+      const { spawnTracked } = await import('${path.resolve('dist/lib/run.js')}');
+      const pidFile = log + '.pid';
+      spawnTracked('sh', ['-c', 'sleep 60 & echo $! > "$0"; wait', pidFile], { detached: true, stdio: 'ignore' });
+      while (!fs.existsSync(pidFile) || !fs.readFileSync(pidFile, 'utf8').trim()) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+      fs.appendFileSync(log, 'grandchild ' + fs.readFileSync(pidFile, 'utf8'));
+    `);
+    expect(lines[0]).toMatch(/^grandchild \d+$/);
+    expect(lines.slice(1)).toEqual(['ready', 'status 143']);
+    expect(alive(Number(lines[0].split(' ')[1]))).toBe(false);
   });
 });

@@ -10,7 +10,7 @@ import { checkPresets, expandPresetPaths, loadPresets, parsePresetText, presetHa
 import { chainKeys, planFrom } from '../../builder/cache.js';
 import { copyTreeInto, resolveInRoot } from '../../builder/chroot.js';
 import { describeFailure, errorLine, ERROR_MARK, scriptCommand, userCommands } from '../../builder/presets.js';
-import { formatFinding, lint, mapShellcheck } from '../../cli/lint-cmd.js';
+import { formatFinding, lint, mapShellcheck } from '../../config/lint.js';
 import { REPO } from '../helpers/paths.js';
 
 let tmp: string;

@@ -6,7 +6,7 @@ import {
   type QemuArgsOptions,
 } from '../../qemu/run.js';
 import { imagesDiskSize, contentBytes, mke2fsArgs, isCarriedOver, DiskError, PERSISTENCE_HEADROOM_BYTES } from '../../qemu/disk.js';
-import { newestKernelPackage } from '../../qemu/kernel.js';
+import { newestKernelPackage } from '../helpers/kernel.js';
 
 const MiB = 1024 * 1024;
 
@@ -118,7 +118,7 @@ describe('console lines', () => {
   });
 });
 
-// What a TCG boot of a mkma image prints with `quiet` (shortened; times from shared/notes/field.md).
+// What a TCG boot of a mkma image prints with `quiet` (shortened; the times of a real TCG boot on a 2-core host).
 const SAMPLE_LOG = [
   'SeaBIOS (version 1.16.2-debian-1.16.2-1)',
   // the kernel's UART reset ate SeaBIOS's last '.\r\n' (seen in real boots here)

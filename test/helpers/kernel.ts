@@ -1,16 +1,14 @@
-// A Debian kernel for boot tests on hosts without one in /boot (containers, CI runners).
+// A Debian kernel for boot tests on hosts without one in /boot (containers, CI runners). Test
+// code only: it lives under test/ so that it is not compiled into dist/ nor shipped.
 //
 // Only the bzImage is needed (the tests' initramfs brings what it uses), so the package is
 // fetched with `apt-get download` (no root, nothing installed) and only ./boot/vmlinuz-* is
 // taken out of its data archive instead of `dpkg -x`-ing ~400 MB of modules. The result is
 // cached; later calls are offline.
-import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { promisify } from 'node:util';
-import { MkmaError } from '../lib/errors.js';
-
-const execFileAsync = promisify(execFile);
+import { MkmaError } from '../../lib/errors.js';
+import { run } from '../../lib/run.js';
 
 /** Overrides the download: a kernel the user already has. */
 export const TEST_KERNEL_ENV = 'MKMA_TEST_KERNEL';
@@ -37,54 +35,38 @@ function compareVersions(a: string, b: string): number {
 
 /** The newest kernel package among `apt-cache search` output lines. */
 export function newestKernelPackage(searchOutput: string): string | null {
-  const names = searchOutput.split('\n').map((l) => l.split(' ')[0]).filter((n) => KERNEL_PACKAGE_RE.test(n));
+  const names = searchOutput
+    .split('\n')
+    .map((l) => l.split(' ')[0])
+    .filter((n) => KERNEL_PACKAGE_RE.test(n));
   return names.sort(compareVersions).pop() ?? null;
 }
 
 function cachedKernel(cacheDir: string): string | null {
   if (!fs.existsSync(cacheDir)) return null;
-  const found = fs.readdirSync(cacheDir).filter((n) => /^vmlinuz-.*-amd64$/.test(n)).sort(compareVersions).pop();
+  const found = fs
+    .readdirSync(cacheDir)
+    .filter((n) => /^vmlinuz-.*-amd64$/.test(n))
+    .sort(compareVersions)
+    .pop();
   return found ? path.join(cacheDir, found) : null;
 }
 
 async function aptCacheSearch(): Promise<string> {
-  const { stdout } = await execFileAsync('apt-cache', ['search', '--names-only', '^linux-image-[0-9.]+-[0-9]+-amd64$'], { maxBuffer: 16 << 20 });
-  return stdout;
+  return (await run('apt-cache', ['search', '--names-only', '^linux-image-[0-9.]+-[0-9]+-amd64$'])).stdout;
 }
 
-async function run(cmd: string, args: string[], cwd: string): Promise<void> {
-  try {
-    await execFileAsync(cmd, args, { cwd, maxBuffer: 16 << 20 });
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException & { stderr?: string };
-    throw new KernelError(`${cmd} ${args.join(' ')} failed: ${(err.stderr ?? '').trim() || err.message}`);
-  }
-}
-
-/** dpkg-deb --fsys-tarfile DEB | tar -x ./boot/vmlinuz-*: the kernel only. */
-function extractVmlinuz(deb: string, dest: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const dpkg = spawn('dpkg-deb', ['--fsys-tarfile', deb], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const tar = spawn('tar', ['-x', '-C', dest, '--wildcards', './boot/vmlinuz-*'], { stdio: ['pipe', 'ignore', 'pipe'] });
-    let stderr = '';
-    dpkg.stderr.on('data', (d) => (stderr += d));
-    tar.stderr.on('data', (d) => (stderr += d));
-    dpkg.stdout.pipe(tar.stdin);
-    tar.stdin.on('error', () => {}); // reported through the exit statuses
-    let left = 2;
-    let failed = false;
-    const done = (who: string) => (code: number | null) => {
-      if (code !== 0 && !failed) {
-        failed = true;
-        reject(new KernelError(`${who} failed extracting ${deb}: ${stderr.trim()}`));
-      }
-      if (--left === 0 && !failed) resolve();
-    };
-    dpkg.on('error', (e) => reject(new KernelError(`cannot run dpkg-deb: ${e.message}`)));
-    tar.on('error', (e) => reject(new KernelError(`cannot run tar: ${e.message}`)));
-    dpkg.on('close', done('dpkg-deb'));
-    tar.on('close', done('tar'));
-  });
+/** dpkg-deb --fsys-tarfile DEB | tar -x ./boot/vmlinuz-*: the kernel only (pipefail: either failing fails). */
+async function extractVmlinuz(deb: string, dest: string): Promise<void> {
+  await run('bash', [
+    '-o',
+    'pipefail',
+    '-c',
+    'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" --wildcards "./boot/vmlinuz-*"',
+    'bash',
+    deb,
+    dest,
+  ]);
 }
 
 /**
@@ -107,7 +89,7 @@ export async function ensureTestKernel(cacheDir: string): Promise<string> {
     pkg = newestKernelPackage(await aptCacheSearch());
     if (!pkg) {
       // A fresh container has no package lists yet; apt-get update needs root.
-      await run('apt-get', ['update', '-qq'], '/');
+      await run('apt-get', ['update', '-qq']);
       pkg = newestKernelPackage(await aptCacheSearch());
     }
   } catch (e) {
@@ -118,7 +100,7 @@ export async function ensureTestKernel(cacheDir: string): Promise<string> {
   fs.mkdirSync(cacheDir, { recursive: true });
   const work = fs.mkdtempSync(path.join(cacheDir, '.download-'));
   try {
-    await run('apt-get', ['download', '-q', pkg], work).catch((e: Error) => {
+    await run('apt-get', ['download', '-q', pkg], { cwd: work }).catch((e: Error) => {
       throw new KernelError(`${e.message}; ${hint}`);
     });
     const deb = fs.readdirSync(work).find((n) => n.endsWith('.deb'));

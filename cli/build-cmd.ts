@@ -1,0 +1,128 @@
+// `mkma build`: checks the command line, the configuration and the presets, then runs the
+// builder (builder/build.ts) and prints what it made and how to boot it.
+import * as os from 'node:os';
+import { EXIT } from '../lib/errors.js';
+import { createReporter, formatBytes } from '../lib/progress.js';
+import { parse, printHelp, requireRoot } from './args.js';
+
+export const HELP = `Usage: sudo mkma build [HOSTNAME] [options]
+
+Bootstraps a Debian root filesystem with mmdebstrap, configures it, and writes into OUT:
+  base.cpio.zst        the root filesystem (cpio newc + zstd; manifest with xattrs)
+  initramfs.cpio.zst   busybox, zstd, modules and mkma's init
+  vmlinuz              the image's kernel
+  mkma.json            versions, sizes, sha256 of each output, configuration hash
+then prints the kernel command line and GRUB / systemd-boot entries.
+
+HOSTNAME defaults to this machine's hostname (or \`hostname\` in the config file).
+
+Options:
+  -o, --out DIR        output directory (default ./mkma-out; the bootstrapped tree is kept in DIR/chroot)
+  -c, --config FILE    configuration file (TOML, see mkma.example.toml)
+  -p, --preset PATH    apply a preset (TOML) after configuring; a directory means every *.toml
+                       in it, in order of file name; repeat for more, applied in argument order.
+                       Unchanged presets come from the cache in DIR/.cache (see "Presets" in README)
+      --rebuild        bootstrap again even if the configuration is unchanged (clears the cache)
+      --host-kernel    use this machine's /boot/vmlinuz-$(uname -r) and its modules
+      --install-deps   apt-get install missing host tools first
+  -q, --quiet          no progress output
+      --json           print the result as JSON on stdout (implies --quiet)
+
+Environment:
+  MKMA_COMPRESSION_LEVEL=N   zstd level 1..22 (default 3)
+  MKMA_QEMU_TEST=1           after building, smoke-boot the image in QEMU; fail if it does not boot
+  MKMA_QEMU_ACCEL=kvm|tcg    accelerator for that boot (default: kvm if /dev/kvm works)
+
+Exit status: 0 built, 1 failed, 2 bad arguments or configuration, 3 not root or missing tools,
+4 the QEMU boot test failed.
+
+Example: sudo mkma build myhost --config mkma.toml --out /srv/mkma
+         sudo MKMA_SSH_USER=me MKMA_SSH_KEY="$(cat ~/.ssh/id_ed25519.pub)" \
+           mkma build --preset presets/console --preset presets/ssh-server
+`;
+
+export async function run(argv: string[]): Promise<number> {
+  const { values, positionals } = parse(
+    'build',
+    argv,
+    {
+      out: { type: 'string', short: 'o' },
+      config: { type: 'string', short: 'c' },
+      rebuild: { type: 'boolean' },
+      'host-kernel': { type: 'boolean' },
+      'install-deps': { type: 'boolean' },
+      quiet: { type: 'boolean', short: 'q' },
+      json: { type: 'boolean' },
+      preset: { type: 'string', short: 'p', multiple: true },
+    },
+    1,
+  );
+  if (values.help) return printHelp(HELP);
+  const { BUILD_TOOLS, FAST_BOOT_PACKAGES, QEMU_TOOLS, installTools, requireTools } = await import('../lib/hosttools.js');
+  const qemuTest = process.env.MKMA_QEMU_TEST === '1';
+  const tools = qemuTest ? [...BUILD_TOOLS, ...QEMU_TOOLS] : BUILD_TOOLS;
+  requireRoot('mkma build');
+  const { loadConfig } = await import('../config/load.js');
+  const config = loadConfig({ file: values.config, env: process.env, hostname: positionals[0], defaultHostname: os.hostname() });
+  // every preset is checked (keys, folders, hooks, environment variables) before anything runs
+  const presets = values.preset?.length ? (await import('../config/preset.js')).loadPresets(values.preset, process.env) : [];
+  const reporter = createReporter({ quiet: !!values.quiet || !!values.json });
+  if (values['install-deps']) installTools(tools, (s) => reporter.info(s), FAST_BOOT_PACKAGES);
+  requireTools(tools);
+  const { build } = await import('../builder/build.js');
+  const out = values.out ?? 'mkma-out';
+  const interactive = !values.json && !!process.stdin.isTTY && !!process.stdout.isTTY;
+  const result = await build({
+    config,
+    out,
+    rebuild: !!values.rebuild,
+    hostKernel: !!values['host-kernel'],
+    reporter,
+    presets,
+    interactive,
+  });
+  let boot: unknown = null;
+  if (qemuTest) {
+    const { smokeBoot, describeSmoke } = await import('../qemu/smoke.js');
+    const { log: _log, ...r } = await smokeBoot({ out, reporter, env: process.env });
+    boot = r;
+    if (!values.json) process.stderr.write(describeSmoke({ ...r, log: '' }) + '\n');
+    if (!r.ok) {
+      if (values.json) process.stdout.write(JSON.stringify({ ...result, boot }, null, 2) + '\n');
+      process.stderr.write(`mkma: the image did not boot: ${r.reason}\n  console log: ${r.logPath}\n`);
+      return EXIT.bootFailed;
+    }
+  }
+  if (values.json) {
+    process.stdout.write(JSON.stringify({ ...result, boot }, null, 2) + '\n');
+    return EXIT.ok;
+  }
+  const o = result.outputs;
+  const lines = [
+    '',
+    `mkma: built ${result.hostname} (kernel ${result.kernelVersion}, bootstrap ${result.bootstrap})`,
+    `  kernel     ${o.kernel.path}  (${formatBytes(o.kernel.bytes)})`,
+    `  initramfs  ${o.initramfs.path}  (${formatBytes(o.initramfs.bytes)})`,
+    `  base       ${o.base.path}  (${formatBytes(o.base.bytes)}, ${formatBytes(o.base.unpackedBytes)} in RAM, ${o.base.entries} entries)`,
+    ...(presets.length
+      ? [
+          '',
+          'Stages:',
+          ...result.stages.map((s) => `  ${s.stage}: ${s.status}`),
+          `  (${result.cache.snapshots} snapshot(s), ${formatBytes(result.cache.bytes)}, in ${out}/.cache for rebuilds)`,
+        ]
+      : []),
+    '',
+    'Kernel command line:',
+    `  ${result.cmdline}`,
+  ];
+  if (result.storage) {
+    lines.push(`  (the images are on ${result.storage.source}, ${result.storage.fstype}, mounted at ${result.storage.mountpoint})`);
+    lines.push('', 'GRUB (e.g. /etc/grub.d/40_custom, then update-grub):', result.grub!, '', 'systemd-boot:', result.systemdBoot!);
+  } else {
+    lines.push('  (the output directory is not on a block device: copy the images to the boot disk and use its UUID)');
+  }
+  if (!qemuTest) lines.push('', 'Try it in a VM: mkma qemu --out ' + out);
+  process.stdout.write(lines.join('\n') + '\n');
+  return EXIT.ok;
+}
