@@ -103,6 +103,8 @@ export interface InitOptions {
   defaultRamSize: string;
   deviceTimeoutSec: number;
   version: string;
+  /** the layer code: 'native' (default) when the initramfs carries mkma-unpack, else 'busybox' */
+  extractor?: Extractor;
 }
 
 /** A modules.alias glob as a `case` pattern: glob characters stay, anything else is escaped. */
@@ -145,25 +147,30 @@ export function generateInit(o: InitOptions): string {
     filesystemModulesFunction(o.modules.filesystems),
     storageMatchFunction(o.modules.storageByDevice ?? []),
     template('lib.sh'),
-    template('layer.sh'),
+    ...layerTemplates(o.extractor ?? 'native'),
     template('main.sh'),
     'boot',
     '',
   ].join('\n');
 }
 
+/** The layer code of one variant: the shared part, then the variant's own (decided here, at build time). */
+export function layerTemplates(extractor: Extractor): string[] {
+  return [template('layer-common.sh'), template(extractor === 'native' ? 'layer-native.sh' : 'layer-busybox.sh')];
+}
+
 /**
  * The unpack-and-layer part alone, as a command: `sh mkma-apply IMAGES_DIR TREE`. Tests run it
- * under busybox against the fixtures; it is exactly the code the init runs.
+ * under busybox against the fixtures, both variants; it is exactly the code the init runs.
  */
-export function generateApplyScript(): string {
+export function generateApplyScript(extractor: Extractor = 'native', contract: BootContract = BOOT_CONTRACT): string {
   return [
-    `${HEADER}: the init's unpack-and-layer code as a standalone command (tests, debugging).
+    `${HEADER}: the init's unpack-and-layer code (${extractor} variant) as a standalone command (tests, debugging).
 # The functions are shared with the init; not all of them are called here.
 # shellcheck disable=SC2317`,
-    constants(FORMAT_CONSTANTS),
+    constants(shellConstants(contract)),
     template('lib.sh'),
-    template('layer.sh'),
+    ...layerTemplates(extractor),
     `
 # usage: mkma-apply [--layers-only] IMAGES_DIR TREE
 #   TREE must be empty (a staging dir is made beside it); --layers-only: TREE already holds
@@ -180,7 +187,7 @@ TREE=$2
 MKMA_TMP=$(mktemp -d)
 trap 'rm -rf "$MKMA_TMP"' EXIT
 if [ -z "$LAYERS_ONLY" ]; then
-	if ! unpack_base "$IMAGES/base.cpio.zst" "$TREE"; then
+	if ! unpack_base "$IMAGES/$BASE_NAME" "$TREE"; then
 		log "FATAL base: $M_ERROR"
 		exit 2
 	fi

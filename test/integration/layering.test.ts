@@ -30,6 +30,7 @@ let BIN = '';
 let UNPACKER = '';
 let BIN_FALLBACK = '';
 let APPLY = '';
+let APPLY_FALLBACK = '';
 beforeAll(() => {
   BIN_FALLBACK = makeBusyboxBin(path.join(TMP, 'fallback'));
   BIN = makeBusyboxBin(TMP);
@@ -40,7 +41,9 @@ beforeAll(() => {
   fs.symlinkSync(u.path, path.join(BIN, 'mkma-unpack'));
   UNPACKER = u.path;
   APPLY = path.join(TMP, 'mkma-apply');
-  fs.writeFileSync(APPLY, generateApplyScript(), { mode: 0o755 });
+  fs.writeFileSync(APPLY, generateApplyScript('native'), { mode: 0o755 });
+  APPLY_FALLBACK = path.join(TMP, 'mkma-apply-busybox');
+  fs.writeFileSync(APPLY_FALLBACK, generateApplyScript('busybox'), { mode: 0o755 });
 });
 afterAll(() => {
   if (!process.env.MKMA_KEEP_TMP) fs.rmSync(TMP, { recursive: true, force: true });
@@ -105,7 +108,7 @@ async function run(name: FixtureName): Promise<Run> {
 
   const shell = (side: 'sh' | 'fallback', bin: string): Side => {
     const tree = path.join(parents[side], 'tree');
-    const r = spawnSync(BUSYBOX, ['sh', APPLY, fx.images, tree], {
+    const r = spawnSync(BUSYBOX, ['sh', side === 'sh' ? APPLY : APPLY_FALLBACK, fx.images, tree], {
       env: { PATH: bin, LC_ALL: 'C' },
       cwd: dir,
       maxBuffer: 64 << 20,
@@ -397,13 +400,22 @@ describe('generated shell', () => {
   };
 
   test('shellcheck passes on the generated init', () => {
-    const init = generateInit({
-      modules: { storage: ['a'], filesystems: { ext4: ['crc32c', 'ext4'] }, overlay: ['overlay'] },
-      defaultRamSize: '50%', deviceTimeoutSec: 30, version: 't' });
-    expect(check(init, 'init')).toEqual({ status: 0, out: '' });
+    for (const extractor of ['native', 'busybox'] as const) {
+      const init = generateInit({
+        modules: { storage: ['a'], filesystems: { ext4: ['crc32c', 'ext4'] }, overlay: ['overlay'] },
+        defaultRamSize: '50%', deviceTimeoutSec: 30, version: 't', extractor });
+      expect(check(init, `init-${extractor}`)).toEqual({ status: 0, out: '' });
+    }
   });
 
-  test('shellcheck passes on the generated apply script', () => {
-    expect(check(generateApplyScript(), 'mkma-apply.sh')).toEqual({ status: 0, out: '' });
+  test.each(['native', 'busybox'] as const)('shellcheck passes on the generated apply script (%s)', (v) => {
+    expect(check(generateApplyScript(v), `mkma-apply-${v}.sh`)).toEqual({ status: 0, out: '' });
+  });
+
+  test.each(['native', 'busybox'] as const)('the init carries one variant of the layer code (%s), chosen at build time', (v) => {
+    const init = generateInit({ modules: { storage: [], filesystems: {}, overlay: [] }, defaultRamSize: '50%', deviceTimeoutSec: 30, version: 't', extractor: v });
+    expect(init.includes('layer-native.sh: the layer code')).toBe(v === 'native');
+    expect(init.includes('layer-busybox.sh: the layer code')).toBe(v === 'busybox');
+    expect(init).not.toMatch(/have_unpacker|command -v mkma-unpack/);
   });
 });
