@@ -7,7 +7,7 @@
 # with nosymfollow (no symlink is ever followed in it), holding a copy of the static busybox
 # and the target t/, and cpio runs chrooted into it. Before that, the archive's listing
 # (`cpio -tv`) is checked against the rules mkma-unpack applies (names, each once, nothing
-# below a non-directory); afterwards, the sandbox must hold nothing but t/ and .bb, and t/
+# below a non-directory); afterwards, the sandbox must hold nothing but t/ and busybox, and t/
 # exactly as many entries as the manifest counts (busybox lists no zero-size hardlink member:
 # those are checked by that count and by the sandbox). cpio saying anything but its final
 # "N blocks" is a failure. What busybox cannot show (inode numbers, header spellings) is in
@@ -288,7 +288,7 @@ extract() {
 		_i=$((_i + 1))
 		_last=; [ "$_i" -eq "$_n" ] && _last=last
 		shard_stream "$_file" "$_off" "$_len" |
-			chroot "$_sb" /.bb sh -c 'cd /t && exec /.bb cpio -i -d -m' 2>"$MKMA_TMP/cpio.err"
+			chroot "$_sb" /busybox sh -c 'cd /t && exec /busybox cpio -i -d -m' 2>"$MKMA_TMP/cpio.err"
 		if [ -e "$MKMA_TMP/zstd.status" ] || ! cpio_quiet "$MKMA_TMP/cpio.err" "$_last"; then
 			M_ERROR="cpio: $(head -n 1 "$MKMA_TMP/cpio.err")"
 			[ -e "$MKMA_TMP/zstd.status" ] && M_ERROR="zstd could not decompress it (corrupt or truncated data)"
@@ -297,13 +297,13 @@ extract() {
 		fi
 	done <"$MKMA_TMP/shards"
 	umount "$_sb" 2>/dev/null
-	# nothing beside t/ and .bb: a name busybox could not show (a zero-size hardlink member)
+	# nothing beside t/ and busybox: a name busybox could not show (a zero-size hardlink member)
 	# that left t/ is refused here
 	set -- "$_sb"/* "$_sb"/.[!.]* "$_sb"/..?*
 	_k=0
 	for _f; do
 		[ -e "$_f" ] || [ -L "$_f" ] || continue
-		case ${_f##*/} in t | .bb) _k=$((_k + 1)) ;; *) _k=99 ;; esac
+		case ${_f##*/} in t | busybox) _k=$((_k + 1)) ;; *) _k=99 ;; esac
 	done
 	if [ "$_k" -ne 2 ]; then
 		M_ERROR="unsafe name in the archive (a hardlink member outside the target)"
@@ -317,11 +317,21 @@ extract() {
 	return 0
 }
 
-# sandbox_make SB: SB/t (the target) and SB/.bb (the static busybox), SB bind-mounted onto
+# sandbox_make SB: SB/t (the target) and SB/busybox (the static busybox), SB bind-mounted onto
 # itself with nosymfollow.
 sandbox_make() {
-	_bb=$(command -v busybox) || { M_ERROR="busybox is not on PATH"; return 1; }
-	if ! mkdir "$1" || ! mkdir "$1/t" || ! cp "$_bb" "$1/.bb"; then
+	# the busybox binary on PATH (`command -v` may answer with the applet's bare name)
+	_bb=
+	_rest=$PATH:
+	while [ -n "$_rest" ] && [ -z "$_bb" ]; do
+		[ -x "${_rest%%:*}/busybox" ] && _bb=${_rest%%:*}/busybox
+		_rest=${_rest#*:}
+	done
+	if [ -z "$_bb" ]; then
+		M_ERROR="busybox is not on PATH"
+		return 1
+	fi
+	if ! mkdir "$1" || ! mkdir "$1/t" || ! cp "$_bb" "$1/busybox"; then
 		M_ERROR="cannot make the sandbox $1"
 		return 1
 	fi
