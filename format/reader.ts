@@ -61,8 +61,12 @@ export function readManifest(file: string): Manifest {
   }
 }
 
-/** An archive name as docs/FORMAT.md allows it: "." (the target), PATH or "./PATH"; null otherwise. */
-export function cleanName(name: string): string | null {
+/**
+ * An archive name as docs/FORMAT.md allows it: "." (the target), PATH or "./PATH", after
+ * leading slashes are dropped (as GNU and busybox cpio drop them); null otherwise.
+ */
+export function cleanName(raw: string): string | null {
+  const name = raw.replace(/^\/+/, '');
   if (name === '.') return '.';
   const p = name.startsWith('./') ? name.slice(2) : name;
   return p.length > 0 && p.length < FORMAT.nameLimit && !p.split('/').some((c) => c === '' || c === '.' || c === '..') ? p : null;

@@ -146,10 +146,11 @@ static int safe_rel(const char *p)
 }
 
 /* An archive name: "." (the target itself), or a safe relative path, optionally written
- * "./PATH" (as `find . | cpio -o` writes it). NULL when the name could leave the target or
- * is not in that form. */
+ * "./PATH" (as `find . | cpio -o` writes it); leading slashes are dropped first, as GNU and
+ * busybox cpio drop them. NULL when the name could leave the target or is not in that form. */
 static const char *clean_name(const char *name)
 {
+	while (*name == '/') name++;
 	if (strcmp(name, ".") == 0) return ".";
 	if (name[0] == '.' && name[1] == '/') name += 2;
 	return safe_rel(name) ? name : NULL;
