@@ -343,7 +343,9 @@ err:;
 }
 
 /* Removes rel (below root) whatever it is; a directory with everything in it, never
- * following a symlink. 0, or -1 with errno. */
+ * following a symlink. Depth-first with one directory descriptor at a time, each opened
+ * O_NOFOLLOW from its parent and left through "..": any depth, whatever the path length.
+ * 0, or -1 with errno. */
 static int remove_tree(int root, const char *rel)
 {
 	char parent[NAME_LIMIT];
@@ -351,66 +353,63 @@ static int remove_tree(int root, const char *rel)
 	split_path(rel, parent, sizeof parent, &leaf);
 	int pfd = open_beneath(root, parent, O_PATH | O_DIRECTORY);
 	if (pfd < 0) return -1;
-	int r = unlinkat(pfd, leaf, 0);
-	int e = errno;
-	close(pfd);
-	if (r == 0) return 0;
-	if (e != EISDIR && e != EPERM) {
+	if (unlinkat(pfd, leaf, 0) == 0) {
+		close(pfd);
+		return 0;
+	}
+	if (errno != EISDIR && errno != EPERM) {
+		int e = errno;
+		close(pfd);
 		errno = e;
 		return -1;
 	}
-	struct strstack st = { 0 };
-	if (ss_push(&st, strdup(rel)) < 0) {
-		errno = ENOMEM;
-		return -1;
-	}
-	int rc = 0;
-	while (st.n && rc == 0) {
-		const char *dir = st.v[st.n - 1];
-		int fd = open_beneath(root, dir, O_RDONLY | O_DIRECTORY);
-		if (fd < 0) {
-			rc = -1;
-			break;
-		}
-		char *names;
+	struct strstack names = { 0 }; /* the directories entered below pfd, outermost first */
+	int fd = openat(pfd, leaf, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	int rc = fd < 0 || ss_push(&names, strdup(leaf)) < 0 ? -1 : 0;
+	while (rc == 0 && names.n) {
+		char *list;
 		unsigned char *types;
-		long n = read_names(fd, &names, &types);
+		long n = read_names(fd, &list, &types);
 		if (n < 0) {
-			close(fd);
 			rc = -1;
 			break;
 		}
-		size_t pushed = 0, depth = st.n;
-		const char *nm = names;
-		for (long i = 0; i < n && rc == 0; i++, nm += strlen(nm) + 1) {
+		const char *sub = NULL, *nm = list;
+		for (long i = 0; i < n; i++, nm += strlen(nm) + 1) {
 			if (types[i] != DT_DIR && unlinkat(fd, nm, 0) == 0) continue;
 			if (types[i] != DT_DIR && errno != EISDIR && errno != EPERM) {
 				rc = -1;
 				break;
 			}
-			if (ss_push(&st, join(st.v[depth - 1], nm)) < 0) {
-				errno = ENOMEM;
-				rc = -1;
-				break;
-			}
-			pushed++;
+			sub = nm;
+			break;
 		}
-		free(names);
+		if (rc == 0 && sub) {
+			/* down into the first subdirectory; this one is read again when we are back */
+			int down = openat(fd, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (down < 0 || ss_push(&names, strdup(sub)) < 0) {
+				if (down >= 0) close(down);
+				rc = -1;
+			} else {
+				close(fd);
+				fd = down;
+			}
+		} else if (rc == 0) {
+			/* empty: up, and remove it there */
+			char *me = names.v[--names.n];
+			int up = names.n ? openat(fd, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC) : pfd;
+			if (up < 0 || unlinkat(up, me, AT_REMOVEDIR) < 0) rc = -1;
+			free(me);
+			close(fd);
+			fd = names.n ? up : -1;
+		}
+		free(list);
 		free(types);
-		close(fd);
-		if (rc || pushed) continue;
-		/* empty now: remove it through its parent's descriptor */
-		char *me = st.v[--st.n];
-		split_path(me, parent, sizeof parent, &leaf);
-		pfd = open_beneath(root, parent, O_PATH | O_DIRECTORY);
-		if (pfd < 0 || unlinkat(pfd, leaf, AT_REMOVEDIR) < 0) rc = -1;
-		e = errno;
-		if (pfd >= 0) close(pfd);
-		errno = e;
-		free(me);
 	}
-	e = errno;
-	ss_free(&st);
+	int e = errno;
+	if (fd >= 0) close(fd);
+	close(pfd);
+	ss_free(&names);
 	errno = e;
 	return rc;
 }
