@@ -267,8 +267,11 @@ export function parseManifestBody(body: Buffer): Manifest {
   }
   const m: Manifest = {
     kind: 'base', created: '', message: '', entries: -1, unpackedBytes: -1, dataBytes: -1,
-    dataSha256: '', shards: [], opaque: [], deleted: [], xattrs: [], removals: [],
+    dataSha256: '', shards: [], opaque: [], deleted: [], xattrs: [],
   };
+  // the order of opaque/delete lines, for rule 2; not enumerable: a parsed manifest equals
+  // the one the writer wrote (which keeps opaque and deleted apart)
+  Object.defineProperty(m, 'removals', { value: [], enumerable: false });
   let kind: string | null = null;
   const once = new Set<string>();
   const num = (v: string, key: string) => {
