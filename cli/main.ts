@@ -111,8 +111,10 @@ const unpackCmd: CommandFn = async (argv) => {
   const report = await unpackImages(values.images, values.into, (r) => {
     if (!values.json) {
       process.stderr.write(r.applied ? `applied ${r.file} (${r.entries} entries, ${r.deleted} removed)\n` : `LAYER SKIPPED ${r.file}: ${r.reason}\n`);
+      for (const w of r.warnings) process.stderr.write(`warning: ${r.file}: ${w}\n`);
     }
   }, unpacker);
+  if (!values.json) for (const w of [...report.base.warnings, ...report.warnings]) process.stderr.write(`warning: ${w}\n`);
   if (values.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
   else process.stderr.write(`unpacked base (${report.base.entries} entries) and ${report.layers.filter((l) => l.applied).length} layer(s) into ${values.into}\n`);
   return report.layers.some((l) => !l.applied) ? EXIT.failed : EXIT.ok;

@@ -274,7 +274,7 @@ describe('manifest', () => {
     expect(() => unescapePath('trailing\\')).toThrow(ManifestError);
   });
 
-  // The init decodes manifest paths with busybox `printf %b` (layer.sh: decode); escapePath's
+  // The init decodes manifest paths with busybox `printf %b` (layer-common.sh: decode); escapePath's
   // output must decode to the same bytes there.
   const TRICKY = [
     'plain', 'with space', 'new\nline', 'a\n5', 'a\n0', '\x017', '\x01\x02', 'tab\t0', '\x1f9', 'trail\n',
@@ -289,7 +289,7 @@ describe('manifest', () => {
     },
   );
 
-  test('every byte 0x01-0xff, alone and before a digit, decodes identically through layer.sh decode', () => {
+  test('every byte 0x01-0xff, alone and before a digit, decodes identically through layer-common.sh decode', () => {
     const raws: string[] = [];
     for (let c = 1; c < 256; c++) {
       raws.push(`a${String.fromCharCode(c)}z`);
