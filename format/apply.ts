@@ -11,10 +11,9 @@ import { UNPACK_EXIT, UNPACK_PROTOCOL } from '../lib/contract.js';
 import { runSync } from '../lib/run.js';
 import { escapeXattrPath, isSafeRel, type Manifest, type XattrRecord } from './manifest.js';
 import { BASE_NAME, LAYER_PREFIX, sortLayerNames } from './names.js';
-import { extractImage, notRegularFiles, readManifest } from './reader.js';
+import { extractImage, notRegularFiles, readManifest, setDirMeta } from './reader.js';
 
 const toBuf = (s: string) => Buffer.from(s, 'latin1');
-const { O_RDONLY, O_DIRECTORY, O_NOFOLLOW } = fs.constants;
 
 function lstatOrNull(p: Buffer): fs.Stats | null {
   try {
@@ -39,25 +38,6 @@ export function realPathInTree(root: string, rel: string): Buffer | null {
     if (!st || !st.isDirectory()) return null;
   }
   return Buffer.concat([cur, toBuf('/' + parts[parts.length - 1])]);
-}
-
-/** Owner, mode, mtime onto a directory, through a descriptor that cannot be a symlink's. */
-function setDirMeta(dir: Buffer, st: fs.Stats): void {
-  let fd: number;
-  try {
-    fd = fs.openSync(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOTDIR' || code === 'ELOOP') return; // no longer a directory
-    throw e;
-  }
-  try {
-    fs.fchownSync(fd, st.uid, st.gid);
-    fs.fchmodSync(fd, st.mode & 0o7777);
-    fs.futimesSync(fd, st.atime, st.mtime);
-  } finally {
-    fs.closeSync(fd);
-  }
 }
 
 /**

@@ -274,22 +274,31 @@ class Extraction {
     const order = [...this.dirs].sort((a, b) => depth(b.rel) - depth(a.rel));
     for (const { rel, h } of order) {
       if (rel !== '.') this.parents(rel);
-      let fd: number;
-      try {
-        fd = fs.openSync(this.abs(rel), O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code === 'ENOTDIR' || code === 'ELOOP') continue; // no longer a directory
-        throw e;
-      }
-      try {
-        fs.fchownSync(fd, h.uid, h.gid);
-        fs.fchmodSync(fd, h.mode & 0o7777);
-        fs.futimesSync(fd, h.mtime, h.mtime);
-      } finally {
-        fs.closeSync(fd);
-      }
+      setDirMeta(this.abs(rel), { uid: h.uid, gid: h.gid, mode: h.mode, atime: h.mtime, mtime: h.mtime });
     }
+  }
+}
+
+/**
+ * Owner, mode and times onto a directory, through a descriptor opened O_NOFOLLOW: never
+ * through a symlink; nothing when it is not a directory (any more).
+ */
+export function setDirMeta(dir: Buffer, m: { uid: number; gid: number; mode: number; atime: number | Date; mtime: number | Date }): void {
+  let fd: number;
+  try {
+    fd = fs.openSync(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOTDIR' || code === 'ELOOP') return;
+    throw e;
+  }
+  try {
+    fs.fchownSync(fd, m.uid, m.gid);
+    // after chown, which clears setgid
+    fs.fchmodSync(fd, m.mode & 0o7777);
+    fs.futimesSync(fd, m.atime, m.mtime);
+  } finally {
+    fs.closeSync(fd);
   }
 }
 

@@ -14,14 +14,12 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { buildUnpacker } from '../../builder/unpacker.js';
 import { unpackImages } from '../../format/apply.js';
 import { generateApplyScript } from '../../init/generate.js';
 import { corpus, type Case, type TreeView } from '../conformance/corpus.js';
 import { writeRawImage } from '../conformance/images.js';
 import { randomStack } from '../conformance/random.js';
-import { BUSYBOX, makeBusyboxBin } from '../fixtures/layers.js';
-import { REPO } from '../helpers/paths.js';
+import { BUSYBOX, hostUnpacker, makeBusyboxBin } from '../fixtures/layers.js';
 import { describeTree, readXattrs, treePath } from '../helpers/tree.js';
 
 const TMP = fs.mkdtempSync(path.join(tmpdir(), 'mkma-conformance-'));
@@ -32,10 +30,7 @@ let APPLY_NATIVE = '';
 let APPLY_BUSYBOX = '';
 
 beforeAll(() => {
-  const arch = execFileSync('dpkg', ['--print-architecture'], { encoding: 'utf8' }).trim();
-  const u = buildUnpacker({ cacheDir: path.join(REPO, '.test-work', 'unpacker'), arch });
-  if (!u.path) throw new Error(`mkma-unpack could not be built: ${u.reason}`);
-  UNPACKER = u.path;
+  UNPACKER = hostUnpacker();
   BIN = makeBusyboxBin(path.join(TMP, 'native'));
   fs.symlinkSync(UNPACKER, path.join(BIN, 'mkma-unpack'));
   BIN_FALLBACK = makeBusyboxBin(path.join(TMP, 'fallback'));

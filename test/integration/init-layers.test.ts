@@ -13,21 +13,16 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { buildUnpacker } from '../../builder/unpacker.js';
 import { generateApplyScript } from '../../init/generate.js';
 import { dir, file, writeRawImage, type RawEntry } from '../conformance/images.js';
-import { BUSYBOX, makeBusyboxBin } from '../fixtures/layers.js';
-import { REPO } from '../helpers/paths.js';
+import { BUSYBOX, hostUnpacker, makeBusyboxBin } from '../fixtures/layers.js';
 
 const TMP = fs.mkdtempSync(path.join(tmpdir(), 'mkma-init-layers-'));
 let UNPACKER = '';
 let APPLY = '';
 
 beforeAll(() => {
-  const arch = execFileSync('dpkg', ['--print-architecture'], { encoding: 'utf8' }).trim();
-  const u = buildUnpacker({ cacheDir: path.join(REPO, '.test-work', 'unpacker'), arch });
-  if (!u.path) throw new Error(`mkma-unpack could not be built: ${u.reason}`);
-  UNPACKER = u.path;
+  UNPACKER = hostUnpacker();
   APPLY = path.join(TMP, 'mkma-apply');
   fs.writeFileSync(APPLY, generateApplyScript('native'));
 });

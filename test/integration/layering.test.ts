@@ -17,13 +17,10 @@ import * as path from 'node:path';
 import { unpackImages, type UnpackReport } from '../../format/apply.js';
 import { generateApplyScript, generateInit } from '../../init/generate.js';
 import {
-  BUSYBOX, buildFixture, DEFAULT_MTIME, FIXTURE_NAMES, FIXTURES, layerName, makeBusyboxBin, noise, type BuiltFixture, type FixtureName,
+  BUSYBOX, buildFixture, hostUnpacker, DEFAULT_MTIME, FIXTURE_NAMES, FIXTURES, layerName, makeBusyboxBin, noise, type BuiltFixture, type FixtureName,
 } from '../fixtures/layers.js';
 import { describeTree, readXattrs, treePath } from '../helpers/tree.js';
-import { REPO } from '../helpers/paths.js';
-import { buildUnpacker, UNPACKER_HOST_PACKAGES } from '../../builder/unpacker.js';
 
-const hostArch = () => execFileSync('dpkg', ['--print-architecture'], { encoding: 'utf8' }).trim();
 
 const TMP = fs.mkdtempSync(path.join(tmpdir(), 'mkma-layering-'));
 let BIN = '';
@@ -36,10 +33,8 @@ beforeAll(() => {
   BIN = makeBusyboxBin(TMP);
   // The initramfs carries mkma-unpack whenever the build host can compile it (native
   // architecture): test the shell side in that configuration, and (BIN_FALLBACK) without it.
-  const u = buildUnpacker({ cacheDir: path.join(REPO, '.test-work', 'unpacker'), arch: hostArch() });
-  if (!u.path) throw new Error(`mkma-unpack could not be built: ${u.reason} (apt-get install ${UNPACKER_HOST_PACKAGES.join(' ')})`);
-  fs.symlinkSync(u.path, path.join(BIN, 'mkma-unpack'));
-  UNPACKER = u.path;
+  UNPACKER = hostUnpacker();
+  fs.symlinkSync(UNPACKER, path.join(BIN, 'mkma-unpack'));
   APPLY = path.join(TMP, 'mkma-apply');
   fs.writeFileSync(APPLY, generateApplyScript('native'), { mode: 0o755 });
   APPLY_FALLBACK = path.join(TMP, 'mkma-apply-busybox');
