@@ -530,6 +530,17 @@ describe('-i (manifest facts) and -l (layers in one process)', () => {
     expect(fs.readdirSync(TMP).filter((n) => n.startsWith('layered.stage'))).toEqual([]);
   });
 
+  test('a FIFO or a directory given as an image is refused, never opened blocking', () => {
+    const fifo = path.join(TMP, 'persistence.fifo.cpio.zst');
+    execFileSync('mkfifo', [fifo]);
+    const r = unpack(['-i', fifo, TMP]);
+    expect(r.stdout.toString()).toBe('bad not a regular file\nbad not a regular file\n');
+    const tree = fresh('fifo-tree');
+    const l = unpack(['-l', tree, path.join(TMP, 'fifo-stage'), fifo]);
+    expect(l.stdout.toString()).toBe('skip persistence.fifo.cpio.zst not a regular file\n');
+    expect(() => readManifest(fifo)).toThrow(/not a regular file/);
+  });
+
   test('-l: a missing tree is a usage-level failure (exit 2), not a skipped layer', () => {
     const r = unpack(['-l', path.join(TMP, 'no-such-tree'), path.join(TMP, 'st'), IMAGE]);
     expect(r.status).toBe(2);
