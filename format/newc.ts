@@ -203,10 +203,15 @@ export class NewcParser {
           throw new NewcFormatError(`not a cpio newc header at offset ${this.offset}`);
         }
         const fields: number[] = [];
-        for (let i = 0; i < 12; i++) {
-          const s = head.toString('latin1', 6 + i * 8, 14 + i * 8);
-          if (!/^[0-9a-fA-F]{8}$/.test(s)) throw new NewcFormatError(`damaged cpio header at offset ${this.offset}`);
-          fields.push(Number.parseInt(s, 16));
+        for (let i = 0, p = 6; i < 12; i++) {
+          let v = 0;
+          for (const end = p + 8; p < end; p++) {
+            const c = head[p];
+            const d = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : c >= 65 && c <= 70 ? c - 55 : -1;
+            if (d < 0) throw new NewcFormatError(`damaged cpio header at offset ${this.offset}`);
+            v = v * 16 + d;
+          }
+          fields.push(v);
         }
         const nameSize = fields[11];
         if (nameSize < 2 || nameSize > FORMAT.nameLimit) {

@@ -102,6 +102,8 @@ class Extraction {
   bytes = 0;
   private streamFd = -1;
   private readonly root: Buffer;
+  /** directories below the target already checked with lstat (or made) by this extraction */
+  private readonly realDirs = new Set<string>();
 
   constructor(dest: string) {
     this.root = B(dest);
@@ -132,12 +134,12 @@ class Extraction {
     let cur = '';
     for (let i = 0; i < parts.length - 1; i++) {
       cur = cur ? `${cur}/${parts[i]}` : parts[i];
+      // checked once: this extraction made it a directory, and never replaces a directory
+      if (this.realDirs.has(cur)) continue;
       const st = this.lst(cur);
-      if (!st) {
-        fs.mkdirSync(this.abs(cur), { mode: 0o755 });
-        continue;
-      }
-      if (!st.isDirectory()) throw new ImageReadError(`${q(rel)} lies below ${q(cur)}, which is not a directory`);
+      if (!st) fs.mkdirSync(this.abs(cur), { mode: 0o755 });
+      else if (!st.isDirectory()) throw new ImageReadError(`${q(rel)} lies below ${q(cur)}, which is not a directory`);
+      this.realDirs.add(cur);
     }
   }
 
@@ -302,8 +304,14 @@ export function setDirMeta(dir: Buffer, m: { uid: number; gid: number; mode: num
   }
 }
 
-/** One shard's decompressed bytes, pushed into parse as they come. */
-async function decompressShard(file: string, offset: number, length: number, parse: (chunk: Buffer) => void): Promise<void> {
+interface ShardStream {
+  child: ReturnType<typeof spawnTracked>;
+  exited: Promise<number | null>;
+  stderr: () => string;
+}
+
+/** A zstd process decompressing one shard (the byte range, fed to its stdin). */
+function startShard(file: string, offset: number, length: number): ShardStream {
   const child = spawnTracked('zstd', ['-q', '-dc'], { stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
@@ -311,19 +319,28 @@ async function decompressShard(file: string, offset: number, length: number, par
     child.on('error', (e) => reject(new ImageReadError(`cannot run zstd (apt-get install zstd): ${e.message}`)));
     child.on('close', (code) => resolve(code));
   });
+  exited.catch(() => {}); // awaited by readShard; a shard never read must not reject unhandled
   child.stdin!.on('error', () => {}); // EPIPE: zstd's status tells
   if (length > 0) fs.createReadStream(file, { start: offset, end: offset + length - 1 }).pipe(child.stdin!);
   else child.stdin!.end();
+  return { child, exited, stderr: () => stderr };
+}
+
+/** The shard's decompressed bytes, pushed into parse as they come. */
+async function readShard(sh: ShardStream, parse: (chunk: Buffer) => void): Promise<void> {
   try {
-    for await (const chunk of child.stdout!) parse(chunk as Buffer);
+    for await (const chunk of sh.child.stdout!) parse(chunk as Buffer);
   } catch (e) {
-    child.kill('SIGKILL');
-    await exited.catch(() => null);
+    sh.child.kill('SIGKILL');
+    await sh.exited.catch(() => null);
     throw e;
   }
-  const code = await exited;
-  if (code !== 0) throw new ImageReadError(`zstd: ${stderr.trim().split('\n').pop() || `exit ${code}`}`);
+  const code = await sh.exited;
+  if (code !== 0) throw new ImageReadError(`zstd: ${sh.stderr().trim().split('\n').pop() || `exit ${code}`}`);
 }
+
+/** Shards decompressed ahead of the one being extracted (each a zstd process). */
+const SHARDS_AHEAD = 3;
 
 /**
  * Extracts the archive of `file` into `dest`, which must exist and be empty: shard by shard
@@ -335,7 +352,23 @@ export async function extractImage(file: string, dest: string): Promise<ExtractR
   const m = readManifest(file);
   const shards = checkShards(m);
   const x = new Extraction(dest);
-  for (let i = 0; i < shards.length; i++) {
+  const streams: ShardStream[] = [];
+  const ahead = (upTo: number) => {
+    for (let k = streams.length; k < Math.min(upTo, shards.length); k++) streams.push(startShard(file, shards[k].offset, shards[k].length));
+  };
+  try {
+    for (let i = 0; i < shards.length; i++) {
+      ahead(i + 1 + SHARDS_AHEAD);
+      await extractShard(i);
+    }
+  } finally {
+    for (const sh of streams) if (sh.child.exitCode === null && sh.child.signalCode === null) sh.child.kill('SIGKILL');
+  }
+  if (x.entries !== m.entries) throw new ImageReadError(`the manifest says ${m.entries} entries, the archive has ${x.entries} (damaged)`);
+  x.finishDirs();
+  return { entries: x.entries, bytes: x.bytes };
+
+  async function extractShard(i: number): Promise<void> {
     const what = shards.length > 1 ? `shard ${i + 1} of ${shards.length}` : 'data';
     const last = i === shards.length - 1;
     x.links = new Map();
@@ -352,7 +385,7 @@ export async function extractImage(file: string, dest: string): Promise<ExtractR
       onEntry: (h, data) => x.entry(h, data),
     });
     try {
-      await decompressShard(file, shards[i].offset, shards[i].length, (chunk) => {
+      await readShard(streams[i], (chunk) => {
         if (parser.finished) return; // after TRAILER!!!: padding (read on, for the zstd checksum)
         parser.push(chunk);
         if (parser.finished && !last) throw new ImageReadError(`TRAILER!!! before the last shard (damaged)`);
@@ -364,9 +397,6 @@ export async function extractImage(file: string, dest: string): Promise<ExtractR
       throw new ImageReadError(e instanceof ImageReadError && !/^(zstd|TRAILER|the archive|cpio data)/.test(msg) ? msg : `${what}: ${msg}`);
     }
   }
-  if (x.entries !== m.entries) throw new ImageReadError(`the manifest says ${m.entries} entries, the archive has ${x.entries} (damaged)`);
-  x.finishDirs();
-  return { entries: x.entries, bytes: x.bytes };
 }
 
 /** The images directory's entries named like layers that are not regular files: never opened. */
