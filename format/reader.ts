@@ -308,11 +308,23 @@ interface ShardStream {
   child: ReturnType<typeof spawnTracked>;
   exited: Promise<number | null>;
   stderr: () => string;
+  chunks: () => AsyncGenerator<Buffer>;
 }
 
-/** A zstd process decompressing one shard (the byte range, fed to its stdin). */
+/** Bytes a shard decompressed ahead may hold in memory before its zstd waits. */
+const AHEAD_BYTES = 8 << 20;
+
+/**
+ * A zstd process decompressing one shard (the byte range of the file). Its output is
+ * taken as it comes (a child's pipe not read while it runs loses data at its exit) and held,
+ * up to AHEAD_BYTES, until the shard's turn.
+ */
 function startShard(file: string, offset: number, length: number): ShardStream {
-  const child = spawnTracked('zstd', ['-q', '-dc'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  // zstd reads the range itself (tail | head): fed by this process instead, it would wait
+  // whenever the extraction is busy, and the extraction would then wait for it
+  const child = spawnTracked('sh', ['-c', 'tail -c +"$1" -- "$3" | head -c "$2" | zstd -q -dc', 'sh', String(offset + 1), String(length), file], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
   const exited = new Promise<number | null>((resolve, reject) => {
@@ -320,18 +332,54 @@ function startShard(file: string, offset: number, length: number): ShardStream {
     child.on('close', (code) => resolve(code));
   });
   exited.catch(() => {}); // awaited by readShard; a shard never read must not reject unhandled
-  child.stdin!.on('error', () => {}); // EPIPE: zstd's status tells
-  if (length > 0) fs.createReadStream(file, { start: offset, end: offset + length - 1 }).pipe(child.stdin!);
-  else child.stdin!.end();
-  return { child, exited, stderr: () => stderr };
+  const out = child.stdout!;
+  const queue: Buffer[] = [];
+  let held = 0;
+  let ended = false;
+  let wake: (() => void) | null = null;
+  out.on('data', (c: Buffer) => {
+    queue.push(c);
+    held += c.length;
+    if (held > AHEAD_BYTES) out.pause();
+    wake?.();
+  });
+  out.on('end', () => {
+    ended = true;
+    wake?.();
+  });
+  out.on('error', () => {
+    ended = true;
+    wake?.();
+  });
+  async function* chunks(): AsyncGenerator<Buffer> {
+    for (;;) {
+      while (queue.length) {
+        const c = queue.shift()!;
+        held -= c.length;
+        if (out.isPaused() && held <= AHEAD_BYTES) out.resume();
+        yield c;
+      }
+      if (ended) return;
+      await new Promise<void>((r) => (wake = r));
+      wake = null;
+    }
+  }
+  return { child, exited, stderr: () => stderr, chunks };
+}
+
+/** Ends a shard's pipeline: its output closed (tail, head and zstd then end on EPIPE), sh killed. */
+function stopShard(sh: ShardStream): void {
+  sh.child.stdout?.destroy();
+  sh.child.stderr?.destroy();
+  if (sh.child.exitCode === null && sh.child.signalCode === null) sh.child.kill('SIGKILL');
 }
 
 /** The shard's decompressed bytes, pushed into parse as they come. */
 async function readShard(sh: ShardStream, parse: (chunk: Buffer) => void): Promise<void> {
   try {
-    for await (const chunk of sh.child.stdout!) parse(chunk as Buffer);
+    for await (const chunk of sh.chunks()) parse(chunk);
   } catch (e) {
-    sh.child.kill('SIGKILL');
+    stopShard(sh);
     await sh.exited.catch(() => null);
     throw e;
   }
@@ -339,8 +387,8 @@ async function readShard(sh: ShardStream, parse: (chunk: Buffer) => void): Promi
   if (code !== 0) throw new ImageReadError(`zstd: ${sh.stderr().trim().split('\n').pop() || `exit ${code}`}`);
 }
 
-/** Shards decompressed ahead of the one being extracted (each a zstd process). */
-const SHARDS_AHEAD = 3;
+/** Shards decompressed ahead of the one being extracted (each a zstd of its own). */
+const SHARDS_AHEAD = 2;
 
 /**
  * Extracts the archive of `file` into `dest`, which must exist and be empty: shard by shard
@@ -362,7 +410,7 @@ export async function extractImage(file: string, dest: string): Promise<ExtractR
       await extractShard(i);
     }
   } finally {
-    for (const sh of streams) if (sh.child.exitCode === null && sh.child.signalCode === null) sh.child.kill('SIGKILL');
+    for (const sh of streams) if (sh.child.exitCode === null && sh.child.signalCode === null) stopShard(sh);
   }
   if (x.entries !== m.entries) throw new ImageReadError(`the manifest says ${m.entries} entries, the archive has ${x.entries} (damaged)`);
   x.finishDirs();
