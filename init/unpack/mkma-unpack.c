@@ -1600,12 +1600,15 @@ static int merge_tree(int sroot, int troot, struct failure *err, int do_chown)
 		char *parent_rel = f->rel; /* f may move when st grows */
 		for (long i = 0; i < cnt && rc == 0; i++, nm += strlen(nm) + 1) {
 			struct stat ss, ts;
-			if (fstatat(sfd, nm, &ss, AT_SYMLINK_NOFOLLOW) < 0) {
+			/* the staged entry's own stat only for a directory (its metadata, taken now) */
+			int sdir = types[i] == DT_DIR;
+			if ((sdir || types[i] == DT_UNKNOWN) && fstatat(sfd, nm, &ss, AT_SYMLINK_NOFOLLOW) < 0) {
 				rc = fail(err, "%s/%s: stat (staged): %s", where, nm, strerror(errno));
 				break;
 			}
+			if (types[i] == DT_UNKNOWN) sdir = S_ISDIR(ss.st_mode);
 			int have = fstatat(tfd, nm, &ts, AT_SYMLINK_NOFOLLOW) == 0;
-			if (S_ISDIR(ss.st_mode) && have && S_ISDIR(ts.st_mode)) {
+			if (sdir && have && S_ISDIR(ts.st_mode)) {
 				if (n == cap) {
 					cap *= 2;
 					struct merge_frame *v = realloc(st, cap * sizeof *v);
@@ -1623,15 +1626,10 @@ static int merge_tree(int sroot, int troot, struct failure *err, int do_chown)
 				st[n++] = (struct merge_frame){ rel, ss, 0 };
 				continue;
 			}
-			if (have) {
-				char *rel = join(parent_rel, nm);
-				int r = rel ? remove_tree(troot, rel) : -1;
-				int e = rel ? errno : ENOMEM;
-				free(rel);
-				if (r < 0 && e != ENOENT) {
-					rc = fail(err, "%s/%s: cannot replace: %s", where, nm, strerror(e));
-					break;
-				}
+			/* what the tree has there goes: unlinked in place, a directory with all in it */
+			if (have && unlinkat(tfd, nm, S_ISDIR(ts.st_mode) ? AT_REMOVEDIR : 0) < 0 && remove_tree(tfd, nm) < 0 && errno != ENOENT) {
+				rc = fail(err, "%s/%s: cannot replace: %s", where, nm, strerror(errno));
+				break;
 			}
 			if (renameat(sfd, nm, tfd, nm) < 0) rc = fail(err, "%s/%s: rename: %s", where, nm, strerror(errno));
 		}
