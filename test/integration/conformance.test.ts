@@ -189,7 +189,13 @@ describe.each(CASES.map((c) => [c.name, c] as const))('conformance %s', (name) =
     expect(describeTree(results.init.tree)).toEqual(ref);
     // directory mtimes: the same from both C drivers and TypeScript (busybox cpio does not
     // restore them: docs/FORMAT.md)
-    expect(describeTree(results.native.tree, { mtimes: 'files+dirs' })).toEqual(describeTree(results.ts.tree, { mtimes: 'files+dirs' }));
+    // (the root's mtime is the time of the last change in it: a layer's "." does not set it)
+    const withDirMtimes = (t: string) => {
+      const d = describeTree(t, { mtimes: 'files+dirs' });
+      d['"."'] = d['"."'].replace(/ mtime=\d+/, '');
+      return d;
+    };
+    expect(withDirMtimes(results.native.tree)).toEqual(withDirMtimes(results.ts.tree));
     if (!c.fallbackDiffers) expect(noSymlinkOwners(describeTree(results.busybox.tree))).toEqual(noSymlinkOwners(ref));
   });
 });
