@@ -640,6 +640,8 @@ static int skip_data(struct stream *s, uint64_t n)
 
 /* --- one worker: shards, one after another -------------------------------------------------- */
 
+#define PARENT_SLOTS 8
+
 struct worker {
 	struct unpack *u;
 	ZSTD_DCtx *dctx;
@@ -650,10 +652,15 @@ struct worker {
 	pthread_t thread;
 	char name[NAME_LIMIT];          /* the current entry's name, copied out of the buffer */
 	char target[SYMLINK_LIMIT + 1]; /* the current symlink's target */
-	/* the parent directory of the last entry, kept open: archives list a directory's
-	 * entries together, so most entries need no path resolution at all */
-	char parent[NAME_LIMIT];
-	int parent_fd; /* -1: none */
+	/* the parent directories of the last entries, kept open: archives list a directory's
+	 * entries together, and come back to its parents after a subdirectory, so most entries
+	 * need no path resolution at all (the least recently used slot is reused) */
+	struct parent_slot {
+		char path[NAME_LIMIT];
+		int fd; /* -1: free */
+		uint64_t used;
+	} parents[PARENT_SLOTS];
+	uint64_t clock;
 };
 
 static int dir_add(struct worker *w, const char *path, uint32_t uid, uint32_t gid, uint32_t mode, uint32_t mtime)
@@ -714,14 +721,24 @@ static int parent_of(struct worker *w, const char *path, const char **leaf)
 	char parent[NAME_LIMIT];
 	split_path(path, parent, sizeof parent, leaf);
 	if (!parent[0]) return w->u->destfd;
-	if (w->parent_fd >= 0 && strcmp(parent, w->parent) == 0) return w->parent_fd;
-	if (w->parent_fd >= 0) close(w->parent_fd);
-	w->parent_fd = -1;
+	struct parent_slot *victim = &w->parents[0];
+	for (int i = 0; i < PARENT_SLOTS; i++) {
+		struct parent_slot *sl = &w->parents[i];
+		if (sl->fd >= 0 && strcmp(parent, sl->path) == 0) {
+			sl->used = ++w->clock;
+			return sl->fd;
+		}
+		if (sl->fd < 0 || sl->used < victim->used) victim = sl;
+		if (victim->fd < 0) victim->used = 0;
+	}
+	if (victim->fd >= 0) close(victim->fd);
+	victim->fd = -1;
 	for (int tries = 0; tries < 2; tries++) {
 		int fd = open_beneath(w->u->destfd, parent, O_PATH | O_DIRECTORY);
 		if (fd >= 0) {
-			w->parent_fd = fd;
-			memcpy(w->parent, parent, strlen(parent) + 1);
+			victim->fd = fd;
+			victim->used = ++w->clock;
+			memcpy(victim->path, parent, strlen(parent) + 1);
 			return fd;
 		}
 		if (errno == ENOTDIR || errno == ELOOP) return fail_below(w, path);
@@ -1002,7 +1019,7 @@ static int extract_stream(struct worker *w, struct stream *s, int is_last)
 static int worker_setup(struct worker *w, struct unpack *u)
 {
 	w->u = u;
-	w->parent_fd = -1;
+	for (int i = 0; i < PARENT_SLOTS; i++) w->parents[i].fd = -1;
 	w->buf = malloc(BUF_SIZE);
 	if (!w->buf) return fail(u->err, "out of memory");
 	return 0;
@@ -1011,7 +1028,8 @@ static int worker_setup(struct worker *w, struct unpack *u)
 static void worker_free(struct worker *w)
 {
 	if (w->dctx) ZSTD_freeDCtx(w->dctx);
-	if (w->parent_fd >= 0) close(w->parent_fd);
+	for (int i = 0; i < PARENT_SLOTS; i++)
+		if (w->parents[i].fd >= 0) close(w->parents[i].fd);
 	link_clear(&w->links);
 	free(w->links.v);
 	for (size_t i = 0; i < w->dirs.n; i++) free(w->dirs.v[i].path);
