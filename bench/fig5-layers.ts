@@ -89,8 +89,10 @@ export const figure: Figure = {
     fs.mkdirSync(work, { recursive: true });
     const { bin, busybox, unpacker: built } = makeBin(work);
     let unpacker = built;
-    const script = path.join(work, 'mkma-apply');
-    fs.writeFileSync(script, generateApplyScript(), { mode: 0o755 });
+    // the init's layer code of the variant a build would pick: native with mkma-unpack
+    const scripts = { native: path.join(work, 'mkma-apply'), busybox: path.join(work, 'mkma-apply-busybox') };
+    fs.writeFileSync(scripts.native, generateApplyScript('native'), { mode: 0o755 });
+    fs.writeFileSync(scripts.busybox, generateApplyScript('busybox'), { mode: 0o755 });
     const scratch = inp.scratch('apply');
 
     // One run: the base unpacked into a fresh tmpfs (not timed), then the layers applied by
@@ -101,6 +103,7 @@ export const figure: Figure = {
       withTmpfs(
         scratch,
         async (t): Promise<ApplySample> => {
+          const script = unpacker === 'mkma-unpack' ? scripts.native : scripts.busybox;
           const tree = path.join(t, 'tree');
           fs.mkdirSync(tree);
           await runTimed(busybox, ['sh', script, imagesBase, tree], { env: { PATH: bin, LC_ALL: 'C' }, cwd: t });

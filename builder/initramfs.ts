@@ -146,8 +146,12 @@ export interface InitramfsPrep {
  */
 export function prepareInitramfs(opts: Pick<InitramfsOptions, 'kernel' | 'wantedModules' | 'requiredModules' | 'ramSize' | 'version' | 'arch' | 'cacheDir'>): InitramfsPrep {
   const plan = planModules(opts.kernel, opts.wantedModules, opts.requiredModules);
-  const init = generateInit({ modules: plan.groups, defaultRamSize: opts.ramSize, deviceTimeoutSec: 30, version: opts.version });
   const unpacker = buildUnpacker({ cacheDir: opts.cacheDir, arch: opts.arch });
+  // the init carries the layer code of the extractor it has: decided here, not at boot
+  const init = generateInit({
+    modules: plan.groups, defaultRamSize: opts.ramSize, deviceTimeoutSec: 30, version: opts.version,
+    extractor: unpacker.path ? 'native' : 'busybox',
+  });
   const unpackerHash = unpacker.path ? createHash('sha256').update(fs.readFileSync(unpacker.path)).digest('hex') : 'none';
   return { plan, init, unpacker, unpackerHash };
 }

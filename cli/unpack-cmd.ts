@@ -59,10 +59,12 @@ export async function run(argv: string[]): Promise<number> {
         process.stderr.write(
           r.applied ? `applied ${r.file} (${r.entries} entries, ${r.deleted} removed)\n` : `LAYER SKIPPED ${r.file}: ${r.reason}\n`,
         );
+        for (const w of r.warnings) process.stderr.write(`warning: ${r.file}: ${w}\n`);
       }
     },
     unpacker,
   );
+  if (!values.json) for (const w of [...report.base.warnings, ...report.warnings]) process.stderr.write(`warning: ${w}\n`);
   if (values.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
   else
     process.stderr.write(

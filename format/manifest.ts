@@ -16,26 +16,23 @@
 //   kind base|layer
 //   created 2026-11-22T02:15:00Z
 //   message TEXT                    (escaped; layers: `mkma persist --message`)
-//   entries N                       (cpio entries, trailer excluded)
+//   entries N                       (cpio entries, trailer excluded; must match the archive)
 //   unpacked_bytes N                (space the tree needs in a tmpfs, 4 KiB pages)
 //   data_bytes N                    (bytes of DATA; with the file size it detects truncation)
-//   data_sha256 HEX                 (of DATA, for `mkma verify`; boot relies on zstd checksums)
+//   data_sha256 HEX                 (of DATA; boot relies on the zstd checksums)
 //   shard OFFSET LENGTH             (one per zstd frame, offsets into DATA)
 //   opaque PATH                     (layers: directory replaced; drop what lower layers had)
 //   delete PATH                     (layers: path deleted; drop it from lower layers)
-//   %xattrs                         (last: `setfattr --restore` format, relative paths)
+//   %xattrs                         (last: `getfattr -d -e hex|base64` format, relative paths)
 //
-// Applying a layer (TS: format/apply.ts, boot: init/templates/layer.sh):
-//   1. the archive is unpacked completely into a staging directory; if that fails the
-//      layer is skipped whole and nothing below it changes;
+// The whole definition — every field, limit and edge case, and the rules for extracting an
+// image and applying a layer — is docs/FORMAT.md. Three implementations follow it:
+// mkma-unpack (init/unpack/mkma-unpack.c: the boot and `mkma unpack`), this TypeScript side
+// (format/reader.ts, format/apply.ts: `mkma unpack --extractor ts`) and the init's busybox
+// fallback (init/templates/layer-busybox.sh); the conformance corpus (test/conformance/)
+// holds them to the same outcomes.
 import { FOOTER_SIZE, FORMAT } from '../lib/contract.js';
 import { MkmaError } from '../lib/errors.js';
-//   2. every `opaque` and every `delete` path is removed from the tree (never through a
-//      symlinked parent: such a path does not exist in the layer's view);
-//   3. staged entries are merged top-down: a directory that exists as a directory gets the
-//      staged owner/mode/mtime and is descended into; anything else at the path is removed
-//      and the staged entry is renamed into place (hardlinks stay hardlinks);
-//   4. the %xattrs section is restored.
 
 // (the constants are the boot contract's, lib/contract.ts: the init and mkma-unpack share them)
 export const MANIFEST_VERSION = FORMAT.manifestVersion;
@@ -65,6 +62,8 @@ export interface Manifest {
   opaque: string[];
   deleted: string[];
   xattrs: XattrRecord[];
+  /** opaque and delete paths in the manifest's order (set by the parser; rule 2 applies them so) */
+  removals?: Array<{ kind: 'opaque' | 'delete'; path: string }>;
 }
 
 export class ManifestError extends MkmaError {}
@@ -141,13 +140,6 @@ export function unescapeXattrPath(text: string): string {
   return out;
 }
 
-/** A layer's paths are data, never a way out of the tree: no /…, empty, . or .. components. */
-export function safeRel(p: string): string {
-  if (p.startsWith('/') || p.split('/').some((c) => c === '' || c === '.' || c === '..')) {
-    throw new ManifestError(`unsafe path in manifest: ${JSON.stringify(p)}`);
-  }
-  return p;
-}
 
 export function serializeManifestBody(m: Manifest): Buffer {
   const lines = [
@@ -182,31 +174,111 @@ export function encodeManifestFrame(m: Manifest): Buffer {
   return Buffer.concat([head, body, footer]);
 }
 
+/** A manifest number (docs/FORMAT.md): 1 to FORMAT.numberDigits decimal digits, no sign, no
+ * leading zero, so that it is exact in a JS number and in the init's shell arithmetic. */
+export function parseNumber(v: string): number | null {
+  return v.length <= FORMAT.numberDigits && /^(0|[1-9][0-9]*)$/.test(v) ? Number(v) : null;
+}
+
 export function parseFooter(tail: Buffer): number {
   const text = tail.toString('latin1');
   if (tail.length !== FOOTER_SIZE || !text.startsWith(FOOTER_TAG) || !text.endsWith('\n')) {
-    throw new ManifestError('no mkma manifest at the end of the file (truncated, or not an mkma image)');
+    throw new ManifestError('no manifest at its end (truncated, or not an mkma image)');
   }
-  const len = Number(text.slice(FOOTER_TAG.length, -1).trim());
-  if (!Number.isSafeInteger(len) || len <= 0) throw new ManifestError('corrupt manifest footer');
+  const len = parseNumber(text.slice(FOOTER_TAG.length, -1).replace(/^ +/, ''));
+  if (len === null || len <= 0) throw new ManifestError('damaged manifest footer');
   return len;
 }
 
+/** getfattr's spelling, strictly (paths and names in %xattrs): `\ooo` is a byte, and a
+ * backslash is never anything else. Null when malformed or when a byte is NUL. */
+function decodeGetfattr(text: string): string | null {
+  let out = '';
+  for (let i = 0; i < text.length; i++) {
+    if (text[i] !== '\\') {
+      out += text[i];
+      continue;
+    }
+    const o = text.slice(i + 1, i + 4);
+    if (!/^[0-3][0-7]{2}$/.test(o)) return null;
+    out += String.fromCharCode(Number.parseInt(o, 8));
+    i += 3;
+  }
+  return out.includes('\0') ? null : out;
+}
+
+/** Bytes of a value as getfattr writes it with -e hex ("0x…") or -e base64 ("0s…"), or null. */
+export function xattrValueBytes(v: string): number | null {
+  if (/^0[xX]([0-9a-fA-F]{2})*$/.test(v)) return (v.length - 2) / 2;
+  if (/^0[sS]([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/.test(v)) {
+    const body = v.length - 2;
+    const pad = v.endsWith('==') ? 2 : v.endsWith('=') ? 1 : 0;
+    return (body / 4) * 3 - pad;
+  }
+  return null;
+}
+
+/** The %xattrs section, every line checked (docs/FORMAT.md, "%xattrs"). */
+function parseXattrSection(text: string): XattrRecord[] {
+  const records: XattrRecord[] = [];
+  let cur: XattrRecord | null = null;
+  const bad = (line: string, why: string) =>
+    new ManifestError(`damaged manifest (${XATTR_SECTION} line ${JSON.stringify(line.slice(0, 200))}: ${why})`);
+  for (const line of text.split('\n')) {
+    if (line === '') continue;
+    if (line.startsWith('# file: ')) {
+      const p = decodeGetfattr(line.slice(8));
+      if (p === null) throw bad(line, 'bad escape');
+      if (p !== '.' && !isSafeRel(p)) throw bad(line, 'unsafe path');
+      cur = { path: p, attrs: [] };
+      records.push(cur);
+      continue;
+    }
+    const eq = line.indexOf('=');
+    if (!cur) throw bad(line, 'an attribute before any "# file:" line');
+    if (eq <= 0) throw bad(line, 'not NAME=VALUE');
+    const name = decodeGetfattr(line.slice(0, eq));
+    if (name === null || name.length > FORMAT.xattrNameLimit) throw bad(line, 'bad name');
+    const bytes = xattrValueBytes(line.slice(eq + 1));
+    if (bytes === null || bytes > FORMAT.xattrValueLimit) throw bad(line, 'bad value (0x… or 0s…)');
+    cur.attrs.push([line.slice(0, eq), line.slice(eq + 1)]);
+  }
+  return records;
+}
+
+/** A relative path inside the tree, as docs/FORMAT.md defines it (removals, xattr paths, names). */
+export function isSafeRel(p: string): boolean {
+  return p.length > 0 && p.length < FORMAT.nameLimit && !p.split('/').some((c) => c === '' || c === '.' || c === '..');
+}
+
+/**
+ * The manifest body, checked: every rule of docs/FORMAT.md's "The manifest" (the same checks
+ * as mkma-unpack's read_manifest and the init's read_manifest). Throws ManifestError.
+ */
 export function parseManifestBody(body: Buffer): Manifest {
   const text = body.toString('latin1');
-  const [head, ...rest] = text.split(`\n${XATTR_SECTION}\n`);
-  if (rest.length !== 1) throw new ManifestError('manifest has no %xattrs section (corrupt)');
+  const at = text.indexOf(`\n${XATTR_SECTION}\n`);
+  const atEnd = text.endsWith(`\n${XATTR_SECTION}`) ? text.length - XATTR_SECTION.length - 1 : -1;
+  const split = at >= 0 ? at : atEnd;
+  const head = split >= 0 ? text.slice(0, split) : text;
+  const lines = head.split('\n');
+  if (lines[0] !== `mkma-manifest ${MANIFEST_VERSION}`) {
+    throw new ManifestError('unsupported or damaged manifest header');
+  }
   const m: Manifest = {
     kind: 'base', created: '', message: '', entries: -1, unpackedBytes: -1, dataBytes: -1,
     dataSha256: '', shards: [], opaque: [], deleted: [], xattrs: [],
   };
-  const lines = head.split('\n');
-  if (lines[0] !== `mkma-manifest ${MANIFEST_VERSION}`) {
-    throw new ManifestError(`unsupported manifest header ${JSON.stringify(lines[0])}`);
-  }
+  // the order of opaque/delete lines, for rule 2; not enumerable: a parsed manifest equals
+  // the one the writer wrote (which keeps opaque and deleted apart)
+  Object.defineProperty(m, 'removals', { value: [], enumerable: false });
+  let kind: string | null = null;
+  const once = new Set<string>();
   const num = (v: string, key: string) => {
-    if (!/^[0-9]+$/.test(v)) throw new ManifestError(`manifest ${key} is not a number: ${JSON.stringify(v)}`);
-    return Number(v);
+    const n = parseNumber(v);
+    if (n === null || once.has(key)) throw new ManifestError(`damaged manifest (${key})`);
+    once.add(key);
+    return n;
   };
   for (const line of lines.slice(1)) {
     const sp = line.indexOf(' ');
@@ -214,41 +286,75 @@ export function parseManifestBody(body: Buffer): Manifest {
     const value = sp < 0 ? '' : line.slice(sp + 1);
     switch (key) {
       case 'kind':
-        if (value !== 'base' && value !== 'layer') throw new ManifestError(`unknown kind ${value}`);
-        m.kind = value;
+        if (kind !== null) throw new ManifestError('damaged manifest (kind twice)');
+        if (value !== 'base' && value !== 'layer') throw new ManifestError('damaged manifest (unknown kind)');
+        kind = value;
         break;
       case 'created': m.created = value; break;
-      case 'message': m.message = Buffer.from(unescapePath(value), 'latin1').toString('utf8'); break;
+      case 'message':
+        // informational: a bad escape is kept as it is, never a reason to refuse the image
+        try {
+          m.message = Buffer.from(unescapePath(value), 'latin1').toString('utf8');
+        } catch {
+          m.message = value;
+        }
+        break;
       case 'entries': m.entries = num(value, key); break;
       case 'unpacked_bytes': m.unpackedBytes = num(value, key); break;
       case 'data_bytes': m.dataBytes = num(value, key); break;
       case 'data_sha256': m.dataSha256 = value; break;
       case 'shard': {
-        const [o, l] = value.split(' ');
-        m.shards.push({ offset: num(o, 'shard'), length: num(l, 'shard') });
+        const [o, l, ...more] = value.split(' ');
+        const offset = parseNumber(o ?? '');
+        const length = parseNumber(l ?? '');
+        if (offset === null || length === null || more.length) throw new ManifestError('damaged manifest (shard line)');
+        m.shards.push({ offset, length });
         break;
       }
-      case 'opaque': m.opaque.push(safeRel(unescapePath(value))); break;
-      case 'delete': m.deleted.push(safeRel(unescapePath(value))); break;
-      case '': break;
+      case 'opaque':
+      case 'delete': {
+        let p: string;
+        try {
+          p = unescapePath(value);
+        } catch {
+          throw new ManifestError(`damaged manifest (bad or too long path in ${JSON.stringify(line.slice(0, 200))})`);
+        }
+        if (p.includes('\0') || p.length >= FORMAT.nameLimit) {
+          throw new ManifestError(`damaged manifest (bad or too long path in ${JSON.stringify(line.slice(0, 200))})`);
+        }
+        if (!isSafeRel(p)) throw new ManifestError(`unsafe path in manifest: ${p}`);
+        (key === 'opaque' ? m.opaque : m.deleted).push(p);
+        m.removals!.push({ kind: key, path: p });
+        break;
+      }
       default:
         // Unknown keys are ignored so that an older mkma can still boot a newer layer's data.
         break;
     }
   }
-  if (m.entries < 0 || m.dataBytes < 0 || m.unpackedBytes < 0) {
-    throw new ManifestError('manifest lacks entries/unpacked_bytes/data_bytes (corrupt)');
+  if (kind === null || m.entries < 0 || m.dataBytes < 0 || m.unpackedBytes < 0) {
+    throw new ManifestError('manifest lacks kind/entries/unpacked_bytes/data_bytes (damaged)');
   }
-  let cur: XattrRecord | null = null;
-  for (const line of rest[0].split('\n')) {
-    if (line.startsWith('# file: ')) {
-      cur = { path: unescapeXattrPath(line.slice(8)), attrs: [] };
-      m.xattrs.push(cur);
-    } else if (line && cur) {
-      const eq = line.indexOf('=');
-      if (eq < 0) throw new ManifestError(`bad xattr line ${JSON.stringify(line)}`);
-      cur.attrs.push([line.slice(0, eq), line.slice(eq + 1)]);
-    }
-  }
+  m.kind = kind as ImageKind;
+  if (split < 0) throw new ManifestError(`manifest has no ${XATTR_SECTION} section (damaged)`);
+  m.xattrs = parseXattrSection(at >= 0 ? text.slice(at + XATTR_SECTION.length + 2) : '');
   return m;
+}
+
+/**
+ * The shard table against DATA's size (docs/FORMAT.md): the shards tile DATA exactly; no
+ * table means one stream of all frames.
+ */
+export function checkShards(m: Manifest): Array<{ offset: number; length: number }> {
+  if (m.dataBytes === 0) throw new ManifestError('the image holds no data (damaged)');
+  if (!m.shards.length) return [{ offset: 0, length: m.dataBytes }];
+  let pos = 0;
+  m.shards.forEach((s, i) => {
+    if (s.offset !== pos || s.length === 0 || s.length > m.dataBytes - pos) {
+      throw new ManifestError(`damaged manifest (shard ${i + 1} does not follow the previous one)`);
+    }
+    pos += s.length;
+  });
+  if (pos !== m.dataBytes) throw new ManifestError('damaged manifest (shards do not cover the data)');
+  return m.shards;
 }

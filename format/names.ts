@@ -3,7 +3,7 @@
 // The classic mkma.sh applied `persistence.*` in glob order, so `persistence.10` came before
 // `persistence.2`. mkma orders by *natural* order of the part between the prefix and the
 // suffix (digit runs compare as numbers). The init does the same in awk (see
-// init/templates/layer.sh, `sort_layers`); both are tested against test/fixtures/layer-order.txt.
+// init/templates/layer-common.sh, `sort_layers`); both are tested against test/fixtures/layer-order.txt.
 
 import { FILES } from '../lib/contract.js';
 

@@ -8,6 +8,7 @@
 // what newc cannot hold, so the ~150 lines below own the format.
 
 export const NEWC_MAGIC = '070701';
+import { FORMAT } from '../lib/contract.js';
 import { MkmaError } from '../lib/errors.js';
 export const HEADER_SIZE = 110;
 export const TRAILER_NAME = 'TRAILER!!!';
@@ -123,9 +124,14 @@ export interface NewcEntry extends NewcHeader {
  * Push-style streaming newc parser: feed it chunks, it calls back per entry. Bodies up to
  * `inlineLimit` arrive whole in entry.data; larger bodies are streamed through onChunk so that
  * memory stays bounded whatever the file size.
+ *
+ * Input is kept as a list of chunks: only a header and its name (at most 110 + 4096 + 3
+ * bytes) are ever copied together, so a crafted stream costs linear time and bounded memory
+ * (a name size is checked as soon as its header is read; docs/FORMAT.md, "Reader limits").
  */
 export class NewcParser {
-  private buf: Buffer = Buffer.alloc(0);
+  private chunks: Buffer[] = [];
+  private have = 0;
   private state: 'header' | 'body' | 'done' = 'header';
   private current: NewcHeader | null = null;
   private remaining = 0;
@@ -147,32 +153,84 @@ export class NewcParser {
     return this.state === 'done';
   }
 
+  /** True between entries: a shard may end here. */
+  get atBoundary(): boolean {
+    return this.state === 'header' && this.have === 0;
+  }
+
+  /** The first n buffered bytes as one buffer (n <= have); copies only when they span chunks. */
+  private peek(n: number): Buffer {
+    if (this.chunks[0].length >= n) return this.chunks[0].subarray(0, n);
+    const parts: Buffer[] = [];
+    let got = 0;
+    for (const c of this.chunks) {
+      parts.push(c.subarray(0, Math.min(c.length, n - got)));
+      got += parts[parts.length - 1].length;
+      if (got >= n) break;
+    }
+    const joined = Buffer.concat(parts, n);
+    return joined;
+  }
+
+  /** Drops n buffered bytes (n <= have). */
+  private drop(n: number): void {
+    this.have -= n;
+    this.offset += n;
+    while (n > 0) {
+      const c = this.chunks[0];
+      if (c.length <= n) {
+        this.chunks.shift();
+        n -= c.length;
+      } else {
+        this.chunks[0] = c.subarray(n);
+        n = 0;
+      }
+    }
+  }
+
   push(chunk: Buffer): void {
-    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+    if (chunk.length) {
+      this.chunks.push(chunk);
+      this.have += chunk.length;
+    }
     for (;;) {
       if (this.state === 'done') return;
       if (this.state === 'header') {
-        if (this.buf.length < HEADER_SIZE) return;
-        const magic = this.buf.toString('latin1', 0, 6);
-        if (magic !== NEWC_MAGIC) {
-          throw new NewcFormatError(`bad cpio magic ${JSON.stringify(magic)} at offset ${this.offset} (not newc)`);
+        if (this.have < HEADER_SIZE) return;
+        const head = this.peek(HEADER_SIZE);
+        const magic = head.toString('latin1', 0, 6);
+        if (magic !== NEWC_MAGIC && magic !== '070702') {
+          throw new NewcFormatError(`not a cpio newc header at offset ${this.offset}`);
         }
-        const f = (i: number) => {
-          const s = this.buf.toString('latin1', 6 + i * 8, 14 + i * 8);
-          const v = Number.parseInt(s, 16);
-          if (!/^[0-9a-fA-F]{8}$/.test(s)) throw new NewcFormatError(`bad header field at offset ${this.offset}`);
-          return v;
-        };
-        const nameSize = f(11);
+        const fields: number[] = [];
+        for (let i = 0, p = 6; i < 12; i++) {
+          let v = 0;
+          for (const end = p + 8; p < end; p++) {
+            const c = head[p];
+            const d = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : c >= 65 && c <= 70 ? c - 55 : -1;
+            if (d < 0) throw new NewcFormatError(`damaged cpio header at offset ${this.offset}`);
+            v = v * 16 + d;
+          }
+          fields.push(v);
+        }
+        const nameSize = fields[11];
+        if (nameSize < 2 || nameSize > FORMAT.nameLimit) {
+          throw new NewcFormatError(`bad name size ${nameSize} in the cpio header at offset ${this.offset}`);
+        }
         const headTotal = HEADER_SIZE + nameSize + pad4(HEADER_SIZE + nameSize);
-        if (this.buf.length < headTotal) return;
+        if (this.have < headTotal) return;
+        const whole = this.peek(headTotal);
+        const raw = whole.subarray(HEADER_SIZE, HEADER_SIZE + nameSize);
+        if (raw[nameSize - 1] !== 0 || raw.subarray(0, nameSize - 1).includes(0)) {
+          throw new NewcFormatError(`damaged name in the cpio header at offset ${this.offset}`);
+        }
+        const f = fields;
         const h: NewcHeader = {
-          name: Buffer.from(this.buf.subarray(HEADER_SIZE, HEADER_SIZE + nameSize - 1)),
-          ino: f(0), mode: f(1), uid: f(2), gid: f(3), nlink: f(4), mtime: f(5), size: f(6),
-          devMajor: f(7), devMinor: f(8), rdevMajor: f(9), rdevMinor: f(10),
+          name: Buffer.from(raw.subarray(0, nameSize - 1)),
+          ino: f[0], mode: f[1], uid: f[2], gid: f[3], nlink: f[4], mtime: f[5], size: f[6],
+          devMajor: f[7], devMinor: f[8], rdevMajor: f[9], rdevMinor: f[10],
         };
-        this.buf = this.buf.subarray(headTotal);
-        this.offset += headTotal;
+        this.drop(headTotal);
         if (h.name.toString('latin1') === TRAILER_NAME) {
           this.state = 'done';
           return;
@@ -187,20 +245,18 @@ export class NewcParser {
       }
       if (this.state === 'body') {
         const h = this.current!;
-        if (this.remaining > 0) {
-          if (this.buf.length === 0) return;
-          const take = Math.min(this.remaining, this.buf.length);
-          const piece = this.buf.subarray(0, take);
-          this.buf = this.buf.subarray(take);
+        while (this.remaining > 0) {
+          if (this.have === 0) return;
+          const c = this.chunks[0];
+          const take = Math.min(this.remaining, c.length);
+          const piece = c.subarray(0, take);
+          this.drop(take);
           this.remaining -= take;
-          this.offset += take;
           if (this.streaming) this.handlers.onChunk!(h, piece, this.remaining === 0);
           else this.bodyChunks.push(piece);
-          if (this.remaining > 0) return;
         }
-        if (this.buf.length < this.padAfter) return;
-        this.buf = this.buf.subarray(this.padAfter);
-        this.offset += this.padAfter;
+        if (this.have < this.padAfter) return;
+        this.drop(this.padAfter);
         if (!this.streaming) {
           this.handlers.onEntry(h, h.size === 0 ? Buffer.alloc(0) : Buffer.concat(this.bodyChunks));
         } else {

@@ -32,6 +32,11 @@ export const FORMAT = {
   nameLimit: 4096,
   /** longest symlink target (Linux refuses longer ones) */
   symlinkLimit: 4095,
+  /** longest manifest number, in decimal digits: exact in a JS number and in shell arithmetic */
+  numberDigits: 15,
+  /** longest xattr name (bytes) and value (bytes, XATTR_SIZE_MAX) */
+  xattrNameLimit: 255,
+  xattrValueLimit: 65536,
 } as const;
 
 export const FOOTER_SIZE = FORMAT.footerTag.length + FORMAT.footerDigits + 1;
@@ -67,8 +72,12 @@ export const CMDLINE = {
 
 /**
  * mkma-unpack's output protocol: one line per layer (-l) or image (-i), first word below.
- *   -l: "ok NAME ENTRIES REMOVED" | "skip NAME REASON" | "partial NAME REASON" | "warn NAME TEXT"
+ *   -l: "merge NAME" (the tree is about to change), then "ok NAME ENTRIES REMOVED" |
+ *       "partial NAME REASON"; or "skip NAME REASON" (tree untouched); "warn NAME TEXT" before
+ *       a layer's result line
  *   -i: "ok KIND ENTRIES UNPACKED DATA_BYTES" | "bad REASON"
+ * A layer without a result line (mkma-unpack crashed or was killed) was not applied if no
+ * "merge NAME" line came for it, and may be partly applied if one did.
  */
 export const UNPACK_PROTOCOL = {
   ok: 'ok',
@@ -76,6 +85,7 @@ export const UNPACK_PROTOCOL = {
   partial: 'partial',
   warn: 'warn',
   bad: 'bad',
+  merge: 'merge',
 } as const;
 
 /** mkma-unpack's exit statuses. */

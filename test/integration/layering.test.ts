@@ -10,37 +10,35 @@
 // fixture's expected result is checked explicitly on (a) and (b). Runs as root (chown,
 // mknod, setcap).
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { unpackImages, type UnpackReport } from '../../format/apply.js';
 import { generateApplyScript, generateInit } from '../../init/generate.js';
 import {
-  BUSYBOX, buildFixture, DEFAULT_MTIME, FIXTURE_NAMES, FIXTURES, layerName, makeBusyboxBin, noise, type BuiltFixture, type FixtureName,
+  BUSYBOX, buildFixture, hostUnpacker, DEFAULT_MTIME, FIXTURE_NAMES, FIXTURES, layerName, makeBusyboxBin, noise, type BuiltFixture, type FixtureName,
 } from '../fixtures/layers.js';
 import { describeTree, readXattrs, treePath } from '../helpers/tree.js';
-import { REPO } from '../helpers/paths.js';
-import { buildUnpacker, UNPACKER_HOST_PACKAGES } from '../../builder/unpacker.js';
 
-const hostArch = () => execFileSync('dpkg', ['--print-architecture'], { encoding: 'utf8' }).trim();
 
 const TMP = fs.mkdtempSync(path.join(tmpdir(), 'mkma-layering-'));
 let BIN = '';
 let UNPACKER = '';
 let BIN_FALLBACK = '';
 let APPLY = '';
+let APPLY_FALLBACK = '';
 beforeAll(() => {
   BIN_FALLBACK = makeBusyboxBin(path.join(TMP, 'fallback'));
   BIN = makeBusyboxBin(TMP);
   // The initramfs carries mkma-unpack whenever the build host can compile it (native
   // architecture): test the shell side in that configuration, and (BIN_FALLBACK) without it.
-  const u = buildUnpacker({ cacheDir: path.join(REPO, '.test-work', 'unpacker'), arch: hostArch() });
-  if (!u.path) throw new Error(`mkma-unpack could not be built: ${u.reason} (apt-get install ${UNPACKER_HOST_PACKAGES.join(' ')})`);
-  fs.symlinkSync(u.path, path.join(BIN, 'mkma-unpack'));
-  UNPACKER = u.path;
+  UNPACKER = hostUnpacker();
+  fs.symlinkSync(UNPACKER, path.join(BIN, 'mkma-unpack'));
   APPLY = path.join(TMP, 'mkma-apply');
-  fs.writeFileSync(APPLY, generateApplyScript(), { mode: 0o755 });
+  fs.writeFileSync(APPLY, generateApplyScript('native'), { mode: 0o755 });
+  APPLY_FALLBACK = path.join(TMP, 'mkma-apply-busybox');
+  fs.writeFileSync(APPLY_FALLBACK, generateApplyScript('busybox'), { mode: 0o755 });
 });
 afterAll(() => {
   if (!process.env.MKMA_KEEP_TMP) fs.rmSync(TMP, { recursive: true, force: true });
@@ -105,7 +103,7 @@ async function run(name: FixtureName): Promise<Run> {
 
   const shell = (side: 'sh' | 'fallback', bin: string): Side => {
     const tree = path.join(parents[side], 'tree');
-    const r = spawnSync(BUSYBOX, ['sh', APPLY, fx.images, tree], {
+    const r = spawnSync(BUSYBOX, ['sh', side === 'sh' ? APPLY : APPLY_FALLBACK, fx.images, tree], {
       env: { PATH: bin, LC_ALL: 'C' },
       cwd: dir,
       maxBuffer: 64 << 20,
@@ -397,13 +395,22 @@ describe('generated shell', () => {
   };
 
   test('shellcheck passes on the generated init', () => {
-    const init = generateInit({
-      modules: { storage: ['a'], filesystems: { ext4: ['crc32c', 'ext4'] }, overlay: ['overlay'] },
-      defaultRamSize: '50%', deviceTimeoutSec: 30, version: 't' });
-    expect(check(init, 'init')).toEqual({ status: 0, out: '' });
+    for (const extractor of ['native', 'busybox'] as const) {
+      const init = generateInit({
+        modules: { storage: ['a'], filesystems: { ext4: ['crc32c', 'ext4'] }, overlay: ['overlay'] },
+        defaultRamSize: '50%', deviceTimeoutSec: 30, version: 't', extractor });
+      expect(check(init, `init-${extractor}`)).toEqual({ status: 0, out: '' });
+    }
   });
 
-  test('shellcheck passes on the generated apply script', () => {
-    expect(check(generateApplyScript(), 'mkma-apply.sh')).toEqual({ status: 0, out: '' });
+  test.each(['native', 'busybox'] as const)('shellcheck passes on the generated apply script (%s)', (v) => {
+    expect(check(generateApplyScript(v), `mkma-apply-${v}.sh`)).toEqual({ status: 0, out: '' });
+  });
+
+  test.each(['native', 'busybox'] as const)('the init carries one variant of the layer code (%s), chosen at build time', (v) => {
+    const init = generateInit({ modules: { storage: [], filesystems: {}, overlay: [] }, defaultRamSize: '50%', deviceTimeoutSec: 30, version: 't', extractor: v });
+    expect(init.includes('layer-native.sh: the layer code')).toBe(v === 'native');
+    expect(init.includes('layer-busybox.sh: the layer code')).toBe(v === 'busybox');
+    expect(init).not.toMatch(/have_unpacker|command -v mkma-unpack/);
   });
 });

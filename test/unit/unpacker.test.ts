@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { buildUnpacker, unpackerSource, UNPACKER_HOST_PACKAGES } from '../../builder/unpacker.js';
+import { BOOT_CONTRACT, contractHeader, generateApplyScript, type BootContract } from '../../init/generate.js';
 import { S_IFDIR, S_IFLNK, S_IFREG } from '../../format/newc.js';
 import { packTree } from '../../format/pack.js';
 import { extractImage, readManifest } from '../../format/reader.js';
@@ -136,7 +137,8 @@ describe('buildUnpacker', () => {
     const again = buildUnpacker({ cacheDir: CACHE, arch: HOST_ARCH });
     expect(again).toEqual({ path: BIN });
     expect(fs.statSync(BIN).mtimeMs).toBe(mtime);
-    expect(fs.readdirSync(CACHE)).toEqual([path.basename(BIN)]);
+    // the binary, and the contract header it was compiled with
+    expect(fs.readdirSync(CACHE).filter((n) => !/^mkma-contract-[0-9a-f]+\.h$/.test(n))).toEqual([path.basename(BIN)]);
   });
 
   test('finds its source from the source tree', () => {
@@ -150,6 +152,31 @@ describe('buildUnpacker', () => {
     expect(r.path).toBeNull();
     expect(r.reason).toContain(other);
     expect(fs.existsSync(path.join(TMP, 'cache-other'))).toBe(false);
+  });
+
+  test('the boot contract reaches the shell and the C: a changed constant is seen in both', () => {
+    const changed: BootContract = {
+      ...BOOT_CONTRACT,
+      UNPACK_PROTOCOL: { ...BOOT_CONTRACT.UNPACK_PROTOCOL, ok: 'fine' },
+      FORMAT: { ...BOOT_CONTRACT.FORMAT, footerTag: 'MKMA-MANIFEST-LEX' },
+    };
+    const sh = generateApplyScript('native', changed);
+    expect(sh).toContain("UNPACK_OK='fine'");
+    expect(sh).toContain("FOOTER_TAG='MKMA-MANIFEST-LEX'");
+    expect(contractHeader(changed)).toContain('#define MKMA_UNPACK_OK "fine"');
+    // the C has no copy of its own: mkma-unpack.c spells none of the contract's values
+    const source = fs.readFileSync(unpackerSource(), 'utf8').replace(/\/\*[\s\S]*?\*\//g, '');
+    for (const v of ['"ok"', '"skip"', '"merge"', 'MKMA-MANIFEST-LEN', '"%xattrs"', 'TRAILER!!!', '0x184d2a5e']) expect(source).not.toContain(v);
+    const built = buildUnpacker({ cacheDir: path.join(TMP, 'cache-contract'), arch: HOST_ARCH, contract: changed });
+    expect(built.path).not.toBeNull();
+    const r = spawnSync(built.path!, ['-i', IMAGE], { encoding: 'utf8' });
+    // the image's footer tag is the real one, which the changed binary no longer knows
+    expect(r.stdout).toBe('bad no manifest at its end (truncated, or not an mkma image)\n');
+    const protocolOnly = buildUnpacker({
+      cacheDir: path.join(TMP, 'cache-contract'), arch: HOST_ARCH,
+      contract: { ...BOOT_CONTRACT, UNPACK_PROTOCOL: { ...BOOT_CONTRACT.UNPACK_PROTOCOL, ok: 'fine' } },
+    });
+    expect(spawnSync(protocolOnly.path!, ['-i', IMAGE], { encoding: 'utf8' }).stdout).toMatch(/^fine base \d+ \d+ \d+\n$/);
   });
 
   test('usage errors exit 2', () => {
@@ -217,45 +244,25 @@ describe('extraction equals extractImage', () => {
     expect(got).toEqual(want);
   });
 
-  test('a setgid target, and a setgid directory already there: owners and modes still exact', () => {
-    // (mkma-unpack leaves out chown calls only in an empty, non-setgid target)
+  test('a setgid target: owners and modes still exact', () => {
+    // (mkma-unpack leaves out chown calls only in a non-setgid target)
     const dest = fresh('setgid');
     fs.chownSync(dest, 0, 8);
     fs.chmodSync(dest, 0o2775);
-    let r = unpack(['-j', '2', IMAGE, dest]);
+    const r = unpack(['-j', '2', IMAGE, dest]);
     expect(r.stderr.toString()).toBe('');
     expect(snapshot(dest)).toEqual(REF_SNAP);
-    const dest2 = fresh('setgid-sub');
-    fs.mkdirSync(path.join(dest2, 'many'));
-    fs.chownSync(path.join(dest2, 'many'), 0, 8);
-    fs.chmodSync(path.join(dest2, 'many'), 0o2775);
-    r = unpack(['-j', '2', IMAGE, dest2]);
-    expect(r.stderr.toString()).toBe('');
-    expect(snapshot(dest2)).toEqual(REF_SNAP);
   });
 
-  test('extracting again over the same tree gives the same tree (existing entries replaced)', () => {
-    const dest = fresh('twice');
-    expect(unpack([IMAGE, dest]).status).toBe(0);
-    // what is in the way: a directory where a file goes, a file where a directory goes, a
-    // symlink where a file goes (never followed), a file hardlinked elsewhere (not written through)
-    fs.rmSync(path.join(dest, 'etc/hostname'));
-    fs.mkdirSync(path.join(dest, 'etc/hostname/sub'), { recursive: true });
-    fs.writeFileSync(path.join(dest, 'etc/hostname/sub/f'), 'x');
-    fs.rmSync(path.join(dest, 'many/d3'), { recursive: true });
-    fs.writeFileSync(path.join(dest, 'many/d3'), 'not a dir');
-    fs.rmSync(path.join(dest, 'empty'));
-    fs.symlinkSync('/etc/passwd', path.join(dest, 'empty'));
-    const outside = path.join(TMP, 'outside-file');
-    fs.writeFileSync(outside, 'keep me\n');
-    fs.rmSync(path.join(dest, 'epoch'));
-    fs.linkSync(outside, path.join(dest, 'epoch'));
-    const r = unpack(['-j', '4', IMAGE, dest]);
-    expect(r.stderr.toString()).toBe('');
-    expect(r.status).toBe(0);
-    expect(snapshot(dest)).toEqual(REF_SNAP);
-    expect(fs.readFileSync(outside, 'utf8')).toBe('keep me\n');
-    expect(fs.readFileSync('/etc/passwd', 'utf8')).not.toBe('');
+  test('a target that is not empty is refused, and left as it was', () => {
+    // (an empty target is what makes "each name once, nothing below a non-directory"
+    // checkable whatever the order of the shards: docs/FORMAT.md)
+    const dest = fresh('not-empty');
+    fs.symlinkSync('/etc', path.join(dest, 'etc'));
+    const r = unpack([IMAGE, dest]);
+    expect(r.status).toBe(1);
+    expect(r.stderr.toString()).toMatch(/target directory is not empty/);
+    expect(fs.readdirSync(dest)).toEqual(['etc']);
   });
 });
 
@@ -330,9 +337,9 @@ describe('hostile and damaged input: exit 1 and one line, never a crash', () => 
 
   test.each([
     ['..', '../escaped'],
-    ['absolute', '/abs'],
     ['inner ..', 'a/../../escaped'],
-  ])('unsafe path (%s) is refused, nothing leaves DEST', async (_what, name) => {
+    ['inner .', 'a/./escaped'],
+  ])('unsafe name (%s) is refused, nothing leaves DEST', async (_what, name) => {
     const img = path.join(TMP, 'unsafe.cpio.zst');
     await writeArchive(img, async (w) => {
       await w.addEmpty(entry('.', S_IFDIR | 0o755, { nlink: 2 }));
@@ -341,9 +348,20 @@ describe('hostile and damaged input: exit 1 and one line, never a crash', () => 
     const parent = fresh('unsafe');
     const dest = path.join(parent, 'tree');
     fs.mkdirSync(dest);
-    expectFailure(unpack([img, dest]), img, /unsafe path/);
+    expectFailure(unpack([img, dest]), img, /unsafe name/);
     expect(fs.readdirSync(parent)).toEqual(['tree']);
-    expect(fs.existsSync('/abs')).toBe(false);
+  });
+
+  test('an absolute name lands inside DEST (leading slashes dropped, as cpio drops them)', async () => {
+    const img = path.join(TMP, 'abs.cpio.zst');
+    await writeArchive(img, async (w) => {
+      await w.addEmpty(entry('.', S_IFDIR | 0o755, { nlink: 2 }));
+      await w.addBuffer(entry('/mkma-abs-test', S_IFREG | 0o644), Buffer.from('inside\n'));
+    });
+    const dest = fresh('abs');
+    expect(unpack([img, dest]).status).toBe(0);
+    expect(fs.readFileSync(path.join(dest, 'mkma-abs-test'), 'utf8')).toBe('inside\n');
+    expect(fs.existsSync('/mkma-abs-test')).toBe(false);
   });
 
   test('a symlink named "." is refused (DEST itself is never replaced)', async () => {
@@ -352,9 +370,8 @@ describe('hostile and damaged input: exit 1 and one line, never a crash', () => 
       await w.addBuffer(entry('.', S_IFLNK | 0o777), Buffer.from('/'));
     });
     const dest = fresh('dot');
-    fs.writeFileSync(path.join(dest, 'keep'), 'x');
     expectFailure(unpack([img, dest]), img, /root entry/);
-    expect(fs.readdirSync(dest)).toEqual(['keep']);
+    expect(fs.lstatSync(dest).isDirectory()).toBe(true);
   });
 
   test('flipped bytes in the data: a zstd error naming the shard', () => {
@@ -495,9 +512,11 @@ describe('-i (manifest facts) and -l (layers in one process)', () => {
     expect(r.stderr.toString()).toBe('');
     expect(r.status).toBe(1);
     expect(r.stdout.toString().trimEnd().split('\n')).toEqual([
+      'merge l1.cpio.zst',
       'ok l1.cpio.zst 2 1',
       'skip base.cpio.zst not a layer (kind base)',
       'skip l2.cpio.zst unsafe path in manifest: ../victim',
+      'merge l3.cpio.zst',
       'ok l3.cpio.zst 1 1',
     ]);
     expect(fs.readFileSync(path.join(tree, 'etc/hostname'), 'utf8')).toBe('layer\n');
@@ -509,6 +528,17 @@ describe('-i (manifest facts) and -l (layers in one process)', () => {
     expect([motd.uid, motd.gid, motd.mode & 0o7777]).toEqual([1234, 5678, 0o600]);
     // one staging directory per layer (STAGE.0, STAGE.1, …: extracted ahead, in parallel), all gone
     expect(fs.readdirSync(TMP).filter((n) => n.startsWith('layered.stage'))).toEqual([]);
+  });
+
+  test('a FIFO or a directory given as an image is refused, never opened blocking', () => {
+    const fifo = path.join(TMP, 'persistence.fifo.cpio.zst');
+    execFileSync('mkfifo', [fifo]);
+    const r = unpack(['-i', fifo, TMP]);
+    expect(r.stdout.toString()).toBe('bad not a regular file\nbad not a regular file\n');
+    const tree = fresh('fifo-tree');
+    const l = unpack(['-l', tree, path.join(TMP, 'fifo-stage'), fifo]);
+    expect(l.stdout.toString()).toBe('skip persistence.fifo.cpio.zst not a regular file\n');
+    expect(() => readManifest(fifo)).toThrow(/not a regular file/);
   });
 
   test('-l: a missing tree is a usage-level failure (exit 2), not a skipped layer', () => {
