@@ -2,6 +2,8 @@
 // boot loader entries.
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
+import { formatKernelParam } from '../lib/cmdline.js';
+import { CMDLINE } from '../lib/contract.js';
 
 export interface StorageLocation {
   /** value for mkma_storage_device= (UUID=… when known, else the device path) */
@@ -34,8 +36,9 @@ export function findStorage(dir: string): StorageLocation | null {
   return { device: uuid ? `UUID=${uuid}` : source, source, uuid, fstype: fs.fstype ?? '', imagesPath, mountpoint };
 }
 
+/** The two parameters, quoted as the kernel needs when the path holds spaces. */
 export function kernelCommandLine(loc: { device: string; imagesPath: string }): string {
-  return `mkma_storage_device=${loc.device} mkma_images_path=${loc.imagesPath}`;
+  return `${formatKernelParam(CMDLINE.storageDevice, loc.device)} ${formatKernelParam(CMDLINE.imagesPath, loc.imagesPath)}`;
 }
 
 export function grubEntry(hostname: string, loc: StorageLocation): string {

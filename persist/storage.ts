@@ -16,7 +16,8 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { RUNTIME } from '../lib/contract.js';
+import { kernelParam, parseKernelParams, procCmdline } from '../lib/cmdline.js';
+import { CMDLINE, RUNTIME } from '../lib/contract.js';
 import { EnvironmentError, UsageError } from '../lib/errors.js';
 import { BASE_NAME } from '../format/names.js';
 
@@ -38,8 +39,8 @@ export interface TargetOptions {
   device?: string;
   /** --path: with --device the images directory on it; alone a directory to write into */
   path?: string;
-  /** /proc/cmdline's text */
-  cmdline: string;
+  /** /proc/cmdline (its bytes, or its text) */
+  cmdline: string | Buffer;
   /** /overlay/boot.env's text, if it exists */
   bootEnv?: string;
   /** where temporary mount points are made (default: os.tmpdir()) */
@@ -51,20 +52,34 @@ export interface BootLocation {
   imagesPath?: string;
 }
 
-/** mkma_storage_device= / mkma_images_path= from a kernel command line ("…" quoting allowed). */
-export function parseCmdline(cmdline: string): BootLocation {
+/**
+ * mkma_storage_device= / mkma_images_path= from /proc/cmdline's contents, split as the kernel
+ * and the init split them (lib/cmdline.ts): quotes, the last of several, flags without '='
+ * ignored.
+ */
+export function parseCmdline(procContents: string | Buffer): BootLocation {
+  const params = parseKernelParams(procCmdline(procContents));
   const out: BootLocation = {};
-  const words = cmdline.match(/(?:[^\s"]+|"[^"]*")+/g) ?? [];
-  for (const w of words) {
-    const word = w.replace(/"/g, '');
-    const eq = word.indexOf('=');
-    if (eq < 0) continue;
-    const key = word.slice(0, eq);
-    const value = word.slice(eq + 1);
-    if (key === 'mkma_storage_device') out.device = value;
-    else if (key === 'mkma_images_path') out.imagesPath = value;
-  }
+  const device = kernelParam(params, CMDLINE.storageDevice);
+  const imagesPath = kernelParam(params, CMDLINE.imagesPath);
+  if (typeof device === 'string') out.device = device;
+  if (typeof imagesPath === 'string') out.imagesPath = imagesPath;
   return out;
+}
+
+const CONTROL_RE = /[\x00-\x1f\x7f]/;
+
+/**
+ * Why a device spec or images path (from the command line, boot.env or the options) cannot be
+ * used, as the init refuses it (init/templates/main.sh storage_problem), or null.
+ */
+export function storageProblem(loc: BootLocation): string | null {
+  if (loc.device !== undefined && CONTROL_RE.test(loc.device)) return `${CMDLINE.storageDevice}= holds control characters`;
+  if (loc.imagesPath !== undefined) {
+    if (CONTROL_RE.test(loc.imagesPath)) return `${CMDLINE.imagesPath}= holds control characters`;
+    if (loc.imagesPath.split('/').includes('..')) return `${CMDLINE.imagesPath}=${loc.imagesPath} leaves the device (it holds ..)`;
+  }
+  return null;
 }
 
 /** The init's /overlay/boot.env: "device=…\nimages_path=…\n". */
@@ -186,13 +201,15 @@ export function resolveTarget(opts: TargetOptions): Target {
     : fromCmdline.imagesPath ?? fromEnv.imagesPath;
   if (!spec) {
     throw new UsageError(
-      'cannot tell where the images are: no mkma_storage_device= on the kernel command line and no ' +
+      `cannot tell where the images are: no ${CMDLINE.storageDevice}= on the kernel command line and no ` +
         `${BOOT_ENV_PATH}; use --device DEV --path PATH (the images directory on DEV), or --path DIR`,
     );
   }
   if (imagesPathRaw === undefined) {
-    throw new UsageError(`cannot tell where the images are on ${spec}: no mkma_images_path= on the kernel command line; use --path PATH`);
+    throw new UsageError(`cannot tell where the images are on ${spec}: no ${CMDLINE.imagesPath}= on the kernel command line; use --path PATH`);
   }
+  const problem = storageProblem({ device: spec, imagesPath: imagesPathRaw });
+  if (problem) throw new UsageError(`${problem}: give the storage with --device DEV --path PATH`);
   const imagesPath = normImagesPath(imagesPathRaw);
   const dev = resolveDevice(spec);
   const mm = majorMinorOf(dev);
@@ -202,7 +219,7 @@ export function resolveTarget(opts: TargetOptions): Target {
   const checkDir = (dir: string, where: string): void => {
     let st: fs.Stats | null = null;
     try { st = fs.statSync(dir); } catch { /* missing */ }
-    if (!st?.isDirectory()) throw new EnvironmentError(`${where}: no directory ${imagesPath} (check mkma_images_path= / --path)`);
+    if (!st?.isDirectory()) throw new EnvironmentError(`${where}: no directory ${imagesPath} (check ${CMDLINE.imagesPath}= / --path)`);
     if (!fs.existsSync(path.join(dir, BASE_NAME))) {
       throw new EnvironmentError(`${where}: ${imagesPath} holds no ${BASE_NAME}: is this the right device and path?`);
     }

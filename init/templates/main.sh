@@ -3,9 +3,9 @@
 # MKMA_MODULES_STORAGE and MKMA_MODULES_OVERLAY (load order), fs_modules TYPE, match_storage
 # MODALIAS; and MKMA_DEFAULT_RAM_SIZE, MKMA_DEVICE_TIMEOUT.
 
-STORAGE=/mnt/storage
-ROOT=/overlay
-MKMA_TMP=/run/mkma
+STORAGE=$RT_STORAGE_MOUNT
+ROOT=$RT_OVERLAY
+MKMA_TMP=$RT_INIT_TMP
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 
 mount_pseudo() {
@@ -19,29 +19,93 @@ mount_pseudo() {
 	mkdir -p "$MKMA_TMP"
 }
 
-# Kernel command line: mkma_storage_device= mkma_images_path= mkma_ram_size= mkma_on_error=
-# mkma_debug mkma_break mkma_device_timeout=
+# parse_cmdline TEXT: the mkma_* parameters (the README's table) into MKMA_*. Every value is
+# checked before anything uses it; a bad one is reported and its default kept. The device and
+# the images path have no default: mount_storage refuses bad ones, saying why.
 parse_cmdline() {
 	MKMA_DEVICE=
 	MKMA_IMAGES_PATH=/
 	MKMA_RAM_SIZE=$MKMA_DEFAULT_RAM_SIZE
 	MKMA_BREAK=
-	read -r _cmdline </proc/cmdline
-	for _arg in $_cmdline; do
-		case $_arg in
-		mkma_storage_device=*) MKMA_DEVICE=${_arg#*=} ;;
-		mkma_images_path=*) MKMA_IMAGES_PATH=${_arg#*=} ;;
-		mkma_ram_size=*) MKMA_RAM_SIZE=${_arg#*=} ;;
-		mkma_on_error=*) MKMA_ON_ERROR=${_arg#*=} ;;
-		mkma_device_timeout=*) MKMA_DEVICE_TIMEOUT=${_arg#*=} ;;
-		mkma_debug | mkma_debug=1) MKMA_DEBUG=1 ;;
-		mkma_break | mkma_break=1) MKMA_BREAK=1 ;;
+	# nor may environment variables (the kernel passes unknown key=value parameters to init
+	# as such)
+	if uint "${MKMA_ALL_STORAGE_AFTER:-3}" 4; then MKMA_ALL_STORAGE_AFTER=$UINT; else MKMA_ALL_STORAGE_AFTER=3; fi
+	case $MKMA_ON_ERROR in shell | reboot | halt) ;; *) MKMA_ON_ERROR=shell ;; esac
+	kernel_params cmdline_param "$1"
+}
+
+# cmdline_param KEY [VALUE]: one parameter (kernel_params calls it).
+cmdline_param() {
+	case $1 in
+	"$KEY_STORAGE_DEVICE") [ $# -eq 2 ] && MKMA_DEVICE=$2 ;;
+	"$KEY_IMAGES_PATH") [ $# -eq 2 ] && MKMA_IMAGES_PATH=$2 ;;
+	"$KEY_RAM_SIZE")
+		if [ $# -eq 2 ] && ram_size_ok "$2"; then
+			MKMA_RAM_SIZE=$2
+		else
+			warn "$1=${2-} is not a RAM filesystem size (a percentage of RAM from 1% to 100%, or a size such as 4G): using $MKMA_RAM_SIZE"
+		fi
+		;;
+	"$KEY_ON_ERROR")
+		case ${2-} in
+		shell | reboot | halt) MKMA_ON_ERROR=$2 ;;
+		*) warn "$1=${2-} is not shell, reboot or halt: using $MKMA_ON_ERROR" ;;
 		esac
-	done
+		;;
+	"$KEY_DEVICE_TIMEOUT")
+		if [ $# -eq 2 ] && uint "$2" 6; then
+			MKMA_DEVICE_TIMEOUT=$UINT
+		else
+			warn "$1=${2-} is not a whole number of seconds: waiting ${MKMA_DEVICE_TIMEOUT}s"
+		fi
+		;;
+	"$KEY_DEBUG") cmdline_flag "$@" && MKMA_DEBUG=$FLAG ;;
+	"$KEY_BREAK") cmdline_flag "$@" && MKMA_BREAK=$FLAG ;;
+	esac
+}
+
+# cmdline_flag KEY [VALUE]: KEY or KEY=1 sets FLAG=1, KEY=0 clears it; anything else is reported.
+cmdline_flag() {
+	case $#:${2-} in
+	1: | 2:1) FLAG=1 ;;
+	2:0) FLAG='' ;;
+	*)
+		warn "$1=$2: give $1 alone (or $1=1 / $1=0); ignored"
+		return 1
+		;;
+	esac
+}
+
+# ram_size_ok TEXT: a tmpfs size= as mkma.toml's ram_size takes it: 1%..100%, or digits
+# with an optional K, M or G (nothing else may reach the mount options).
+ram_size_ok() {
+	case $1 in
+	[1-9]% | [1-9][0-9]% | 100%) return 0 ;;
+	[1-9]*) ;;
+	*) return 1 ;;
+	esac
+	case ${1%[KMGkmg]} in
+	*[!0-9]*) return 1 ;;
+	esac
+	return 0
+}
+
+# storage_problem: why MKMA_DEVICE / MKMA_IMAGES_PATH cannot be used (in PROBLEM), or status 1.
+storage_problem() {
+	PROBLEM=''
+	case $MKMA_DEVICE in
+	*[[:cntrl:]]*) PROBLEM="$KEY_STORAGE_DEVICE= holds control characters" ;;
+	/dev/?* | UUID=?* | LABEL=?* | PARTUUID=?* | PARTLABEL=?*) ;;
+	*) PROBLEM="$KEY_STORAGE_DEVICE=$MKMA_DEVICE is not /dev/…, UUID=…, LABEL=…, PARTUUID=… or PARTLABEL=…" ;;
+	esac
+	case /$MKMA_IMAGES_PATH/ in
+	*[[:cntrl:]]*) PROBLEM="$KEY_IMAGES_PATH= holds control characters" ;;
+	*/../*) PROBLEM="$KEY_IMAGES_PATH=$MKMA_IMAGES_PATH leaves the device (it holds ..)" ;;
+	esac
+	[ -n "$PROBLEM" ]
 }
 
 MKMA_LOADED=' '
-MKMA_ALL_STORAGE_AFTER=${MKMA_ALL_STORAGE_AFTER:-3}
 
 # load_modules NAMES: insmod in the given (dependency) order, each module once.
 load_modules() {
@@ -135,13 +199,17 @@ wait_for_device() {
 mount_storage() {
 	if [ -z "$MKMA_DEVICE" ]; then
 		fatal "no storage device given" \
-			"add mkma_storage_device=<device|UUID=…|LABEL=…> mkma_images_path=<dir> to the kernel command line (mkma build prints both)"
+			"add $KEY_STORAGE_DEVICE=<device|UUID=…|LABEL=…> $KEY_IMAGES_PATH=<dir> to the kernel command line (mkma build prints both)"
+		return 1
+	fi
+	if storage_problem; then
+		fatal "$PROBLEM" "correct it on the kernel command line (mkma build prints the right one)"
 		return 1
 	fi
 	phase device "waiting for $MKMA_DEVICE (up to ${MKMA_DEVICE_TIMEOUT}s)"
 	if ! wait_for_device; then
 		fatal "storage device $MKMA_DEVICE did not appear within ${MKMA_DEVICE_TIMEOUT}s" \
-			"check mkma_storage_device=; known block devices: $(cd /sys/class/block 2>/dev/null && echo *)"
+			"check $KEY_STORAGE_DEVICE=; known block devices: $(cd /sys/class/block 2>/dev/null && echo *)"
 		return 1
 	fi
 	FSTYPE=$(blkid -o value -s TYPE "$DEVICE" 2>/dev/null)
@@ -155,9 +223,9 @@ mount_storage() {
 	fi
 	IMAGES="$STORAGE/${MKMA_IMAGES_PATH#/}"
 	IMAGES=${IMAGES%/}
-	if [ ! -f "$IMAGES/base.cpio.zst" ]; then
-		fatal "no base image at $MKMA_DEVICE:$MKMA_IMAGES_PATH/base.cpio.zst" \
-			"check mkma_images_path=; that directory holds: $(cd "$IMAGES" 2>/dev/null && echo *)"
+	if [ ! -f "$IMAGES/$BASE_NAME" ]; then
+		fatal "no base image at $MKMA_DEVICE:$MKMA_IMAGES_PATH/$BASE_NAME" \
+			"check $KEY_IMAGES_PATH=; that directory holds: $(cd "$IMAGES" 2>/dev/null && echo *)"
 		return 1
 	fi
 }
@@ -178,8 +246,8 @@ check_space() {
 	debug "space: need ${_need_kb} KiB, tmpfs has ${_avail_kb} KiB"
 	if [ "$_need_kb" -gt "$_avail_kb" ]; then
 		_mem_kb=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
-		fatal "the system needs $((_need_kb / 1024)) MiB of RAM filesystem but mkma_ram_size=$MKMA_RAM_SIZE gives $((_avail_kb / 1024)) MiB (RAM: $((_mem_kb / 1024)) MiB)" \
-			"give the machine more memory, raise mkma_ram_size= (e.g. 75%), or persist less"
+		fatal "the system needs $((_need_kb / 1024)) MiB of RAM filesystem but $KEY_RAM_SIZE=$MKMA_RAM_SIZE gives $((_avail_kb / 1024)) MiB (RAM: $((_mem_kb / 1024)) MiB)" \
+			"give the machine more memory, raise $KEY_RAM_SIZE= (e.g. 75%), or persist less"
 		return 1
 	fi
 }
@@ -187,20 +255,20 @@ check_space() {
 unpack_all() {
 	if ! mount -t tmpfs -o "size=$MKMA_RAM_SIZE,mode=0755" tmpfs "$ROOT" 2>"$MKMA_TMP/mount.err"; then
 		fatal "cannot mount the RAM filesystem (size=$MKMA_RAM_SIZE): $(cat "$MKMA_TMP/mount.err")" \
-			"check mkma_ram_size= (a size such as 4G or a percentage of RAM such as 50%)"
+			"check $KEY_RAM_SIZE= (a size such as 4G or a percentage of RAM such as 50%)"
 		return 1
 	fi
-	mkdir -p "$ROOT/base" "$ROOT/fresh" "$ROOT/work" "$ROOT/merge"
-	if ! read_manifest "$IMAGES/base.cpio.zst" "$MKMA_TMP/base.manifest"; then
-		fatal "base image $IMAGES/base.cpio.zst is unusable: $M_ERROR" "rebuild it with mkma build, or copy it again"
+	mkdir -p "$RT_LOWER" "$RT_UPPER" "$RT_WORK" "$RT_MERGED"
+	if ! read_manifest "$IMAGES/$BASE_NAME" "$MKMA_TMP/base.manifest"; then
+		fatal "base image $IMAGES/$BASE_NAME is unusable: $M_ERROR" "rebuild it with mkma build, or copy it again"
 		return 1
 	fi
 	check_space || return 1
 	uptime_cs
 	_t0=$UPTIME_CS
 	phase unpack-base "$((M_DATA_BYTES / 1048576)) MiB compressed, $((M_UNPACKED / 1048576)) MiB unpacked, $M_ENTRIES entries"
-	if ! unpack_base "$IMAGES/base.cpio.zst" "$ROOT/base"; then
-		fatal "base image $IMAGES/base.cpio.zst could not be unpacked: $M_ERROR" \
+	if ! unpack_base "$IMAGES/$BASE_NAME" "$RT_LOWER"; then
+		fatal "base image $IMAGES/$BASE_NAME could not be unpacked: $M_ERROR" \
 			"out of memory? (see above); otherwise the image is damaged: rebuild or copy it again"
 		return 1
 	fi
@@ -211,7 +279,7 @@ unpack_all() {
 	# MB/s with one decimal, in integer arithmetic (no awk process at boot)
 	_rate=$((M_UNPACKED * 1000 / _d / 1048576))
 	phase base-unpacked "in $CENTI s, $((_rate / 10)).$((_rate % 10)) MB/s"
-	apply_layers "$IMAGES" "$ROOT/base" "$ROOT/stage"
+	apply_layers "$IMAGES" "$RT_LOWER" "$ROOT/stage"
 	phase layers-done "$M_APPLIED applied, $M_SKIPPED skipped"
 }
 
@@ -221,21 +289,23 @@ mount_root() {
 	# redirect_dir/metacopy off: the upperdir stays self-describing, so `mkma persist` can
 	# save it as a plain layer.
 	if ! mount -t overlay overlay \
-		-o "lowerdir=$ROOT/base,upperdir=$ROOT/fresh,workdir=$ROOT/work,redirect_dir=off,metacopy=off" \
-		"$ROOT/merge" 2>"$MKMA_TMP/mount.err"; then
+		-o "lowerdir=$RT_LOWER,upperdir=$RT_UPPER,workdir=$RT_WORK,redirect_dir=off,metacopy=off" \
+		"$RT_MERGED" 2>"$MKMA_TMP/mount.err"; then
 		fatal "cannot mount overlayfs: $(cat "$MKMA_TMP/mount.err")" "is the overlay module in the initramfs?"
 		return 1
 	fi
-	mkdir -p "$ROOT/merge/overlay"
-	mount --bind "$ROOT" "$ROOT/merge/overlay"
-	# Where the images came from, for `mkma persist` (it also reads /proc/cmdline).
-	printf 'device=%s\nimages_path=%s\n' "$MKMA_DEVICE" "$MKMA_IMAGES_PATH" >"$ROOT/boot.env"
+	mkdir -p "$RT_MERGED$RT_OVERLAY"
+	mount --bind "$ROOT" "$RT_MERGED$RT_OVERLAY"
+	# Where the images came from, for `mkma persist` (it also reads /proc/cmdline). The values
+	# hold no control characters (storage_problem): one line each.
+	printf 'device=%s\nimages_path=%s\n' "$MKMA_DEVICE" "$MKMA_IMAGES_PATH" >"$RT_BOOT_ENV"
 	umount "$STORAGE" 2>/dev/null || warn "could not unmount the storage device"
 }
 
 boot() {
 	mount_pseudo
-	parse_cmdline
+	read_cmdline /proc/cmdline
+	parse_cmdline "$CMDLINE"
 	phase start "mkma init"
 	load_matched_storage
 	_drivers=$(printf '%s' "${MKMA_STARTED#,}" | tr ',' ' ')
@@ -244,7 +314,7 @@ boot() {
 	until unpack_all; do umount "$ROOT" 2>/dev/null; done
 	until mount_root; do :; done
 	if [ -n "$MKMA_BREAK" ]; then
-		log "mkma_break: shell before switch_root (exit to continue)"
+		log "$KEY_BREAK: shell before switch_root (exit to continue)"
 		setsid cttyhack sh || sh
 	fi
 	# the background driver loads are long done (the base unpack takes seconds); waiting
@@ -252,8 +322,8 @@ boot() {
 	wait
 	phase switch-root "/sbin/init"
 	for _m in /dev /proc /sys /run; do
-		mkdir -p "$ROOT/merge$_m"
-		mount --move "$_m" "$ROOT/merge$_m" 2>/dev/null || true
+		mkdir -p "$RT_MERGED$_m"
+		mount --move "$_m" "$RT_MERGED$_m" 2>/dev/null || true
 	done
-	exec switch_root "$ROOT/merge" /sbin/init
+	exec switch_root "$RT_MERGED" /sbin/init
 }
