@@ -1,7 +1,10 @@
 // Streams cpio newc entries into an mkma image file (see manifest.ts for the layout):
 // bounded memory (at most `jobs` shards in flight), deterministic output for the same input,
 // and atomic appearance: data goes to a temporary name in the target directory, is fsynced,
-// and only then renamed to its final name (then the directory is fsynced too).
+// and only then renamed to its final name (then the directory is fsynced too), so that after
+// a crash or a power loss the final name holds the whole file or nothing. The temporary file
+// is created exclusively under a random name (lib/tempfile.ts): the images directory is on a
+// device others may have written to.
 import { createHash, type Hash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -10,6 +13,7 @@ import { encodeManifestFrame, type ImageKind, type Manifest, type XattrRecord } 
 import { dataPadding, encodeHeader, encodeHeaderInto, headerBytes, trailer, type NewcHeader } from './newc.js';
 import { ShardCompressor } from './zstd.js';
 import { MkmaError } from '../lib/errors.js';
+import { createExclusive } from '../lib/tempfile.js';
 
 export interface WriterOptions {
   kind: ImageKind;
@@ -19,7 +23,7 @@ export interface WriterOptions {
   /** shards compressed at once (each by a single-threaded zstd) */
   jobs?: number;
   message?: string;
-  /** file mode of the final file */
+  /** file mode of the final file (default 0644) */
   mode?: number;
   created?: Date;
   onProgress?: (p: WriterProgress) => void;
@@ -32,7 +36,7 @@ export interface WriterOptions {
   manifest?: boolean;
   /** zstd threads per shard (default 1: parallelism comes from `jobs` shards at once) */
   threads?: number;
-  /** where compressed shards wait for their turn (unlinked files; default os.tmpdir()) */
+  /** where compressed shards wait for their turn (unlinked files, created exclusively; default os.tmpdir()) */
   spoolDir?: string;
 }
 
@@ -84,9 +88,10 @@ export class ArchiveWriter {
   private readonly copyBuf = Buffer.allocUnsafe(BATCH_BYTES);
 
   constructor(readonly finalPath: string, private readonly opts: WriterOptions) {
-    const dir = path.dirname(finalPath);
-    this.tmpPath = path.join(dir, `.${path.basename(finalPath)}.tmp-${process.pid}`);
-    this.fd = fs.openSync(this.tmpPath, 'w+', 0o600);
+    // .NAME.tmp-PID-RANDOM: the pid says whose it was (persist's cleanup of a killed run)
+    const tmp = createExclusive(path.dirname(finalPath), `${temporaryPrefix(path.basename(finalPath))}-`);
+    this.fd = tmp.fd;
+    this.tmpPath = tmp.path;
   }
 
   get temporaryPath(): string {
@@ -284,8 +289,8 @@ export class ArchiveWriter {
     };
     const frame = this.opts.manifest === false ? Buffer.alloc(0) : encodeManifestFrame(manifest);
     this.writeOut(frame);
-    fs.fsyncSync(this.fd);
     fs.fchmodSync(this.fd, this.opts.mode ?? 0o644);
+    fs.fsyncSync(this.fd);
     fs.closeSync(this.fd);
     this.closed = true;
     fs.renameSync(this.tmpPath, this.finalPath);
@@ -303,6 +308,11 @@ export class ArchiveWriter {
     }
     fs.rmSync(this.tmpPath, { force: true });
   }
+}
+
+/** The start of the temporary file's name for a final file NAME: `.NAME.tmp-PID`. */
+export function temporaryPrefix(name: string, pid = process.pid): string {
+  return `.${name}.tmp-${pid}`;
 }
 
 export function fsyncDir(dir: string): void {

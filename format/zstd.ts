@@ -7,9 +7,9 @@
 // also what the initramfs decompresses with, so build and boot share one implementation.
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import type { Writable } from 'node:stream';
 import { MkmaError } from '../lib/errors.js';
+import { createExclusive } from '../lib/tempfile.js';
 
 export const ZSTD_MIN_LEVEL = 1;
 export const ZSTD_MAX_LEVEL = 22;
@@ -66,7 +66,8 @@ export function writeWithBackpressure(stream: NodeJS.WritableStream, chunk: Buff
 /**
  * Compresses one shard: feed it with write(), call end(), await result() for the frame.
  * zstd writes the frame straight into an unlinked spool file (nothing to clean up after a
- * crash) that the writer copies into the image when it is the shard's turn. Not through a
+ * crash; created exclusively under a random name, lib/tempfile.ts: the system temp directory
+ * is everyone's) that the writer copies into the image when it is the shard's turn. Not through a
  * pipe into this process: the compressed shards waiting their turn were held as Buffers,
  * up to ~100 MB of RSS that grew with the tree (bench figure 1).
  */
@@ -76,9 +77,9 @@ export class ShardCompressor {
   private readonly finished: Promise<{ fd: number; length: number }>;
 
   constructor(level: number, threads: number, spoolDir: string) {
-    const spoolPath = path.join(spoolDir, `.mkma-shard-${process.pid}-${++spoolSeq}`);
-    this.spool = fs.openSync(spoolPath, 'w+', 0o600);
-    fs.unlinkSync(spoolPath);
+    const spool = createExclusive(spoolDir, `.mkma-shard-${process.pid}-`);
+    this.spool = spool.fd;
+    fs.unlinkSync(spool.path);
     this.proc = spawnZstd(['-c', ...zstdLevelArgs(level), `-T${threads}`, '--no-progress'], this.spool);
     this.finished = this.proc.done.then(() => ({ fd: this.spool, length: fs.fstatSync(this.spool).size }));
     this.finished.catch(() => {}); // reported by whoever awaits result()
@@ -108,5 +109,3 @@ export class ShardCompressor {
     try { fs.closeSync(this.spool); } catch { /* closed by the writer already */ }
   }
 }
-
-let spoolSeq = 0;
