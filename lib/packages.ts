@@ -9,6 +9,7 @@ export const PACKAGE_OF: Record<string, string> = {
   depmod: 'kmod',
   findmnt: 'util-linux',
   blkid: 'util-linux',
+  flock: 'util-linux',
   mount: 'mount',
   umount: 'mount',
   losetup: 'mount',

@@ -47,6 +47,8 @@ export interface RunOptions {
    * stopped with it (SIGTERM, SIGKILL 3 s later) on a timeout or when mkma ends first.
    */
   processGroup?: boolean;
+  /** descriptors the command gets as 3, 4, … (runSync only; e.g. a file for flock(1) to lock) */
+  fds?: number[];
 }
 
 export interface RunResult {
@@ -134,7 +136,7 @@ export function runSync(cmd: string, args: readonly string[], o: RunOptions = {}
     cwd: o.cwd,
     env: environment(o),
     input: o.input,
-    stdio: o.stdio === 'inherit' ? 'inherit' : ['pipe', 'pipe', 'pipe'],
+    stdio: [...(o.stdio === 'inherit' ? ['inherit', 'inherit', 'inherit'] as const : ['pipe', 'pipe', 'pipe'] as const), ...(o.fds ?? [])],
     timeout: o.timeoutMs,
     killSignal: 'SIGKILL',
     maxBuffer: o.maxBuffer ?? 256 << 20,

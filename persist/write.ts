@@ -6,8 +6,8 @@
 //   - xattrs other than overlayfs' own → the manifest's %xattrs;
 //   - hardlink groups (within what is saved) stored once, inside one shard.
 // The file appears atomically (ArchiveWriter: temporary name, fsync, rename, fsync of the
-// directory). One persist at a time per images directory (a lock file with the owner's pid);
-// what a killed run left behind (its lock, its temporary file) is removed by the next one.
+// directory). One persist at a time per images directory: an flock(2) on a lock file there
+// (acquireLock); what a killed run left behind (its temporary file) is removed by the next one.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { layerNameFor, LAYER_PREFIX } from '../format/names.js';
@@ -15,6 +15,7 @@ import { collectHardlinks, packEntries, type TreeEntry } from '../format/tree.js
 import { ArchiveWriter, type WriterProgress } from '../format/writer.js';
 import type { ChangeEntry, ScanResult } from './model.js';
 import { MkmaError } from '../lib/errors.js';
+import { describeFailure, runSync } from '../lib/run.js';
 
 export const LOCK_NAME = '.mkma-persist.lock';
 /** Kept free on the storage device beyond the layer's estimated size. */
@@ -72,111 +73,77 @@ export function planLayer(scan: ScanResult, include: (e: ChangeEntry) => boolean
 }
 
 // ---------------------------------------------------------------------------------------------
-// Who is alive: a pid alone can be reused, so a pid counts as the owner of a file only if that
-// process started before the file was last written.
+// The lock. flock(2), not a pid in a file: the kernel releases it when its holder dies (killed,
+// power loss: then the file is simply unlocked), and exactly one of several contenders gets
+// it. A pid file cannot do both: two persists that both find a dead owner's pid both take the
+// file over. Node has no flock(2); `flock` (util-linux) locks the descriptor we pass it, and as
+// the lock belongs to the open file description, which we keep, it stays ours after `flock`
+// exits, until we close the descriptor or die.
 
-function bootTimeSec(): number {
-  const m = /^btime (\d+)$/m.exec(fs.readFileSync('/proc/stat', 'utf8'));
-  return m ? Number(m[1]) : 0;
-}
+/** flock(1)'s exit status when the lock is held by someone else (--conflict-exit-code). */
+const LOCK_CONFLICT = 75;
 
-/** Start time of a process (seconds since the epoch), or null if there is no such process. */
-export function processStartSec(pid: number): number | null {
-  let stat: string;
-  try {
-    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return null;
-  }
-  // field 22 (starttime, clock ticks since boot); fields are counted after the ")" of comm
-  const after = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  if (after[0] === 'Z' || after[0] === 'X') return null; // dead, not yet reaped by its parent
-  const ticks = Number(after[19]);
-  if (!Number.isFinite(ticks)) return null;
-  return bootTimeSec() + ticks / 100; // USER_HZ is 100 on every Linux architecture
-}
-
-/** Is `pid` alive, and the same process that wrote a file at `mtimeMs`? */
-export function ownerAlive(pid: number, mtimeMs: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  const start = processStartSec(pid);
-  if (start === null) return false;
-  // a process that started after the file was written cannot have written it (2 s: rounding)
-  return start <= mtimeMs / 1000 + 2;
-}
-
-/** Lock files this process holds (a pid of our own in a lock is ours only if listed here). */
-const heldLocks = new Set<string>();
-
-/** Takes the images directory's persist lock; returns its release function. */
+/** Takes the images directory's persist lock (it does not wait); returns its release function. */
 export function acquireLock(imagesDir: string): () => void {
   const file = path.join(path.resolve(imagesDir), LOCK_NAME);
+  const { O_RDWR, O_CREAT, O_NOFOLLOW } = fs.constants;
   for (let attempt = 0; attempt < 5; attempt++) {
     let fd: number;
     try {
-      fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+      fd = fs.openSync(file, O_RDWR | O_CREAT | O_NOFOLLOW, 0o600);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'EROFS') throw new Error(`${imagesDir} is on a read-only filesystem`);
-      if (code !== 'EEXIST') throw e;
-      let pid = 0;
-      let mtimeMs = 0;
-      try {
-        pid = Number.parseInt(fs.readFileSync(file, 'utf8').trim(), 10);
-        mtimeMs = fs.statSync(file).mtimeMs;
-      } catch {
-        continue; // released meanwhile: try again
-      }
-      if (pid === process.pid ? heldLocks.has(file) : ownerAlive(pid, mtimeMs)) {
+      if (code === 'EROFS') throw new MkmaError(`${imagesDir} is on a read-only filesystem`);
+      if (code === 'ELOOP') throw new MkmaError(`${file} is a symbolic link, not mkma's lock file: remove it and run mkma persist again`);
+      throw e;
+    }
+    let locked = false;
+    try {
+      const r = runSync('flock', ['--exclusive', '--nonblock', '--conflict-exit-code', String(LOCK_CONFLICT), '3'], { fds: [fd], allowFailure: true });
+      if (r.status === LOCK_CONFLICT) {
+        const pid = Number.parseInt(fs.readFileSync(fd, 'utf8').trim(), 10);
         throw new PersistBusyError(
-          `another mkma persist (pid ${pid}) is writing a layer to ${imagesDir}; wait for it to finish and run mkma persist again`,
+          `another mkma persist${pid > 0 ? ` (pid ${pid})` : ''} is writing a layer to ${imagesDir}; wait for it to finish and run mkma persist again`,
         );
       }
-      // stale: its owner died (killed, power loss); take it over
-      try {
-        fs.unlinkSync(file);
-      } catch {
-        /* someone else did */
-      }
-      continue;
-    }
-    try {
-      fs.writeSync(fd, `${process.pid}\n`);
-      fs.fsyncSync(fd);
+      if (!r.ok) throw new MkmaError(`cannot lock ${file}: ${describeFailure(r)}`);
+      // The holder before us removes the file when it is done, possibly after we opened it:
+      // then we locked a file nobody else will open, and must start again.
+      const held = fs.fstatSync(fd);
+      const now = fs.lstatSync(file, { throwIfNoEntry: false });
+      if (now?.ino === held.ino && now.dev === held.dev) locked = true;
     } finally {
-      fs.closeSync(fd);
+      if (!locked) fs.closeSync(fd);
     }
-    heldLocks.add(file);
+    if (!locked) continue;
+    // the owner's pid, for the message another persist shows meanwhile
+    fs.ftruncateSync(fd, 0);
+    fs.writeSync(fd, `${process.pid}\n`, 0);
+    let released = false;
     return () => {
-      if (!heldLocks.delete(file)) return;
-      try {
-        if (fs.readFileSync(file, 'utf8').trim() === String(process.pid)) fs.unlinkSync(file);
-      } catch {
-        /* already gone */
-      }
+      if (released) return;
+      released = true;
+      // removed while still locked: whoever opened it meanwhile sees it gone (above) and retries
+      fs.rmSync(file, { force: true });
+      fs.closeSync(fd);
     };
   }
   throw new PersistBusyError(`cannot take the lock ${file} (another mkma persist keeps taking it)`);
 }
 
-const TEMP_RE = /^\.persistence\..*\.tmp-(\d+)$/;
+const TEMP_RE = /^\.persistence\..*\.tmp-\d+(?:-[0-9a-f]+)?$/;
 
-/** Removes temporary layer files whose writer is dead (a killed persist). Call with the lock held. */
+/**
+ * Removes temporary layer files in the images directory: with the lock held, any that exists
+ * was left by a persist that was killed or lost power. Call with the lock held.
+ */
 export function removeStaleTemporaries(imagesDir: string): string[] {
   const removed: string[] = [];
   for (const name of fs.readdirSync(imagesDir)) {
-    const m = TEMP_RE.exec(name);
-    if (!m || !name.startsWith('.' + LAYER_PREFIX)) continue;
+    if (!TEMP_RE.test(name) || !name.startsWith('.' + LAYER_PREFIX)) continue;
     const p = path.join(imagesDir, name);
-    let st: fs.Stats;
-    try {
-      st = fs.lstatSync(p);
-    } catch {
-      continue;
-    }
-    // with the lock held, a temporary file of this very process is a leftover too
-    const pid = Number(m[1]);
-    if (!st.isFile() || (pid !== process.pid && ownerAlive(pid, st.mtimeMs))) continue;
+    // a regular file only: never follow or remove what only looks like ours
+    if (!fs.lstatSync(p, { throwIfNoEntry: false })?.isFile()) continue;
     fs.rmSync(p, { force: true });
     removed.push(name);
   }
