@@ -86,7 +86,10 @@ function sha256File(p: string): string {
 
 const GiB = 2 ** 30;
 
-/** mkdir -p one component at a time: Node's recursive mkdir spins forever under /proc. */
+/**
+ * mkdir -p one component at a time (Node's recursive mkdir spins forever under /proc); the
+ * last one, OUT, for root only: it holds the image's secrets (see restrictOutput).
+ */
 function mkdirParents(dir: string): void {
   const missing: string[] = [];
   let d = path.resolve(dir);
@@ -94,7 +97,31 @@ function mkdirParents(dir: string): void {
     missing.unshift(d);
     d = path.dirname(d);
   }
-  for (const m of missing) fs.mkdirSync(m);
+  for (const m of missing) fs.mkdirSync(m, { mode: m === missing[missing.length - 1] ? 0o700 : 0o777 });
+}
+
+/** Modes of what holds the image's secrets: /etc/shadow, keys, the image users' files. */
+export const SECRET_FILE_MODE = 0o600;
+export const SECRET_DIR_MODE = 0o700;
+
+/**
+ * base.cpio.zst and mkma.json are written 0600 (below); the cache (snapshots of the tree) and
+ * QEMU's disks (they hold the base) are made 0700 here. OUT/chroot is the image's own tree, with
+ * the image's owners and modes: a user the image creates may have the uid of another user of
+ * this host. OUT is 0700 when mkma creates it; an existing OUT open to others is its owner's
+ * choice, and gets a warning.
+ */
+function restrictOutput(out: string, reporter: Reporter): void {
+  for (const dir of [path.join(out, '.cache'), path.join(out, 'qemu')]) {
+    if (fs.existsSync(dir)) fs.chmodSync(dir, SECRET_DIR_MODE);
+  }
+  // a base made by an older mkma, reused as it is (a chmod keeps size, mtime and inode)
+  for (const name of [BASE_NAME, BUILD_INFO_NAME]) {
+    if (fs.existsSync(path.join(out, name))) fs.chmodSync(path.join(out, name), SECRET_FILE_MODE);
+  }
+  if (fs.statSync(out).mode & 0o007) {
+    reporter.warn(`${out} is open to other users: ${path.join(out, 'chroot')} holds the image's files with the image's owners (chmod 700 ${out})`);
+  }
 }
 
 /** Refuses early, before anything is touched, when OUT cannot take the build. */
@@ -133,11 +160,12 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
   const plan = cache.plan(keys, { rebuild: o.rebuild, legacyReusable: !o.rebuild && reusableChroot(out, hash) });
   const reuse = plan.start >= 0;
   checkOutputDir(out, reuse ? 0.5 * GiB : 2 * GiB);
+  restrictOutput(out, reporter);
   const chroot = path.join(out, 'chroot');
   const stages: StageReport[] = [];
   const staging = path.join(out, '.staging');
   fs.rmSync(staging, { recursive: true, force: true });
-  fs.mkdirSync(staging, { recursive: true });
+  fs.mkdirSync(staging, { recursive: true, mode: SECRET_DIR_MODE });
   const store = new StageStore(cache.dir);
   if (o.rebuild) store.reset();
   // read before anything below marks the tree as being changed
@@ -239,6 +267,8 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
       const base = await packTree(chroot, path.join(staging, BASE_NAME), {
         kind: 'base',
         level: c.compressionLevel,
+        // it holds /etc/shadow
+        mode: SECRET_FILE_MODE,
         exclude: baseExclude,
         onProgress: (p) => s3.progress(`${p.entries} entries, ${formatBytes(p.bytesIn)} → ${formatBytes(p.bytesOut)}`),
         onWarning: (w) => reporter.warn(w),
@@ -328,6 +358,7 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
     fs.writeFileSync(
       path.join(staging, BUILD_INFO_NAME),
       JSON.stringify({ ...result, config: describeConfig(c), created: new Date().toISOString() }, null, 2) + '\n',
+      { mode: SECRET_FILE_MODE },
     );
     for (const [, name, d] of made) if (d.run) fs.renameSync(path.join(staging, name), path.join(out, name));
     fs.renameSync(path.join(staging, BUILD_INFO_NAME), path.join(out, BUILD_INFO_NAME));

@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { parse, TomlError, type TomlValue } from 'smol-toml';
-import { SETTINGS, hostnameProblem, type Setting, type SettingType } from './schema.js';
+import { SCHEMA, SETTINGS, hostnameProblem, type Setting, type SettingType } from './schema.js';
 import type { Config } from './types.js';
 import { UsageError } from '../lib/errors.js';
 
@@ -140,10 +140,17 @@ export function configHash(c: Config, extra: string[] = []): string {
   return createHash('sha256').update(canonicalJson({ tree, extra })).digest('hex');
 }
 
-/** Plain object with the TOML keys, for `--json` output. */
+/** What mkma.json says for a root password given as a crypt hash: the hash is not written out. */
+export const HASH_NOT_RECORDED = 'a crypt hash (not recorded)';
+
+/**
+ * Plain object with the TOML keys, for mkma.json. The root password's crypt hash is left out
+ * (an offline guess needs only the hash): "locked", "empty", or that it was a hash.
+ */
 export function describeConfig(c: Config): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const s of SETTINGS) out[s.key] = s.toToml ? s.toToml(c[s.field]) : c[s.field];
+  if (c.rootPassword.kind === 'hash') out[SCHEMA.rootPassword.key] = HASH_NOT_RECORDED;
   out.source = c.source;
   return out;
 }

@@ -163,7 +163,8 @@ async function buildDisk(sourceDir: string, diskPath: string, label: string, siz
   const tmp = tempNear(diskPath, 'tmp');
   try {
     // A sparse file of the final size: mke2fs writes only metadata and the files' blocks.
-    fs.closeSync(fs.openSync(tmp, 'w'));
+    // 0600: it holds the images (the base's /etc/shadow, the layers).
+    fs.closeSync(fs.openSync(tmp, 'w', 0o600));
     fs.truncateSync(tmp, sizeBytes);
     await run('mke2fs', mke2fsArgs({ file: tmp, sourceDir, label, uuid, sizeBytes }));
     fs.renameSync(tmp, diskPath);

@@ -95,8 +95,9 @@ export async function smokeBoot(o: SmokeOptions): Promise<SmokeResult> {
   for (const f of [kernel, initrd, path.join(o.imagesDir ?? out, BASE_NAME)]) {
     if (!fs.existsSync(f)) throw new Error(`${f} is missing: run mkma build --out ${o.out} first`);
   }
+  // root's only: its disks hold the base (/etc/shadow) and the layers the guest saves
   const work = path.join(out, 'qemu');
-  fs.mkdirSync(work, { recursive: true });
+  fs.mkdirSync(work, { recursive: true, mode: 0o700 });
   const accel = await chooseAccel(o.env, kernel, initrd, work, o.reporter);
 
   const diskPath = path.join(work, 'disk.img');

@@ -28,6 +28,16 @@ describe('mkma build (minimal test image)', () => {
     expect(info.cmdline).toMatch(/^mkma_storage_device=\S+ mkma_images_path=\S+$/);
   });
 
+  test('what holds secrets is root\'s only: base.cpio.zst and mkma.json 0600, the cache 0700', () => {
+    // the base holds /etc/shadow (and whatever keys and users' files the image has)
+    const mode = (p: string) => fs.statSync(p).mode & 0o777;
+    expect(mode(base)).toBe(0o600);
+    expect(mode(path.join(IMAGE_OUT, 'mkma.json'))).toBe(0o600);
+    expect(mode(path.join(IMAGE_OUT, '.cache'))).toBe(0o700);
+    // the initramfs (busybox, modules, the init) and the kernel hold nothing secret
+    expect(mode(initrd) & 0o004).toBe(0o004);
+  });
+
   test('zstd -t accepts both images', () => {
     expect(spawnSync('zstd', ['-tq', base, initrd]).status).toBe(0);
   });
@@ -74,8 +84,9 @@ describe('mkma build (minimal test image)', () => {
     expect(fsCase).toMatch(/'.*\bjbd2\b.*\bmbcache\b.*\bext4'/);
   });
 
-  const rebuild = (...args: string[]) => {
-    const r = spawnSync('node', [MKMA, 'build', ...args, '--config', TEST_CONFIG, '--out', IMAGE_OUT, '--json'], {
+  const rebuild = (...args: string[]) => rebuildWith(TEST_CONFIG, ...args);
+  const rebuildWith = (config: string, ...args: string[]) => {
+    const r = spawnSync('node', [MKMA, 'build', ...args, '--config', config, '--out', IMAGE_OUT, '--json'], {
       encoding: 'utf8', env: { ...process.env, MKMA_QEMU_TEST: '' },
     });
     expect(r.status).toBe(0);
@@ -88,6 +99,22 @@ describe('mkma build (minimal test image)', () => {
     return { result, status, reason };
   };
   const sha = (file: string) => sh(`sha256sum ${file}`).split(' ')[0];
+
+  test('a root password given as a crypt hash: in the base\'s /etc/shadow, not in mkma.json', () => {
+    const hash = '$6$mkmae2etest$a593SISIcOM6p52xQZjPiBFnDm.KtpD/i/13r5GjrxaspwP09EeC.sfRJGztL6niSzOdiQyWSF6gtw.Xl18hW.';
+    const config = path.join(IMAGE_OUT, '..', 'e2e-hashed.toml');
+    fs.writeFileSync(config, fs.readFileSync(TEST_CONFIG, 'utf8').replace(/^root_password = .*$/m, `root_password = "${hash}"`));
+    const hashed = rebuildWith(config);
+    expect(hashed.status.configure).toBe('ran');
+    expect(sh(`zstd -dc ${base} | cpio -i --quiet --to-stdout etc/shadow`)).toContain(`root:${hash}:`);
+    const info = fs.readFileSync(path.join(IMAGE_OUT, 'mkma.json'), 'utf8');
+    expect(info).not.toContain('mkmae2etest');
+    expect((JSON.parse(info) as { config: Record<string, string> }).config.root_password).toBe('a crypt hash (not recorded)');
+    expect(fs.statSync(base).mode & 0o777).toBe(0o600);
+    // back to the test image's own password (the other tests use this image)
+    rebuild();
+    expect(sh(`zstd -dc ${base} | cpio -i --quiet --to-stdout etc/shadow`)).not.toContain(hash);
+  });
 
   test('running build again with the same configuration reuses the bootstrapped tree', () => {
     const { result } = rebuild();

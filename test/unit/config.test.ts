@@ -301,13 +301,15 @@ describe('describeConfig', () => {
       kernel_modules: 'all',
       initramfs_modules: [],
       compression_level: 3,
-      root_password: '$6$salt$hash',
+      root_password: 'a crypt hash (not recorded)',
       slim: true,
       install_mkma: true,
       ram_size: '50%',
       source: 'mkma.toml',
     });
     expect(JSON.parse(JSON.stringify(d))).toEqual(d);
+    expect(JSON.stringify(d)).not.toContain('$6$');
+    expect(describeConfig(parse('root_password = "empty"')).root_password).toBe('empty');
   });
 });
 
