@@ -26,6 +26,11 @@ export const FAILURE_MARKERS: ReadonlyArray<string | RegExp> = ['Kernel panic', 
 export interface Disk {
   path: string;
   readonly?: boolean;
+  /**
+   * QEMU's cache mode (default: QEMU's, writeback). writeback shows the guest a volatile write
+   * cache, so it flushes at fsync and at journal commits as on real disks with one.
+   */
+  cache?: 'writeback' | 'writethrough' | 'none' | 'directsync' | 'unsafe';
 }
 
 export interface QemuArgsOptions {
@@ -59,6 +64,8 @@ export interface BootOptions extends QemuArgsOptions {
   failureGraceMs?: number;
   /** the emulator to run (tests substitute a script) */
   qemuBinary?: string;
+  /** aborting it kills QEMU at once (SIGKILL: a power cut, for fault tests) */
+  signal?: AbortSignal;
 }
 
 export interface BootResult {
@@ -124,7 +131,7 @@ export function qemuArgs(o: QemuArgsOptions): string[] {
     '-append', kernelCommandLine(o.append),
   ];
   for (const d of o.disks) {
-    args.push('-drive', `file=${escapeOptionValue(d.path)},format=raw,if=virtio${d.readonly ? ',readonly=on' : ''}`);
+    args.push('-drive', `file=${escapeOptionValue(d.path)},format=raw,if=virtio${d.readonly ? ',readonly=on' : ''}${d.cache ? `,cache=${d.cache}` : ''}`);
   }
   if (o.interactive) {
     // One stdio chardev shared by the serial port and the monitor (Ctrl-A c switches, Ctrl-A x
@@ -255,6 +262,10 @@ function bootCaptured(o: BootOptions): Promise<BootResult> {
       }
     };
 
+    const onAbort = () => decide(false, `killed on request after ${elapsed().toFixed(1)}s (log: ${o.logPath})`);
+    if (o.signal?.aborted) onAbort();
+    else o.signal?.addEventListener('abort', onAbort, { once: true });
+
     const timer = setTimeout(() => {
       const why = sawSuccess
         ? `"${o.successMarker}" seen, but the guest did not power off; timed out after ${o.timeoutSec}s (log: ${o.logPath})`
@@ -283,12 +294,14 @@ function bootCaptured(o: BootOptions): Promise<BootResult> {
       // spawn failed: there is no process to wait for.
       spawnFailed = true;
       clearTimeout(timer);
+      o.signal?.removeEventListener('abort', onAbort);
       logFile.end();
       reject(spawnFailure(bin, e));
     });
 
     child.on('close', (code, signal) => {
       if (spawnFailed) return;
+      o.signal?.removeEventListener('abort', onAbort);
       if (pending) onLine(pending);
       // After the last line: it may have started a grace timer that must not keep us waiting.
       clearTimeout(timer);

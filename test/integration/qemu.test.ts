@@ -215,6 +215,16 @@ describe('bootQemu console logic (fake emulator)', () => {
     expect(alive(pidFile)).toBe(false);
   });
 
+  test('abort: the emulator is killed at once (a power cut), mid-output', async () => {
+    const { opts, pidFile } = fake("i=0; while :; do echo \"line $i\"; i=$((i+1)); sleep 0.05; done");
+    const ac = new AbortController();
+    const r = await bootQemu({ ...opts, signal: ac.signal, onLine: (l) => { if (l === 'line 3') ac.abort(); } });
+    expect(r).toMatchObject({ ok: false, timedOut: false, exitCode: null });
+    expect(r.reason).toMatch(/^killed on request after [\d.]+s/);
+    expect(r.log).toMatch(/^line 0\nline 1\nline 2\nline 3/);
+    expect(alive(pidFile)).toBe(false);
+  });
+
   test('missing inputs and emulator are clear errors', async () => {
     const { opts } = fake('true');
     await expect(bootQemu({ ...opts, kernel: '/nonexistent/vmlinuz' })).rejects.toThrow(/kernel \/nonexistent\/vmlinuz does not exist/);

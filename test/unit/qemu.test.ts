@@ -81,11 +81,12 @@ describe('qemuArgs', () => {
   });
 
   test('disks are raw virtio drives, read-only on request, commas in paths doubled', () => {
-    const a = qemuArgs({ ...base, disks: [{ path: '/w/disk.img' }, { path: '/w/a,b.img', readonly: true }] });
+    const a = qemuArgs({ ...base, disks: [{ path: '/w/disk.img' }, { path: '/w/a,b.img', readonly: true }, { path: '/w/c.img', cache: 'writeback' }] });
     const drives = a.flatMap((x, i) => (x === '-drive' ? [a[i + 1]] : []));
     expect(drives).toEqual([
       'file=/w/disk.img,format=raw,if=virtio',
       'file=/w/a,,b.img,format=raw,if=virtio,readonly=on',
+      'file=/w/c.img,format=raw,if=virtio,cache=writeback',
     ]);
     expect(escapeOptionValue('a,,b')).toBe('a,,,,b');
   });
