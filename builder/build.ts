@@ -112,6 +112,7 @@ export const SECRET_DIR_MODE = 0o700;
  * choice, and gets a warning.
  */
 function restrictOutput(out: string, reporter: Reporter): void {
+  fs.mkdirSync(path.join(out, '.cache'), { recursive: true, mode: SECRET_DIR_MODE });
   for (const dir of [path.join(out, '.cache'), path.join(out, 'qemu')]) {
     if (fs.existsSync(dir)) fs.chmodSync(dir, SECRET_DIR_MODE);
   }
