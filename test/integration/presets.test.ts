@@ -294,4 +294,30 @@ describe('mkma build --preset', () => {
     expect(chain(JSON.parse(plain.stdout) as Result)).toEqual([{ stage: 'bootstrap', status: 'reused' }]);
     expect(listBase().filter((f) => f.includes('mkmademo'))).toEqual([]);
   }, 1_800_000);
+
+  test('the shipped ssh-server preset: no SSH host keys in the base, a unit that makes them on first boot', () => {
+    const key = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF5m8Jr5yf0E1C1cV2Jb8p6fS2m4eR8o0bJm3x2uQpQK test@mkma';
+    const r = spawnSync(process.execPath, [MKMA, 'build', '--config', TEST_CONFIG, '--out', OUT, '--json', '--preset', path.join(REPO, 'presets/ssh-server')], {
+      encoding: 'utf8', env: { ...env, MKMA_SSH_USER: 'mkmassh', MKMA_SSH_KEY: key }, timeout: 900_000,
+    });
+    expect(r.stderr).not.toMatch(/^mkma: /m);
+    expect(r.status).toBe(0);
+    const files = listBase();
+    // openssh-server's installation made keys in the chroot; none may reach the image
+    expect(files.filter((f) => /^etc\/ssh\/ssh_host_/.test(f))).toEqual([]);
+    expect(files).toEqual(expect.arrayContaining([
+      'usr/sbin/sshd',
+      'etc/systemd/system/mkma-ssh-host-keys.service',
+      'etc/systemd/system/ssh.service.wants/mkma-ssh-host-keys.service',
+      'home/mkmassh/.ssh/authorized_keys',
+    ]));
+    expect(fromBase('home/mkmassh/.ssh/authorized_keys')).toBe(`${key}\n`);
+    const unit = fromBase('etc/systemd/system/mkma-ssh-host-keys.service');
+    expect(unit).toMatch(/^Before=ssh\.service/m);
+    expect(unit).toMatch(/^ExecStart=\/usr\/bin\/ssh-keygen -A$/m);
+    // the image's own systemd finds nothing wrong with it
+    const verify = spawnSync('chroot', [path.join(OUT, 'chroot'), 'systemd-analyze', 'verify', '--man=no', 'mkma-ssh-host-keys.service'], { encoding: 'utf8' });
+    expect(verify.stderr.split('\n').filter((l) => l.includes('mkma-ssh-host-keys'))).toEqual([]);
+    expect(verify.status).toBe(0);
+  }, 1_800_000);
 });
