@@ -31,6 +31,8 @@ export interface Disk {
    * cache, so it flushes at fsync and at journal commits as on real disks with one.
    */
   cache?: 'writeback' | 'writethrough' | 'none' | 'directsync' | 'unsafe';
+  /** QEMU reaches the disk (the image at `path`) through an NBD server on this unix socket */
+  nbdSocket?: string;
 }
 
 export interface QemuArgsOptions {
@@ -131,7 +133,8 @@ export function qemuArgs(o: QemuArgsOptions): string[] {
     '-append', kernelCommandLine(o.append),
   ];
   for (const d of o.disks) {
-    args.push('-drive', `file=${escapeOptionValue(d.path)},format=raw,if=virtio${d.readonly ? ',readonly=on' : ''}${d.cache ? `,cache=${d.cache}` : ''}`);
+    const file = d.nbdSocket ? `nbd+unix:///?socket=${d.nbdSocket}` : d.path;
+    args.push('-drive', `file=${escapeOptionValue(file)},format=raw,if=virtio${d.readonly ? ',readonly=on' : ''}${d.cache ? `,cache=${d.cache}` : ''}`);
   }
   if (o.interactive) {
     // One stdio chardev shared by the serial port and the monitor (Ctrl-A c switches, Ctrl-A x
