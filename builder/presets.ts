@@ -11,7 +11,6 @@
 // the preset, the script line and the last output lines; on a terminal mkma offers to retry it,
 // skip the preset, open a shell in the chroot, or abort.
 import { createHash } from 'node:crypto';
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
@@ -20,6 +19,7 @@ import type { Reporter, Stage } from '../lib/progress.js';
 import { BuildCache, type StageReport } from './cache.js';
 import { copyTreeInto, withChroot, type Chroot, type RunResult } from './chroot.js';
 import { MkmaError } from '../lib/errors.js';
+import { spawnTracked } from '../lib/run.js';
 
 /** Printed by the ERR trap: bash knows the failing line, mkma reads it back. */
 export const ERROR_MARK = 'mkma-preset-error line ';
@@ -302,7 +302,8 @@ function runHook(p: Preset, hook: string, root: string, onLine: (l: string) => v
   onLine(`$ ${hook} ${root}`);
   return new Promise((resolve, reject) => {
     const tail: string[] = [];
-    const child = spawn(hook, [root], { cwd: p.dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MKMA_PRESET: p.file } });
+    // not runSync/run: every line of output goes to the log and the progress line as it comes
+    const child = spawnTracked(hook, [root], { cwd: p.dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MKMA_PRESET: p.file } });
     const feed = (d: Buffer) => {
       for (const l of d.toString().split('\n')) {
         if (!l) continue;
@@ -311,8 +312,8 @@ function runHook(p: Preset, hook: string, root: string, onLine: (l: string) => v
         onLine(l);
       }
     };
-    child.stdout.on('data', feed);
-    child.stderr.on('data', feed);
+    child.stdout!.on('data', feed);
+    child.stderr!.on('data', feed);
     child.on('error', (e) => reject(new PresetError(`preset ${p.name}: cannot run hook ${hook}: ${e.message}`, p.name, null)));
     child.on('close', (code, signal) => {
       if (code === 0) return resolve();
