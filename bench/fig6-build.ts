@@ -12,6 +12,7 @@
 // directory with a copy of the test image's chroot, so that the unchanged rebuild has one).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { lastBootstrap } from '../builder/stages/bootstrap.js';
 import type { Figure } from './figure.js';
 import type { Inputs } from './inputs.js';
 import { ratioRow, type Row } from './report.js';
@@ -67,7 +68,7 @@ export const figure: Figure = {
   async run(inp: Inputs): Promise<Row[]> {
     const out = path.join(CACHE, 'build');
     const quick = inp.o.quick;
-    const haveChroot = fs.existsSync(path.join(out, 'chroot', 'usr')) && fs.existsSync(path.join(out, '.mkma-bootstrap.json'));
+    const haveChroot = fs.existsSync(path.join(out, 'chroot', 'usr')) && lastBootstrap(out) !== null;
     if (quick && !haveChroot) {
       // --quick never bootstraps: start from the tests' chroot (same configuration file)
       const image = inp.testImage();
@@ -75,7 +76,9 @@ export const figure: Figure = {
       fs.rmSync(out, { recursive: true, force: true });
       fs.mkdirSync(out, { recursive: true });
       sh('cp', ['-a', path.join(image, 'chroot'), path.join(out, 'chroot')]);
-      fs.copyFileSync(path.join(image, '.mkma-bootstrap.json'), path.join(out, '.mkma-bootstrap.json'));
+      // with its build record: the copy holds the same state of the tree chain
+      fs.mkdirSync(path.join(out, '.cache'));
+      fs.copyFileSync(path.join(image, '.cache', 'stages.json'), path.join(out, '.cache', 'stages.json'));
     }
     const runs = inp.o.runs ?? 1;
     const renameRow = (re: BuildSample[], fresh: BuildSample[] | null) => ratioRow({

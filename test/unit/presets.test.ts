@@ -6,11 +6,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ConfigError } from '../../config/load.js';
-import { checkPresets, expandPresetPaths, loadPresets, parsePresetText, presetHash, type Preset } from '../../config/preset.js';
-import { chainKeys, planFrom } from '../../builder/cache.js';
+import { checkPresets, expandPresetPaths, loadPresets, parsePresetText, type Preset } from '../../config/preset.js';
+import { chainKeys, planFrom } from '../../builder/snapshots.js';
 import { copyTreeInto } from '../../builder/chroot.js';
 import { hostPathInRoot } from '../../builder/root-path.js';
-import { describeFailure, errorLine, ERROR_MARK, scriptCommand, userCommands } from '../../builder/presets.js';
+import { describeFailure, errorLine, ERROR_MARK, presetHash, scriptCommand, userCommands } from '../../builder/presets.js';
 import { formatFinding, lint, mapShellcheck } from '../../cli/lint-cmd.js';
 import { REPO } from '../helpers/paths.js';
 
