@@ -1,29 +1,14 @@
 // The ELF reader and the shared-library closure (builder/elf.ts), and in-root path resolution
 // (builder/root-path.ts), against synthetic ELF files, fake roots and this machine's own binaries.
-import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { beforeAll, describe, expect, test } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
-import {
-  chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync,
-  symlinkSync, writeFileSync,
-} from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, existsSync, lstatSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { ElfError, libraryClosure, MissingLibraryError, readElfInfo } from '../../builder/elf.js';
 import { resolveInRoot } from '../../builder/root-path.js';
+import { put, useTempDir } from '../helpers/files.js';
 
-let tmp: string;
-beforeAll(() => {
-  tmp = mkdtempSync(join(tmpdir(), 'mkma-closure-'));
-});
-afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-
-/** Creates root/rel with its parents; `content` a string/Buffer, or { link } for a symlink. */
-function put(root: string, rel: string, content: string | Buffer | { link: string }): void {
-  const p = join(root, rel);
-  mkdirSync(dirname(p), { recursive: true });
-  if (typeof content === 'object' && 'link' in content) symlinkSync(content.link, p);
-  else writeFileSync(p, content);
-}
+const tempDir = useTempDir('elf');
 
 const EM_386 = 3, EM_X86_64 = 62;
 
@@ -85,7 +70,7 @@ function makeElf(o: {
 
 describe('readElfInfo', () => {
   test('64-bit: interp, needed in order, RUNPATH split on colons', () => {
-    const f = join(tmp, 'elf64');
+    const f = join(tempDir(), 'elf64');
     writeFileSync(f, makeElf({ cls: 64, machine: EM_X86_64, interp: '/lib64/ld-linux-x86-64.so.2', needed: ['libz.so.1', 'libc.so.6'], runpath: ['$ORIGIN/../lib', '/opt/x'] }));
     expect(readElfInfo(f)).toEqual({
       interp: '/lib64/ld-linux-x86-64.so.2', needed: ['libz.so.1', 'libc.so.6'], runpath: ['$ORIGIN/../lib', '/opt/x'], class: 64, machine: EM_X86_64,
@@ -93,13 +78,13 @@ describe('readElfInfo', () => {
   });
 
   test('32-bit', () => {
-    const f = join(tmp, 'elf32');
+    const f = join(tempDir(), 'elf32');
     writeFileSync(f, makeElf({ cls: 32, machine: EM_386, interp: '/lib/ld-linux.so.2', needed: ['libc.so.6'] }));
     expect(readElfInfo(f)).toEqual({ interp: '/lib/ld-linux.so.2', needed: ['libc.so.6'], runpath: [], class: 32, machine: EM_386 });
   });
 
   test('DT_RPATH is used only when there is no DT_RUNPATH, as in glibc', () => {
-    const f = join(tmp, 'rpath');
+    const f = join(tempDir(), 'rpath');
     writeFileSync(f, makeElf({ cls: 64, machine: EM_X86_64, needed: ['a.so'], rpath: ['/r'] }));
     expect(readElfInfo(f)!.runpath).toEqual(['/r']);
     writeFileSync(f, makeElf({ cls: 64, machine: EM_X86_64, needed: ['a.so'], rpath: ['/r'], runpath: ['/rp'] }));
@@ -107,14 +92,14 @@ describe('readElfInfo', () => {
   });
 
   test('non-ELF files give null; big-endian and truncated ELF throw ElfError', () => {
-    put(tmp, 'script.sh', '#!/bin/sh\necho hi\n');
-    put(tmp, 'empty', '');
-    expect(readElfInfo(join(tmp, 'script.sh'))).toBeNull();
-    expect(readElfInfo(join(tmp, 'empty'))).toBeNull();
-    writeFileSync(join(tmp, 'be'), makeElf({ cls: 64, machine: 2, bigEndian: true }));
-    expect(() => readElfInfo(join(tmp, 'be'))).toThrow(/big-endian ELF is unsupported/);
-    writeFileSync(join(tmp, 'trunc'), makeElf({ cls: 64, machine: EM_X86_64, needed: ['x'] }).subarray(0, 100));
-    expect(() => readElfInfo(join(tmp, 'trunc'))).toThrow(ElfError);
+    put(tempDir(), 'script.sh', '#!/bin/sh\necho hi\n');
+    put(tempDir(), 'empty', '');
+    expect(readElfInfo(join(tempDir(), 'script.sh'))).toBeNull();
+    expect(readElfInfo(join(tempDir(), 'empty'))).toBeNull();
+    writeFileSync(join(tempDir(), 'be'), makeElf({ cls: 64, machine: 2, bigEndian: true }));
+    expect(() => readElfInfo(join(tempDir(), 'be'))).toThrow(/big-endian ELF is unsupported/);
+    writeFileSync(join(tempDir(), 'trunc'), makeElf({ cls: 64, machine: EM_X86_64, needed: ['x'] }).subarray(0, 100));
+    expect(() => readElfInfo(join(tempDir(), 'trunc'))).toThrow(ElfError);
   });
 
   test('agrees with readelf on real binaries of this machine', () => {
@@ -135,7 +120,7 @@ describe('readElfInfo', () => {
 describe('resolveInRoot', () => {
   let root: string;
   beforeAll(() => {
-    root = join(tmp, 'resolve');
+    root = join(tempDir(), 'resolve');
     put(root, 'usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2', 'ld');
     put(root, 'lib', { link: 'usr/lib' });
     put(root, 'lib64', { link: 'usr/lib64' });
@@ -201,7 +186,7 @@ describe('libraryClosure in a fake root', () => {
   let root: string;
   let libs: { soname: string; real: string }[];
   beforeAll(() => {
-    root = join(tmp, 'fakeroot');
+    root = join(tempDir(), 'fakeroot');
     put(root, 'usr/bin/zstd', readFileSync(bin));
     put(root, 'bin', { link: 'usr/bin' });
     put(root, 'lib', { link: 'usr/lib' });
@@ -226,7 +211,7 @@ describe('libraryClosure in a fake root', () => {
   });
 
   test('ld.so.conf directories (with relative include globs) come before the triplet dirs', () => {
-    const r2 = join(tmp, 'fakeroot-conf');
+    const r2 = join(tempDir(), 'fakeroot-conf');
     execFileSync('cp', ['-a', root, r2]);
     put(r2, 'etc/ld.so.conf', '# comment\ninclude ld.so.conf.d/*.conf\n');
     put(r2, 'etc/ld.so.conf.d/a.conf', '/opt/a/lib  # trailing comment\n');
@@ -238,7 +223,7 @@ describe('libraryClosure in a fake root', () => {
   });
 
   test('a library missing from the root is an error even if the host has it', () => {
-    const r3 = join(tmp, 'fakeroot-nolibc');
+    const r3 = join(tempDir(), 'fakeroot-nolibc');
     execFileSync('cp', ['-a', root, r3]);
     rmSync(join(r3, 'usr/lib/x86_64-linux-gnu/libc.so.6'));
     expect(() => libraryClosure(r3, ['/bin/zstd'])).toThrow(MissingLibraryError);
@@ -250,7 +235,7 @@ describe('libraryClosure in a fake root', () => {
 describe('libraryClosure with synthetic ELF files', () => {
   let root: string;
   beforeAll(() => {
-    root = join(tmp, 'synthetic');
+    root = join(tempDir(), 'synthetic');
     const elf64 = (o: { interp?: string; needed?: string[]; runpath?: string[] } = {}) => makeElf({ cls: 64, machine: EM_X86_64, ...o });
     put(root, 'lib', { link: 'usr/lib' });
     put(root, 'usr/lib/ld-fake.so', elf64());

@@ -1,29 +1,17 @@
 // Kernel module resolution (builder/kernel-modules.ts): the index parsers, the load order,
 // decompression, and the storage drivers matched by hardware in the generated init.
-import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { beforeAll, describe, expect, test } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import {
   decompressModule, moduleClosure, moduleName, parseBuiltin, parseDeviceAliases, parseModulesAlias, parseModulesDep, parseSoftdep,
 } from '../../builder/kernel-modules.js';
 import { planModules } from '../../builder/initramfs.js';
 import { generateInit } from '../../init/generate.js';
+import { put, useTempDir } from '../helpers/files.js';
 
-let tmp: string;
-beforeAll(() => {
-  tmp = mkdtempSync(join(tmpdir(), 'mkma-closure-'));
-});
-afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-
-/** Creates root/rel with its parents; `content` a string/Buffer, or { link } for a symlink. */
-function put(root: string, rel: string, content: string | Buffer | { link: string }): void {
-  const p = join(root, rel);
-  mkdirSync(dirname(p), { recursive: true });
-  if (typeof content === 'object' && 'link' in content) symlinkSync(content.link, p);
-  else writeFileSync(p, content);
-}
+const tempDir = useTempDir('modules');
 
 const MODULES_DEP = `kernel/fs/ext4/ext4.ko.xz: kernel/lib/crc16.ko.xz kernel/fs/mbcache.ko.xz kernel/fs/jbd2/jbd2.ko.xz
 kernel/lib/crc16.ko.xz:
@@ -97,7 +85,7 @@ describe('module index parsers', () => {
 
 /** A kernel modules directory holding the index files above (no module files). */
 function modulesDir(version: string): string {
-  const dir = join(tmp, 'modules', version);
+  const dir = join(tempDir(), 'modules', version);
   put(dir, 'modules.dep', MODULES_DEP);
   put(dir, 'modules.softdep', MODULES_SOFTDEP);
   put(dir, 'modules.builtin', MODULES_BUILTIN);
@@ -159,7 +147,7 @@ describe('moduleClosure', () => {
   });
 
   test('modules.softdep, modules.builtin and modules.alias are optional files', () => {
-    const bare = join(tmp, 'modules/bare');
+    const bare = join(tempDir(), 'modules/bare');
     put(bare, 'modules.dep', MODULES_DEP);
     expect(moduleClosure(bare, ['ext4', 'loop'])).toEqual({
       order: ['kernel/fs/jbd2/jbd2.ko.xz', 'kernel/fs/mbcache.ko.xz', 'kernel/lib/crc16.ko.xz', 'kernel/fs/ext4/ext4.ko.xz'],
@@ -173,7 +161,7 @@ describe('decompressModule', () => {
   const plain = Buffer.concat([Buffer.from('\x7fELF fake module\n'), Buffer.alloc(100_000, 'abc'), Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7919) & 255))]);
   let dir: string;
   beforeAll(() => {
-    dir = join(tmp, 'decompress');
+    dir = join(tempDir(), 'decompress');
     put(dir, 'm.ko', plain);
     execFileSync('xz', ['-kq', join(dir, 'm.ko')]); // m.ko.xz
     execFileSync('zstd', ['-q', join(dir, 'm.ko'), '-o', join(dir, 'm.ko.zst')]);
