@@ -1,6 +1,6 @@
 // Figure 6: rebuilding.
 // `mkma build` with an unchanged configuration reuses the bootstrapped chroot, and every later
-// stage whose inputs are unchanged (builder/stages.ts): configure, pack base, initramfs. Against
+// stage whose inputs are unchanged (builder/stage.ts): configure, pack base, initramfs. Against
 // a fresh build of the same configuration (`--rebuild`: mmdebstrap from the mirror, then every
 // stage) it must take ≤ 10% of the time. An informational row shows the cost of a real edit:
 // a new hostname (the CLI's HOSTNAME argument) re-runs configure and re-packs the base, but
