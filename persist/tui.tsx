@@ -1,7 +1,8 @@
 // `mkma persist`'s terminal UI: the tree of changes since boot (the overlay's upperdir), what will
 // be saved, the owner's choices, and the confirm → write → result screens. The state lives in
-// persist/view.ts, the screens are drawn by persist/screens.tsx; this file holds the mode, maps
-// keys to the view, and rescans (on `r`, and live when the upperdir changes).
+// persist/view.ts, the screens are drawn by persist/screens.tsx, the list's keys are a table in
+// persist/keys.ts; this file holds the mode, dispatches keys, and rescans (on `r`, and live when
+// the upperdir changes). A new screen is a Mode, its drawing in screens.tsx, and its keys here.
 //
 // The output is one line shorter than the terminal so that Ink redraws in place.
 
@@ -12,7 +13,7 @@ import type { ChangeEntry, Decision, Include, Overrides, ScanResult } from './mo
 import { rulesFromOverrides } from './rules.js';
 import type { Summary } from './inclusion.js';
 import { body, header, help, Line, plural, status, type Mode, type WriteResult } from './screens.js';
-import { displayPath } from './text.js';
+import { LIST_KEYS, MOVE_KEYS } from './keys.js';
 import { PersistView } from './view.js';
 
 export interface PersistTuiOptions {
@@ -220,95 +221,63 @@ export function PersistApp(props: PersistAppProps) {
     }
 
     const page = Math.max(1, bodyHeight - 1);
-    // keys that move, in both the list and the search prompt
-    if (key.upArrow) view.move(-1);
-    else if (key.downArrow) view.move(1);
-    else if (key.pageUp) view.move(-page);
-    else if (key.pageDown) view.move(page);
-    else if (key.home) view.home();
-    else if (key.end) view.end();
-    else if (m.name === 'search') {
-      if (key.return) {
-        setMode({ name: 'main' });
-        setMessage(null);
-        return;
-      }
-      if (key.escape) {
-        view.clearFilter();
-        setMessage(null);
-        setMode({ name: 'main' });
-        return;
-      }
-      let q = m.query;
-      if (key.backspace || key.delete) q = [...q].slice(0, -1).join('');
-      else if (input && !key.ctrl && !key.meta && !key.tab) q += input.replace(/[\x00-\x1f\x7f]/g, '');
-      else return;
-      view.setFilter(q);
-      setMode({ name: 'search', query: q });
-      return;
-    } else if (input === 'q') {
-      quit('cancelled');
-      return;
-    } else if (input === 'k') view.move(-1);
-    else if (input === 'j') view.move(1);
-    else if (input === 'g') view.home();
-    else if (input === 'G') view.end();
-    else if (key.leftArrow || input === 'h') view.left();
-    else if (key.rightArrow || input === 'l') view.right();
-    else if (input === '-') view.expandAll(false);
-    else if (input === '+' || input === '*') view.expandAll(true);
-    else if (input === ' ') {
-      const inc = view.toggle();
-      if (inc !== undefined) {
-        const i = view.current;
-        const e = view.tree.entries[i];
-        setMessage([`/${displayPath(e.path)}${e.type === 'dir' ? '/' : ''}: ${inc ? 'saved' : 'not saved'} (your choice)`]);
-        redraw();
-        return;
-      }
-    } else if (input === 'A' || input === 'N') {
-      view.setAll(input === 'A');
-      setMessage([input === 'A' ? 'everything will be saved (your choice)' : 'nothing will be saved (your choice)']);
+    const inSearch = m.name === 'search';
+    const binding = MOVE_KEYS.find((b) => b.match(input, key)) ?? (inSearch ? undefined : LIST_KEYS.find((b) => b.match(input, key)));
+    if (binding) {
+      // a key clears the message, unless its action says something or leaves it to later
+      let said = false;
+      binding.run({
+        view,
+        page,
+        say: (lines) => {
+          said = true;
+          setMessage(lines);
+        },
+        quit: () => quit('cancelled'),
+        search: () => setMode({ name: 'search', query: view.filter?.query ?? '' }),
+        rescan: () => {
+          said = true;
+          if (props.rescan) void rescanNow(false);
+          else setMessage(['rescanning is not available']);
+        },
+        showRules: () => {
+          said = true;
+          setMessage(rulesToSave());
+        },
+        confirm: startConfirm,
+      }, input);
+      if (exited.current) return;
+      if (!said) setMessage(null);
       redraw();
       return;
-    } else if (input === 'U') {
-      view.resetChoices();
-      setMessage(['your choices are forgotten: the rules decide']);
-      redraw();
-      return;
-    } else if (input === '/') {
+    }
+    if (!inSearch) return;
+    if (key.return) {
+      setMode({ name: 'main' });
       setMessage(null);
-      setMode({ name: 'search', query: view.filter?.query ?? '' });
       return;
-    } else if (key.escape) {
-      if (view.filter) view.clearFilter();
-    } else if (input === '?') {
-      setMessage(view.explain());
-      return;
-    } else if (input === 'r') {
-      if (props.rescan) void rescanNow(false);
-      else setMessage(['rescanning is not available']);
-      return;
-    } else if (input === 'w') {
-      if (!view.overrides.size) {
-        setMessage(['no choices of yours to save as rules (space marks an entry)']);
-        return;
-      }
-      if (savedRules.current && sameChoices(savedRules.current, view.overrides)) {
-        setMessage([`these choices are already in ${props.rulesFile}`]);
-        return;
-      }
-      const lines = (props.rulesFromOverrides ?? rulesFromOverrides)(view.overrides);
+    }
+    if (key.escape) {
+      view.clearFilter();
       setMessage(null);
-      setMode({ name: 'rules', lines, busy: false });
+      setMode({ name: 'main' });
       return;
-    } else if (key.return) {
-      startConfirm();
-      return;
-    } else return;
-    setMessage(null);
-    redraw();
+    }
+    let q = m.query;
+    if (key.backspace || key.delete) q = [...q].slice(0, -1).join('');
+    else if (input && !key.ctrl && !key.meta && !key.tab) q += input.replace(/[\x00-\x1f\x7f]/g, '');
+    else return;
+    view.setFilter(q);
+    setMode({ name: 'search', query: q });
   });
+
+  /** `w`: the rules screen with the choices as rule lines, or why there is nothing to append (a message). */
+  const rulesToSave = (): string[] | null => {
+    if (!view.overrides.size) return ['no choices of yours to save as rules (space marks an entry)'];
+    if (savedRules.current && sameChoices(savedRules.current, view.overrides)) return [`these choices are already in ${props.rulesFile}`];
+    setMode({ name: 'rules', lines: (props.rulesFromOverrides ?? rulesFromOverrides)(view.overrides), busy: false });
+    return null;
+  };
 
   // --- drawing
   const statusText = status(view, mode, message, statusHeight, width);
