@@ -25,7 +25,6 @@ import { spawnTracked } from '../lib/run.js';
 export const ERROR_MARK = 'mkma-preset-error line ';
 /** Where the script is put inside the image (/run is a tmpfs during the session). */
 const SCRIPT_PATH = '/run/mkma/preset.sh';
-const FILES_MOUNT = '/run/mkma/files';
 const TAIL_LINES = 10;
 
 /**

@@ -253,10 +253,5 @@ export class PersistView {
     const i = this.rows[r];
     return rowParts(this.tree, this.inc, i, width, { cursor: r === this.cursor, expanded: this.isExpanded(i), foldable: this.isFoldable(i) });
   }
-
-  isDir(path: string): boolean {
-    const i = this.tree.byPath.get(path);
-    return i !== undefined && this.tree.entries[i].type === 'dir';
-  }
 }
 
