@@ -1,6 +1,6 @@
 // Figure 6: rebuilding.
 // `mkma build` with an unchanged configuration reuses the bootstrapped chroot, and every later
-// stage whose inputs are unchanged (builder/stages.ts): configure, pack base, initramfs. Against
+// stage whose inputs are unchanged (builder/stage.ts): configure, pack base, initramfs. Against
 // a fresh build of the same configuration (`--rebuild`: mmdebstrap from the mirror, then every
 // stage) it must take ≤ 10% of the time. An informational row shows the cost of a real edit:
 // a new hostname (the CLI's HOSTNAME argument) re-runs configure and re-packs the base, but
@@ -12,6 +12,7 @@
 // directory with a copy of the test image's chroot, so that the unchanged rebuild has one).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { lastBootstrap } from '../builder/stages/bootstrap.js';
 import type { Figure } from './figure.js';
 import type { Inputs } from './inputs.js';
 import { ratioRow, type Row } from './report.js';
@@ -77,7 +78,7 @@ export const figure: Figure = {
   async run(inp: Inputs): Promise<Row[]> {
     const out = path.join(CACHE, 'build');
     const quick = inp.o.quick;
-    const haveChroot = fs.existsSync(path.join(out, 'chroot', 'usr')) && fs.existsSync(path.join(out, '.mkma-bootstrap.json'));
+    const haveChroot = fs.existsSync(path.join(out, 'chroot', 'usr')) && lastBootstrap(out) !== null;
     if (quick && !haveChroot) {
       // --quick never bootstraps: start from the tests' chroot (same configuration file)
       const image = inp.testImage();
@@ -85,7 +86,9 @@ export const figure: Figure = {
       fs.rmSync(out, { recursive: true, force: true });
       fs.mkdirSync(out, { recursive: true });
       sh('cp', ['-a', path.join(image, 'chroot'), path.join(out, 'chroot')]);
-      fs.copyFileSync(path.join(image, '.mkma-bootstrap.json'), path.join(out, '.mkma-bootstrap.json'));
+      // with its build record: the copy holds the same state of the tree chain
+      fs.mkdirSync(path.join(out, '.cache'));
+      fs.copyFileSync(path.join(image, '.cache', 'stages.json'), path.join(out, '.cache', 'stages.json'));
     }
     const runs = inp.o.runs ?? 1;
     // a row of mkma's rebuild times against the fresh build (none in --quick)

@@ -8,6 +8,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { baseExclude } from '../builder/base.js';
+import { lastBootstrap } from '../builder/stages/bootstrap.js';
 import { BASE_NAME } from '../format/names.js';
 import { packTree } from '../format/pack.js';
 import { scanUpper } from '../persist/scan.js';
@@ -55,7 +56,7 @@ export class Inputs {
    */
   testImage(): string {
     if (this.testImageReady) return TEST_IMAGE;
-    const need = ['chroot/usr', BASE_NAME, 'initramfs.cpio.zst', 'vmlinuz', '.mkma-bootstrap.json'];
+    const need = ['chroot/usr', BASE_NAME, 'initramfs.cpio.zst', 'vmlinuz', '.cache/stages.json'];
     const had = need.every((f) => fs.existsSync(path.join(TEST_IMAGE, f)));
     log(`${had ? 'updating' : 'building'} ${TEST_IMAGE} (mkma build --config test/fixtures/test-image.toml${had ? '' : ', ~1-2 min'})`);
     const t0 = Date.now();
@@ -101,7 +102,9 @@ export class Inputs {
   private imageKey(): string {
     if (this.snapshotKey) return this.snapshotKey;
     const img = this.testImage();
-    this.snapshotKey = fs.readFileSync(path.join(img, '.mkma-bootstrap.json'), 'utf8').trim().replace(/\s+/g, ' ');
+    const key = lastBootstrap(img);
+    if (!key) throw new HarnessError(`${img}: its build record names no bootstrap (build it again with --rebuild)`);
+    this.snapshotKey = key;
     return this.snapshotKey;
   }
 

@@ -1,9 +1,9 @@
 // Where the images are stored, as the kernel command line must name it, and ready-to-paste
 // boot loader entries.
-import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { formatKernelParam } from '../lib/cmdline.js';
 import { CMDLINE } from '../lib/contract.js';
+import { runSync } from '../lib/run.js';
 
 export interface StorageLocation {
   /** value for mkma_storage_device= (UUID=… when known, else the device path) */
@@ -20,15 +20,15 @@ export interface StorageLocation {
 
 /** findmnt on the output directory; null when it is not on a block device (tmpfs, overlay). */
 export function findStorage(dir: string): StorageLocation | null {
-  const r = spawnSync('findmnt', ['-n', '-J', '-o', 'SOURCE,TARGET,FSTYPE,UUID,FSROOT', '-T', dir], { encoding: 'utf8' });
-  if (r.status !== 0) return null;
+  const r = runSync('findmnt', ['-n', '-J', '-o', 'SOURCE,TARGET,FSTYPE,UUID,FSROOT', '-T', dir], { allowFailure: true });
+  if (!r.ok) return null;
   const fs = (JSON.parse(r.stdout) as { filesystems: Array<Record<string, string | null>> }).filesystems[0];
   if (!fs || !fs.source || !fs.source.startsWith('/dev/')) return null;
   const source = fs.source.replace(/\[.*\]$/, ''); // btrfs subvolume suffix
   let uuid = fs.uuid ?? null;
   if (!uuid) {
-    const b = spawnSync('blkid', ['-s', 'UUID', '-o', 'value', source], { encoding: 'utf8' });
-    uuid = b.status === 0 && b.stdout.trim() ? b.stdout.trim() : null;
+    const b = runSync('blkid', ['-s', 'UUID', '-o', 'value', source], { allowFailure: true });
+    uuid = b.ok && b.stdout.trim() ? b.stdout.trim() : null;
   }
   const mountpoint = fs.target ?? '/';
   const fsroot = fs.fsroot && fs.fsroot !== '/' ? fs.fsroot : '';

@@ -4,10 +4,15 @@
 // for apt. Every mount is undone when the session ends — normally, by an exception, or by
 // SIGINT/SIGTERM/SIGHUP — in reverse order, lazily when busy, so a failed or interrupted build
 // never leaves the host's /dev or /proc mounted inside a tree that is later deleted or copied.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+// The session is one entry in lib/cleanup.ts's registry; while the rescue shell runs, Ctrl-C
+// belongs to the shell.
+import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { interceptSignals, killProcessGroup, onCleanup } from '../lib/cleanup.js';
 import { MkmaError } from '../lib/errors.js';
+import { runSync, spawnTracked } from '../lib/run.js';
+import { hostPathInRoot } from './root-path.js';
 
 export const CHROOT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
@@ -70,131 +75,22 @@ export function unmountUnder(dir: string): string[] {
     const mps = mountsUnder(real);
     if (!mps.length) return [];
     for (const mp of mps.reverse()) {
-      if (spawnSync('umount', [mp], { stdio: 'ignore' }).status !== 0) spawnSync('umount', ['-l', mp], { stdio: 'ignore' });
+      if (!runSync('umount', [mp], { allowFailure: true }).ok) runSync('umount', ['-l', mp], { allowFailure: true });
     }
   }
   return mountsUnder(real);
 }
 
-/**
- * Resolves `rel` (a path inside the image) to a host path below `root`, following the image's
- * symlinks as the image would see them (absolute targets are relative to `root`), never
- * leaving `root`. The last component is not followed when `followLast` is false.
- */
-export function resolveInRoot(root: string, rel: string, followLast = true): string {
-  const parts = rel.split('/').filter((p) => p && p !== '.');
-  let cur = root;
-  let hops = 0;
-  while (parts.length) {
-    const name = parts.shift()!;
-    if (name === '..') {
-      cur = cur === root ? root : path.dirname(cur);
-      continue;
-    }
-    const next = path.join(cur, name);
-    let st: fs.Stats | null = null;
-    try {
-      st = fs.lstatSync(next);
-    } catch {
-      /* missing: the rest is taken literally */
-    }
-    if (st?.isSymbolicLink() && (parts.length || followLast)) {
-      if (++hops > 40) throw new ChrootError(`too many symbolic links resolving /${rel} in the image`);
-      const target = fs.readlinkSync(next);
-      parts.unshift(...target.split('/').filter((p) => p && p !== '.'));
-      if (target.startsWith('/')) cur = root;
-      continue;
-    }
-    cur = next;
-  }
-  return cur;
-}
-
-// ----------------------------------------------------------------------------------------
-// sessions and signals
-
-interface Session {
-  root: string;
-  children: Set<ChildProcess>;
-  cleanup(): void;
-}
-
-const sessions = new Set<Session>();
-let shellActive = false;
-const SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
-
-function onSignal(sig: NodeJS.Signals): void {
-  // Ctrl-C in the rescue shell belongs to the shell
-  if (sig === 'SIGINT' && shellActive) return;
-  for (const s of [...sessions]) s.cleanup();
-  for (const x of SIGNALS) process.removeListener(x, onSignal);
-  // die of the signal, as if unhandled (exit status 128+n), unless someone else handles it
-  if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
-}
-
-function register(s: Session): void {
-  if (!sessions.size) for (const x of SIGNALS) process.on(x, onSignal);
-  sessions.add(s);
-}
-
-function unregister(s: Session): void {
-  sessions.delete(s);
-  if (!sessions.size) for (const x of SIGNALS) process.removeListener(x, onSignal);
-}
-
-function sleepSync(ms: number): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-}
-
-/** Stops a command's whole process group: SIGTERM, then SIGKILL after 3 s. */
-function killGroup(child: ChildProcess): void {
-  const pid = child.pid;
-  if (!pid || child.exitCode !== null || child.signalCode !== null) return;
-  // our own child stays a zombie until the event loop reaps it: only live members count
-  const alive = () => groupAlive(pid);
-  try {
-    process.kill(-pid, 'SIGTERM');
-  } catch {
-    // not a group leader (the rescue shell): the process alone
-    child.kill('SIGKILL');
-    return;
-  }
-  for (let i = 0; i < 60 && alive(); i++) sleepSync(50);
-  if (alive()) {
-    try {
-      process.kill(-pid, 'SIGKILL');
-    } catch {
-      /* gone */
-    }
-    for (let i = 0; i < 20 && alive(); i++) sleepSync(50);
-  }
-}
-
-/** Whether a process group has a member that is not a zombie (from /proc/PID/stat). */
-function groupAlive(pgid: number): boolean {
-  let pids: string[];
-  try {
-    pids = fs.readdirSync('/proc').filter((n) => /^[0-9]+$/.test(n));
-  } catch {
-    return false;
-  }
-  for (const p of pids) {
-    let stat: string;
-    try {
-      stat = fs.readFileSync(`/proc/${p}/stat`, 'utf8');
-    } catch {
-      continue;
-    }
-    // pid (comm) state ppid pgrp …: comm may hold spaces and parentheses
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    if (Number(f[2]) === pgid && f[0] !== 'Z' && f[0] !== 'X') return true;
-  }
-  return false;
+/** Stops a command and everything it started (its process group), SIGTERM first. */
+function stopCommand(child: ChildProcess): void {
+  if (!child.pid || child.exitCode !== null || child.signalCode !== null) return;
+  // not a group leader (the rescue shell): the process alone
+  if (!killProcessGroup(child.pid)) child.kill('SIGKILL');
 }
 
 function mount(args: string[]): void {
-  const r = spawnSync('mount', args, { encoding: 'utf8' });
-  if (r.status !== 0) throw new ChrootError(`mount ${args.join(' ')} failed: ${(r.stderr || String(r.error ?? '')).trim()}`);
+  const r = runSync('mount', args, { allowFailure: true });
+  if (!r.ok) throw new ChrootError(`mount ${args.join(' ')} failed: ${r.stderr.trim()}`);
 }
 
 /** The environment of every command in the chroot; nothing of mkma's own leaks in. */
@@ -227,35 +123,31 @@ export async function withChroot<T>(rootDir: string, fn: (c: Chroot) => Promise<
   const made: string[] = [];
   const restores: Array<() => void> = [];
   let cleaned = false;
-  const session: Session = {
-    root,
-    children,
-    cleanup() {
-      if (cleaned) return;
-      cleaned = true;
-      for (const c of children) killGroup(c);
-      const still = unmountUnder(root);
-      if (still.length) process.stderr.write(`mkma: warning: could not unmount ${still.join(', ')}\n`);
-      else {
-        for (const d of made.reverse()) {
-          try {
-            fs.rmdirSync(d);
-          } catch {
-            /* not empty (a script put something there): leave it */
-          }
-        }
-      }
-      for (const r of restores.reverse()) {
+  const cleanup = () => {
+    if (cleaned) return;
+    cleaned = true;
+    for (const c of children) stopCommand(c);
+    const still = unmountUnder(root);
+    if (still.length) process.stderr.write(`mkma: warning: could not unmount ${still.join(', ')}\n`);
+    else {
+      for (const d of made.reverse()) {
         try {
-          r();
-        } catch (e) {
-          process.stderr.write(`mkma: warning: ${(e as Error).message}\n`);
+          fs.rmdirSync(d);
+        } catch {
+          /* not empty (a script put something there): leave it */
         }
       }
-      unregister(session);
-    },
+    }
+    for (const r of restores.reverse()) {
+      try {
+        r();
+      } catch (e) {
+        process.stderr.write(`mkma: warning: ${(e as Error).message}\n`);
+      }
+    }
   };
-  register(session);
+  // an interrupted build (SIGINT, SIGTERM, SIGHUP) undoes the session too
+  const release = onCleanup(`chroot session in ${root}`, cleanup);
 
   /** a real directory at `rel` inside the root (made if missing; never a symlink) */
   const mountPoint = (rel: string): string => {
@@ -330,12 +222,15 @@ export async function withChroot<T>(rootDir: string, fn: (c: Chroot) => Promise<
       env,
       run(argv, ro = {}) {
         return new Promise<RunResult>((resolve, reject) => {
-          const child = spawn('chroot', [root, ...argv], {
+          // not runSync/run: every line of output goes to onLine as it comes
+          const child = spawnTracked('chroot', [root, ...argv], {
             env: { ...env, ...ro.env },
             stdio: ['ignore', 'pipe', 'pipe'],
             detached: true, // its own process group: stopped whole on interruption
           });
           children.add(child);
+          // newer than spawnTracked's SIGKILL of the command alone: the group gets SIGTERM first
+          const releaseGroup = onCleanup(`stop chroot ${argv[0]}`, () => stopCommand(child));
           const tail: string[] = [];
           const partial = { out: '', err: '' };
           const feed = (which: 'out' | 'err', d: Buffer | null) => {
@@ -353,10 +248,12 @@ export async function withChroot<T>(rootDir: string, fn: (c: Chroot) => Promise<
           child.stderr!.on('data', (d: Buffer) => feed('err', d));
           child.on('error', (e) => {
             children.delete(child);
+            releaseGroup();
             reject(new ChrootError(`cannot run chroot: ${e.message}`));
           });
           child.on('close', (code, signal) => {
             children.delete(child);
+            releaseGroup();
             feed('out', null);
             feed('err', null);
             resolve({ code, signal, tail });
@@ -373,11 +270,12 @@ export async function withChroot<T>(rootDir: string, fn: (c: Chroot) => Promise<
       },
       shell(extra = {}) {
         return new Promise<number>((resolve) => {
-          shellActive = true;
-          const child = spawn('chroot', [root, '/bin/bash', '-i'], { env: { ...env, ...extra, PS1: '(mkma chroot) \\w# ' }, stdio: 'inherit' });
+          // Ctrl-C belongs to the shell while it runs; SIGTERM and SIGHUP still end mkma
+          const releaseSignals = interceptSignals((sig) => sig === 'SIGINT');
+          const child = spawnTracked('chroot', [root, '/bin/bash', '-i'], { env: { ...env, ...extra, PS1: '(mkma chroot) \\w# ' }, stdio: 'inherit' });
           children.add(child);
           const done = (code: number) => {
-            shellActive = false;
+            releaseSignals();
             children.delete(child);
             resolve(code);
           };
@@ -388,7 +286,8 @@ export async function withChroot<T>(rootDir: string, fn: (c: Chroot) => Promise<
     };
     return await fn(c);
   } finally {
-    session.cleanup();
+    cleanup();
+    release();
   }
 }
 
@@ -413,10 +312,10 @@ export function copyTreeInto(src: string, root: string): number {
       const r = rel ? `${rel}/${e.name}` : e.name;
       const from = path.join(src, r);
       const st = fs.lstatSync(from);
-      const parent = resolveInRoot(root, rel);
+      const parent = hostPathInRoot(root, rel);
       const to = path.join(parent, e.name);
       if (st.isDirectory()) {
-        const dest = resolveInRoot(root, r);
+        const dest = hostPathInRoot(root, r);
         if (!fs.existsSync(dest)) {
           fs.mkdirSync(dest, { mode: st.mode & 0o7777 });
           fs.chmodSync(dest, st.mode & 0o7777);

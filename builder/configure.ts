@@ -109,6 +109,10 @@ export function packageRoot(): string {
   return dir;
 }
 
+export function mkmaVersion(): string {
+  return (JSON.parse(fs.readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
+}
+
 /** The parts of mkma itself installed into the image (relative to the package root). */
 export const MKMA_PARTS = ['package.json', 'bin', 'dist', 'init/templates', 'init/unpack', 'persist/default.rules'];
 

@@ -4,13 +4,14 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { spawnSync } from 'node:child_process';
 import { packTree } from '../format/pack.js';
 import { generateInit } from '../init/generate.js';
-import { decompressModule, libraryClosure, moduleClosure, moduleName, parseDeviceAliases } from './closure.js';
+import { libraryClosure } from './elf.js';
+import { decompressModule, moduleClosure, moduleName, storageDrivers, type StorageDriver } from './kernel-modules.js';
 import type { KernelInfo } from './kernel.js';
 import { buildUnpacker, UNPACKER_HOST_PACKAGES, UNPACKER_INITRAMFS_PATH, type UnpackerResult } from './unpacker.js';
 import { MkmaError } from '../lib/errors.js';
+import { runSync } from '../lib/run.js';
 
 /** Binaries taken from the image (same architecture and versions as the system they boot). */
 export const INITRAMFS_BINARIES = [
@@ -31,7 +32,7 @@ export interface ModuleGroups {
    * load for it (its dependencies first), so the init loads only the drivers of the devices
    * it finds in sysfs; the whole `storage` list stays the fallback.
    */
-  storageByDevice?: Array<{ patterns: string[]; load: string[] }>;
+  storageByDevice?: StorageDriver[];
 }
 
 export interface InitramfsPlan {
@@ -66,22 +67,8 @@ export function planModules(k: KernelInfo, wanted: ModuleGroups, required: strin
     overlay: resolve(wanted.overlay, false),
   };
   for (const [fs, mods] of Object.entries(groups.filesystems)) if (!mods.length) delete groups.filesystems[fs];
-  groups.storageByDevice = storageByDevice(k, groups.storage);
+  groups.storageByDevice = storageDrivers(k.modulesDir, groups.storage);
   return { groups, moduleFiles: [...files].sort(), missing: [...missing] };
-}
-
-/** Each storage module with device aliases, with its own closure (restricted to the group). */
-function storageByDevice(k: KernelInfo, storage: string[]): Array<{ patterns: string[]; load: string[] }> {
-  const aliasFile = path.join(k.modulesDir, 'modules.alias');
-  if (!fs.existsSync(aliasFile)) return [];
-  const inGroup = new Set(storage);
-  const byModule = parseDeviceAliases(fs.readFileSync(aliasFile, 'utf8'), inGroup);
-  return storage
-    .filter((m) => byModule.has(m))
-    .map((m) => {
-      const own = moduleClosure(k.modulesDir, [m], { optional: true }).order.map(moduleName).filter((n) => inGroup.has(n));
-      return { patterns: byModule.get(m)!, load: own.length ? own : [m] };
-    });
 }
 
 function copyIntoStaging(chroot: string, staging: string, rel: string): void {
@@ -194,8 +181,7 @@ export async function buildInitramfs(opts: InitramfsOptions, prepared?: Initramf
 
   for (const d of ['dev', 'proc', 'sys', 'run', 'mnt', 'overlay', 'etc']) fs.mkdirSync(path.join(staging, d), { recursive: true });
   // The kernel opens /dev/console for init's stdio before anything is mounted.
-  const mk = spawnSync('mknod', ['-m', '600', path.join(staging, 'dev/console'), 'c', '5', '1']);
-  if (mk.status !== 0) throw new InitramfsError(`mknod dev/console failed: ${mk.stderr}`);
+  runSync('mknod', ['-m', '600', path.join(staging, 'dev/console'), 'c', '5', '1']);
   fs.writeFileSync(path.join(staging, 'init'), prep.init, { mode: 0o755 });
   // Plain newc + one zstd frame: the kernel unpacks it, not mkma. Small, so a high level is cheap.
   const r = await packTree(staging, opts.out, { kind: 'base', level: 12, threads: 0, manifest: false });

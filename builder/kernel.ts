@@ -1,10 +1,10 @@
 // The image's kernel: where it is, its version, and trimming its modules for small images.
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { moduleClosure, moduleName } from './closure.js';
+import { moduleClosure } from './kernel-modules.js';
 import { MkmaError } from '../lib/errors.js';
+import { runSync } from '../lib/run.js';
 
 export interface KernelInfo {
   version: string;
@@ -110,8 +110,7 @@ export function trimModules(k: KernelInfo, keep: string[], chroot: string): { ke
     const d = path.join(k.modulesDir, top);
     if (fs.existsSync(d)) walk(d, top);
   }
-  const r = spawnSync('depmod', ['-b', chroot, k.version], { encoding: 'utf8' });
-  if (r.status !== 0) throw new KernelError(`depmod failed: ${r.stderr || r.error}`);
+  runSync('depmod', ['-b', chroot, k.version]);
   return { kept, removed };
 }
 
@@ -141,4 +140,3 @@ export const INITRAMFS_MODULES = [
   ...INITRAMFS_MODULE_GROUPS.overlay,
 ];
 
-export { moduleName };

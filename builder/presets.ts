@@ -1,4 +1,5 @@
-// The presets stage of `mkma build`: presets run one after another, each completely before the
+// Applying one preset to the image (builder/stages/presets.ts runs them in order, from the
+// cache where it can): presets run one after another, each completely before the
 // next, so a later preset can rely on what an earlier one set up (a group, a repository, a
 // configuration file its packages' maintainer scripts read). For one preset, in order:
 //   1. packages   apt-get install in the chroot (apt-get update first when the sources changed)
@@ -11,21 +12,19 @@
 // the preset, the script line and the last output lines; on a terminal mkma offers to retry it,
 // skip the preset, open a shell in the chroot, or abort.
 import { createHash } from 'node:crypto';
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
-import { SHARED_DIRS_MOUNT, presetHash, type Preset, type PresetUser } from '../config/preset.js';
-import type { Reporter, Stage } from '../lib/progress.js';
-import { BuildCache, type StageReport } from './cache.js';
+import { SHARED_DIRS_MOUNT, type Preset, type PresetUser } from '../config/preset.js';
+import type { Stage } from '../lib/progress.js';
 import { copyTreeInto, withChroot, type Chroot, type RunResult } from './chroot.js';
 import { MkmaError } from '../lib/errors.js';
+import { spawnTracked } from '../lib/run.js';
 
 /** Printed by the ERR trap: bash knows the failing line, mkma reads it back. */
 export const ERROR_MARK = 'mkma-preset-error line ';
 /** Where the script is put inside the image (/run is a tmpfs during the session). */
 const SCRIPT_PATH = '/run/mkma/preset.sh';
-const FILES_MOUNT = '/run/mkma/files';
 const TAIL_LINES = 10;
 
 /**
@@ -302,7 +301,8 @@ function runHook(p: Preset, hook: string, root: string, onLine: (l: string) => v
   onLine(`$ ${hook} ${root}`);
   return new Promise((resolve, reject) => {
     const tail: string[] = [];
-    const child = spawn(hook, [root], { cwd: p.dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MKMA_PRESET: p.file } });
+    // not runSync/run: every line of output goes to the log and the progress line as it comes
+    const child = spawnTracked(hook, [root], { cwd: p.dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MKMA_PRESET: p.file } });
     const feed = (d: Buffer) => {
       for (const l of d.toString().split('\n')) {
         if (!l) continue;
@@ -311,8 +311,8 @@ function runHook(p: Preset, hook: string, root: string, onLine: (l: string) => v
         onLine(l);
       }
     };
-    child.stdout.on('data', feed);
-    child.stderr.on('data', feed);
+    child.stdout!.on('data', feed);
+    child.stderr!.on('data', feed);
     child.on('error', (e) => reject(new PresetError(`preset ${p.name}: cannot run hook ${hook}: ${e.message}`, p.name, null)));
     child.on('close', (code, signal) => {
       if (code === 0) return resolve();
@@ -322,66 +322,41 @@ function runHook(p: Preset, hook: string, root: string, onLine: (l: string) => v
   });
 }
 
-export interface PresetsStageOptions {
-  presets: Preset[];
-  /** the chain: keys[0] the bootstrapped tree, keys[i] after preset i */
-  keys: string[];
-  /** the state OUT/chroot holds now (index into keys) */
-  start: number;
-  cache: BuildCache;
-  reporter: Reporter;
-  interactive: boolean;
-}
-
 /**
- * Runs the presets after `start` (those up to `start` are in the tree already), snapshotting
- * the tree before each one so a later change to it can start there. Returns what was done.
+ * What a preset's run depends on: its file, the values of its environment variables, and the
+ * contents of its shared directories, files folder and hooks. Equal hashes: the run can be
+ * replayed from the cache.
  */
-export async function runPresets(o: PresetsStageOptions): Promise<StageReport[]> {
-  const { presets, keys, cache, reporter } = o;
-  const reports: StageReport[] = [];
-  const apt: AptState = { updated: null };
-  let consistent = true; // false once a preset was skipped: the tree is off the chain
-  fs.mkdirSync(cache.logs, { recursive: true });
-  for (let i = 1; i <= presets.length; i++) {
-    const p = presets[i - 1];
-    const name = `preset ${p.name}`;
-    if (i <= o.start) {
-      reporter.info(`==> ${name}: reused`);
-      reports.push({ stage: name, status: 'reused' });
-      continue;
-    }
-    const t0 = performance.now();
-    if (consistent && cache.snapshot(keys[i - 1], i === 1 ? 'bootstrap' : `preset ${presets[i - 2].name}`)) {
-      const secs = ((performance.now() - t0) / 1000).toFixed(1);
-      reporter.info(`    (the tree before ${p.name} kept in OUT/.cache/snapshots for rebuilds, ${secs} s)`);
-    }
-    cache.writeState(null);
-    const what = [
-      p.packages.length ? `${p.packages.length} package(s)` : '',
-      p.files ? 'files' : '',
-      p.users.length ? `${p.users.length} user(s)` : '',
-      p.script !== null ? 'script' : '',
-      p.services.enable.length + p.services.disable.length + p.services.mask.length ? 'services' : '',
-      p.hooks.length ? `${p.hooks.length} hook(s)` : '',
-    ].filter(Boolean).join(', ');
-    const stage = reporter.stage(name, what || 'nothing to do');
-    const logFile = path.join(cache.logs, `${String(i).padStart(2, '0')}-${p.name.replace(/\//g, '_')}.log`);
-    const outcome = await runPreset({ root: cache.chroot, preset: p, stage, interactive: o.interactive, apt, aptLists: cache.aptLists, logFile });
-    if (outcome === 'skipped') {
-      consistent = false;
-      stage.done('skipped');
-      reports.push({ stage: name, status: 'skipped' });
-      continue;
-    }
-    stage.done('ran');
-    reports.push({ stage: name, status: 'ran' });
-    if (consistent) cache.writeState(keys[i]);
-  }
-  return reports;
+export function presetHash(p: Preset): string {
+  const h = createHash('sha256');
+  h.update('mkma-preset-1\0');
+  h.update(fs.readFileSync(p.file));
+  h.update('\0env\0');
+  for (const name of p.environmentVariables) h.update(`${name}=${p.env[name] ?? ''}\0`);
+  for (const name of p.sharedDirectories) hashTree(h, `shared:${name}`, path.join(p.dir, name));
+  if (p.files) hashTree(h, 'files', p.files);
+  for (const hook of p.hooks) hashTree(h, `hook:${hook}`, hook);
+  return h.digest('hex');
 }
 
-/** The chain keys for a configuration hash and presets (hashing each preset's inputs). */
-export function presetHashes(presets: Preset[]): string[] {
-  return presets.map(presetHash);
+/** Names, types, modes, symlink targets and contents of a tree (not owners: they are not copied). */
+function hashTree(h: ReturnType<typeof createHash>, label: string, root: string): void {
+  h.update(`\0${label}\0`);
+  const walk = (abs: string, rel: string) => {
+    let st: fs.Stats;
+    try {
+      st = fs.lstatSync(abs);
+    } catch {
+      h.update(`${rel}\0missing\0`);
+      return;
+    }
+    h.update(`${rel}\0${st.mode.toString(8)}\0`);
+    if (st.isSymbolicLink()) h.update(fs.readlinkSync(abs));
+    else if (st.isFile()) h.update(fs.readFileSync(abs));
+    else if (st.isDirectory()) {
+      for (const n of fs.readdirSync(abs).sort()) walk(path.join(abs, n), rel ? `${rel}/${n}` : n);
+    }
+    h.update('\0');
+  };
+  walk(root, '');
 }

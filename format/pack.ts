@@ -1,6 +1,7 @@
 // Packing a whole directory tree into an image (base images, test fixtures, benchmarks).
 import { ArchiveWriter, type WriterOptions, type WriterResult } from './writer.js';
-import { collectHardlinks, packEntries, walkTree, XattrCollector, type ExcludeFn, type PackStats } from './tree.js';
+import { collectHardlinks, packEntries, walkTree, type ExcludeFn, type PackStats } from './tree.js';
+import { XattrReader } from './xattrs.js';
 
 export interface PackTreeOptions extends WriterOptions {
   exclude?: ExcludeFn;
@@ -15,10 +16,9 @@ export async function packTree(root: string, out: string, opts: PackTreeOptions)
   // once, together: memory grows with the number of hardlinked files, not with the tree.
   const hardlinks = collectHardlinks(walkTree(root, opts.exclude));
   const writer = new ArchiveWriter(out, opts);
-  const xattrs = opts.manifest === false ? null : new XattrCollector(root, opts.keepXattr ?? notOverlayXattr);
+  const xattrs = opts.manifest === false ? null : new XattrReader(root, opts.keepXattr ?? notOverlayXattr);
   try {
-    const stats = await packEntries(writer, walkTree(root, opts.exclude), hardlinks, (e) => void xattrs?.add(e.rel));
-    // (add() only waits for the pipe every 64 KiB of paths; the batches queue meanwhile)
+    const stats = await packEntries(writer, walkTree(root, opts.exclude), hardlinks, (e) => xattrs?.add(e.rel));
     const { records, warnings } = xattrs ? await xattrs.finish() : { records: [], warnings: '' };
     for (const r of records) writer.addXattrs(r);
     const result = await writer.finish();

@@ -1,11 +1,8 @@
 // Walking a directory tree into an mkma archive: sorted (deterministic), one filesystem
-// (like find -xdev), raw byte names, hardlink groups stored once, xattrs into the manifest.
-import { spawn } from 'node:child_process';
+// (like find -xdev), raw byte names, hardlink groups stored once (xattrs: format/xattrs.ts).
 import * as fs from 'node:fs';
-import { unescapeXattrPath, type XattrRecord } from './manifest.js';
 import { NEWC_MAX_FILE_SIZE, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK } from './newc.js';
 import { VanishedError, type ArchiveWriter, type EntryHeader } from './writer.js';
-import { writeWithBackpressure } from './zstd.js';
 import { MkmaError } from '../lib/errors.js';
 
 export interface TreeEntry {
@@ -20,8 +17,6 @@ export type ExcludeDecision = 'keep' | 'skip' | 'empty';
 export type ExcludeFn = (rel: string, st: fs.Stats) => ExcludeDecision;
 
 const SLASH = Buffer.from('/');
-const DOT_SLASH = Buffer.from('./');
-const NUL = Buffer.from([0]);
 
 export function relString(rel: Buffer): string {
   return rel.toString('latin1');
@@ -193,89 +188,4 @@ function checkSize(rel: string, size: number): void {
         `Exclude it from the image (or split it) and build again.`,
     );
   }
-}
-
-/**
- * Streams relative paths into `getfattr` (through xargs, a few processes for the whole tree)
- * and parses its dump: Node has no xattr API, and one getfattr per file would be far slower.
- */
-export class XattrCollector {
-  private readonly child;
-  private out = '';
-  private err = '';
-  private readonly done: Promise<void>;
-
-  constructor(root: string, private readonly keepName: (name: string) => boolean = () => true) {
-    this.child = spawn('xargs', ['-0', '-r', 'getfattr', '-h', '-d', '-m', '-', '-e', 'base64', '--'], {
-      cwd: root,
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    this.child.stdout.setEncoding('latin1');
-    this.child.stdout.on('data', (d: string) => { this.out += d; });
-    this.child.stderr.on('data', (d: Buffer) => { if (this.err.length < 4096) this.err += d.toString(); });
-    this.child.stdin.on('error', () => {});
-    this.done = new Promise((resolve, reject) => {
-      this.child.on('error', (e) => reject(new Error(`cannot run getfattr (apt-get install attr): ${e.message}`)));
-      this.child.on('close', (code) => {
-        // getfattr exits 1 when a path vanished in a live tree; anything printed is still valid.
-        if (code === 0 || code === 1 || code === 123) resolve();
-        else reject(new Error(`getfattr failed (exit ${code}): ${this.err.trim()}`));
-      });
-    });
-  }
-
-  private pending: Buffer[] = [];
-  private pendingBytes = 0;
-
-  /** Queues a path; paths go to xargs in 64 KiB writes (one write per path was measurably slow). */
-  add(rel: Buffer): Promise<void> | void {
-    // "./" keeps getfattr from reading a name that starts with "-" as an option.
-    const item = Buffer.concat([DOT_SLASH, rel, NUL]);
-    this.pending.push(item);
-    this.pendingBytes += item.length;
-    if (this.pendingBytes >= 64 << 10) return this.flush();
-  }
-
-  private flush(): Promise<void> | void {
-    if (!this.pendingBytes) return;
-    const chunk = Buffer.concat(this.pending);
-    this.pending = [];
-    this.pendingBytes = 0;
-    return writeWithBackpressure(this.child.stdin, chunk);
-  }
-
-  /** On failure elsewhere: stop getfattr so that no child outlives the pack. */
-  kill(): void {
-    this.done.catch(() => {}); // its failure is the point: nobody awaits it any more
-    this.child.stdin.destroy();
-    this.child.kill('SIGKILL');
-  }
-
-  async finish(): Promise<{ records: XattrRecord[]; warnings: string }> {
-    await this.flush();
-    this.child.stdin.end();
-    await this.done;
-    return { records: parseGetfattrDump(this.out, this.keepName), warnings: this.err.trim() };
-  }
-}
-
-/** Parses `getfattr -d -e base64` output (paths escaped as \ooo) into records with clean paths. */
-export function parseGetfattrDump(text: string, keepName: (name: string) => boolean = () => true): XattrRecord[] {
-  const records: XattrRecord[] = [];
-  let cur: XattrRecord | null = null;
-  for (const line of text.split('\n')) {
-    if (line.startsWith('# file: ')) {
-      let p = unescapeXattrPath(line.slice(8));
-      if (p.startsWith('./')) p = p.slice(2);
-      if (p === '') p = '.';
-      cur = { path: p, attrs: [] };
-      records.push(cur);
-    } else if (line && cur && !line.startsWith('#')) {
-      const eq = line.indexOf('=');
-      const name = eq < 0 ? line : line.slice(0, eq);
-      const value = eq < 0 ? '' : line.slice(eq + 1);
-      if (keepName(name)) cur.attrs.push([name, value]);
-    }
-  }
-  return records.filter((r) => r.attrs.length > 0);
 }

@@ -12,6 +12,7 @@
 //
 // The process-level handlers exist only while something is registered, so an idle mkma
 // reacts to signals exactly like any other program.
+import { readdirSync, readFileSync } from 'node:fs';
 
 type Cleanup = () => void;
 type Interceptor = (signal: NodeJS.Signals) => boolean;
@@ -92,4 +93,54 @@ export function interceptSignals(handler: Interceptor): () => void {
     if (i >= 0) interceptors.splice(i, 1);
     uninstallIfIdle();
   };
+}
+
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/** Whether a process group has a member that is not a zombie (from /proc/PID/stat). */
+function groupAlive(pgid: number): boolean {
+  let pids: string[];
+  try {
+    pids = readdirSync('/proc').filter((n) => /^[0-9]+$/.test(n));
+  } catch {
+    return false;
+  }
+  for (const p of pids) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+    } catch {
+      continue;
+    }
+    // pid (comm) state ppid pgrp …: comm may hold spaces and parentheses
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (Number(f[2]) === pgid && f[0] !== 'Z' && f[0] !== 'X') return true;
+  }
+  return false;
+}
+
+/**
+ * Stops a whole process group (a child started with `detached: true` leads its own): SIGTERM,
+ * then SIGKILL for what is still alive after `graceMs`. Synchronous, so it can run as a cleanup
+ * after a signal. Returns false when `pgid` leads no group (nothing was sent).
+ */
+export function killProcessGroup(pgid: number, graceMs = 3000): boolean {
+  try {
+    process.kill(-pgid, 'SIGTERM');
+  } catch {
+    return false;
+  }
+  // our own child stays a zombie until the event loop reaps it: only live members count
+  for (let waited = 0; waited < graceMs && groupAlive(pgid); waited += 50) sleepSync(50);
+  if (groupAlive(pgid)) {
+    try {
+      process.kill(-pgid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+    for (let i = 0; i < 20 && groupAlive(pgid); i++) sleepSync(50);
+  }
+  return true;
 }

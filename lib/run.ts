@@ -136,7 +136,10 @@ export function runSync(cmd: string, args: readonly string[], o: RunOptions = {}
     cwd: o.cwd,
     env: environment(o),
     input: o.input,
-    stdio: [...(o.stdio === 'inherit' ? ['inherit', 'inherit', 'inherit'] as const : ['pipe', 'pipe', 'pipe'] as const), ...(o.fds ?? [])],
+    stdio: [
+      ...(o.stdio === 'inherit' ? (['inherit', 'inherit', 'inherit'] as const) : (['pipe', 'pipe', 'pipe'] as const)),
+      ...(o.fds ?? []),
+    ],
     timeout: o.timeoutMs,
     killSignal: 'SIGKILL',
     maxBuffer: o.maxBuffer ?? 256 << 20,

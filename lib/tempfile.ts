@@ -21,7 +21,10 @@ const ATTEMPTS = 100;
  * Errors other than "the name exists" (no such directory, read-only, …) are thrown as they are.
  */
 export function createExclusive(
-  dir: string, prefix: string, mode = 0o600, random: () => string = () => randomBytes(8).toString('hex'),
+  dir: string,
+  prefix: string,
+  mode = 0o600,
+  random: () => string = () => randomBytes(8).toString('hex'),
 ): ExclusiveFile {
   const { O_RDWR, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
   for (let i = 0; i < ATTEMPTS; i++) {
@@ -32,5 +35,7 @@ export function createExclusive(
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
     }
   }
-  throw new MkmaError(`cannot create a temporary file in ${dir}: ${ATTEMPTS} random names were all taken (is someone planting files there?)`);
+  throw new MkmaError(
+    `cannot create a temporary file in ${dir}: ${ATTEMPTS} random names were all taken (is someone planting files there?)`,
+  );
 }

@@ -64,11 +64,15 @@ export interface Rule {
   source: string;
 }
 
+/** The rules' decision on one entry. */
 export interface Decision {
   included: boolean;
   /** the last rule that matched, if any */
   rule: Rule | null;
 }
+
+/** What the layer holds: the final answer (rules and the owner's choices) for any entry. */
+export type Include = (e: ChangeEntry) => boolean;
 
 export const DEFAULT_RULES_PATH = '/etc/mkma/persist.rules';
 export const DEFAULT_UPPER: string = RUNTIME.upper;

@@ -15,7 +15,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { ChangeEntry, Decision, Overrides, Rule } from './model.js';
+import type { ChangeEntry, Decision, Include, Overrides, Rule } from './model.js';
 import { UsageError } from '../lib/errors.js';
 
 export class RulesError extends UsageError {}
@@ -298,29 +298,6 @@ export function appendRules(file: string, lines: string[], comment?: string): vo
   fs.appendFileSync(file, Buffer.from(prefix + head + lines.join('\n') + '\n', 'latin1'));
 }
 
-/** What the dpkg check needs to know about the decisions. */
-export type Inclusion =
-  | ((e: ChangeEntry) => boolean)
-  | ReadonlyMap<string, boolean | { included: boolean }>
-  | ReadonlyArray<boolean | { included: boolean }>;
-
-function inclusionOf(decisions: Inclusion, entries: readonly ChangeEntry[]): (e: ChangeEntry, i: number) => boolean {
-  if (typeof decisions === 'function') return (e) => decisions(e);
-  if (Array.isArray(decisions)) {
-    const arr = decisions as ReadonlyArray<boolean | { included: boolean }>;
-    return (_e, i) => {
-      const d = arr[i];
-      return typeof d === 'boolean' ? d : d ? d.included : true;
-    };
-  }
-  const map = decisions as ReadonlyMap<string, boolean | { included: boolean }>;
-  void entries;
-  return (e) => {
-    const d = map.get(e.path);
-    return typeof d === 'boolean' ? d : d ? d.included : true;
-  };
-}
-
 const DPKG_STATUS = 'var/lib/dpkg/status';
 const isPackageFile = (p: string) => p.startsWith('usr/') || p.startsWith('var/lib/dpkg/info/');
 const isPackageOrConf = (p: string) => isPackageFile(p) || p.startsWith('etc/');
@@ -332,8 +309,9 @@ const isPackageOrConf = (p: string) => isPackageFile(p) || p.startsWith('etc/');
  * Only says something when the status file itself changed (a package was installed, removed
  * or upgraded); a hand-edited /etc file alone is no dpkg operation.
  */
-export function dpkgWarnings(entries: readonly ChangeEntry[], decisions: Inclusion): string[] {
-  const included = inclusionOf(decisions, entries);
+export function dpkgWarnings(entries: readonly ChangeEntry[], decisions: Include | readonly Decision[]): string[] {
+  // the rules' decisions, one per entry (persist --yes), or the final Include (the UI's)
+  const included = typeof decisions === 'function' ? (e: ChangeEntry) => decisions(e) : (_e: ChangeEntry, i: number) => decisions[i].included;
   let status: { inc: boolean } | null = null;
   const kept: string[] = [];
   const dropped: string[] = [];

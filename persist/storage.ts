@@ -67,6 +67,7 @@ export function parseCmdline(procContents: string | Buffer): BootLocation {
   return out;
 }
 
+// eslint-disable-next-line no-control-regex -- control characters are what it finds
 const CONTROL_RE = /[\x00-\x1f\x7f]/;
 
 /**

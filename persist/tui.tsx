@@ -1,16 +1,20 @@
 // `mkma persist`'s terminal UI: the tree of changes since boot (the overlay's upperdir), what will
-// be saved, the owner's choices, and the confirm → write → result screens. The logic lives in
-// persist/tree-view.ts; this file maps keys to it and draws one screen of text.
+// be saved, the owner's choices, and the confirm → write → result screens. The state lives in
+// persist/view.ts, the screens are drawn by persist/screens.tsx, the list's keys are a table in
+// persist/keys.ts; this file holds the mode, dispatches keys, and rescans (on `r`, and live when
+// the upperdir changes). A new screen is a Mode, its drawing in screens.tsx, and its keys here.
 //
-// Every line is cut to the terminal's width by hand (never wrapped), only the rows in the window
-// are drawn, and the output is one line shorter than the terminal so that Ink redraws in place.
+// The output is one line shorter than the terminal so that Ink redraws in place.
 
-import { memo, useEffect, useRef, useState, type ReactElement } from 'react';
-import { Box, render, Text, useApp, useInput, useStdout } from 'ink';
+import { useEffect, useRef, useState } from 'react';
+import { Box, render, useApp, useInput, useStdout } from 'ink';
 import { watch } from 'chokidar';
-import { formatBytes } from '../lib/progress.js';
-import type { ChangeEntry, Decision, Overrides, ScanResult } from './model.js';
-import { displayPath, fitLine, PersistView, ruleLinesFromOverrides, rowText, textWidth, totals, truncateMiddle, type RowParts, type Summary } from './tree-view.js';
+import type { ChangeEntry, Decision, Include, Overrides, ScanResult } from './model.js';
+import { rulesFromOverrides } from './rules.js';
+import type { Summary } from './inclusion.js';
+import { body, header, help, Line, plural, status, type Mode, type WriteResult } from './screens.js';
+import { LIST_KEYS, MOVE_KEYS } from './keys.js';
+import { PersistView } from './view.js';
 
 export interface PersistTuiOptions {
   scan: ScanResult;
@@ -23,14 +27,11 @@ export interface PersistTuiOptions {
   /** where `w` appends the user's choices as rules */
   rulesFile: string;
   saveRules?: (lines: string[]) => Promise<void> | void;
-  /** the user's choices as rule lines (rules.ts' rulesFromOverrides); a built-in fallback otherwise */
+  /** the user's choices as rule lines (default: rules.ts' rulesFromOverrides) */
   rulesFromOverrides?: (overrides: Overrides) => string[];
   /** choices to start from (--include / --exclude on exact paths) */
   overrides?: Overrides;
-  onConfirm: (
-    include: (e: ChangeEntry) => boolean,
-    summary: { entries: number; bytes: number },
-  ) => Promise<{ file: string; bytesIn: number; bytesOut: number; entries: number }>;
+  onConfirm: (include: Include, summary: { entries: number; bytes: number }) => Promise<WriteResult>;
 }
 
 export type PersistOutcome = 'saved' | 'cancelled';
@@ -44,44 +45,6 @@ export interface PersistAppProps extends PersistTuiOptions {
   /** live refresh: quiet time after the last change before rescanning (ms) */
   debounceMs?: number;
 }
-
-type WriteResult = Awaited<ReturnType<PersistTuiOptions['onConfirm']>>;
-
-type Mode =
-  | { name: 'main' }
-  | { name: 'search'; query: string }
-  | { name: 'rules'; lines: string[]; busy: boolean }
-  | { name: 'confirm'; summary: Summary }
-  | { name: 'writing'; summary: Summary }
-  | { name: 'result'; result: WriteResult };
-
-const KIND_COLOR: Record<string, string> = { A: 'green', M: 'yellow', m: 'cyan', D: 'red', R: 'magenta' };
-
-const Row = memo(function Row({ p }: { p: RowParts }) {
-  const dim = p.state === 'none';
-  return (
-    <Text wrap="truncate" inverse={p.pointer === '>'} dimColor={dim}>
-      {p.pointer} {p.indent}
-      {p.fold} <Text color={p.state === 'partial' ? 'yellow' : undefined}>{p.mark}</Text>{' '}
-      <Text color={KIND_COLOR[p.kind]}>{p.kind}</Text> {p.name} {p.size}
-    </Text>
-  );
-}, (a, b) => rowText(a.p) === rowText(b.p) && a.p.state === b.p.state);
-
-function Line({ text, width, ...style }: { text: string; width: number; bold?: boolean; color?: string; dimColor?: boolean; inverse?: boolean }) {
-  return (
-    <Text wrap="truncate" {...style}>
-      {fitLine(text, width)}
-    </Text>
-  );
-}
-
-function plural(n: number, one: string, many = `${one}s`): string {
-  return `${n} ${n === 1 ? one : many}`;
-}
-
-const HELP_MAIN = '↑↓←→ move/fold  space toggle  / find  ? why  r rescan  w rules  ⏎ save  q quit';
-const HELP_SEARCH = 'type to filter  ⏎ keep  esc clear  ↑↓ move';
 
 export function PersistApp(props: PersistAppProps) {
   const { exit } = useApp();
@@ -258,176 +221,74 @@ export function PersistApp(props: PersistAppProps) {
     }
 
     const page = Math.max(1, bodyHeight - 1);
-    // keys that move, in both the list and the search prompt
-    if (key.upArrow) view.move(-1);
-    else if (key.downArrow) view.move(1);
-    else if (key.pageUp) view.move(-page);
-    else if (key.pageDown) view.move(page);
-    else if (key.home) view.home();
-    else if (key.end) view.end();
-    else if (m.name === 'search') {
-      if (key.return) {
-        setMode({ name: 'main' });
-        setMessage(null);
-        return;
-      }
-      if (key.escape) {
-        view.clearFilter();
-        setMessage(null);
-        setMode({ name: 'main' });
-        return;
-      }
-      let q = m.query;
-      if (key.backspace || key.delete) q = [...q].slice(0, -1).join('');
-      else if (input && !key.ctrl && !key.meta && !key.tab) q += input.replace(/[\x00-\x1f\x7f]/g, '');
-      else return;
-      view.setFilter(q);
-      setMode({ name: 'search', query: q });
-      return;
-    } else if (input === 'q') {
-      quit('cancelled');
-      return;
-    } else if (input === 'k') view.move(-1);
-    else if (input === 'j') view.move(1);
-    else if (input === 'g') view.home();
-    else if (input === 'G') view.end();
-    else if (key.leftArrow || input === 'h') view.left();
-    else if (key.rightArrow || input === 'l') view.right();
-    else if (input === '-') view.expandAll(false);
-    else if (input === '+' || input === '*') view.expandAll(true);
-    else if (input === ' ') {
-      const inc = view.toggle();
-      if (inc !== undefined) {
-        const i = view.current;
-        const e = view.tree.entries[i];
-        setMessage([`/${displayPath(e.path)}${e.type === 'dir' ? '/' : ''}: ${inc ? 'saved' : 'not saved'} (your choice)`]);
-        redraw();
-        return;
-      }
-    } else if (input === 'A' || input === 'N') {
-      view.setAll(input === 'A');
-      setMessage([input === 'A' ? 'everything will be saved (your choice)' : 'nothing will be saved (your choice)']);
+    const inSearch = m.name === 'search';
+    const binding = MOVE_KEYS.find((b) => b.match(input, key)) ?? (inSearch ? undefined : LIST_KEYS.find((b) => b.match(input, key)));
+    if (binding) {
+      // a key clears the message, unless its action says something or leaves it to later
+      let said = false;
+      binding.run({
+        view,
+        page,
+        say: (lines) => {
+          said = true;
+          setMessage(lines);
+        },
+        quit: () => quit('cancelled'),
+        search: () => setMode({ name: 'search', query: view.filter?.query ?? '' }),
+        rescan: () => {
+          said = true;
+          if (props.rescan) void rescanNow(false);
+          else setMessage(['rescanning is not available']);
+        },
+        showRules: () => {
+          said = true;
+          setMessage(rulesToSave());
+        },
+        confirm: startConfirm,
+      }, input);
+      if (exited.current) return;
+      if (!said) setMessage(null);
       redraw();
       return;
-    } else if (input === 'U') {
-      view.resetChoices();
-      setMessage(['your choices are forgotten: the rules decide']);
-      redraw();
-      return;
-    } else if (input === '/') {
+    }
+    if (!inSearch) return;
+    if (key.return) {
+      setMode({ name: 'main' });
       setMessage(null);
-      setMode({ name: 'search', query: view.filter?.query ?? '' });
       return;
-    } else if (key.escape) {
-      if (view.filter) view.clearFilter();
-    } else if (input === '?') {
-      setMessage(view.explain());
-      return;
-    } else if (input === 'r') {
-      if (props.rescan) void rescanNow(false);
-      else setMessage(['rescanning is not available']);
-      return;
-    } else if (input === 'w') {
-      if (!view.overrides.size) {
-        setMessage(['no choices of yours to save as rules (space marks an entry)']);
-        return;
-      }
-      if (savedRules.current && sameChoices(savedRules.current, view.overrides)) {
-        setMessage([`these choices are already in ${props.rulesFile}`]);
-        return;
-      }
-      const lines = props.rulesFromOverrides ? props.rulesFromOverrides(view.overrides) : ruleLinesFromOverrides(view.overrides, (p) => view.isDir(p));
+    }
+    if (key.escape) {
+      view.clearFilter();
       setMessage(null);
-      setMode({ name: 'rules', lines, busy: false });
+      setMode({ name: 'main' });
       return;
-    } else if (key.return) {
-      startConfirm();
-      return;
-    } else return;
-    setMessage(null);
-    redraw();
+    }
+    let q = m.query;
+    if (key.backspace || key.delete) q = [...q].slice(0, -1).join('');
+    else if (input && !key.ctrl && !key.meta && !key.tab) q += input.replace(/[\x00-\x1f\x7f]/g, '');
+    else return;
+    view.setFilter(q);
+    setMode({ name: 'search', query: q });
   });
 
+  /** `w`: the rules screen with the choices as rule lines, or why there is nothing to append (a message). */
+  const rulesToSave = (): string[] | null => {
+    if (!view.overrides.size) return ['no choices of yours to save as rules (space marks an entry)'];
+    if (savedRules.current && sameChoices(savedRules.current, view.overrides)) return [`these choices are already in ${props.rulesFile}`];
+    setMode({ name: 'rules', lines: (props.rulesFromOverrides ?? rulesFromOverrides)(view.overrides), busy: false });
+    return null;
+  };
+
   // --- drawing
-  const scan = view.scan;
-  const tot = totals(view.tree, view.inc);
-  const skipped = scan.skipped.length ? ` · ${scan.skipped.length} skipped` : '';
-  const counts = ` ${plural(tot.changes, 'change')} · save ${tot.included} (${formatBytes(tot.includedBytes)} of ${formatBytes(tot.bytes)})${skipped}`;
-  const upperRoom = Math.max(8, width - counts.length - 1);
-  const header = `${truncateMiddle(scan.upper, upperRoom)}:${counts}`;
-
-  const body: ReactElement[] = [];
-  if (mode.name === 'main' || mode.name === 'search') {
-    const top = view.scrollTo(bodyHeight);
-    const last = Math.min(view.size, top + bodyHeight);
-    for (let r = top; r < last; r++) body.push(<Row key={r - top} p={view.row(r, width)} />);
-    if (!view.size) body.push(<Line key="empty" width={width} dimColor text={view.filter ? `  nothing matches "${view.filter.query}"` : '  no changes since boot'} />);
-  } else if (mode.name === 'rules') {
-    const lines = mode.lines;
-    body.push(<Line key="t" width={width} bold text={`Append ${plural(lines.length, 'line')} to ${props.rulesFile}?`} />);
-    const room = bodyHeight - 3;
-    const shown = lines.length > room ? lines.slice(0, Math.max(0, room - 1)) : lines;
-    shown.forEach((l, k) => body.push(<Line key={`l${k}`} width={width} text={`  ${truncateMiddle(l, width - 2)}`} />));
-    if (shown.length < lines.length) body.push(<Line key="more" width={width} dimColor text={`  … ${lines.length - shown.length} more`} />);
-    body.push(<Line key="gap" width={width} text="" />);
-    body.push(
-      <Line
-        key="q"
-        width={width}
-        text={mode.busy ? 'saving…' : props.saveRules ? 'y append · n back' : 'saving rules is not available here · any key goes back'}
-      />,
-    );
-  } else if (mode.name === 'confirm' || mode.name === 'writing') {
-    const s = mode.summary;
-    const lines = [
-      'Save a new persistence layer',
-      '',
-      `  entries    ${s.entries} (${plural(s.changes, 'change')} and the folders they need)`,
-      `  size       ${formatBytes(s.bytes)} before compression`,
-      `  deleted    ${plural(s.deleted, 'path')} (whiteouts)`,
-      `  replaced   ${plural(s.replaced, 'directory', 'directories')} (opaque)`,
-      `  left out   ${plural(s.excluded, 'change')}, ${formatBytes(s.excludedBytes)}`,
-    ];
-    if (scan.skipped.length) lines.push(`  skipped    ${plural(scan.skipped.length, 'entry', 'entries')} that cannot be saved`);
-    lines.push('');
-    lines.push(mode.name === 'writing' ? 'writing…' : 'Save now? y yes · n back');
-    lines.forEach((l, k) => body.push(<Line key={k} width={width} bold={k === 0} text={l} />));
-  } else if (mode.name === 'result') {
-    const r = mode.result;
-    const ratio = r.bytesIn > 0 ? ` (${Math.round((r.bytesOut / r.bytesIn) * 100)}%)` : '';
-    const lines = [
-      'Saved',
-      '',
-      `  layer      ${truncateMiddle(r.file, width - 13)}`,
-      `  entries    ${r.entries}`,
-      `  size       ${formatBytes(r.bytesIn)} → ${formatBytes(r.bytesOut)} compressed${ratio}`,
-      '',
-      'Press any key to exit.',
-    ];
-    lines.forEach((l, k) => body.push(<Line key={k} width={width} bold={k === 0} color={k === 0 ? 'green' : undefined} text={l} />));
-  }
-  while (body.length < bodyHeight) body.push(<Text key={`pad${body.length}`}> </Text>);
-  body.length = Math.min(body.length, bodyHeight);
-
-  let status: string[];
-  if (mode.name === 'search') status = [`/${mode.query}▏ ${view.filter ? plural(view.filter.matches, 'match', 'matches') : ''}`];
-  else if (statusLines.length) status = statusLines.slice(0, statusHeight);
-  else if (mode.name === 'main') {
-    const e = view.current >= 0 ? view.tree.entries[view.current] : null;
-    const where = e ? `/${displayPath(e.path)}${e.type === 'dir' ? '/' : e.type === 'symlink' && e.target !== undefined ? ` -> ${displayPath(e.target)}` : ''}` : '';
-    const filter = view.filter ? `[filter "${truncateMiddle(view.filter.query, 20)}": ${plural(view.filter.matches, 'match', 'matches')}, esc clears] ` : '';
-    status = [filter + truncateMiddle(where, width - textWidth(filter))];
-  } else status = [''];
-  const help = mode.name === 'search' ? HELP_SEARCH : mode.name === 'main' ? HELP_MAIN : '';
-
+  const statusText = status(view, mode, message, statusHeight, width);
   return (
     <Box flexDirection="column" width={width}>
-      <Line text={header} width={width} bold />
-      {body}
-      {status.map((s, k) => (
+      <Line text={header(view, width)} width={width} bold />
+      {body({ view, mode, width, height: bodyHeight, rulesFile: props.rulesFile, canSaveRules: !!props.saveRules })}
+      {statusText.map((s, k) => (
         <Line key={`s${k}`} text={s} width={width} color={message ? 'cyan' : undefined} />
       ))}
-      <Line text={help} width={width} dimColor />
+      <Line text={help(mode)} width={width} dimColor />
     </Box>
   );
 }

@@ -134,7 +134,10 @@ export function qemuArgs(o: QemuArgsOptions): string[] {
   ];
   for (const d of o.disks) {
     const file = d.nbdSocket ? `nbd+unix:///?socket=${d.nbdSocket}` : d.path;
-    args.push('-drive', `file=${escapeOptionValue(file)},format=raw,if=virtio${d.readonly ? ',readonly=on' : ''}${d.cache ? `,cache=${d.cache}` : ''}`);
+    args.push(
+      '-drive',
+      `file=${escapeOptionValue(file)},format=raw,if=virtio${d.readonly ? ',readonly=on' : ''}${d.cache ? `,cache=${d.cache}` : ''}`,
+    );
   }
   if (o.interactive) {
     // One stdio chardev shared by the serial port and the monitor (Ctrl-A c switches, Ctrl-A x

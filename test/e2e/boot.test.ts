@@ -6,7 +6,8 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createReporter } from '../../lib/progress.js';
-import { collectHardlinks, packEntries, walkTree, XattrCollector } from '../../format/tree.js';
+import { collectHardlinks, packEntries, walkTree } from '../../format/tree.js';
+import { XattrReader } from '../../format/xattrs.js';
 import { ArchiveWriter } from '../../format/writer.js';
 import { describeSmoke, smokeBoot, type SmokeResult } from '../../qemu/smoke.js';
 import { IMAGE_OUT, WORK } from '../helpers/paths.js';
@@ -16,8 +17,8 @@ const sh = (cmd: string) => execFileSync('sh', ['-c', cmd], { encoding: 'utf8' }
 /** A layer as `mkma persist` would write it, from a staging "upperdir". */
 async function writeLayer(upper: string, out: string, deleted: string[]): Promise<void> {
   const w = new ArchiveWriter(out, { kind: 'layer', level: 3, mode: 0o600 });
-  const x = new XattrCollector(upper);
-  await packEntries(w, walkTree(upper), collectHardlinks(walkTree(upper)), (e) => void x.add(e.rel));
+  const x = new XattrReader(upper);
+  await packEntries(w, walkTree(upper), collectHardlinks(walkTree(upper)), (e) => x.add(e.rel));
   for (const r of (await x.finish()).records) w.addXattrs(r);
   for (const d of deleted) w.addDeleted(d);
   await w.finish();

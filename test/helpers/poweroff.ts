@@ -20,7 +20,7 @@ import { createReporter } from '../../lib/progress.js';
 import { runSync } from '../../lib/run.js';
 import { formatKernelParam } from '../../lib/cmdline.js';
 import { listDiskEntries, makeDataDisk, makeImagesDisk, readDiskFile } from '../../qemu/disk.js';
-import { bootQemu, MULTI_USER_MARKER, TEST_DONE_MARKER, type Disk } from '../../qemu/run.js';
+import { bootQemu, TEST_DONE_MARKER, type Disk } from '../../qemu/run.js';
 import { chooseAccel, DISK_LABEL, TEST_DATA_LABEL } from '../../qemu/smoke.js';
 import { VolatileDisk, type VolatileDiskStats } from './volatile-disk.js';
 

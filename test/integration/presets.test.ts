@@ -136,7 +136,9 @@ describe('chroot sessions (minimal root)', () => {
 
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     test(`interrupted by ${sig} while a script runs: the script is stopped and every mount undone`, async () => {
-      const p = preset(`40-slow-${sig}.toml`, "shared_directories = [\"data\"]\nscript = '''\necho started\nsleep 600\n'''\n");
+      // a duration no other program on the machine uses: pgrep below must find only this one
+      const nap = `600.${process.pid}`;
+      const p = preset(`40-slow-${sig}.toml`, `shared_directories = ["data"]\nscript = '''\necho started\nsleep ${nap}\n'''\n`);
       const driver = path.join(tmp, `driver-${sig}.mjs`);
       fs.writeFileSync(driver, [
         `import { runPreset } from ${JSON.stringify(path.join(REPO, 'dist/builder/presets.js'))};`,
@@ -152,7 +154,7 @@ describe('chroot sessions (minimal root)', () => {
       expect({ code, signal }).toEqual({ code: null, signal: sig });
       untouched();
       // the script's sleep is gone too
-      const sleeping = spawnSync('pgrep', ['-f', '^sleep 600$'], { encoding: 'utf8' }).stdout.trim();
+      const sleeping = spawnSync('pgrep', ['-f', `^sleep ${nap.replace('.', '\\.')}$`], { encoding: 'utf8' }).stdout.trim();
       expect(sleeping).toBe('');
     });
   }

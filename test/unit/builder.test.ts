@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseConfigText } from '../../config/load.js';
 import { baseExclude } from '../../builder/base.js';
-import { dpkgOptions, mmdebstrapArgs, packageSet, summarizeMmdebstrapError } from '../../builder/bootstrap.js';
+import { dpkgOptions, mmdebstrapArgs, packageSet, summarizeMmdebstrapError } from '../../builder/mmdebstrap.js';
 import { grubEntry, kernelCommandLine, systemdBootEntry, type StorageLocation } from '../../builder/bootentries.js';
 import { configure, setRootPassword, writeHostname } from '../../builder/configure.js';
 

@@ -277,7 +277,7 @@ describe('configHash', () => {
 
   test('ignores packing, boot, source, and what configure applies on every build', () => {
     // hostname and root password are written by the configure stage, which runs again when
-    // they change (builder/stages.ts): a new hostname must not cost a bootstrap
+    // they change (builder/stage.ts): a new hostname must not cost a bootstrap
     expect(configHash({ ...base, hostname: 'other' })).toBe(h);
     expect(configHash({ ...base, rootPassword: { kind: 'empty' } })).toBe(h);
     expect(configHash({ ...base, compressionLevel: 19 })).toBe(h);

@@ -1,28 +1,10 @@
 import { describe, expect, test } from '@jest/globals';
 import type { ChangeEntry, ChangeKind, Decision, EntryType, Rule, ScanResult } from '../../persist/model.js';
-import {
-  buildTree,
-  computeInclusion,
-  type DecisionCache,
-  displayPath,
-  explain,
-  filterTree,
-  includeState,
-  KEEP_ANCESTOR,
-  KEEP_MATCH,
-  PersistView,
-  rowParts,
-  rowText,
-  ruleDecisions,
-  ruleLinesFromOverrides,
-  setChoice,
-  summarize,
-  textWidth,
-  toggleChoice,
-  totals,
-  truncateMiddle,
-  visibleRows,
-} from '../../persist/tree-view.js';
+import { buildTree, filterTree, KEEP_ANCESTOR, KEEP_MATCH, visibleRows } from '../../persist/change-tree.js';
+import { computeInclusion, includeState, ruleDecisions, setChoice, summarize, toggleChoice, totals, type DecisionCache } from '../../persist/inclusion.js';
+import { explain, rowParts, rowText } from '../../persist/rows.js';
+import { displayPath, textWidth, truncateMiddle } from '../../persist/text.js';
+import { PersistView } from '../../persist/view.js';
 
 function entry(path: string, kind: ChangeKind, type: EntryType = 'file', size = 0, extra: Partial<ChangeEntry> = {}): ChangeEntry {
   return { path, kind, type, size, totalSize: size, mode: type === 'dir' ? 0o40755 : 0o100644, uid: 0, gid: 0, mtime: 0, xattrs: [], hardlinks: [], ...extra };
@@ -262,7 +244,7 @@ describe('text', () => {
   test('truncateMiddle keeps both ends and the width', () => {
     expect(truncateMiddle('short', 10)).toBe('short');
     expect(truncateMiddle('abcdefghij', 5)).toBe('ab…ij');
-    expect(truncateMiddle('abcdefghij', 6)).toBe('ab…hij');
+    expect(truncateMiddle('abcdefghij', 6)).toBe('abc…ij');
     expect(truncateMiddle('abcdefghij', 1)).toBe('…');
     expect(truncateMiddle('abcdefghij', 0)).toBe('');
     const wide = truncateMiddle('日本語のファイル名.txt', 10);
@@ -306,15 +288,6 @@ describe('text', () => {
     const lines = explain(t, rules, overrides, inc, t.byPath.get('tmp/junk')!);
     expect(lines[1]).toBe('saved: your choice (on /tmp)');
     expect(lines[2]).toBe('the rules say skip: /tmp (default)');
-  });
-
-  test('ruleLinesFromOverrides: shallow first, directories cover their subtree, escaped', () => {
-    const o = new Map<string, boolean>([
-      ['etc/ssh/key', true],
-      ['etc/ssh', false],
-      ['tmp/a*b', true],
-    ]);
-    expect(ruleLinesFromOverrides(o, (p) => p === 'etc/ssh')).toEqual(['/etc/ssh', '/etc/ssh/**', '!/tmp/a\\*b', '!/etc/ssh/key']);
   });
 });
 

@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cleanup, render } from 'ink-testing-library';
+import stringWidth from 'string-width';
 import type { ChangeEntry, ChangeKind, Decision, EntryType, Rule, ScanResult } from '../../persist/model.js';
 import { PersistApp, type PersistAppProps, type PersistOutcome } from '../../persist/tui.js';
 
@@ -325,7 +326,7 @@ describe('PersistApp', () => {
     expect(t.frame()).not.toContain('from /etc/mkma/persist.rules:7');
   });
 
-  test('w shows the rule lines and calls saveRules on y', async () => {
+  test('w shows the rule lines (rules.ts writes them) and calls saveRules on y', async () => {
     const t = setup();
     await t.press('w');
     expect(t.frame()).toContain('no choices of yours to save as rules');
@@ -334,12 +335,13 @@ describe('PersistApp', () => {
     await t.press(' '); // tmp/: include
     await t.press('w');
     const text = t.frame();
-    expect(text).toContain('Append 4 lines to /etc/mkma/persist.rules?');
-    expect(text).toContain('  /etc\n  /etc/**\n  !/tmp\n  !/tmp/**\n');
+    expect(text).toContain('Append 2 lines to /etc/mkma/persist.rules?');
+    // a rule on a directory covers everything below it (rules.ts): no "/**" line needed
+    expect(text).toContain('  /etc\n  !/tmp\n');
     await t.press('y');
     await sleep(20);
-    expect(t.saveRules).toHaveBeenCalledWith(['/etc', '/etc/**', '!/tmp', '!/tmp/**']);
-    expect(t.frame()).toContain('appended 4 lines to /etc/mkma/persist.rules');
+    expect(t.saveRules).toHaveBeenCalledWith(['/etc', '!/tmp']);
+    expect(t.frame()).toContain('appended 2 lines to /etc/mkma/persist.rules');
     await t.press('w'); // nothing new to append
     expect(t.frame()).toContain('these choices are already in /etc/mkma/persist.rules');
     expect(t.saveRules).toHaveBeenCalledTimes(1);
@@ -422,6 +424,21 @@ describe('PersistApp', () => {
     expect(lines.at(-2)).toMatch(/^\/home\/alice\/projects.*….*eighty-columns-of-terminal\.txt *$/);
     await t.press('?');
     for (const l of t.lines()) expect([...l].length).toBeLessThanOrEqual(80);
+  });
+
+  test('names with emoji, wide CJK characters and combining accents keep the size column at 80 columns', async () => {
+    // paths are raw bytes (latin1 strings), as the scan reads them
+    const raw = (utf8: string) => Buffer.from(utf8, 'utf8').toString('latin1');
+    // (in the list's order: by bytes)
+    const names = ['cafe\u0301-menu.txt', '日本語のメモ.txt', '🚀 launch-notes.txt', '🚀🚀 日本 café\u0301 — a name long enough to be cut in the middle.txt'];
+    const t = setup({ scan: scanOf([...baseEntries(), entry('srv', 'added', 'dir'), ...names.map((n, k) => entry(raw(`srv/${n}`), 'added', 'file', 12345 + k))]) });
+    for (const n of names) {
+      await moveTo(t, n.slice(0, 4));
+      const row = t.cursorRow();
+      expect(row).toMatch(/ 12 KiB$/); // the whole size column, at the end of the row
+      expect(stringWidth(row)).toBe(80);
+    }
+    for (const l of t.lines()) expect(stringWidth(l)).toBeLessThanOrEqual(80);
   });
 
   test('100k entries: keys stay quick', async () => {

@@ -6,10 +6,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ConfigError } from '../../config/load.js';
-import { checkPresets, expandPresetPaths, loadPresets, parsePresetText, presetHash, type Preset } from '../../config/preset.js';
-import { chainKeys, planFrom } from '../../builder/cache.js';
-import { copyTreeInto, resolveInRoot } from '../../builder/chroot.js';
-import { describeFailure, errorLine, ERROR_MARK, scriptCommand, userCommands } from '../../builder/presets.js';
+import { checkPresets, expandPresetPaths, loadPresets, parsePresetText, type Preset } from '../../config/preset.js';
+import { chainKeys, planFrom } from '../../builder/snapshots.js';
+import { copyTreeInto } from '../../builder/chroot.js';
+import { hostPathInRoot } from '../../builder/root-path.js';
+import { describeFailure, errorLine, ERROR_MARK, presetHash, scriptCommand, userCommands } from '../../builder/presets.js';
 import { formatFinding, lint, mapShellcheck } from '../../config/lint.js';
 import { REPO } from '../helpers/paths.js';
 
@@ -324,7 +325,7 @@ describe('copying a files folder into an image', () => {
     expect(fs.lstatSync(path.join(root, 'etc/mtab')).isFile()).toBe(true);
     expect(fs.statSync(path.join(root, 'etc/mtab')).mode & 0o777).toBe(0o600);
     expect(fs.readlinkSync(path.join(root, 'usr/lib/systemd/system/alias.service'))).toBe('x.service');
-    expect(resolveInRoot(root, 'etc/sd/../../etc')).toBe(path.join(root, 'usr/etc'));
-    expect(resolveInRoot(root, '../../..')).toBe(root);
+    expect(hostPathInRoot(root, 'etc/sd/../../etc')).toBe(path.join(root, 'usr/etc'));
+    expect(hostPathInRoot(root, '../../..')).toBe(root);
   });
 });

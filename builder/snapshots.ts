@@ -1,37 +1,29 @@
-// The build cache for presets: snapshots of OUT/chroot, so that a rebuild after changing
-// preset N starts from the tree as it was before preset N instead of bootstrapping again.
+// The tree stages' results (the bootstrap, then each preset): states of OUT/chroot, so that a
+// rebuild after changing preset N starts from the tree as it was before preset N instead of
+// bootstrapping again.
 //
 // States form a chain of keys: K0 = the configuration hash (config/load.ts configHash: what
 // the bootstrapped tree depends on), K(i) = sha256(K(i-1), hash of preset i) where a preset's
 // hash covers its file, its environment variables' values, and the contents of its shared
-// directories, files folder and hooks. OUT/chroot itself is the working tree; OUT/.cache/
-// chroot.json says which state it holds (null while a preset is being applied, so an
-// interrupted build never passes a half-done tree for a finished one).
+// directories, files folder and hooks. OUT/chroot itself is the working tree; the build record
+// (builder/stage.ts, tree.state) says which state it holds, null while a tree stage changes it,
+// so an interrupted build never passes a half-done tree for a finished one.
 //
 // Snapshots are taken lazily, just before a preset runs: OUT/.cache/snapshots/<K(i-1)> is
 // `cp -a --reflink=auto` of the tree before preset i. The state after the last preset needs
 // none (it is OUT/chroot), so a build with N presets keeps at most N snapshots — exactly the
 // states a change to any one preset restarts from — and every other snapshot is deleted when
-// the presets stage succeeds. Without presets nothing is stored (the old behaviour).
+// the presets stage succeeds. Without presets nothing is stored.
 // Disk cost: on a filesystem with reflinks (btrfs, XFS) the copies share their blocks and cost
 // little more than their metadata; elsewhere (ext4) each snapshot is a full copy of the tree as
 // it was then, i.e. about N × the size of OUT/chroot.
-import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { mountsUnder, unmountUnder } from './chroot.js';
 import { MkmaError } from '../lib/errors.js';
-
-export type StageStatus = 'ran' | 'reused' | 'skipped';
-
-export interface StageReport {
-  /** "bootstrap", "configure", "preset <name>", "pack base", "initramfs" */
-  stage: string;
-  status: StageStatus;
-  /** why it ran or was reused (builder/stages.ts), for the stages after the bootstrap */
-  reason?: string;
-}
+import { runSync } from '../lib/run.js';
+import type { StageInputs } from './stage.js';
 
 /** Where a build starts from. */
 export interface CachePlan {
@@ -44,17 +36,25 @@ export interface CachePlan {
 export class CacheError extends MkmaError {}
 
 /**
- * K0 = configHash, K(i) = sha256 of K(i-1) and preset i's hash. `configured`, when given,
- * joins the first link: what configure applies before the presets run (hostname, root
- * password) is not part of K0 (changing it keeps the bootstrapped tree), but a preset may read
- * it, so a change to it runs the presets again from the snapshot of the bootstrapped tree.
+ * What preset i's result depends on: the state before it and the preset's own hash.
+ * `configured` joins the first link: what configure applies before the presets run (hostname,
+ * root password) is not part of K0 (changing it keeps the bootstrapped tree), but a preset may
+ * read it, so a change to it runs the presets again from the snapshot of the bootstrapped tree.
  */
+export function presetInputs(before: string, presetHash: string, configured = ''): StageInputs {
+  return configured ? { 'tree before': before, settings: configured, preset: presetHash } : { 'tree before': before, preset: presetHash };
+}
+
+/** The chain key of a preset's result: a digest of its inputs. */
+export function chainKey(inputs: StageInputs): string {
+  const prev = inputs.settings ? `${inputs['tree before']}\0${inputs.settings}` : inputs['tree before'];
+  return createHash('sha256').update(`mkma-chain-1\0${prev}\0${inputs.preset}`).digest('hex');
+}
+
+/** K0 = configHash, K(i) = the chain key of preset i's inputs. */
 export function chainKeys(configHash: string, presetHashes: string[], configured = ''): string[] {
   const keys = [configHash];
-  for (const h of presetHashes) {
-    const prev = keys.length === 1 && configured ? `${keys[0]}\0${configured}` : keys[keys.length - 1];
-    keys.push(createHash('sha256').update(`mkma-chain-1\0${prev}\0${h}`).digest('hex'));
-  }
+  presetHashes.forEach((h, i) => keys.push(chainKey(presetInputs(keys[i], h, i === 0 ? configured : ''))));
   return keys;
 }
 
@@ -71,19 +71,13 @@ export function planFrom(keys: string[], current: string | null, hasSnapshot: (k
   return { start: -1, from: null };
 }
 
-interface ChrootState {
-  /** the chain key of the state OUT/chroot holds; null while it is being changed */
-  key: string | null;
-  updated: string;
-}
-
 interface SnapshotInfo {
   /** what the snapshot is the state before (or after, for the bootstrap) */
   label: string;
   created: string;
 }
 
-export class BuildCache {
+export class Snapshots {
   readonly dir: string;
   readonly snapshots: string;
   readonly chroot: string;
@@ -103,41 +97,17 @@ export class BuildCache {
     return path.join(this.dir, 'logs');
   }
 
-  private get stateFile(): string {
-    return path.join(this.dir, 'chroot.json');
-  }
-
-  /** The state OUT/chroot holds: a key, null (unknown), or undefined when no build with this cache ran. */
-  readState(): string | null | undefined {
-    try {
-      return (JSON.parse(fs.readFileSync(this.stateFile, 'utf8')) as ChrootState).key;
-    } catch {
-      return undefined;
-    }
-  }
-
-  writeState(key: string | null): void {
-    fs.mkdirSync(this.dir, { recursive: true });
-    const tmp = `${this.stateFile}.tmp`;
-    const state: ChrootState = { key, updated: new Date().toISOString() };
-    fs.writeFileSync(tmp, JSON.stringify(state, null, 2) + '\n');
-    fs.renameSync(tmp, this.stateFile);
-  }
-
   hasSnapshot(key: string): boolean {
     return fs.existsSync(path.join(this.snapshots, key, 'usr'));
   }
 
   /**
-   * Where to start. `legacyReusable`: OUT/chroot is a bootstrapped tree for this configuration
-   * by bootstrap.ts's own record (used when no cache state exists yet).
+   * Where to start: the latest state of the chain that is available. `current` is the state
+   * OUT/chroot holds by the build record (null: unknown or half-done).
    */
-  plan(keys: string[], opts: { rebuild: boolean; legacyReusable: boolean }): CachePlan {
-    if (opts.rebuild) return { start: -1, from: null };
-    const state = this.readState();
+  plan(keys: string[], current: string | null): CachePlan {
     const chrootOk = fs.existsSync(path.join(this.chroot, 'usr'));
-    const current = !chrootOk ? null : state === undefined ? (opts.legacyReusable ? keys[0] : null) : state;
-    return planFrom(keys, current, (k) => this.hasSnapshot(k));
+    return planFrom(keys, chrootOk ? current : null, (k) => this.hasSnapshot(k));
   }
 
   /** Copies OUT/chroot to the snapshot of `key` (if there is none yet). */
@@ -156,17 +126,19 @@ export class BuildCache {
     return true;
   }
 
-  /** Replaces OUT/chroot with a copy of the snapshot of `key`. */
-  restore(key: string): void {
+  /**
+   * Replaces OUT/chroot with a copy of the snapshot of `key`; `replacing` runs once the copy is
+   * ready, just before the old tree goes (the caller records the change).
+   */
+  restore(key: string, replacing: () => void): void {
     const src = path.join(this.snapshots, key);
     const tmp = `${this.chroot}.restore`;
     assertUnmounted(this.chroot);
     fs.rmSync(tmp, { recursive: true, force: true });
     cpTree(src, tmp);
-    this.writeState(null);
+    replacing();
     fs.rmSync(this.chroot, { recursive: true, force: true });
     fs.renameSync(tmp, this.chroot);
-    this.writeState(key);
   }
 
   /** Deletes every snapshot whose key is not in `keep` (and leftovers of interrupted copies). */
@@ -199,14 +171,14 @@ export class BuildCache {
 
   /** Number of snapshots and their apparent size in bytes (du). */
   usage(): { snapshots: number; bytes: number } {
-    let names: string[] = [];
+    let names: string[];
     try {
       names = fs.readdirSync(this.snapshots).filter((n) => !n.includes('.'));
     } catch {
       return { snapshots: 0, bytes: 0 };
     }
     if (!names.length) return { snapshots: 0, bytes: 0 };
-    const r = spawnSync('du', ['-s', '-B1', this.snapshots], { encoding: 'utf8' });
+    const r = runSync('du', ['-s', '-B1', this.snapshots], { allowFailure: true });
     return { snapshots: names.length, bytes: Number(r.stdout.split(/\s/)[0]) || 0 };
   }
 }
@@ -221,9 +193,9 @@ function assertUnmounted(dir: string): void {
 
 /** cp -a (owners, modes, times, links, xattrs), sharing blocks where the filesystem can. */
 function cpTree(src: string, dest: string): void {
-  const r = spawnSync('cp', ['-a', '--reflink=auto', '--no-target-directory', src, dest], { encoding: 'utf8' });
-  if (r.status !== 0) {
+  const r = runSync('cp', ['-a', '--reflink=auto', '--no-target-directory', src, dest], { allowFailure: true });
+  if (!r.ok) {
     fs.rmSync(dest, { recursive: true, force: true });
-    throw new CacheError(`cp -a ${src} ${dest} failed: ${(r.stderr || String(r.error ?? '')).trim().split('\n').slice(0, 3).join('; ')}`);
+    throw new CacheError(`cp -a ${src} ${dest} failed: ${r.stderr.trim().split('\n').slice(0, 3).join('; ')}`);
   }
 }

@@ -1,12 +1,10 @@
-// Stage 1: the Debian root filesystem, by mmdebstrap (Debian's own tool), into OUT/chroot.
-// The tree is reused when the configuration that shaped it is unchanged.
-import { spawn } from 'node:child_process';
+// The Debian root filesystem, by mmdebstrap (Debian's own tool): its arguments for a
+// configuration, and the run itself (builder/stages/bootstrap.ts decides when).
 import * as fs from 'node:fs';
 import * as os from 'node:os';
-import * as path from 'node:path';
 import type { Config } from '../config/types.js';
-import type { Stage } from '../lib/progress.js';
 import { MkmaError } from '../lib/errors.js';
+import { runSync, spawnTracked } from '../lib/run.js';
 
 /** What every image needs to boot to systemd, and what mkma's own initramfs takes from it. */
 export const BASE_PACKAGES = [
@@ -70,22 +68,6 @@ export function summarizeMmdebstrapError(output: string): string {
   return `mmdebstrap failed:\n  ${text}${hint ? `\n  (${hint})` : ''}`;
 }
 
-interface BootstrapState {
-  configHash: string;
-  created: string;
-}
-
-const STATE_FILE = '.mkma-bootstrap.json';
-
-export function reusableChroot(out: string, hash: string): boolean {
-  try {
-    const state = JSON.parse(fs.readFileSync(path.join(out, STATE_FILE), 'utf8')) as BootstrapState;
-    return state.configHash === hash && fs.existsSync(path.join(out, 'chroot', 'usr'));
-  } catch {
-    return false;
-  }
-}
-
 function hostArch(): string {
   return ({ x64: 'amd64', arm64: 'arm64', ia32: 'i386', arm: 'armhf', ppc64: 'ppc64el', s390x: 's390x', riscv64: 'riscv64' } as Record<string, string>)[os.arch()] ?? os.arch();
 }
@@ -93,31 +75,31 @@ function hostArch(): string {
 /** Foreign-architecture bootstraps run through qemu-user via binfmt_misc. */
 function ensureBinfmt(): void {
   if (fs.existsSync('/proc/sys/fs/binfmt_misc/status')) return;
-  spawn('mount', ['-t', 'binfmt_misc', 'binfmt_misc', '/proc/sys/fs/binfmt_misc'], { stdio: 'ignore' });
+  runSync('mount', ['-t', 'binfmt_misc', 'binfmt_misc', '/proc/sys/fs/binfmt_misc'], { allowFailure: true });
 }
 
 /**
- * Bootstraps into OUT/chroot.new and renames it to OUT/chroot only when mmdebstrap succeeded,
- * so a failed bootstrap never destroys the previous tree.
+ * Bootstraps `c` into `target` (a new directory: the caller renames it into place only when
+ * mmdebstrap succeeded, so a failed bootstrap never destroys the previous tree). mmdebstrap's
+ * "I:" lines go to `onProgress`.
  */
-export async function bootstrap(c: Config, out: string, hash: string, stage: Stage): Promise<void> {
-  const target = path.join(out, 'chroot.new');
+export async function mmdebstrap(c: Config, target: string, onProgress: (line: string) => void): Promise<void> {
   fs.rmSync(target, { recursive: true, force: true });
   if (c.architecture !== hostArch()) ensureBinfmt();
-  const args = mmdebstrapArgs(c, target);
   const output: string[] = [];
   const code = await new Promise<number | null>((resolve, reject) => {
-    const child = spawn('mmdebstrap', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // not runSync/run: its lines are progress, read as they come
+    const child = spawnTracked('mmdebstrap', mmdebstrapArgs(c, target), { stdio: ['ignore', 'pipe', 'pipe'] });
     const onData = (d: Buffer) => {
       for (const line of d.toString().split('\n')) {
         if (!line.trim()) continue;
         output.push(line);
         if (output.length > 400) output.shift();
-        if (line.startsWith('I: ')) stage.progress(line.slice(3));
+        if (line.startsWith('I: ')) onProgress(line.slice(3));
       }
     };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
     child.on('error', (e) => reject(new BootstrapError(`cannot run mmdebstrap (apt-get install mmdebstrap): ${e.message}`)));
     child.on('close', resolve);
   });
@@ -125,9 +107,4 @@ export async function bootstrap(c: Config, out: string, hash: string, stage: Sta
     fs.rmSync(target, { recursive: true, force: true });
     throw new BootstrapError(summarizeMmdebstrapError(output.join('\n')));
   }
-  const final = path.join(out, 'chroot');
-  fs.rmSync(final, { recursive: true, force: true });
-  fs.renameSync(target, final);
-  const state: BootstrapState = { configHash: hash, created: new Date().toISOString() };
-  fs.writeFileSync(path.join(out, STATE_FILE), JSON.stringify(state, null, 2) + '\n');
 }

@@ -1,0 +1,148 @@
+// What `mkma persist`'s terminal UI draws, screen by screen: the header, the body of each mode
+// (the list, the rules to append, the confirmation, the result), the status line and the key
+// help. Plain functions of the view and the mode: persist/tui.tsx owns the state and the keys.
+// A new screen (an overlay, a legend) is a new Mode and one more case in `body`.
+//
+// Every line is cut to the terminal's width (never wrapped), and only the rows in the window
+// are drawn.
+import { memo, type ReactElement } from 'react';
+import { Text } from 'ink';
+import { formatBytes } from '../lib/progress.js';
+import { totals, type Summary } from './inclusion.js';
+import { rowText, type RowParts } from './rows.js';
+import { displayPath, fitLine, textWidth, truncateMiddle } from './text.js';
+import type { PersistView } from './view.js';
+
+export type WriteResult = { file: string; bytesIn: number; bytesOut: number; entries: number };
+
+/** What the UI shows and which keys it takes. */
+export type Mode =
+  | { name: 'main' }
+  | { name: 'search'; query: string }
+  | { name: 'rules'; lines: string[]; busy: boolean }
+  | { name: 'confirm'; summary: Summary }
+  | { name: 'writing'; summary: Summary }
+  | { name: 'result'; result: WriteResult };
+
+const KIND_COLOR: Record<string, string> = { A: 'green', M: 'yellow', m: 'cyan', D: 'red', R: 'magenta' };
+
+export const Row = memo(function Row({ p }: { p: RowParts }) {
+  const dim = p.state === 'none';
+  return (
+    <Text wrap="truncate" inverse={p.pointer === '>'} dimColor={dim}>
+      {p.pointer} {p.indent}
+      {p.fold} <Text color={p.state === 'partial' ? 'yellow' : undefined}>{p.mark}</Text>{' '}
+      <Text color={KIND_COLOR[p.kind]}>{p.kind}</Text> {p.name} {p.size}
+    </Text>
+  );
+}, (a, b) => rowText(a.p) === rowText(b.p) && a.p.state === b.p.state);
+
+export function Line({ text, width, ...style }: { text: string; width: number; bold?: boolean; color?: string; dimColor?: boolean; inverse?: boolean }) {
+  return (
+    <Text wrap="truncate" {...style}>
+      {fitLine(text, width)}
+    </Text>
+  );
+}
+
+export function plural(n: number, one: string, many = `${one}s`): string {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+/** The upperdir, the number of changes and what will be saved. */
+export function header(view: PersistView, width: number): string {
+  const scan = view.scan;
+  const tot = totals(view.tree, view.inc);
+  const skipped = scan.skipped.length ? ` · ${scan.skipped.length} skipped` : '';
+  const counts = ` ${plural(tot.changes, 'change')} · save ${tot.included} (${formatBytes(tot.includedBytes)} of ${formatBytes(tot.bytes)})${skipped}`;
+  const upperRoom = Math.max(8, width - counts.length - 1);
+  return `${truncateMiddle(scan.upper, upperRoom)}:${counts}`;
+}
+
+export interface BodyProps {
+  view: PersistView;
+  mode: Mode;
+  width: number;
+  height: number;
+  rulesFile: string;
+  canSaveRules: boolean;
+}
+
+/** The lines between the header and the status line, exactly `height` of them. */
+export function body(p: BodyProps): ReactElement[] {
+  const { view, mode, width, height } = p;
+  const out: ReactElement[] = [];
+  const lines = (texts: string[], style: (k: number) => { bold?: boolean; color?: string } = () => ({})) =>
+    texts.forEach((l, k) => out.push(<Line key={k} width={width} text={l} {...style(k)} />));
+  if (mode.name === 'main' || mode.name === 'search') {
+    const top = view.scrollTo(height);
+    const last = Math.min(view.size, top + height);
+    for (let r = top; r < last; r++) out.push(<Row key={r - top} p={view.row(r, width)} />);
+    if (!view.size) out.push(<Line key="empty" width={width} dimColor text={view.filter ? `  nothing matches "${view.filter.query}"` : '  no changes since boot'} />);
+  } else if (mode.name === 'rules') {
+    out.push(<Line key="t" width={width} bold text={`Append ${plural(mode.lines.length, 'line')} to ${p.rulesFile}?`} />);
+    const room = height - 3;
+    const shown = mode.lines.length > room ? mode.lines.slice(0, Math.max(0, room - 1)) : mode.lines;
+    shown.forEach((l, k) => out.push(<Line key={`l${k}`} width={width} text={`  ${truncateMiddle(l, width - 2)}`} />));
+    if (shown.length < mode.lines.length) out.push(<Line key="more" width={width} dimColor text={`  … ${mode.lines.length - shown.length} more`} />);
+    out.push(<Line key="gap" width={width} text="" />);
+    out.push(<Line key="q" width={width} text={mode.busy ? 'saving…' : p.canSaveRules ? 'y append · n back' : 'saving rules is not available here · any key goes back'} />);
+  } else if (mode.name === 'confirm' || mode.name === 'writing') {
+    lines(confirmation(view, mode.summary, mode.name === 'writing'), (k) => ({ bold: k === 0 }));
+  } else if (mode.name === 'result') {
+    lines(resultLines(mode.result, width), (k) => ({ bold: k === 0, color: k === 0 ? 'green' : undefined }));
+  }
+  while (out.length < height) out.push(<Text key={`pad${out.length}`}> </Text>);
+  out.length = Math.min(out.length, height);
+  return out;
+}
+
+function confirmation(view: PersistView, s: Summary, writing: boolean): string[] {
+  const skipped = view.scan.skipped.length;
+  return [
+    'Save a new persistence layer',
+    '',
+    `  entries    ${s.entries} (${plural(s.changes, 'change')} and the folders they need)`,
+    `  size       ${formatBytes(s.bytes)} before compression`,
+    `  deleted    ${plural(s.deleted, 'path')} (whiteouts)`,
+    `  replaced   ${plural(s.replaced, 'directory', 'directories')} (opaque)`,
+    `  left out   ${plural(s.excluded, 'change')}, ${formatBytes(s.excludedBytes)}`,
+    ...(skipped ? [`  skipped    ${plural(skipped, 'entry', 'entries')} that cannot be saved`] : []),
+    '',
+    writing ? 'writing…' : 'Save now? y yes · n back',
+  ];
+}
+
+function resultLines(r: WriteResult, width: number): string[] {
+  const ratio = r.bytesIn > 0 ? ` (${Math.round((r.bytesOut / r.bytesIn) * 100)}%)` : '';
+  return [
+    'Saved',
+    '',
+    `  layer      ${truncateMiddle(r.file, width - 13)}`,
+    `  entries    ${r.entries}`,
+    `  size       ${formatBytes(r.bytesIn)} → ${formatBytes(r.bytesOut)} compressed${ratio}`,
+    '',
+    'Press any key to exit.',
+  ];
+}
+
+/** The status line(s): a message, the search prompt, or where the cursor is. */
+export function status(view: PersistView, mode: Mode, message: string[] | null, height: number, width: number): string[] {
+  if (mode.name === 'search') return [`/${mode.query}▏ ${view.filter ? plural(view.filter.matches, 'match', 'matches') : ''}`];
+  if (message?.length) return message.slice(0, height);
+  if (mode.name !== 'main') return [''];
+  const e = view.current >= 0 ? view.tree.entries[view.current] : null;
+  const where = e ? `/${displayPath(e.path)}${e.type === 'dir' ? '/' : e.type === 'symlink' && e.target !== undefined ? ` -> ${displayPath(e.target)}` : ''}` : '';
+  const filter = view.filter ? `[filter "${truncateMiddle(view.filter.query, 20)}": ${plural(view.filter.matches, 'match', 'matches')}, esc clears] ` : '';
+  return [filter + truncateMiddle(where, width - textWidth(filter))];
+}
+
+const HELP: Partial<Record<Mode['name'], string>> = {
+  main: '↑↓←→ move/fold  space toggle  / find  ? why  r rescan  w rules  ⏎ save  q quit',
+  search: 'type to filter  ⏎ keep  esc clear  ↑↓ move',
+};
+
+/** The key help line of a mode. */
+export function help(mode: Mode): string {
+  return HELP[mode.name] ?? '';
+}
