@@ -3,11 +3,14 @@
 import * as os from 'node:os';
 import { EXIT } from '../lib/errors.js';
 import { createReporter, formatBytes } from '../lib/progress.js';
-import { parse, printHelp, requireRoot } from './args.js';
+import { ZSTD_LEVEL } from '../lib/contract.js';
+import { parse, printHelp, renderHelp, requireRoot, type CommandSpec } from './args.js';
 
-export const HELP = `Usage: sudo mkma build [HOSTNAME] [options]
-
-Bootstraps a Debian root filesystem with mmdebstrap, configures it, and writes into OUT:
+export const SPEC = {
+  name: 'build',
+  synopsis: '[HOSTNAME] [options]',
+  root: true,
+  description: `Bootstraps a Debian root filesystem with mmdebstrap, configures it, and writes into OUT:
   base.cpio.zst        the root filesystem (cpio newc + zstd; manifest with xattrs)
   initramfs.cpio.zst   busybox, zstd, modules and mkma's init
   vmlinuz              the image's kernel
@@ -15,58 +18,78 @@ Bootstraps a Debian root filesystem with mmdebstrap, configures it, and writes i
 then prints the kernel command line and GRUB / systemd-boot entries.
 
 HOSTNAME defaults to this machine's hostname (or \`hostname\` in the config file).
-
-Options:
-  -o, --out DIR        output directory (default ./mkma-out; the bootstrapped tree is kept in DIR/chroot)
-  -c, --config FILE    configuration file (TOML, see mkma.example.toml)
-  -p, --preset PATH    apply a preset (TOML) after configuring; a directory means every *.toml
-                       in it, in order of file name; repeat for more, applied in argument order.
-                       Unchanged presets come from the cache in DIR/.cache (see "Presets" in README)
-      --rebuild        bootstrap again even if the configuration is unchanged (clears the cache)
-      --host-kernel    use this machine's /boot/vmlinuz-$(uname -r) and its modules
-      --install-deps   apt-get install missing host tools first
-  -q, --quiet          no progress output
-      --json           print the result as JSON on stdout (implies --quiet)
-
-Environment:
-  MKMA_COMPRESSION_LEVEL=N   zstd level 1..22 (default 3)
+The configuration is --config FILE, else ./mkma.toml, else /etc/mkma/mkma.toml, else the
+defaults; the build says which it used (mkma config shows every value and where it came from).`,
+  positionals: { max: 1 },
+  options: [
+    {
+      long: 'out',
+      short: 'o',
+      value: 'DIR',
+      complete: 'dir',
+      help: 'output directory (default ./mkma-out; the bootstrapped tree is kept in DIR/chroot)',
+    },
+    {
+      long: 'config',
+      short: 'c',
+      value: 'FILE',
+      complete: 'file',
+      help: 'configuration file (TOML, see mkma.example.toml; default: discovered, above)',
+    },
+    {
+      long: 'preset',
+      short: 'p',
+      value: 'PATH',
+      multiple: true,
+      complete: 'file',
+      help: `apply a preset (TOML) after configuring; a directory means every *.toml
+in it, in order of file name; repeat for more, applied in argument order.
+Unchanged presets come from the cache in DIR/.cache (see "Presets" in README)`,
+    },
+    { long: 'rebuild', help: 'bootstrap again even if the configuration is unchanged (clears the cache)' },
+    { long: 'host-kernel', help: "use this machine's /boot/vmlinuz-$(uname -r) and its modules" },
+    { long: 'install-deps', help: 'apt-get install missing host tools first' },
+    { long: 'json', help: 'print the result as JSON on stdout (implies --quiet)' },
+  ],
+  sections: [
+    [
+      'Environment',
+      `  MKMA_COMPRESSION_LEVEL=N   zstd level ${ZSTD_LEVEL.min}..${ZSTD_LEVEL.max} (default ${ZSTD_LEVEL.default}; recorded in the image for mkma persist)
   MKMA_QEMU_TEST=1           after building, smoke-boot the image in QEMU; fail if it does not boot
-  MKMA_QEMU_ACCEL=kvm|tcg    accelerator for that boot (default: kvm if /dev/kvm works)
+  MKMA_QEMU_ACCEL=kvm|tcg    accelerator for that boot (default: kvm if /dev/kvm works)`,
+    ],
+  ],
+  exitStatus: `0 built, 1 failed, 2 bad arguments or configuration, 3 not root or missing tools,
+4 the QEMU boot test failed.`,
+  examples: [
+    'sudo mkma build myhost --config mkma.toml --out /srv/mkma',
+    `sudo MKMA_SSH_USER=me MKMA_SSH_KEY="$(cat ~/.ssh/id_ed25519.pub)" \\
+    mkma build --preset presets/console --preset presets/ssh-server`,
+  ],
+} as const satisfies CommandSpec;
 
-Exit status: 0 built, 1 failed, 2 bad arguments or configuration, 3 not root or missing tools,
-4 the QEMU boot test failed.
-
-Example: sudo mkma build myhost --config mkma.toml --out /srv/mkma
-         sudo MKMA_SSH_USER=me MKMA_SSH_KEY="$(cat ~/.ssh/id_ed25519.pub)" \
-           mkma build --preset presets/console --preset presets/ssh-server
-`;
+export const HELP = renderHelp(SPEC);
 
 export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parse(
-    'build',
-    argv,
-    {
-      out: { type: 'string', short: 'o' },
-      config: { type: 'string', short: 'c' },
-      rebuild: { type: 'boolean' },
-      'host-kernel': { type: 'boolean' },
-      'install-deps': { type: 'boolean' },
-      quiet: { type: 'boolean', short: 'q' },
-      json: { type: 'boolean' },
-      preset: { type: 'string', short: 'p', multiple: true },
-    },
-    1,
-  );
+  const { values, positionals } = parse(SPEC, argv);
   if (values.help) return printHelp(HELP);
   const { BUILD_TOOLS, FAST_BOOT_PACKAGES, QEMU_TOOLS, installTools, requireTools } = await import('../lib/hosttools.js');
   const qemuTest = process.env.MKMA_QEMU_TEST === '1';
   const tools = qemuTest ? [...BUILD_TOOLS, ...QEMU_TOOLS] : BUILD_TOOLS;
   requireRoot('mkma build');
-  const { loadConfig } = await import('../config/load.js');
-  const config = loadConfig({ file: values.config, env: process.env, hostname: positionals[0], defaultHostname: os.hostname() });
-  // every preset is checked (keys, folders, hooks, environment variables) before anything runs
-  const presets = values.preset?.length ? (await import('../config/preset.js')).loadPresets(values.preset, process.env) : [];
+  // the configuration and every preset are checked (keys, folders, hooks, environment
+  // variables) before anything runs; every problem of all of them is reported at once
+  const { loadBuildInputs } = await import('../config/inputs.js');
+  const { config, found, presets } = loadBuildInputs({
+    given: values.config,
+    cwd: process.cwd(),
+    env: process.env,
+    hostname: positionals[0],
+    defaultHostname: os.hostname(),
+    presetArgs: values.preset ?? [],
+  });
   const reporter = createReporter({ quiet: !!values.quiet || !!values.json });
+  reporter.info(`configuration: ${found.file ?? 'none'} (${found.how})`);
   if (values['install-deps']) installTools(tools, (s) => reporter.info(s), FAST_BOOT_PACKAGES);
   requireTools(tools);
   const { build } = await import('../builder/build.js');
@@ -94,7 +117,7 @@ export async function run(argv: string[]): Promise<number> {
     }
   }
   if (values.json) {
-    process.stdout.write(JSON.stringify({ ...result, boot }, null, 2) + '\n');
+    process.stdout.write(JSON.stringify({ ...result, config: found, boot }, null, 2) + '\n');
     return EXIT.ok;
   }
   const o = result.outputs;

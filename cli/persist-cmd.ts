@@ -16,46 +16,68 @@ import { BOOT_ENV_PATH, resolveTarget, type Target } from '../persist/storage.js
 import type { LayerPlan, WriteLayerResult } from '../persist/write.js';
 import { interceptSignals } from '../lib/cleanup.js';
 import { EnvironmentError, EXIT, MkmaError, UsageError } from '../lib/errors.js';
-import { parse, printHelp } from './args.js';
+import { parse, printHelp, renderHelp, type CommandSpec } from './args.js';
+import { FILES, ZSTD_LEVEL } from '../lib/contract.js';
+import { readManifest } from '../format/reader.js';
+import * as path from 'node:path';
 import { createReporter, formatBytes, type Reporter } from '../lib/progress.js';
 
-export const HELP = `Usage: sudo mkma persist [options]
-
-Saves changes made since boot (the overlay's upperdir, ${DEFAULT_UPPER}) as a new layer
+export const SPEC = {
+  name: 'persist',
+  synopsis: '[options]',
+  root: true,
+  description: `Saves changes made since boot (the overlay's upperdir, ${DEFAULT_UPPER}) as a new layer
 persistence.<UTC time>.cpio.zst next to base.cpio.zst on the storage device; the next boot
 applies it. Without --yes or --dry-run it opens a terminal UI to choose what to keep.
 
 What is saved: every change that the rules do not exclude. Rules are gitignore-style lines:
 mkma's defaults (temporary files, caches, logs of one boot, the random seed), then
 ${DEFAULT_RULES_PATH}, then --include/--exclude in the order given; the last rule that
-matches a path or one of its directories decides ("!" includes again).
+matches a path or one of its directories decides ("!" includes again); see mkma-persist.rules(5).`,
+  options: [
+    { long: 'yes', short: 'y', help: 'save everything the rules allow, without asking' },
+    { long: 'dry-run', short: 'n', help: 'list what would be saved (kind, size, path) and totals; write nothing' },
+    { long: 'include', value: 'PATTERN', multiple: true, help: "keep what PATTERN matches (repeatable), e.g. --include '/var/log/**'" },
+    { long: 'exclude', value: 'PATTERN', multiple: true, help: 'leave out what PATTERN matches (repeatable), e.g. --exclude /root/big/' },
+    { long: 'message', short: 'm', value: 'TEXT', help: "a note stored in the layer (shown by mkma's tools)" },
+    { long: 'rules', value: 'FILE', complete: 'file', help: `rules file (default ${DEFAULT_RULES_PATH}; missing = defaults only)` },
+    { long: 'upper', value: 'DIR', complete: 'dir', help: `upperdir to save (default ${DEFAULT_UPPER})` },
+    { long: 'lower', value: 'DIR', complete: 'dir', help: `the tree below it, to tell new from modified (default ${DEFAULT_LOWER})` },
+    {
+      long: 'device',
+      value: 'DEV',
+      complete: 'file',
+      help: `storage device (/dev/…, UUID=…, LABEL=…, PARTUUID=…); default: the one
+the system booted from (mkma_storage_device= on the kernel command line)`,
+    },
+    {
+      long: 'path',
+      value: 'PATH',
+      complete: 'dir',
+      help: 'with --device: the images directory on it; alone: a directory to\nwrite the layer into as it is',
+    },
+    {
+      long: 'level',
+      value: 'N',
+      help: `zstd level ${ZSTD_LEVEL.min}..${ZSTD_LEVEL.max} (default: $MKMA_COMPRESSION_LEVEL, else the level
+base.cpio.zst was built with, else ${ZSTD_LEVEL.default})`,
+    },
+    { long: 'quiet', short: 'q', help: 'no progress output (with --yes; warnings still show)' },
+    { long: 'json', help: 'machine-readable output on stdout (with --yes or --dry-run)' },
+  ],
+  sections: [
+    [
+      'Kinds',
+      `  A added, M modified, m metadata only (chmod/chown/touch), D deleted, R replaced
+  directory (its old contents are dropped).`,
+    ],
+  ],
+  exitStatus: `0 saved (or nothing to save, or dry run), 1 failed (nothing was written), 2 bad
+arguments or no terminal without --yes, 3 not root or missing tools.`,
+  examples: ['sudo mkma persist --dry-run', "sudo mkma persist --yes --exclude '/home/*/Downloads/' --message 'after installing nginx'"],
+} as const satisfies CommandSpec;
 
-Options:
-  -y, --yes              save everything the rules allow, without asking
-  -n, --dry-run          list what would be saved (kind, size, path) and totals; write nothing
-      --json             machine-readable output on stdout (with --yes or --dry-run)
-      --include PATTERN  keep what PATTERN matches (repeatable), e.g. --include '/var/log/**'
-      --exclude PATTERN  leave out what PATTERN matches (repeatable), e.g. --exclude /root/big/
-  -m, --message TEXT     a note stored in the layer (shown by mkma's tools)
-      --rules FILE       rules file (default ${DEFAULT_RULES_PATH}; missing = defaults only)
-      --upper DIR        upperdir to save (default ${DEFAULT_UPPER})
-      --lower DIR        the tree below it, to tell new from modified (default ${DEFAULT_LOWER})
-      --device DEV       storage device (/dev/…, UUID=…, LABEL=…, PARTUUID=…); default: the one
-                         the system booted from (mkma_storage_device= on the kernel command line)
-      --path PATH        with --device: the images directory on it; alone: a directory to
-                         write the layer into as it is
-      --level N          zstd level 1..19 (default $MKMA_COMPRESSION_LEVEL or 3)
-
-Kinds: A added, M modified, m metadata only (chmod/chown/touch), D deleted, R replaced
-directory (its old contents are dropped).
-
-Exit status: 0 saved (or nothing to save, or dry run), 1 failed (nothing was written), 2 bad
-arguments or no terminal without --yes, 3 not root or missing tools.
-
-Examples:
-  sudo mkma persist --dry-run
-  sudo mkma persist --yes --exclude '/home/*/Downloads/' --message 'after installing nginx'
-`;
+export const HELP = renderHelp(SPEC);
 
 const KIND_LETTER: Record<string, string> = { added: 'A', modified: 'M', metadata: 'm', deleted: 'D', replaced: 'R', container: ' ' };
 
@@ -79,12 +101,26 @@ function ruleJson(r: Rule | null) {
   return r ? { pattern: r.pattern, include: r.include, source: r.source } : null;
 }
 
-function parseLevel(v: string | undefined): number {
-  const text = v ?? process.env.MKMA_COMPRESSION_LEVEL ?? '3';
+/** --level, else MKMA_COMPRESSION_LEVEL: a number in the one range of zstd levels, or null for "not given". */
+function parseLevel(v: string | undefined): { level: number; from: string } | null {
+  const [text, from] = v !== undefined ? [v, '--level'] : [process.env.MKMA_COMPRESSION_LEVEL || undefined, 'MKMA_COMPRESSION_LEVEL'];
+  if (text === undefined) return null;
   const n = Number(text);
-  if (!Number.isInteger(n) || n < 1 || n > 19)
-    throw new UsageError(`persist: --level must be an integer 1..19, not ${JSON.stringify(text)}`);
-  return n;
+  if (!/^\s*[0-9]+\s*$/.test(text) || n < ZSTD_LEVEL.min || n > ZSTD_LEVEL.max)
+    throw new UsageError(`persist: ${from} must be an integer from ${ZSTD_LEVEL.min} to ${ZSTD_LEVEL.max}, not ${JSON.stringify(text)}`);
+  return { level: n, from };
+}
+
+/** The layer's zstd level: the one given, else the one the base was built with, else the default. */
+function layerLevel(given: { level: number; from: string } | null, imagesDir: string): { level: number; from: string } {
+  if (given) return given;
+  try {
+    const recorded = readManifest(path.join(imagesDir, FILES.base)).zstdLevel;
+    if (recorded !== undefined) return { level: recorded, from: `the level ${FILES.base} was built with` };
+  } catch {
+    /* no readable base there: the target's own warning says so */
+  }
+  return { level: ZSTD_LEVEL.default, from: 'the default' };
 }
 
 function readIf(file: string): string | undefined {
@@ -120,20 +156,7 @@ function totalsOf(scan: ScanResult, decisions: Decision[]): Totals {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { values, tokens } = parse('persist', argv, {
-    yes: { type: 'boolean', short: 'y' },
-    'dry-run': { type: 'boolean', short: 'n' },
-    json: { type: 'boolean' },
-    include: { type: 'string', multiple: true },
-    exclude: { type: 'string', multiple: true },
-    message: { type: 'string', short: 'm' },
-    upper: { type: 'string' },
-    lower: { type: 'string' },
-    rules: { type: 'string' },
-    device: { type: 'string' },
-    path: { type: 'string' },
-    level: { type: 'string' },
-  });
+  const { values, tokens } = parse(SPEC, argv);
   if (values.help) return printHelp(HELP);
   const dryRun = !!values['dry-run'];
   const yes = !!values.yes;
@@ -177,7 +200,7 @@ export async function run(argv: string[]): Promise<number> {
     rules.push({ ...r, include: t.name === 'include' });
   }
 
-  const reporter = createReporter({ quiet: json });
+  const reporter = createReporter({ quiet: json || !!values.quiet });
   if (!isRoot) reporter.warn("not root: overlayfs' own xattrs are invisible, so replaced directories show as added or unchanged");
   const stage = reporter.stage('scan', upper);
   // The writer's modules load while find and getfattr work (the scan mostly waits for them).
@@ -222,8 +245,10 @@ export async function run(argv: string[]): Promise<number> {
     bootEnv: readIf(BOOT_ENV_PATH),
   });
   let result: WriteLayerResult;
+  let lv: { level: number; from: string };
   try {
     for (const w of target.warnings) reporter.warn(w);
+    lv = layerLevel(level, target.imagesDir);
     // statsFromScan: the scan is a moment old, its lstat data is the files' (no second lstat of each)
     result = await writeWithSignals(reporter, writeLayer, {
       scan,
@@ -232,7 +257,8 @@ export async function run(argv: string[]): Promise<number> {
       statsFromScan: true,
       upper,
       imagesDir: target.imagesDir,
-      level,
+      level: lv.level,
+      levelFrom: lv.from,
       message: values.message,
     });
   } finally {
@@ -241,7 +267,11 @@ export async function run(argv: string[]): Promise<number> {
   const name = result.file.slice(result.file.lastIndexOf('/') + 1);
   if (json) {
     process.stdout.write(
-      JSON.stringify({ saved: true, name, ...result, target: target.description, totals, skipped: scan.skipped, warnings }, null, 2) + '\n',
+      JSON.stringify(
+        { saved: true, name, ...result, level: lv.level, target: target.description, totals, skipped: scan.skipped, warnings },
+        null,
+        2,
+      ) + '\n',
     );
     return EXIT.ok;
   }
@@ -260,6 +290,8 @@ async function writeWithSignals(
     upper: string;
     imagesDir: string;
     level: number;
+    /** where the level came from, for the progress line */
+    levelFrom: string;
     message?: string;
   },
 ): Promise<WriteLayerResult> {
@@ -271,12 +303,13 @@ async function writeWithSignals(
     ac.abort();
     return true;
   });
-  const stage = reporter.stage('write', o.imagesDir);
+  const stage = reporter.stage('write', `${o.imagesDir}, zstd level ${o.level} (${o.levelFrom})`);
+  const { levelFrom: _, ...opts } = o;
   try {
     const r = await writeLayer({
-      ...o,
+      ...opts,
       signal: ac.signal,
-      onProgress: (p) => stage.progress(`${p.entries} entries, ${formatBytes(p.bytesIn)} → ${formatBytes(p.bytesOut)}`),
+      onProgress: (p) => stage.count({ entries: p.entries, bytes: p.bytesIn }, { entries: o.plan.write.length }),
       onWarning: (m) => reporter.warn(m),
     });
     for (const c of r.cleaned) reporter.info(`    removed ${c} (left by an interrupted persist)`);
@@ -362,7 +395,7 @@ async function runTui(o: {
   rulesFile: string;
   rules: Rule[];
   values: { device?: string; path?: string; message?: string };
-  level: number;
+  level: { level: number; from: string } | null;
 }): Promise<number> {
   // TODO(lead): persist/tui.tsx's options are not final; this call follows PersistTuiOptions as
   // of this writing (scan, decideRule, rescan, watchPath, rulesFile, saveRules,
@@ -392,7 +425,7 @@ async function runTui(o: {
           scan: latest,
           include,
           imagesDir: target.imagesDir,
-          level: o.level,
+          level: layerLevel(o.level, target.imagesDir).level,
           message: o.values.message,
         });
         return { file: r.file, bytesIn: r.bytesIn, bytesOut: r.bytesOut, entries: r.entries };

@@ -1,26 +1,30 @@
 // `mkma qemu`: boot the built image and report (qemu/smoke.ts).
-import { parse, printHelp } from './args.js';
+import { parse, printHelp, renderHelp, type CommandSpec } from './args.js';
 import { EXIT, UsageError } from '../lib/errors.js';
 import { createReporter } from '../lib/progress.js';
 
-export const HELP = `Usage: mkma qemu [--out DIR] [--timeout S] [--memory M] [--cpus N] [--fresh] [--interactive]
-
-Boots OUT/vmlinuz + OUT/initramfs.cpio.zst in QEMU with the images on a virtual disk
+export const SPEC = {
+  name: 'qemu',
+  synopsis: '[--out DIR] [--timeout S] [--memory M] [--cpus N] [--fresh] [--interactive]',
+  description: `Boots OUT/vmlinuz + OUT/initramfs.cpio.zst in QEMU with the images on a virtual disk
 (OUT/qemu/disk.img, made with mke2fs -d: nothing is mounted), reads the serial console and
 reports pass/fail with the boot phase timings. The disk keeps persistence layers written in
-the guest between runs unless --fresh.
+the guest between runs unless --fresh.`,
+  options: [
+    { long: 'out', short: 'o', value: 'DIR', complete: 'dir', help: 'build output directory (default ./mkma-out)' },
+    { long: 'timeout', value: 'S', help: 'give up after S seconds (default 600)' },
+    { long: 'memory', value: 'M', help: 'guest memory in MiB (default 2048)' },
+    { long: 'cpus', value: 'N', help: 'guest CPUs (default 2)' },
+    { long: 'fresh', help: 'recreate the disk without the layers saved in earlier runs' },
+    { long: 'interactive', short: 'i', help: 'give the console to the user instead of testing (log in, try mkma persist)' },
+    { long: 'json', help: 'print the result (pass/fail, accelerator, phase timings) as JSON on stdout' },
+  ],
+  sections: [['Environment', '  MKMA_QEMU_ACCEL=kvm|tcg   accelerator (default kvm where /dev/kvm works, else tcg)']],
+  exitStatus: '0 booted to multi-user, 4 did not, 2 bad arguments, 3 missing tools.',
+  examples: ['mkma qemu --out mkma-out', 'mkma qemu --interactive --fresh'],
+} as const satisfies CommandSpec;
 
-Options:
-  -o, --out DIR        build output directory (default ./mkma-out)
-      --timeout S      give up after S seconds (default 600)
-      --memory M       guest memory in MiB (default 2048)
-      --cpus N         guest CPUs (default 2)
-      --fresh          recreate the disk without the layers saved in earlier runs
-  -i, --interactive    give the console to the user instead of testing
-      --json           print the result (pass/fail, accelerator, phase timings) as JSON on stdout
-Environment: MKMA_QEMU_ACCEL=kvm|tcg (default kvm where /dev/kvm works, else tcg)
-Exit status: 0 booted to multi-user, 4 did not, 2 bad arguments, 3 missing tools.
-`;
+export const HELP = renderHelp(SPEC);
 
 function positiveInt(name: string, v: string | undefined, def: number): number {
   if (v === undefined) return def;
@@ -30,17 +34,9 @@ function positiveInt(name: string, v: string | undefined, def: number): number {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { values } = parse('qemu', argv, {
-    out: { type: 'string', short: 'o' },
-    timeout: { type: 'string' },
-    memory: { type: 'string' },
-    cpus: { type: 'string' },
-    fresh: { type: 'boolean' },
-    interactive: { type: 'boolean', short: 'i' },
-    json: { type: 'boolean' },
-  });
+  const { values } = parse(SPEC, argv);
   if (values.help) return printHelp(HELP);
-  const reporter = createReporter({ quiet: !!values.json });
+  const reporter = createReporter({ quiet: !!values.quiet || !!values.json });
   const { smokeBoot, describeSmoke } = await import('../qemu/smoke.js');
   const r = await smokeBoot({
     out: values.out ?? 'mkma-out',

@@ -4,7 +4,7 @@
 import * as os from 'node:os';
 import { EnvironmentError } from '../lib/errors.js';
 import { CommandNotFoundError, runSync } from '../lib/run.js';
-import { ConfigError, loadConfig } from './load.js';
+import { ConfigError, ConfigErrors, loadConfig } from './load.js';
 import { checkPresets, displayPath, type Preset } from './preset.js';
 
 export interface Finding {
@@ -61,8 +61,9 @@ export function lint(presetArgs: string[], configFile: string | undefined, env: 
     try {
       loadConfig({ file: configFile, env, defaultHostname: os.hostname() || 'localhost' });
     } catch (e) {
-      if (!(e instanceof ConfigError)) throw e;
-      findings.push(fromError(e));
+      if (e instanceof ConfigErrors) findings.push(...e.problems.map(fromError));
+      else if (e instanceof ConfigError) findings.push(fromError(e));
+      else throw e;
     }
   }
   if (presetArgs.length) {

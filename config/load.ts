@@ -3,11 +3,16 @@
 // value should be, so the user can fix mkma.toml without reading the code.
 
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import * as path from 'node:path';
 import { parse, TomlError, type TomlValue } from 'smol-toml';
 import { SCHEMA, SETTINGS, hostnameProblem, type Setting, type SettingType } from './schema.js';
 import type { Config } from './types.js';
 import { UsageError } from '../lib/errors.js';
+import { didYouMean } from '../lib/suggest.js';
+
+// (config/preset.ts imports the suggester from here)
+export { closest } from '../lib/suggest.js';
 
 export class ConfigError extends UsageError {
   readonly file: string | null;
@@ -39,6 +44,34 @@ interface ParseOptions {
   defaultHostname: string;
 }
 
+/** Several problems at once (a mkma.toml, presets): one UsageError that lists them all. */
+export class ConfigErrors extends UsageError {
+  constructor(readonly problems: ConfigError[]) {
+    super(`${problems.length} problems in the configuration:\n${problems.map((p) => `  ${p.message}`).join('\n')}`);
+    this.name = 'ConfigErrors';
+  }
+}
+
+/** Throws what `problems` holds: nothing, the one ConfigError, or all of them as ConfigErrors. */
+export function throwProblems(problems: ConfigError[]): void {
+  if (problems.length === 1) throw problems[0];
+  if (problems.length > 1) throw new ConfigErrors(problems);
+}
+
+/** Where a value of the effective configuration came from (`mkma config`). */
+export type Origin =
+  | { from: 'default' }
+  | { from: 'file'; file: string; line: number | null }
+  | { from: 'environment'; variable: string }
+  | { from: 'command line' }
+  | { from: 'build host' };
+
+export interface ResolvedConfig {
+  config: Config;
+  /** by TOML key */
+  origins: Record<string, Origin>;
+}
+
 const BY_KEY = new Map(SETTINGS.map((s) => [s.key, s]));
 
 /** The TOML document of `file` (mkma.toml or a preset); a syntax error is a ConfigError with its line. */
@@ -55,22 +88,35 @@ export function parseTomlDocument(text: string, file: string | null): Record<str
 
 /** Pure: parses mkma.toml's text (no I/O). Precedence: defaults < file < env < `hostname`. */
 export function parseConfigText(text: string, opts: ParseOptions): Config {
+  return resolveConfig(text, opts).config;
+}
+
+/**
+ * The effective configuration and where each value came from. Every problem of the file, the
+ * environment and the command line is found before any is reported (ConfigErrors).
+ */
+export function resolveConfig(text: string, opts: ParseOptions): ResolvedConfig {
   const { file } = opts;
   const doc = parseTomlDocument(text, file);
+  const problems: ConfigError[] = [];
 
   const raw = new Map<string, TomlValue | null>(SETTINGS.map((s) => [s.key, s.default]));
+  const origins: Record<string, Origin> = Object.fromEntries(SETTINGS.map((s) => [s.key, { from: 'default' }]));
 
   for (const [key, value] of Object.entries(doc)) {
     const line = lineOf(text, key);
     const s = BY_KEY.get(key);
     if (!s) {
-      const near = closest(key, [...BY_KEY.keys()]);
-      const hint = near ? ` (did you mean "${near}"?)` : '';
-      throw new ConfigError(`key "${key}" is unknown${hint}`, { file, key, line });
+      problems.push(new ConfigError(`key "${key}" is unknown${didYouMean(key, [...BY_KEY.keys()])}`, { file, key, line }));
+      continue;
     }
     const problem = valueProblem(s, value);
-    if (problem) throw new ConfigError(keyed(key, problem), { file, key, line });
+    if (problem) {
+      problems.push(new ConfigError(keyed(key, problem), { file, key, line }));
+      continue;
+    }
     raw.set(key, value);
+    origins[key] = { from: 'file', file: file ?? '', line };
   }
 
   for (const s of SETTINGS) {
@@ -78,26 +124,39 @@ export function parseConfigText(text: string, opts: ParseOptions): Config {
     // An empty variable counts as unset (`MKMA_COMPRESSION_LEVEL= mkma build`).
     if (text === undefined || text === '') continue;
     const value = fromEnv(s.type, text);
-    const problem =
-      value === undefined ? `must be ${expected(s.type)}, got ${JSON.stringify(text)}` : valueProblem(s, value);
-    if (problem) throw new ConfigError(keyed(s.env!, problem), { file: null, key: s.key, line: null });
+    const problem = value === undefined ? `must be ${expected(s.type)}, got ${JSON.stringify(text)}` : valueProblem(s, value);
+    if (problem) {
+      problems.push(new ConfigError(keyed(s.env!, problem), { file: null, key: s.key, line: null }));
+      continue;
+    }
     raw.set(s.key, value!);
+    origins[s.key] = { from: 'environment', variable: s.env! };
   }
 
   if (opts.hostname !== undefined) {
     const problem = hostnameProblem(opts.hostname);
-    if (problem) throw new ConfigError(`hostname: ${problem} (given on the command line)`, { file: null, key: 'hostname', line: null });
-    raw.set('hostname', opts.hostname);
+    if (problem) problems.push(new ConfigError(`hostname: ${problem} (given on the command line)`, { file: null, key: 'hostname', line: null }));
+    else {
+      raw.set('hostname', opts.hostname);
+      origins.hostname = { from: 'command line' };
+    }
   }
-  if (raw.get('hostname') === null) {
+  if (raw.get('hostname') === null && !problems.some((p) => p.key === 'hostname')) {
     const problem = hostnameProblem(opts.defaultHostname);
     if (problem)
-      throw new ConfigError(
-        `hostname: the build host's name ${problem}; set hostname in mkma.toml or give one on the command line`,
-        { file: null, key: 'hostname', line: null },
+      problems.push(
+        new ConfigError(`hostname: the build host's name ${problem}; set hostname in mkma.toml or give one on the command line`, {
+          file: null,
+          key: 'hostname',
+          line: null,
+        }),
       );
     raw.set('hostname', opts.defaultHostname);
+    origins.hostname = { from: 'build host' };
   }
+  // in the order a reader of mkma.toml meets them; the environment and command line after it
+  problems.sort((a, b) => (a.line ?? Infinity) - (b.line ?? Infinity));
+  throwProblems(problems);
 
   // Every field is set from its schema entry (the schema is keyed by Config field, so none is
   // missing) and every value was validated above: the cast only restates that.
@@ -106,11 +165,16 @@ export function parseConfigText(text: string, opts: ParseOptions): Config {
     const v = raw.get(s.key)!;
     config[s.field] = s.toConfig ? s.toConfig(v) : v;
   }
-  return config as unknown as Config;
+  return { config: config as unknown as Config, origins };
 }
 
 /** Reads and parses a config file; without `file`, defaults + env + arguments only. */
-export function loadConfig(opts: Omit<ParseOptions, 'file'> & { file?: string }): Config {
+export function loadConfig(opts: Omit<ParseOptions, 'file'> & { file?: string | null }): Config {
+  return loadResolvedConfig(opts).config;
+}
+
+/** loadConfig with the origin of every value (`mkma config`). */
+export function loadResolvedConfig(opts: Omit<ParseOptions, 'file'> & { file?: string | null }): ResolvedConfig {
   const file = opts.file ?? null;
   let text = '';
   if (file !== null) {
@@ -122,7 +186,34 @@ export function loadConfig(opts: Omit<ParseOptions, 'file'> & { file?: string })
       throw new ConfigError(`cannot read the configuration file: ${why}`, { file, key: null, line: null });
     }
   }
-  return parseConfigText(text, { ...opts, file });
+  return resolveConfig(text, { ...opts, file });
+}
+
+/** The configuration file a command reads when none is given: in the current directory, then the system's. */
+export const CONFIG_NAME = 'mkma.toml';
+export const SYSTEM_CONFIG = '/etc/mkma/mkma.toml';
+
+export interface FoundConfig {
+  /** null: no file, the defaults (and environment) only */
+  file: string | null;
+  /** how it was chosen, for "configuration: FILE (HOW)" */
+  how: string;
+}
+
+/**
+ * Which mkma.toml a command uses: `--config FILE` when given; else ./mkma.toml when it exists;
+ * else /etc/mkma/mkma.toml when it exists; else none (defaults). Like git or mkosi, the
+ * nearest file wins, and the command says which it used.
+ */
+export function findConfigFile(o: { given?: string; cwd: string; system?: string; exists?: (p: string) => boolean }): FoundConfig {
+  if (o.given !== undefined) return { file: o.given, how: 'given with --config' };
+  const exists = o.exists ?? ((p: string) => existsSync(p) && statSync(p).isFile());
+  const local = path.join(o.cwd, CONFIG_NAME);
+  // named as a person would type it: ./mkma.toml when it is in the process's own directory
+  if (exists(local)) return { file: path.resolve(local) === path.resolve(CONFIG_NAME) ? `./${CONFIG_NAME}` : local, how: 'found in the current directory' };
+  const system = o.system ?? SYSTEM_CONFIG;
+  if (exists(system)) return { file: system, how: 'the system configuration' };
+  return { file: null, how: `no ${CONFIG_NAME} here or in ${path.dirname(system)}: defaults` };
 }
 
 /**
@@ -239,29 +330,6 @@ function lineOf(text: string, key: string): number | null {
   const re = new RegExp(`^\\s*(?:${k}\\s*[.=]|\\[+\\s*${k}\\s*[\\].])`);
   const i = text.split(/\r?\n/).findIndex((l) => re.test(l));
   return i < 0 ? null : i + 1;
-}
-
-/** The known key nearest to `key` by edit distance, if near enough to be a typo. */
-export function closest(key: string, known: readonly string[]): string | null {
-  const norm = (s: string) => s.toLowerCase().replace(/-/g, '_');
-  let best: string | null = null;
-  let bestD = Math.max(2, Math.floor(key.length / 3)) + 1;
-  for (const k of known) {
-    const d = editDistance(norm(key), norm(k));
-    if (d < bestD) [best, bestD] = [k, d];
-  }
-  return best;
-}
-
-function editDistance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const cur = [i];
-    for (let j = 1; j <= b.length; j++)
-      cur[j] = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
-    prev = cur;
-  }
-  return prev[b.length];
 }
 
 /** JSON with object keys sorted at every level, so equal values give equal text. */

@@ -5,6 +5,7 @@
 
 import type { TomlValue } from 'smol-toml';
 import type { Config, RootPasswordPolicy } from './types.js';
+import { ZSTD_LEVEL } from '../lib/contract.js';
 
 /** What is wrong with one string value (shown after "<key>: "), or null when it is fine. */
 export type Check = (s: string) => string | null;
@@ -161,11 +162,11 @@ export const SCHEMA: { [F in keyof Fields]: Setting<Fields[F]> } = {
   },
   compressionLevel: {
     key: 'compression_level',
-    type: { kind: 'integer', min: 1, max: 22 },
-    default: 3,
+    type: { kind: 'integer', min: ZSTD_LEVEL.min, max: ZSTD_LEVEL.max },
+    default: ZSTD_LEVEL.default,
     env: 'MKMA_COMPRESSION_LEVEL',
     affectsTree: false,
-    help: 'zstd level for the base image and layers (higher: smaller, much slower to build).',
+    help: 'zstd level for the base image and layers (higher: smaller, much slower to build); recorded in the image, so `mkma persist` writes its layers at the same level.',
   },
   rootPassword: {
     key: 'root_password',

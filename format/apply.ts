@@ -11,7 +11,7 @@ import { UNPACK_EXIT, UNPACK_PROTOCOL } from '../lib/contract.js';
 import { runSync } from '../lib/run.js';
 import { escapeXattrPath, isSafeRel, type Manifest, type XattrRecord } from './manifest.js';
 import { BASE_NAME, LAYER_PREFIX, sortLayerNames } from './names.js';
-import { extractImage, notRegularFiles, readManifest, setDirMeta } from './reader.js';
+import { extractImage, notRegularFiles, readManifest, setDirMeta, type ExtractProgress } from './reader.js';
 
 const toBuf = (s: string) => Buffer.from(s, 'latin1');
 
@@ -147,7 +147,13 @@ export interface UnpackReport {
  * base with -X, then every layer in one `-l` process; otherwise in TypeScript (same rules,
  * same corpus: test/conformance/).
  */
-export async function unpackImages(imagesDir: string, into: string, onLayer?: (r: ApplyReport) => void, unpacker?: string | null): Promise<UnpackReport> {
+export async function unpackImages(
+  imagesDir: string,
+  into: string,
+  onLayer?: (r: ApplyReport) => void,
+  unpacker?: string | null,
+  onBaseProgress?: ExtractProgress,
+): Promise<UnpackReport> {
   const basePath = path.join(imagesDir, BASE_NAME);
   const manifest = readManifest(basePath);
   if (manifest.kind !== 'base') throw new Error(`${basePath} is not a base image (kind ${manifest.kind})`);
@@ -165,7 +171,7 @@ export async function unpackImages(imagesDir: string, into: string, onLayer?: (r
     const reports = layers.length ? applyLayersNative(unpacker, into, stage, imagesDir, layers, onLayer) : [];
     return { base: { entries: manifest.entries, bytes: manifest.unpackedBytes, warnings: baseWarnings }, layers: reports, ignored, warnings };
   }
-  const base = await extractImage(basePath, into);
+  const base = await extractImage(basePath, into, onBaseProgress);
   const w = restoreXattrs(into, manifest.xattrs);
   const reports: ApplyReport[] = [];
   for (const name of layers) {

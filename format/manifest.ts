@@ -15,6 +15,7 @@
 //   mkma-manifest 1
 //   kind base|layer
 //   created 2026-11-22T02:15:00Z
+//   zstd_level N                    (the level the data was compressed with; informational)
 //   message TEXT                    (escaped; layers: `mkma persist --message`)
 //   entries N                       (cpio entries, trailer excluded; must match the archive)
 //   unpacked_bytes N                (space the tree needs in a tmpfs, 4 KiB pages)
@@ -31,7 +32,7 @@
 // (format/reader.ts, format/apply.ts: `mkma unpack --extractor ts`) and the init's busybox
 // fallback (init/templates/layer-busybox.sh); the conformance corpus (test/conformance/)
 // holds them to the same outcomes.
-import { FOOTER_SIZE, FORMAT } from '../lib/contract.js';
+import { FOOTER_SIZE, FORMAT, ZSTD_LEVEL } from '../lib/contract.js';
 import { MkmaError } from '../lib/errors.js';
 
 // (the constants are the boot contract's, lib/contract.ts: the init and mkma-unpack share them)
@@ -53,6 +54,8 @@ export interface XattrRecord {
 export interface Manifest {
   kind: ImageKind;
   created: string;
+  /** the zstd level of DATA (absent in images of older mkma): `mkma persist` writes its layers so */
+  zstdLevel?: number;
   message: string;
   entries: number;
   unpackedBytes: number;
@@ -146,6 +149,7 @@ export function serializeManifestBody(m: Manifest): Buffer {
     `mkma-manifest ${MANIFEST_VERSION}`,
     `kind ${m.kind}`,
     `created ${m.created}`,
+    ...(m.zstdLevel !== undefined ? [`zstd_level ${m.zstdLevel}`] : []),
     `message ${escapePath(Buffer.from(m.message, 'utf8').toString('latin1'))}`,
     `entries ${m.entries}`,
     `unpacked_bytes ${m.unpackedBytes}`,
@@ -291,6 +295,12 @@ export function parseManifestBody(body: Buffer): Manifest {
         kind = value;
         break;
       case 'created': m.created = value; break;
+      case 'zstd_level': {
+        // informational: a value out of range is ignored, never a reason to refuse the image
+        const n = parseNumber(value);
+        if (n !== null && n >= ZSTD_LEVEL.min && n <= ZSTD_LEVEL.max) m.zstdLevel = n;
+        break;
+      }
       case 'message':
         // informational: a bad escape is kept as it is, never a reason to refuse the image
         try {

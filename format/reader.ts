@@ -387,6 +387,9 @@ async function readShard(sh: ShardStream, parse: (chunk: Buffer) => void): Promi
   if (code !== 0) throw new ImageReadError(`zstd: ${sh.stderr().trim().split('\n').pop() || `exit ${code}`}`);
 }
 
+/** Progress of an extraction: done so far (archive bytes read, entries made) and the entries to make. */
+export type ExtractProgress = (done: { entries: number; bytes: number }, total: { entries: number }) => void;
+
 /** Shards decompressed ahead of the one being extracted (each a zstd of its own). */
 const SHARDS_AHEAD = 2;
 
@@ -395,9 +398,12 @@ const SHARDS_AHEAD = 2;
  * (each a stream of whole entries; hardlink groups are per shard), owners, modes (set after
  * chown so setuid survives), mtimes, symlinks, hardlinks, devices, fifos; directory metadata
  * last, deepest first. Throws ImageReadError (or ManifestError) with the reason.
+ * `onProgress` hears, after each chunk, the entries made and the archive bytes read so far,
+ * and the manifest's entry count (the total).
  */
-export async function extractImage(file: string, dest: string): Promise<ExtractResult> {
+export async function extractImage(file: string, dest: string, onProgress?: ExtractProgress): Promise<ExtractResult> {
   const m = readManifest(file);
+  let read = 0;
   const shards = checkShards(m);
   const x = new Extraction(dest);
   const streams: ShardStream[] = [];
@@ -436,6 +442,8 @@ export async function extractImage(file: string, dest: string): Promise<ExtractR
       await readShard(streams[i], (chunk) => {
         if (parser.finished) return; // after TRAILER!!!: padding (read on, for the zstd checksum)
         parser.push(chunk);
+        read += chunk.length;
+        onProgress?.({ entries: x.entries, bytes: read }, { entries: m.entries });
         if (parser.finished && !last) throw new ImageReadError(`TRAILER!!! before the last shard (damaged)`);
       });
       if (last && !parser.finished) throw new ImageReadError('the archive ends without TRAILER!!! (truncated)');

@@ -39,6 +39,14 @@ export const FORMAT = {
   xattrValueLimit: 65536,
 } as const;
 
+/**
+ * zstd compression levels: the one range of compression_level, MKMA_COMPRESSION_LEVEL and
+ * `mkma persist --level` (above 19 zstd needs --ultra, format/zstd.ts). An image records the
+ * level it was written with in its manifest (`zstd_level`), so that `mkma persist` on the
+ * running system writes its layers as the image was built.
+ */
+export const ZSTD_LEVEL = { min: 1, max: 22, default: 3 } as const;
+
 export const FOOTER_SIZE = FORMAT.footerTag.length + FORMAT.footerDigits + 1;
 
 /** Where things are on the running system (set up by the init, read by `mkma persist`). */

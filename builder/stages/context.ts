@@ -104,6 +104,19 @@ export interface BuildContext {
   reports: StageReport[];
 }
 
+/** A file stage's result, to be put in place and recorded. */
+export interface Output<D extends Record<string, unknown> = Record<string, unknown>> {
+  key: 'base' | 'initramfs' | 'kernel';
+  /** the stage's name in the record */
+  stage: string;
+  /** its file name in OUT */
+  file: string;
+  decision: Decision;
+  inputs: StageInputs;
+  /** what the result reports about it, kept in the record for a reuse */
+  details: D;
+}
+
 export const GiB = 2 ** 30;
 
 /**

@@ -6,8 +6,7 @@ import { formatBytes } from '../../lib/progress.js';
 import { buildInitramfs, prepareInitramfs } from '../initramfs.js';
 import { INITRAMFS_MODULE_GROUPS, type KernelInfo } from '../kernel.js';
 import { decide, digest, fileOptions, type StageInputs } from '../stage.js';
-import { announce, report, type BuildContext } from './context.js';
-import type { Output } from './outputs.js';
+import { announce, report, type BuildContext, type Output } from './context.js';
 
 export interface InitramfsDetails extends Record<string, unknown> {
   modules: string[];

@@ -5,8 +5,7 @@ import * as path from 'node:path';
 import { KERNEL_NAME } from '../../format/names.js';
 import type { KernelInfo } from '../kernel.js';
 import { decide, fileOptions, statOutput, type StageInputs } from '../stage.js';
-import { report, type BuildContext } from './context.js';
-import type { Output } from './outputs.js';
+import { report, type BuildContext, type Output } from './context.js';
 
 export function kernelStage(b: BuildContext, kernel: KernelInfo): Output {
   const name = 'kernel';

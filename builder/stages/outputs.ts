@@ -12,22 +12,9 @@ import { fsyncDir } from '../../format/writer.js';
 import { findStorage, grubEntry, kernelCommandLine, systemdBootEntry, type StorageLocation } from '../bootentries.js';
 import type { KernelInfo } from '../kernel.js';
 import { statOutput, type Decision, type StageInputs, type StageReport } from '../stage.js';
-import { SECRET_FILE_MODE, type BuildContext } from './context.js';
+import { SECRET_FILE_MODE, type BuildContext, type Output } from './context.js';
 import type { BaseDetails } from './pack-base.js';
 import type { InitramfsDetails } from './initramfs.js';
-
-/** A file stage's result, to be put in place and recorded. */
-export interface Output<D extends Record<string, unknown> = Record<string, unknown>> {
-  key: keyof BuildResult['outputs'];
-  /** the stage's name in the record */
-  stage: string;
-  /** its file name in OUT */
-  file: string;
-  decision: Decision;
-  inputs: StageInputs;
-  /** what the result reports about it, kept in the record for a reuse */
-  details: D;
-}
 
 export interface OutputInfo {
   path: string;

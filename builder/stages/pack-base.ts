@@ -6,8 +6,7 @@ import { BASE_NAME } from '../../format/names.js';
 import { formatBytes } from '../../lib/progress.js';
 import { baseExclude } from '../base.js';
 import { decide, fileOptions, type StageInputs } from '../stage.js';
-import { announce, checkOutputDir, GiB, report, SECRET_FILE_MODE, type BuildContext } from './context.js';
-import type { Output } from './outputs.js';
+import { announce, checkOutputDir, GiB, report, SECRET_FILE_MODE, type BuildContext, type Output } from './context.js';
 
 export interface BaseDetails extends Record<string, unknown> {
   unpackedBytes: number;

@@ -1,8 +1,19 @@
 import { describe, expect, test } from '@jest/globals';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ConfigError, configHash, describeConfig, loadConfig, parseConfigText, valueProblem } from '../../config/load.js';
+import {
+  ConfigError,
+  ConfigErrors,
+  configHash,
+  describeConfig,
+  findConfigFile,
+  loadConfig,
+  parseConfigText,
+  resolveConfig,
+  valueProblem,
+} from '../../config/load.js';
+import { loadBuildInputs } from '../../config/inputs.js';
 import { renderConfigReference, SETTINGS } from '../../config/schema.js';
 import type { Config } from '../../config/types.js';
 
@@ -237,6 +248,109 @@ describe('precedence', () => {
   });
 });
 
+describe('every problem at once', () => {
+  test('unknown keys, wrong types and a bad environment variable: one error listing all, in file order', () => {
+    let err: unknown;
+    try {
+      parse('sute = "trixie"\nslim = "yes"\npackages = ["Vim"]\ncompression_level = 30\n', { env: { MKMA_COMPRESSION_LEVEL: 'x' } });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigErrors);
+    const e = err as ConfigErrors;
+    expect(e.problems.map((p) => [p.line, p.key])).toEqual([
+      [1, 'sute'],
+      [2, 'slim'],
+      [3, 'packages'],
+      [4, 'compression_level'],
+      [null, 'compression_level'],
+    ]);
+    expect(e.message).toBe(
+      [
+        '5 problems in the configuration:',
+        '  mkma.toml:1: key "sute" is unknown (did you mean "suite"?)',
+        '  mkma.toml:2: slim must be true or false, got string',
+        '  mkma.toml:3: packages: "Vim" is not a valid Debian package name (lowercase letters, digits, "+", "-", "."; at least 2 characters, starting with a letter or digit)',
+        '  mkma.toml:4: compression_level must be an integer from 1 to 22, got 30',
+        '  MKMA_COMPRESSION_LEVEL must be an integer from 1 to 22, got "x"',
+      ].join('\n'),
+    );
+    expect(e.exitCode).toBe(2);
+  });
+
+  test('one problem is thrown as itself', () => {
+    expect(errorOf(() => parse('slim = 1')).message).toBe('mkma.toml:1: slim must be true or false, got integer');
+  });
+
+  test('the configuration and the presets together (mkma build, mkma config)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mkma-inputs-'));
+    writeFileSync(join(dir, 'mkma.toml'), 'sute = "x"\n');
+    writeFileSync(join(dir, 'p.toml'), 'pakages = ["vim"]\nenvironment_variables = ["MKMA_TEST_SURELY_UNSET"]\n');
+    let err: unknown;
+    try {
+      loadBuildInputs({ cwd: dir, env: {}, defaultHostname: 'h', presetArgs: [join(dir, 'p.toml')] });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigErrors);
+    const msgs = (err as ConfigErrors).problems.map((p) => p.message);
+    expect(msgs).toHaveLength(3);
+    expect(msgs[0]).toBe(`${join(dir, 'mkma.toml')}:1: key "sute" is unknown (did you mean "suite"?)`);
+    expect(msgs[1]).toMatch(/p\.toml:1: key "pakages" is unknown \(did you mean "packages"\?\)$/);
+    expect(msgs[2]).toMatch(/p\.toml:2: environment variable MKMA_TEST_SURELY_UNSET is not set/);
+  });
+});
+
+describe('where each value came from', () => {
+  test('default, file with line, environment, command line, build host', () => {
+    const r = resolveConfig('suite = "bookworm"\n\npackages = ["vim"]\n', {
+      file: 'mkma.toml',
+      env: { MKMA_COMPRESSION_LEVEL: '19' },
+      defaultHostname: 'buildhost',
+    });
+    expect(r.origins.suite).toEqual({ from: 'file', file: 'mkma.toml', line: 1 });
+    expect(r.origins.packages).toEqual({ from: 'file', file: 'mkma.toml', line: 3 });
+    expect(r.origins.compression_level).toEqual({ from: 'environment', variable: 'MKMA_COMPRESSION_LEVEL' });
+    expect(r.origins.mirror).toEqual({ from: 'default' });
+    expect(r.origins.hostname).toEqual({ from: 'build host' });
+    expect(r.config.compressionLevel).toBe(19);
+    const byArg = resolveConfig('hostname = "a"\n', { file: 'f', env: {}, hostname: 'b', defaultHostname: 'c' });
+    expect([byArg.config.hostname, byArg.origins.hostname]).toEqual(['b', { from: 'command line' }]);
+  });
+});
+
+describe('findConfigFile: --config, else ./mkma.toml, else /etc/mkma/mkma.toml', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mkma-find-'));
+  const system = join(dir, 'etc', 'mkma.toml');
+  const cwd = join(dir, 'work');
+  mkdirSync(cwd);
+  mkdirSync(join(dir, 'etc'));
+
+  test('nothing anywhere: the defaults, and it says where it looked', () => {
+    expect(findConfigFile({ cwd, system })).toEqual({ file: null, how: `no mkma.toml here or in ${join(dir, 'etc')}: defaults` });
+  });
+
+  test('the system file when the current directory has none', () => {
+    writeFileSync(system, 'slim = false\n');
+    expect(findConfigFile({ cwd, system })).toEqual({ file: system, how: 'the system configuration' });
+  });
+
+  test('./mkma.toml before the system file', () => {
+    writeFileSync(join(cwd, 'mkma.toml'), 'slim = true\n');
+    expect(findConfigFile({ cwd, system })).toEqual({ file: join(cwd, 'mkma.toml'), how: 'found in the current directory' });
+  });
+
+  test('--config before both, even when it does not exist (then loading it fails loudly)', () => {
+    expect(findConfigFile({ given: 'other.toml', cwd, system })).toEqual({ file: 'other.toml', how: 'given with --config' });
+  });
+
+  test('a directory named mkma.toml is not a configuration file', () => {
+    const d2 = join(dir, 'work2');
+    mkdirSync(join(d2, 'mkma.toml'), { recursive: true });
+    expect(findConfigFile({ cwd: d2, system: join(dir, 'none.toml') }).file).toBeNull();
+  });
+});
+
 describe('loadConfig', () => {
   test('reads a file and records its path', () => {
     const dir = mkdtempSync(join(tmpdir(), 'mkma-config-'));
@@ -325,7 +439,7 @@ describe('renderConfigReference', () => {
 
   test('shows types, defaults and env vars', () => {
     expect(ref).toContain(
-      '| `compression_level` | integer 1..22 | `3` | `MKMA_COMPRESSION_LEVEL` | zstd level for the base image and layers (higher: smaller, much slower to build). |',
+      '| `compression_level` | integer 1..22 | `3` | `MKMA_COMPRESSION_LEVEL` | zstd level for the base image and layers (higher: smaller, much slower to build); recorded in the image, so `mkma persist` writes its layers at the same level. |',
     );
     expect(ref).toContain("| `hostname` | string | the build host's hostname |  |");
     expect(ref).toContain('| `components` | list of strings | `["main"]` |');
