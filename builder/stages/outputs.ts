@@ -11,7 +11,7 @@ import { BUILD_INFO_NAME } from '../../format/names.js';
 import { fsyncDir } from '../../format/writer.js';
 import { findStorage, grubEntry, kernelCommandLine, systemdBootEntry, type StorageLocation } from '../bootentries.js';
 import type { KernelInfo } from '../kernel.js';
-import { statOutput, type Decision, type StageInputs, type StageReport } from '../stage.js';
+import { statOutput, type StageReport } from '../stage.js';
 import { SECRET_FILE_MODE, type BuildContext, type Output } from './context.js';
 import type { BaseDetails } from './pack-base.js';
 import type { InitramfsDetails } from './initramfs.js';
