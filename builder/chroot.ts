@@ -154,7 +154,7 @@ export async function withChroot<T>(rootDir: string, fn: (c: Chroot) => Promise<
     let cur = root;
     for (const name of rel.split('/').filter(Boolean)) {
       cur = path.join(cur, name);
-      let st: fs.Stats | null = null;
+      let st: fs.Stats;
       try {
         st = fs.lstatSync(cur);
       } catch {

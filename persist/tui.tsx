@@ -265,6 +265,8 @@ export function PersistApp(props: PersistAppProps) {
     }
     let q = m.query;
     if (key.backspace || key.delete) q = [...q].slice(0, -1).join('');
+    // control characters (a pasted newline, escape sequences) are not part of a filter
+    // eslint-disable-next-line no-control-regex
     else if (input && !key.ctrl && !key.meta && !key.tab) q += input.replace(/[\x00-\x1f\x7f]/g, '');
     else return;
     view.setFilter(q);

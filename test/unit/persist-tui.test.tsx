@@ -161,12 +161,12 @@ describe('PersistApp', () => {
     // 24 changes; saved: all but tmp/junk.tar, var/cache/apt(+pkgcache), .cache(+big.bin)
     expect(header(lines)).toBe('/overlay/fresh: 24 changes · save 19 (8.5 MiB of 93 MiB) · 1 skipped');
     expect(header(lines)).toContain('1 skipped');
-    expect(lines[1]).toMatch(/^> ▾ \[x\]   etc\/ +/);
-    expect(t.rowWith('apt/')).toMatch(/▸ \[x\]   apt\//);
+    expect(lines[1]).toMatch(/^> ▾ \[x\] {3}etc\/ +/);
+    expect(t.rowWith('apt/')).toMatch(/▸ \[x\] {3}apt\//);
     expect(t.rowWith('motd')).toMatch(/\[x\] D motd/);
     expect(t.rowWith('hostname')).toMatch(/\[x\] M hostname +10 B$/);
     expect(t.rowWith('resolv.conf')).toContain('M resolv.conf -> ../run/systemd/resolve/stub-resolv.conf');
-    expect(t.rowWith('tmp/')).toMatch(/▾ \[ \]   tmp\/ +4\.0 MiB$/);
+    expect(t.rowWith('tmp/')).toMatch(/▾ \[ \] {3}tmp\/ +4\.0 MiB$/);
     expect(t.rowWith('home/')).toMatch(/\[~\]/);
     expect(lines[lines.length - 1]).toBe('↑↓←→ move/fold  space toggle  / find  ? why  r rescan  w rules  ⏎ save  q quit');
     expect(lines[lines.length - 2]).toBe('/etc/');
@@ -206,7 +206,7 @@ describe('PersistApp', () => {
     expect(header(t.lines())).toContain('save 19 (8.5 MiB of');
     await moveTo(t, 'ssh/');
     await t.press(' ');
-    expect(t.cursorRow()).toMatch(/\[ \]   ssh\//);
+    expect(t.cursorRow()).toMatch(/\[ \] {3}ssh\//);
     expect(header(t.lines())).toContain('save 16 (8.5 MiB of');
     expect(t.rowWith('etc/')).toContain('[~]');
     expect(t.lines().at(-2)).toContain('/etc/ssh/: not saved (your choice)');
