@@ -112,7 +112,11 @@ const POLICY_RC_D = '#!/bin/sh\n# mkma: no daemons start while the image is buil
  * Runs `fn` with the root prepared for chroot commands, and undoes every change to the root
  * afterwards (mounts, mount points it made, policy-rc.d, resolv.conf), whatever happens.
  */
-export async function withChroot<T>(rootDir: string, fn: (c: Chroot) => Promise<T>, opts: { env?: Record<string, string> } = {}): Promise<T> {
+export async function withChroot<T>(
+  rootDir: string,
+  fn: (c: Chroot) => Promise<T>,
+  opts: { env?: Record<string, string> } = {},
+): Promise<T> {
   const root = fs.realpathSync(rootDir);
   if (root === '/') throw new ChrootError('refusing to use / as an image root');
   const left = unmountUnder(root); // leftovers of a build that was killed
@@ -162,7 +166,10 @@ export async function withChroot<T>(rootDir: string, fn: (c: Chroot) => Promise<
         made.push(cur);
         continue;
       }
-      if (!st.isDirectory()) throw new ChrootError(`/${rel} in the image is not a directory (${st.isSymbolicLink() ? 'a symbolic link' : 'a file'}): cannot mount there`);
+      if (!st.isDirectory())
+        throw new ChrootError(
+          `/${rel} in the image is not a directory (${st.isSymbolicLink() ? 'a symbolic link' : 'a file'}): cannot mount there`,
+        );
     }
     return cur;
   };
@@ -272,7 +279,10 @@ export async function withChroot<T>(rootDir: string, fn: (c: Chroot) => Promise<
         return new Promise<number>((resolve) => {
           // Ctrl-C belongs to the shell while it runs; SIGTERM and SIGHUP still end mkma
           const releaseSignals = interceptSignals((sig) => sig === 'SIGINT');
-          const child = spawnTracked('chroot', [root, '/bin/bash', '-i'], { env: { ...env, ...extra, PS1: '(mkma chroot) \\w# ' }, stdio: 'inherit' });
+          const child = spawnTracked('chroot', [root, '/bin/bash', '-i'], {
+            env: { ...env, ...extra, PS1: '(mkma chroot) \\w# ' },
+            stdio: 'inherit',
+          });
           children.add(child);
           const done = (code: number) => {
             releaseSignals();

@@ -148,7 +148,9 @@ export function productionDependencyDirs(root: string): string[] {
       const d = resolve(dir, name);
       if (!d) {
         if (required.includes(name) && !pkg.optionalDependencies?.[name]) {
-          throw new Error(`mkma's production dependency ${name} (needed by ${path.relative(root, dir) || 'mkma'}) is not installed: run npm ci`);
+          throw new Error(
+            `mkma's production dependency ${name} (needed by ${path.relative(root, dir) || 'mkma'}) is not installed: run npm ci`,
+          );
         }
         continue;
       }

@@ -7,7 +7,6 @@ import { join, posix } from 'node:path';
 import { MkmaError } from '../lib/errors.js';
 import { resolveInRoot, type InRootPath } from './root-path.js';
 
-
 export interface ElfInfo {
   /** PT_INTERP, e.g. '/lib64/ld-linux-x86-64.so.2'; null for static binaries and most libraries. */
   interp: string | null;
@@ -22,14 +21,24 @@ export interface ElfInfo {
 
 /** A file that starts like an ELF file but can't be parsed (truncated, big-endian, corrupt). */
 export class ElfError extends MkmaError {
-  constructor(readonly file: string, message: string) {
+  constructor(
+    readonly file: string,
+    message: string,
+  ) {
     super(`${file}: ${message}`);
     this.name = 'ElfError';
   }
 }
 
-const PT_LOAD = 1, PT_DYNAMIC = 2, PT_INTERP = 3;
-const DT_NULL = 0, DT_NEEDED = 1, DT_STRTAB = 5, DT_STRSZ = 10, DT_RPATH = 15, DT_RUNPATH = 29;
+const PT_LOAD = 1,
+  PT_DYNAMIC = 2,
+  PT_INTERP = 3;
+const DT_NULL = 0,
+  DT_NEEDED = 1,
+  DT_STRTAB = 5,
+  DT_STRSZ = 10,
+  DT_RPATH = 15,
+  DT_RUNPATH = 29;
 
 /**
  * Reads what the dynamic loader would read: PT_INTERP and the dynamic section's NEEDED and
@@ -78,8 +87,11 @@ export function readElfInfo(file: string): ElfInfo | null {
 
     const entsize = is64 ? 16 : 8;
     const dyn = read(dynamic.offset, dynamic.filesz);
-    const needed: number[] = [], runpath: number[] = [], rpath: number[] = [];
-    let strtab: number | null = null, strsz: number | null = null;
+    const needed: number[] = [],
+      runpath: number[] = [],
+      rpath: number[] = [];
+    let strtab: number | null = null,
+      strsz: number | null = null;
     for (let off = 0; off + entsize <= dyn.length; off += entsize) {
       const tag = is64 ? Number(dyn.readBigInt64LE(off)) : dyn.readInt32LE(off);
       const val = word(dyn, off + entsize / 2);
@@ -116,7 +128,12 @@ function cString(buf: Buffer, off: number): string {
 
 export class MissingLibraryError extends MkmaError {
   /** `neededBy` is the library that needs it, null when `binary` needs it directly. */
-  constructor(readonly binary: string, readonly library: string, readonly neededBy: string | null, root: string) {
+  constructor(
+    readonly binary: string,
+    readonly library: string,
+    readonly neededBy: string | null,
+    root: string,
+  ) {
     super(`${binary} needs ${library}${neededBy ? ` (through ${neededBy})` : ''}, which is not in the image at ${root}`);
     this.name = 'MissingLibraryError';
   }
@@ -170,9 +187,7 @@ export function libraryClosure(root: string, binaries: string[]): { files: strin
         load(r, readElfInfo(join(root, r.path)));
       }
       // RUNPATH applies to the object's own dependencies; $ORIGIN is the object's directory.
-      const runpath = info.runpath
-        .map((d) => d.replace(/\$\{ORIGIN\}|\$ORIGIN/g, posix.dirname(path)))
-        .filter((d) => d.startsWith('/')); // relative entries are relative to the cwd at run time
+      const runpath = info.runpath.map((d) => d.replace(/\$\{ORIGIN\}|\$ORIGIN/g, posix.dirname(path))).filter((d) => d.startsWith('/')); // relative entries are relative to the cwd at run time
       for (const soname of info.needed) {
         if (loaded.has(soname)) continue;
         const found = findLibrary(root, soname, [...runpath, ...systemDirs], info);
@@ -223,7 +238,13 @@ function ldSoConfDirs(root: string): string[] {
 /** Sorted matches of a pattern whose wildcards (* ?) are in the last component only. */
 function globInRoot(root: string, pattern: string): string[] {
   const dir = posix.dirname(pattern);
-  const re = new RegExp(`^${posix.basename(pattern).replace(/[.+^${}()|\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`);
+  const re = new RegExp(
+    `^${posix
+      .basename(pattern)
+      .replace(/[.+^${}()|\\]/g, '\\$&')
+      .replace(/\*/g, '.*')
+      .replace(/\?/g, '.')}$`,
+  );
   const r = resolveInRoot(root, dir);
   if (!r.exists) return [];
   let names: string[];
@@ -232,7 +253,10 @@ function globInRoot(root: string, pattern: string): string[] {
   } catch {
     return [];
   }
-  return names.filter((n) => re.test(n) && !n.startsWith('.')).sort().map((n) => posix.join(dir, n));
+  return names
+    .filter((n) => re.test(n) && !n.startsWith('.'))
+    .sort()
+    .map((n) => posix.join(dir, n));
 }
 
 /**
@@ -251,4 +275,3 @@ function defaultLibDirs(root: string): string[] {
   const t = [...triplets].sort();
   return [...t.map((x) => `/lib/${x}`), ...t.map((x) => `/usr/lib/${x}`), '/lib64', '/usr/lib64', '/lib', '/usr/lib'];
 }
-

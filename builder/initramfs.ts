@@ -131,12 +131,17 @@ export interface InitramfsPrep {
  * initramfs holds that does not come straight from the tree, so the build can tell whether an
  * existing initramfs is still the one these inputs make.
  */
-export function prepareInitramfs(opts: Pick<InitramfsOptions, 'kernel' | 'wantedModules' | 'requiredModules' | 'ramSize' | 'version' | 'arch' | 'cacheDir'>): InitramfsPrep {
+export function prepareInitramfs(
+  opts: Pick<InitramfsOptions, 'kernel' | 'wantedModules' | 'requiredModules' | 'ramSize' | 'version' | 'arch' | 'cacheDir'>,
+): InitramfsPrep {
   const plan = planModules(opts.kernel, opts.wantedModules, opts.requiredModules);
   const unpacker = buildUnpacker({ cacheDir: opts.cacheDir, arch: opts.arch });
   // the init carries the layer code of the extractor it has: decided here, not at boot
   const init = generateInit({
-    modules: plan.groups, defaultRamSize: opts.ramSize, deviceTimeoutSec: 30, version: opts.version,
+    modules: plan.groups,
+    defaultRamSize: opts.ramSize,
+    deviceTimeoutSec: 30,
+    version: opts.version,
     extractor: unpacker.path ? 'native' : 'busybox',
   });
   const unpackerHash = unpacker.path ? createHash('sha256').update(fs.readFileSync(unpacker.path)).digest('hex') : 'none';
@@ -154,7 +159,9 @@ export async function buildInitramfs(opts: InitramfsOptions, prepared?: Initramf
   }
   for (const bin of INITRAMFS_BINARIES) {
     if (!fs.existsSync(path.join(opts.chroot, bin))) {
-      throw new InitramfsError(`${bin} is missing from the image: the packages zstd, attr, busybox-static and util-linux must be installed`);
+      throw new InitramfsError(
+        `${bin} is missing from the image: the packages zstd, attr, busybox-static and util-linux must be installed`,
+      );
     }
   }
   for (const f of libraryClosure(opts.chroot, INITRAMFS_BINARIES).files) copyIntoStaging(opts.chroot, staging, f);
@@ -187,7 +194,11 @@ export async function buildInitramfs(opts: InitramfsOptions, prepared?: Initramf
   const r = await packTree(staging, opts.out, { kind: 'base', level: 12, threads: 0, manifest: false });
   fs.rmSync(staging, { recursive: true, force: true });
   return {
-    path: opts.out, bytes: r.fileBytes, files: r.stats.entries, modules: plan.moduleFiles.map(moduleName),
-    missingModules: plan.missing, fastUnpacker: !!unpacker.path,
+    path: opts.out,
+    bytes: r.fileBytes,
+    files: r.stats.entries,
+    modules: plan.moduleFiles.map(moduleName),
+    missingModules: plan.missing,
+    fastUnpacker: !!unpacker.path,
   };
 }

@@ -5,7 +5,6 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from
 import { basename, dirname, join, posix } from 'node:path';
 import { run } from '../lib/run.js';
 
-
 /** Module name as the kernel sees it: basename without .ko[.xz|.zst|.gz], '-' → '_'. */
 export function moduleName(pathOrName: string): string {
   return normalizeName(basename(pathOrName).replace(/\.ko(\.(xz|zst|gz))?$/, ''));
@@ -14,7 +13,11 @@ export function moduleName(pathOrName: string): string {
 /** modprobe treats '-' and '_' alike in module names and aliases. */
 const normalizeName = (name: string) => name.replace(/-/g, '_');
 
-const lines = (text: string) => text.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+const lines = (text: string) =>
+  text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('#'));
 
 /** modules.dep: relative module path → all its dependencies (transitive, as depmod writes them). */
 export function parseModulesDep(text: string): Map<string, string[]> {
@@ -22,7 +25,13 @@ export function parseModulesDep(text: string): Map<string, string[]> {
   for (const line of lines(text)) {
     const colon = line.indexOf(':');
     if (colon < 0) continue;
-    deps.set(line.slice(0, colon).trim(), line.slice(colon + 1).split(/\s+/).filter(Boolean));
+    deps.set(
+      line.slice(0, colon).trim(),
+      line
+        .slice(colon + 1)
+        .split(/\s+/)
+        .filter(Boolean),
+    );
   }
   return deps;
 }
@@ -134,7 +143,10 @@ export function moduleClosure(modulesDir: string, wanted: string[], opts: Module
     const n = normalizeName(name);
     const own = byName.get(n);
     if (own) return [own];
-    return (aliases.get(n) ?? []).map((m) => byName.get(m)).filter((p): p is string => !!p).sort();
+    return (aliases.get(n) ?? [])
+      .map((m) => byName.get(m))
+      .filter((p): p is string => !!p)
+      .sort();
   };
 
   const order: string[] = [];
@@ -206,7 +218,9 @@ export function storageDrivers(modulesDir: string, storage: string[]): StorageDr
   return storage
     .filter((m) => byModule.has(m))
     .map((m) => {
-      const own = moduleClosure(modulesDir, [m], { optional: true }).order.map(moduleName).filter((n) => inGroup.has(n));
+      const own = moduleClosure(modulesDir, [m], { optional: true })
+        .order.map(moduleName)
+        .filter((n) => inGroup.has(n));
       return { patterns: byModule.get(m)!, load: own.length ? own : [m] };
     });
 }

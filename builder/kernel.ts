@@ -22,7 +22,10 @@ const versionCompare = (a: string, b: string) => a.localeCompare(b, 'en', { nume
 export function findImageKernel(chroot: string): KernelInfo {
   const modulesRoot = path.join(chroot, 'usr/lib/modules');
   const versions = fs.existsSync(modulesRoot)
-    ? fs.readdirSync(modulesRoot).filter((v) => fs.existsSync(path.join(chroot, 'boot', `vmlinuz-${v}`))).sort(versionCompare)
+    ? fs
+        .readdirSync(modulesRoot)
+        .filter((v) => fs.existsSync(path.join(chroot, 'boot', `vmlinuz-${v}`)))
+        .sort(versionCompare)
     : [];
   const version = versions.at(-1);
   if (!version) {
@@ -122,8 +125,22 @@ export function trimModules(k: KernelInfo, keep: string[], chroot: string): { ke
  */
 export const INITRAMFS_MODULE_GROUPS = {
   // NVMe, SATA/AHCI, USB sticks, SD cards, virtual machines
-  storage: ['nvme', 'ahci', 'sd_mod', 'usb_storage', 'uas', 'xhci_pci', 'ehci_pci', 'ohci_pci', 'uhci_hcd',
-    'mmc_block', 'sdhci_pci', 'virtio_blk', 'virtio_pci', 'virtio_scsi'],
+  storage: [
+    'nvme',
+    'ahci',
+    'sd_mod',
+    'usb_storage',
+    'uas',
+    'xhci_pci',
+    'ehci_pci',
+    'ohci_pci',
+    'uhci_hcd',
+    'mmc_block',
+    'sdhci_pci',
+    'virtio_blk',
+    'virtio_pci',
+    'virtio_scsi',
+  ],
   filesystems: {
     // crc32c_generic: ext4's checksums; crc32c_intel fails without SSE4.2 (QEMU's TCG)
     ext4: ['ext4', 'crc32c_generic'],
@@ -139,4 +156,3 @@ export const INITRAMFS_MODULES = [
   ...Object.values(INITRAMFS_MODULE_GROUPS.filesystems).flat(),
   ...INITRAMFS_MODULE_GROUPS.overlay,
 ];
-

@@ -8,9 +8,15 @@ import { runSync, spawnTracked } from '../lib/run.js';
 
 /** What every image needs to boot to systemd, and what mkma's own initramfs takes from it. */
 export const BASE_PACKAGES = [
-  'systemd-sysv', 'udev', 'kmod', 'dbus',
+  'systemd-sysv',
+  'udev',
+  'kmod',
+  'dbus',
   // the initramfs takes these from the image, so build and boot use the same binaries
-  'zstd', 'attr', 'busybox-static', 'util-linux',
+  'zstd',
+  'attr',
+  'busybox-static',
+  'util-linux',
 ];
 
 export function packageSet(c: Config): string[] {
@@ -21,10 +27,7 @@ export function packageSet(c: Config): string[] {
 
 /** dpkg path filters: never generate a distribution initrd (mkma makes its own). */
 export function dpkgOptions(c: Config): string[] {
-  const opts = [
-    'path-exclude=/etc/kernel/postinst.d/initramfs-tools',
-    'path-exclude=/etc/kernel/postinst.d/dracut',
-  ];
+  const opts = ['path-exclude=/etc/kernel/postinst.d/initramfs-tools', 'path-exclude=/etc/kernel/postinst.d/dracut'];
   if (c.slim) {
     opts.push(
       'path-exclude=/usr/share/doc/*',
@@ -57,19 +60,31 @@ export class BootstrapError extends MkmaError {}
 
 /** mmdebstrap's and apt's reasons, shortened to what a user can act on. */
 export function summarizeMmdebstrapError(output: string): string {
-  const lines = output.split('\n').map((l) => l.trim()).filter(Boolean);
+  const lines = output
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
   const errors = lines.filter((l) => /^E: /.test(l) && !/^E: (apt-get|mmdebstrap|run_chroot|setup failed|main\(\) failed)/.test(l));
   const picked = errors.length ? errors : lines.filter((l) => /^(E|W): /.test(l));
   const unique = [...new Set(picked)].slice(0, 4);
   const text = unique.length ? unique.join('\n  ') : lines.slice(-5).join('\n  ');
   let hint = '';
-  if (/Unable to locate package|has no installation candidate/.test(output)) hint = 'check the package names in `packages` (mkma.toml) for this suite';
-  else if (/Failed to fetch|Could not resolve|Temporary failure resolving|Connection refused|Release file/.test(output)) hint = 'check `mirror` and `suite`, and that the mirror is reachable from this machine';
+  if (/Unable to locate package|has no installation candidate/.test(output))
+    hint = 'check the package names in `packages` (mkma.toml) for this suite';
+  else if (/Failed to fetch|Could not resolve|Temporary failure resolving|Connection refused|Release file/.test(output))
+    hint = 'check `mirror` and `suite`, and that the mirror is reachable from this machine';
   return `mmdebstrap failed:\n  ${text}${hint ? `\n  (${hint})` : ''}`;
 }
 
 function hostArch(): string {
-  return ({ x64: 'amd64', arm64: 'arm64', ia32: 'i386', arm: 'armhf', ppc64: 'ppc64el', s390x: 's390x', riscv64: 'riscv64' } as Record<string, string>)[os.arch()] ?? os.arch();
+  return (
+    (
+      { x64: 'amd64', arm64: 'arm64', ia32: 'i386', arm: 'armhf', ppc64: 'ppc64el', s390x: 's390x', riscv64: 'riscv64' } as Record<
+        string,
+        string
+      >
+    )[os.arch()] ?? os.arch()
+  );
 }
 
 /** Foreign-architecture bootstraps run through qemu-user via binfmt_misc. */

@@ -106,8 +106,18 @@ function sourcesFingerprint(root: string): string {
     if (st.isDirectory()) for (const n of fs.readdirSync(p).sort()) add(path.join(p, n));
     else h.update(`${p}\0${st.size}\0${st.mtimeMs}\0`);
   };
-  for (const d of ['etc/apt/sources.list', 'etc/apt/sources.list.d', 'etc/apt/trusted.gpg', 'etc/apt/trusted.gpg.d',
-    'etc/apt/keyrings', 'etc/apt/preferences', 'etc/apt/preferences.d', 'etc/apt/auth.conf.d', 'var/lib/dpkg/arch']) add(path.join(root, d));
+  for (const d of [
+    'etc/apt/sources.list',
+    'etc/apt/sources.list.d',
+    'etc/apt/trusted.gpg',
+    'etc/apt/trusted.gpg.d',
+    'etc/apt/keyrings',
+    'etc/apt/preferences',
+    'etc/apt/preferences.d',
+    'etc/apt/auth.conf.d',
+    'var/lib/dpkg/arch',
+  ])
+    add(path.join(root, d));
   return h.digest('hex');
 }
 
@@ -135,32 +145,36 @@ export async function runPreset(o: RunPresetOptions): Promise<'ran' | 'skipped'>
     if (!l.includes(ERROR_MARK) && l.trim()) stage.progress(l.length > 120 ? l.slice(0, 117) + '…' : l);
   };
   try {
-    const outcome = await withChroot(o.root, async (c) => {
-      if (o.aptLists) {
-        fs.mkdirSync(path.join(o.aptLists, 'partial'), { recursive: true });
-        c.bindWritable(o.aptLists, 'var/lib/apt/lists');
-      }
-      const steps: Array<[StepName, () => Promise<StepFailure | null>]> = [
-        ['packages', () => installPackages(c, p, o.apt, onLine)],
-        ['files', async () => copyFiles(c, p, onLine)],
-        ['users', () => applyUsers(c, p, onLine)],
-        ['script', () => runScript(c, p, onLine)],
-        ['services', () => applyServices(c, p, onLine)],
-      ];
-      for (const [, step] of steps) {
-        for (;;) {
-          const failure = await step();
-          if (!failure) break;
-          const message = describeFailure(p, failure, o.logFile);
-          if (!o.interactive) throw new PresetError(message, p.name, failure);
-          const choice = await menu(message, c, p, o.ask);
-          if (choice === 'retry') continue;
-          if (choice === 'skip') return 'skipped' as const;
-          throw new PresetError(`${message}\n  (aborted)`, p.name, failure);
+    const outcome = await withChroot(
+      o.root,
+      async (c) => {
+        if (o.aptLists) {
+          fs.mkdirSync(path.join(o.aptLists, 'partial'), { recursive: true });
+          c.bindWritable(o.aptLists, 'var/lib/apt/lists');
         }
-      }
-      return 'ran' as const;
-    }, { env: p.env });
+        const steps: Array<[StepName, () => Promise<StepFailure | null>]> = [
+          ['packages', () => installPackages(c, p, o.apt, onLine)],
+          ['files', async () => copyFiles(c, p, onLine)],
+          ['users', () => applyUsers(c, p, onLine)],
+          ['script', () => runScript(c, p, onLine)],
+          ['services', () => applyServices(c, p, onLine)],
+        ];
+        for (const [, step] of steps) {
+          for (;;) {
+            const failure = await step();
+            if (!failure) break;
+            const message = describeFailure(p, failure, o.logFile);
+            if (!o.interactive) throw new PresetError(message, p.name, failure);
+            const choice = await menu(message, c, p, o.ask);
+            if (choice === 'retry') continue;
+            if (choice === 'skip') return 'skipped' as const;
+            throw new PresetError(`${message}\n  (aborted)`, p.name, failure);
+          }
+        }
+        return 'ran' as const;
+      },
+      { env: p.env },
+    );
     if (outcome === 'skipped') return outcome;
     for (const hook of p.hooks) await runHook(p, hook, o.root, onLine, o.logFile);
     return 'ran';
@@ -270,7 +284,9 @@ async function applyUsers(c: Chroot, p: Preset, onLine: (l: string) => void): Pr
     const sudoers = path.join(c.root, 'etc/sudoers.d', `mkma-${u.name}`);
     if (u.sudo && u.password.kind === 'locked') {
       fs.mkdirSync(path.dirname(sudoers), { recursive: true });
-      fs.writeFileSync(sudoers, `# mkma preset ${p.name}: ${u.name} has a locked password\n${u.name} ALL=(ALL:ALL) NOPASSWD: ALL\n`, { mode: 0o440 });
+      fs.writeFileSync(sudoers, `# mkma preset ${p.name}: ${u.name} has a locked password\n${u.name} ALL=(ALL:ALL) NOPASSWD: ALL\n`, {
+        mode: 0o440,
+      });
       fs.chmodSync(sudoers, 0o440);
     } else fs.rmSync(sudoers, { force: true });
   }
@@ -302,7 +318,11 @@ function runHook(p: Preset, hook: string, root: string, onLine: (l: string) => v
   return new Promise((resolve, reject) => {
     const tail: string[] = [];
     // not runSync/run: every line of output goes to the log and the progress line as it comes
-    const child = spawnTracked(hook, [root], { cwd: p.dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MKMA_PRESET: p.file } });
+    const child = spawnTracked(hook, [root], {
+      cwd: p.dir,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, MKMA_PRESET: p.file },
+    });
     const feed = (d: Buffer) => {
       for (const l of d.toString().split('\n')) {
         if (!l) continue;

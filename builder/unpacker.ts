@@ -80,7 +80,8 @@ export function buildUnpacker(opts: { cacheDir: string; arch?: string; contract?
     return { path: null, reason: `the image is ${arch} but the host is ${dpkg.out} (mkma-unpack is only built natively)` };
   }
   const gcc = tryRun('gcc', ['-dumpfullversion', '-dumpversion']);
-  if (!gcc.ok) return { path: null, reason: `gcc is not available (${gcc.err || 'failed'}; apt-get install ${UNPACKER_HOST_PACKAGES.join(' ')})` };
+  if (!gcc.ok)
+    return { path: null, reason: `gcc is not available (${gcc.err || 'failed'}; apt-get install ${UNPACKER_HOST_PACKAGES.join(' ')})` };
   const gccVersion = (tryRun('gcc', ['--version']).out.split('\n')[0] || gcc.out).trim();
   for (const lib of ['libzstd.a', 'libc.a']) {
     // gcc prints the bare name back when it cannot find the file

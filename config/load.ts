@@ -19,14 +19,9 @@ export class ConfigError extends UsageError {
   readonly key: string | null;
   readonly line: number | null;
 
-  constructor(
-    problem: string,
-    where: { file: string | null; key: string | null; line: number | null; column?: number },
-  ) {
+  constructor(problem: string, where: { file: string | null; key: string | null; line: number | null; column?: number }) {
     const pos = where.line === null ? '' : `${where.line}${where.column ? `:${where.column}` : ''}`;
-    const prefix = where.file
-      ? `${where.file}${pos ? `:${pos}` : ''}: `
-      : pos ? `line ${pos}: ` : '';
+    const prefix = where.file ? `${where.file}${pos ? `:${pos}` : ''}: ` : pos ? `line ${pos}: ` : '';
     super(prefix + problem);
     this.name = 'ConfigError';
     this.file = where.file;
@@ -135,7 +130,8 @@ export function resolveConfig(text: string, opts: ParseOptions): ResolvedConfig 
 
   if (opts.hostname !== undefined) {
     const problem = hostnameProblem(opts.hostname);
-    if (problem) problems.push(new ConfigError(`hostname: ${problem} (given on the command line)`, { file: null, key: 'hostname', line: null }));
+    if (problem)
+      problems.push(new ConfigError(`hostname: ${problem} (given on the command line)`, { file: null, key: 'hostname', line: null }));
     else {
       raw.set('hostname', opts.hostname);
       origins.hostname = { from: 'command line' };
@@ -210,7 +206,8 @@ export function findConfigFile(o: { given?: string; cwd: string; system?: string
   const exists = o.exists ?? ((p: string) => existsSync(p) && statSync(p).isFile());
   const local = path.join(o.cwd, CONFIG_NAME);
   // named as a person would type it: ./mkma.toml when it is in the process's own directory
-  if (exists(local)) return { file: path.resolve(local) === path.resolve(CONFIG_NAME) ? `./${CONFIG_NAME}` : local, how: 'found in the current directory' };
+  if (exists(local))
+    return { file: path.resolve(local) === path.resolve(CONFIG_NAME) ? `./${CONFIG_NAME}` : local, how: 'found in the current directory' };
   const system = o.system ?? SYSTEM_CONFIG;
   if (exists(system)) return { file: system, how: 'the system configuration' };
   return { file: null, how: `no ${CONFIG_NAME} here or in ${path.dirname(system)}: defaults` };
@@ -278,12 +275,18 @@ export function valueProblem(s: Setting, v: TomlValue): string | null {
 
 function expected(t: SettingType): string {
   switch (t.kind) {
-    case 'string': return 'a string';
-    case 'string[]': return 'a list of strings';
-    case 'integer': return `an integer from ${t.min} to ${t.max}`;
-    case 'boolean': return 'true or false';
-    case 'enum': return `one of ${t.values.join(', ')}`;
-    case 'all-or-list': return '"all" or a list of strings';
+    case 'string':
+      return 'a string';
+    case 'string[]':
+      return 'a list of strings';
+    case 'integer':
+      return `an integer from ${t.min} to ${t.max}`;
+    case 'boolean':
+      return 'true or false';
+    case 'enum':
+      return `one of ${t.values.join(', ')}`;
+    case 'all-or-list':
+      return '"all" or a list of strings';
   }
 }
 
@@ -313,11 +316,16 @@ function keyed(name: string, problem: string): string {
 function fromEnv(t: SettingType, text: string): TomlValue | undefined {
   const s = text.trim();
   switch (t.kind) {
-    case 'integer': return /^[+-]?[0-9]+$/.test(s) ? Number(s) : undefined;
-    case 'boolean': return /^(1|true|yes)$/i.test(s) ? true : /^(0|false|no)$/i.test(s) ? false : undefined;
-    case 'string[]': return s.split(/[\s,]+/).filter(Boolean);
-    case 'all-or-list': return s === 'all' ? s : s.split(/[\s,]+/).filter(Boolean);
-    default: return s;
+    case 'integer':
+      return /^[+-]?[0-9]+$/.test(s) ? Number(s) : undefined;
+    case 'boolean':
+      return /^(1|true|yes)$/i.test(s) ? true : /^(0|false|no)$/i.test(s) ? false : undefined;
+    case 'string[]':
+      return s.split(/[\s,]+/).filter(Boolean);
+    case 'all-or-list':
+      return s === 'all' ? s : s.split(/[\s,]+/).filter(Boolean);
+    default:
+      return s;
   }
 }
 
@@ -336,6 +344,9 @@ function lineOf(text: string, key: string): number | null {
 function canonicalJson(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
   if (v !== null && typeof v === 'object')
-    return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`).join(',')}}`;
+    return `{${Object.keys(v)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`)
+      .join(',')}}`;
   return JSON.stringify(v);
 }

@@ -78,7 +78,11 @@ export class KeyLines {
     const l = this.lines[from - 1] ?? '';
     if (new RegExp(`[{,\\s]${keyRe(key)}\\s*=`).test(` ${l}`)) return from;
     let end = this.lines.length;
-    for (let i = from; i < this.lines.length; i++) if (!this.inString[i] && /^\s*\[/.test(this.lines[i])) { end = i; break; }
+    for (let i = from; i < this.lines.length; i++)
+      if (!this.inString[i] && /^\s*\[/.test(this.lines[i])) {
+        end = i;
+        break;
+      }
     return this.find(new RegExp(`^\\s*${keyRe(key)}\\s*=`), from, end);
   }
 }

@@ -73,14 +73,15 @@ const packageCheck = (s: string) =>
     : `${JSON.stringify(s)} is not a valid Debian package name (lowercase letters, digits, ` +
       `"+", "-", "."; at least 2 characters, starting with a letter or digit)`;
 const envNameCheck = (s: string) =>
-  ENV_NAME_RE.test(s) ? null : `${JSON.stringify(s)} is not a valid environment variable name (letters, digits and "_", not starting with a digit)`;
+  ENV_NAME_RE.test(s)
+    ? null
+    : `${JSON.stringify(s)} is not a valid environment variable name (letters, digits and "_", not starting with a digit)`;
 const folderCheck = (s: string) =>
   FOLDER_NAME_RE.test(s) && s !== '.' && s !== '..'
     ? null
     : `${JSON.stringify(s)} must be the name of a folder next to the preset (letters, digits, ".", "_", "-"; no "/")`;
 const relPathCheck = (s: string) => (s.trim() === '' ? 'must not be empty' : null);
-const unitCheck = (s: string) =>
-  UNIT_NAME_RE.test(s) ? null : `${JSON.stringify(s)} is not a valid systemd unit name`;
+const unitCheck = (s: string) => (UNIT_NAME_RE.test(s) ? null : `${JSON.stringify(s)} is not a valid systemd unit name`);
 
 const SETTINGS: Record<string, Setting> = {
   packages: setting('packages', { kind: 'string[]', check: packageCheck }),
@@ -163,15 +164,25 @@ export function parsePresetText(text: string, file: string, opts: PresetCheckOpt
       continue;
     }
     switch (key) {
-      case 'packages': preset.packages = value as string[]; break;
+      case 'packages':
+        preset.packages = value as string[];
+        break;
       case 'script':
         preset.script = value as string;
         preset.scriptLine = scriptStartLine(text, line);
         break;
-      case 'shared_directories': preset.sharedDirectories = value as string[]; break;
-      case 'environment_variables': preset.environmentVariables = value as string[]; break;
-      case 'files': preset.files = path.resolve(dir, value as string); break;
-      case 'hooks': preset.hooks = (value as string[]).map((h) => path.resolve(dir, h)); break;
+      case 'shared_directories':
+        preset.sharedDirectories = value as string[];
+        break;
+      case 'environment_variables':
+        preset.environmentVariables = value as string[];
+        break;
+      case 'files':
+        preset.files = path.resolve(dir, value as string);
+        break;
+      case 'hooks':
+        preset.hooks = (value as string[]).map((h) => path.resolve(dir, h));
+        break;
     }
   }
 
@@ -197,7 +208,12 @@ export function parsePresetText(text: string, file: string, opts: PresetCheckOpt
   if (opts.checkFiles !== false) {
     for (const name of preset.sharedDirectories) {
       const p = path.join(dir, name);
-      if (!isDir(p)) err(`shared_directories: ${JSON.stringify(name)} is not a directory next to the preset (${p})`, 'shared_directories', lines.top('shared_directories'));
+      if (!isDir(p))
+        err(
+          `shared_directories: ${JSON.stringify(name)} is not a directory next to the preset (${p})`,
+          'shared_directories',
+          lines.top('shared_directories'),
+        );
     }
     if (preset.files !== null && !isDir(preset.files)) {
       err(`files: ${JSON.stringify(doc.files)} is not a directory (${preset.files})`, 'files', lines.top('files'));
@@ -253,14 +269,19 @@ function parseUsers(raw: TomlValue, preset: Preset, lines: KeyLines, err: Err): 
     const name = str('name');
     if (t.name === undefined) bad(`${where}.name is required`, null);
     else if (name !== null && name !== UNSET && !USER_NAME_RE.test(name)) {
-      bad(`${where}.name: ${JSON.stringify(name)} is not a valid user name (lowercase letters, digits, "_" and "-", starting with a letter or "_", at most 32)`, 'name');
+      bad(
+        `${where}.name: ${JSON.stringify(name)} is not a valid user name (lowercase letters, digits, "_" and "-", starting with a letter or "_", at most 32)`,
+        'name',
+      );
     }
     let groups: string[] = [];
     if (t.groups !== undefined) {
-      if (!Array.isArray(t.groups) || t.groups.some((g) => typeof g !== 'string')) bad(`${where}.groups must be a list of strings, got ${describe(t.groups)}`, 'groups');
+      if (!Array.isArray(t.groups) || t.groups.some((g) => typeof g !== 'string'))
+        bad(`${where}.groups must be a list of strings, got ${describe(t.groups)}`, 'groups');
       else {
         groups = t.groups as string[];
-        for (const g of groups) if (!GROUP_NAME_RE.test(g)) bad(`${where}.groups: ${JSON.stringify(g)} is not a valid group name`, 'groups');
+        for (const g of groups)
+          if (!GROUP_NAME_RE.test(g)) bad(`${where}.groups: ${JSON.stringify(g)} is not a valid group name`, 'groups');
       }
     }
     let sudo = false;
@@ -274,7 +295,11 @@ function parseUsers(raw: TomlValue, preset: Preset, lines: KeyLines, err: Err): 
       if (pw === 'locked' || pw === 'empty') password = { kind: pw };
       else if (CRYPT_HASH_RE.test(pw)) password = { kind: 'hash', hash: pw };
       // the value is not echoed: it may be a clear-text password typed by mistake
-      else bad(`${where}.password must be "locked", "empty" or a crypt hash starting with "$" (make one with \`mkpasswd -m yescrypt\`; a clear-text password is not accepted)`, 'password');
+      else
+        bad(
+          `${where}.password must be "locked", "empty" or a crypt hash starting with "$" (make one with \`mkpasswd -m yescrypt\`; a clear-text password is not accepted)`,
+          'password',
+        );
     }
     if (ok && name !== null && name !== UNSET) users.push({ name, groups, sudo, password });
   });

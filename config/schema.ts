@@ -69,9 +69,7 @@ const packageName: Check = (s) =>
       `"+", "-", "."; at least 2 characters, starting with a letter or digit)`;
 
 const moduleName: Check = (s) =>
-  MODULE_NAME_RE.test(s)
-    ? null
-    : `${JSON.stringify(s)} is not a valid kernel module name (letters, digits, "_" and "-")`;
+  MODULE_NAME_RE.test(s) ? null : `${JSON.stringify(s)} is not a valid kernel module name (letters, digits, "_" and "-")`;
 
 const word: Check = (s) => (/^[A-Za-z0-9][A-Za-z0-9._/-]*$/.test(s) ? null : `${JSON.stringify(s)} is not valid`);
 
@@ -175,8 +173,7 @@ export const SCHEMA: { [F in keyof Fields]: Setting<Fields[F]> } = {
     // set in /etc/shadow by configure (builder/configure.ts), never by mmdebstrap
     affectsTree: false,
     help: 'Root password: "locked", "empty", or a crypt hash such as "$y$..." from `mkpasswd`.',
-    toConfig: (raw): RootPasswordPolicy =>
-      raw === 'locked' || raw === 'empty' ? { kind: raw } : { kind: 'hash', hash: String(raw) },
+    toConfig: (raw): RootPasswordPolicy => (raw === 'locked' || raw === 'empty' ? { kind: raw } : { kind: 'hash', hash: String(raw) }),
     toToml: (p) => (p.kind === 'hash' ? p.hash : p.kind),
   },
   slim: {
@@ -201,18 +198,24 @@ export const SCHEMA: { [F in keyof Fields]: Setting<Fields[F]> } = {
 };
 
 export type Field = keyof Fields;
-export const SETTINGS: ReadonlyArray<Setting & { field: Field }> = Object.entries(SCHEMA).map(
-  ([field, s]) => ({ ...(s as Setting), field: field as Field }),
-);
+export const SETTINGS: ReadonlyArray<Setting & { field: Field }> = Object.entries(SCHEMA).map(([field, s]) => ({
+  ...(s as Setting),
+  field: field as Field,
+}));
 
 /** Short type for the reference table. */
 export function typeText(t: SettingType): string {
   switch (t.kind) {
-    case 'string[]': return 'list of strings';
-    case 'integer': return `integer ${t.min}..${t.max}`;
-    case 'enum': return `one of ${t.values.join(', ')}`;
-    case 'all-or-list': return '"all" or list of strings';
-    default: return t.kind;
+    case 'string[]':
+      return 'list of strings';
+    case 'integer':
+      return `integer ${t.min}..${t.max}`;
+    case 'enum':
+      return `one of ${t.values.join(', ')}`;
+    case 'all-or-list':
+      return '"all" or list of strings';
+    default:
+      return t.kind;
   }
 }
 
@@ -235,7 +238,9 @@ export function renderConfigReference(): string {
       s.help,
     ].map(cell),
   );
-  return [['Key', 'Type', 'Default', 'Env', 'Description'], ['---', '---', '---', '---', '---'], ...rows]
-    .map((r) => `| ${r.join(' | ')} |`)
-    .join('\n') + '\n';
+  return (
+    [['Key', 'Type', 'Default', 'Env', 'Description'], ['---', '---', '---', '---', '---'], ...rows]
+      .map((r) => `| ${r.join(' | ')} |`)
+      .join('\n') + '\n'
+  );
 }

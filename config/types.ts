@@ -1,10 +1,7 @@
 // The typed configuration every stage receives. It is produced once, by config/load.ts, from
 // defaults + mkma.toml + environment + command line, and then only read.
 
-export type RootPasswordPolicy =
-  | { kind: 'locked' }
-  | { kind: 'empty' }
-  | { kind: 'hash'; hash: string };
+export type RootPasswordPolicy = { kind: 'locked' } | { kind: 'empty' } | { kind: 'hash'; hash: string };
 
 export interface Config {
   /** hostname of the image (CLI argument, else `hostname` key, else the build host's) */

@@ -79,9 +79,7 @@ export function restoreXattrs(tree: string, records: XattrRecord[]): string | nu
     return false;
   });
   if (!ok.some((r) => r.attrs.length)) return warning;
-  const dump = ok
-    .map((r) => `# file: ${escapeXattrPath(r.path)}\n${r.attrs.map(([n, v]) => `${n}=${v}`).join('\n')}\n`)
-    .join('\n');
+  const dump = ok.map((r) => `# file: ${escapeXattrPath(r.path)}\n${r.attrs.map(([n, v]) => `${n}=${v}`).join('\n')}\n`).join('\n');
   const r = runSync('setfattr', ['-h', '--restore=-'], { cwd: tree, input: Buffer.from(dump, 'latin1'), allowFailure: true });
   if (!r.ok) warning ??= `some extended attributes could not be restored: ${r.stderr.trim().split('\n').pop()}`;
   return warning;
@@ -123,7 +121,14 @@ export async function applyLayer(tree: string, file: string, stage: string): Pro
   } catch (e) {
     fs.rmSync(stage, { recursive: true, force: true });
     const msg = (e as Error).message;
-    return { file, applied: false, reason: msg.startsWith(`${file}: `) ? msg.slice(file.length + 2) : msg, entries: 0, deleted: 0, warnings: [] };
+    return {
+      file,
+      applied: false,
+      reason: msg.startsWith(`${file}: `) ? msg.slice(file.length + 2) : msg,
+      entries: 0,
+      deleted: 0,
+      warnings: [],
+    };
   }
   const deleted = applyRemovals(tree, manifest);
   mergeStaged(toBuf(stage), toBuf(tree));
@@ -169,7 +174,12 @@ export async function unpackImages(
   if (unpacker) {
     const baseWarnings = unpackBaseNative(unpacker, basePath, into);
     const reports = layers.length ? applyLayersNative(unpacker, into, stage, imagesDir, layers, onLayer) : [];
-    return { base: { entries: manifest.entries, bytes: manifest.unpackedBytes, warnings: baseWarnings }, layers: reports, ignored, warnings };
+    return {
+      base: { entries: manifest.entries, bytes: manifest.unpackedBytes, warnings: baseWarnings },
+      layers: reports,
+      ignored,
+      warnings,
+    };
   }
   const base = await extractImage(basePath, into, onBaseProgress);
   const w = restoreXattrs(into, manifest.xattrs);
@@ -190,7 +200,10 @@ function runUnpacker(bin: string, args: string[]): { status: number | null; sign
 function unpackBaseNative(bin: string, basePath: string, into: string): string[] {
   const b = runUnpacker(bin, ['-X', '--', basePath, into]);
   if (b.status !== UNPACK_EXIT.ok) throw new Error(b.stderr || `mkma-unpack failed (${b.signal ?? `exit ${b.status}`})`);
-  return b.stdout.split('\n').filter((l) => l.startsWith(`${UNPACK_PROTOCOL.warn} `)).map((l) => l.split(' ').slice(2).join(' '));
+  return b.stdout
+    .split('\n')
+    .filter((l) => l.startsWith(`${UNPACK_PROTOCOL.warn} `))
+    .map((l) => l.split(' ').slice(2).join(' '));
 }
 
 /**
@@ -199,7 +212,14 @@ function unpackBaseNative(bin: string, basePath: string, into: string): string[]
  * partly applied when its "merge" line came, else not at all; the rest are applied by a new
  * run, as the init does (init/templates/layer-native.sh).
  */
-function applyLayersNative(bin: string, into: string, stage: string, imagesDir: string, layers: string[], onLayer?: (r: ApplyReport) => void): ApplyReport[] {
+function applyLayersNative(
+  bin: string,
+  into: string,
+  stage: string,
+  imagesDir: string,
+  layers: string[],
+  onLayer?: (r: ApplyReport) => void,
+): ApplyReport[] {
   const reports: ApplyReport[] = [];
   let todo = layers;
   while (todo.length) {
@@ -214,9 +234,17 @@ function applyLayersNative(bin: string, into: string, stage: string, imagesDir: 
       else if (what === UNPACK_PROTOCOL.merge) merging = name;
       else if (what === UNPACK_PROTOCOL.ok || what === UNPACK_PROTOCOL.skip || what === UNPACK_PROTOCOL.partial) {
         const file = path.join(imagesDir, name);
-        const report: ApplyReport = what === UNPACK_PROTOCOL.ok
-          ? { file, applied: true, entries: Number(rest[0]), deleted: Number(rest[1]), warnings: warns }
-          : { file, applied: false, reason: (what === UNPACK_PROTOCOL.partial ? 'PARTLY APPLIED: ' : '') + text, entries: 0, deleted: 0, warnings: warns };
+        const report: ApplyReport =
+          what === UNPACK_PROTOCOL.ok
+            ? { file, applied: true, entries: Number(rest[0]), deleted: Number(rest[1]), warnings: warns }
+            : {
+                file,
+                applied: false,
+                reason: (what === UNPACK_PROTOCOL.partial ? 'PARTLY APPLIED: ' : '') + text,
+                entries: 0,
+                deleted: 0,
+                warnings: warns,
+              };
         reports.push(report);
         onLayer?.(report);
         warns = [];
@@ -229,7 +257,11 @@ function applyLayersNative(bin: string, into: string, stage: string, imagesDir: 
     const how = r.signal ? `was killed by ${r.signal}` : `ended with exit status ${r.status}`;
     const name = todo[done];
     const report: ApplyReport = {
-      file: path.join(imagesDir, name), applied: false, entries: 0, deleted: 0, warnings: warns,
+      file: path.join(imagesDir, name),
+      applied: false,
+      entries: 0,
+      deleted: 0,
+      warnings: warns,
       reason: merging === name ? `PARTLY APPLIED: mkma-unpack ${how} while merging it` : `mkma-unpack ${how} before applying it`,
     };
     reports.push(report);

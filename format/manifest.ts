@@ -143,7 +143,6 @@ export function unescapeXattrPath(text: string): string {
   return out;
 }
 
-
 export function serializeManifestBody(m: Manifest): Buffer {
   const lines = [
     `mkma-manifest ${MANIFEST_VERSION}`,
@@ -270,8 +269,17 @@ export function parseManifestBody(body: Buffer): Manifest {
     throw new ManifestError('unsupported or damaged manifest header');
   }
   const m: Manifest = {
-    kind: 'base', created: '', message: '', entries: -1, unpackedBytes: -1, dataBytes: -1,
-    dataSha256: '', shards: [], opaque: [], deleted: [], xattrs: [],
+    kind: 'base',
+    created: '',
+    message: '',
+    entries: -1,
+    unpackedBytes: -1,
+    dataBytes: -1,
+    dataSha256: '',
+    shards: [],
+    opaque: [],
+    deleted: [],
+    xattrs: [],
   };
   // the order of opaque/delete lines, for rule 2; not enumerable: a parsed manifest equals
   // the one the writer wrote (which keeps opaque and deleted apart)
@@ -294,7 +302,9 @@ export function parseManifestBody(body: Buffer): Manifest {
         if (value !== 'base' && value !== 'layer') throw new ManifestError('damaged manifest (unknown kind)');
         kind = value;
         break;
-      case 'created': m.created = value; break;
+      case 'created':
+        m.created = value;
+        break;
       case 'zstd_level': {
         // informational: a value out of range is ignored, never a reason to refuse the image
         const n = parseNumber(value);
@@ -309,10 +319,18 @@ export function parseManifestBody(body: Buffer): Manifest {
           m.message = value;
         }
         break;
-      case 'entries': m.entries = num(value, key); break;
-      case 'unpacked_bytes': m.unpackedBytes = num(value, key); break;
-      case 'data_bytes': m.dataBytes = num(value, key); break;
-      case 'data_sha256': m.dataSha256 = value; break;
+      case 'entries':
+        m.entries = num(value, key);
+        break;
+      case 'unpacked_bytes':
+        m.unpackedBytes = num(value, key);
+        break;
+      case 'data_bytes':
+        m.dataBytes = num(value, key);
+        break;
+      case 'data_sha256':
+        m.dataSha256 = value;
+        break;
       case 'shard': {
         const [o, l, ...more] = value.split(' ');
         const offset = parseNumber(o ?? '');

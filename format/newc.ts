@@ -48,8 +48,21 @@ const pad4 = (n: number) => (4 - (n % 4)) % 4;
 export const ZERO_PAD = Buffer.alloc(4);
 
 const HEX = Buffer.from('0123456789abcdef');
-const LABELS = ['ino', 'mode', 'uid', 'gid', 'nlink', 'mtime', 'size',
-  'devmajor', 'devminor', 'rdevmajor', 'rdevminor', 'namesize', 'check'];
+const LABELS = [
+  'ino',
+  'mode',
+  'uid',
+  'gid',
+  'nlink',
+  'mtime',
+  'size',
+  'devmajor',
+  'devminor',
+  'rdevmajor',
+  'rdevminor',
+  'namesize',
+  'check',
+];
 
 function checkField(i: number, value: number, name: Buffer): void {
   if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) {
@@ -73,10 +86,7 @@ export function headerBytes(nameLength: number): number {
  */
 export function encodeHeaderInto(h: NewcHeader, out: Buffer, off: number): number {
   const nameSize = h.name.length + 1;
-  const fields = [
-    h.ino, h.mode, h.uid, h.gid, h.nlink, h.mtime, h.size,
-    h.devMajor, h.devMinor, h.rdevMajor, h.rdevMinor, nameSize, 0,
-  ];
+  const fields = [h.ino, h.mode, h.uid, h.gid, h.nlink, h.mtime, h.size, h.devMajor, h.devMinor, h.rdevMajor, h.rdevMinor, nameSize, 0];
   out.write(NEWC_MAGIC, off, 'latin1');
   let p = off + NEWC_MAGIC.length;
   for (let i = 0; i < fields.length; i++) {
@@ -108,8 +118,18 @@ export function dataPadding(size: number): Buffer {
 
 export function trailer(): Buffer {
   return encodeHeader({
-    name: Buffer.from(TRAILER_NAME), ino: 0, mode: 0, uid: 0, gid: 0, nlink: 1, mtime: 0,
-    size: 0, devMajor: 0, devMinor: 0, rdevMajor: 0, rdevMinor: 0,
+    name: Buffer.from(TRAILER_NAME),
+    ino: 0,
+    mode: 0,
+    uid: 0,
+    gid: 0,
+    nlink: 1,
+    mtime: 0,
+    size: 0,
+    devMajor: 0,
+    devMinor: 0,
+    rdevMajor: 0,
+    rdevMinor: 0,
   });
 }
 
@@ -227,8 +247,17 @@ export class NewcParser {
         const f = fields;
         const h: NewcHeader = {
           name: Buffer.from(raw.subarray(0, nameSize - 1)),
-          ino: f[0], mode: f[1], uid: f[2], gid: f[3], nlink: f[4], mtime: f[5], size: f[6],
-          devMajor: f[7], devMinor: f[8], rdevMajor: f[9], rdevMinor: f[10],
+          ino: f[0],
+          mode: f[1],
+          uid: f[2],
+          gid: f[3],
+          nlink: f[4],
+          mtime: f[5],
+          size: f[6],
+          devMajor: f[7],
+          devMinor: f[8],
+          rdevMajor: f[9],
+          rdevMinor: f[10],
         };
         this.drop(headTotal);
         if (h.name.toString('latin1') === TRAILER_NAME) {

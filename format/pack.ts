@@ -11,7 +11,11 @@ export interface PackTreeOptions extends WriterOptions {
 
 export const notOverlayXattr = (name: string) => !name.startsWith('trusted.overlay.');
 
-export async function packTree(root: string, out: string, opts: PackTreeOptions): Promise<WriterResult & { stats: PackStats; xattrWarnings: string }> {
+export async function packTree(
+  root: string,
+  out: string,
+  opts: PackTreeOptions,
+): Promise<WriterResult & { stats: PackStats; xattrWarnings: string }> {
   // Pass 1 (stat only) finds hardlink groups, so pass 2 can stream and still store each group
   // once, together: memory grows with the number of hardlinked files, not with the tree.
   const hardlinks = collectHardlinks(walkTree(root, opts.exclude));

@@ -47,9 +47,7 @@ export function readManifest(file: string): Manifest {
     fs.readSync(fd, body, 0, bodyLen, frameStart + 8);
     const m = parseManifestBody(body);
     if (m.dataBytes !== frameStart) {
-      throw new ManifestError(
-        `${file}: data is ${frameStart} bytes but the manifest says ${m.dataBytes} (truncated or damaged)`,
-      );
+      throw new ManifestError(`${file}: data is ${frameStart} bytes but the manifest says ${m.dataBytes} (truncated or damaged)`);
     }
     checkShards(m);
     return m;
@@ -233,7 +231,8 @@ class Extraction {
       return;
     }
     if (type === S_IFLNK) {
-      if (h.size === 0 || h.size > FORMAT.symlinkLimit || data === null) throw new ImageReadError(`${rel}: bad symlink target length ${h.size}`);
+      if (h.size === 0 || h.size > FORMAT.symlinkLimit || data === null)
+        throw new ImageReadError(`${rel}: bad symlink target length ${h.size}`);
       if (data.includes(0)) throw new ImageReadError(`${rel}: symlink target contains a NUL byte`);
       this.create(rel, false, () => fs.symlinkSync(data, this.abs(rel)));
       fs.lchownSync(this.abs(rel), h.uid, h.gid);
@@ -322,11 +321,17 @@ const AHEAD_BYTES = 8 << 20;
 function startShard(file: string, offset: number, length: number): ShardStream {
   // zstd reads the range itself (tail | head): fed by this process instead, it would wait
   // whenever the extraction is busy, and the extraction would then wait for it
-  const child = spawnTracked('sh', ['-c', 'tail -c +"$1" -- "$3" | head -c "$2" | zstd -q -dc', 'sh', String(offset + 1), String(length), file], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const child = spawnTracked(
+    'sh',
+    ['-c', 'tail -c +"$1" -- "$3" | head -c "$2" | zstd -q -dc', 'sh', String(offset + 1), String(length), file],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+  child.stderr!.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
   const exited = new Promise<number | null>((resolve, reject) => {
     child.on('error', (e) => reject(new ImageReadError(`cannot run zstd (apt-get install zstd): ${e.message}`)));
     child.on('close', (code) => resolve(code));
@@ -433,7 +438,10 @@ export async function extractImage(file: string, dest: string, onProgress?: Extr
         x.startStream(rel, h);
       },
       onChunk: (h, chunk) => {
-        if ((h.mode & S_IFMT) !== S_IFREG) throw new ImageReadError(`${h.name.toString('latin1')}: an entry of type 0${((h.mode & S_IFMT) >> 12).toString(8)} with ${h.size} bytes of data`);
+        if ((h.mode & S_IFMT) !== S_IFREG)
+          throw new ImageReadError(
+            `${h.name.toString('latin1')}: an entry of type 0${((h.mode & S_IFMT) >> 12).toString(8)} with ${h.size} bytes of data`,
+          );
         x.writeStream(chunk);
       },
       onEntry: (h, data) => x.entry(h, data),

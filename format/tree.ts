@@ -85,7 +85,7 @@ export function collectHardlinks(entries: Iterable<TreeEntry>): HardlinkGroups {
 
 export function rdevSplit(rdev: number): { major: number; minor: number } {
   // glibc's encoding of dev_t
-  const major = Math.floor(rdev / 256) & 0xfff | (Math.floor(rdev / 2 ** 32) & ~0xfff);
+  const major = (Math.floor(rdev / 256) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
   const minor = (rdev & 0xff) | (Math.floor(rdev / 4096) & ~0xff);
   return { major: major >>> 0, minor: minor >>> 0 };
 }
@@ -129,8 +129,16 @@ export async function packEntries(
     }
     onEntry?.(e);
     const base: EntryHeader = {
-      name: e.rel, ino: 0, mode: e.st.mode, uid: e.st.uid, gid: e.st.gid, nlink: 1,
-      mtime: Math.floor(e.st.mtimeMs / 1000), size: 0, rdevMajor: 0, rdevMinor: 0,
+      name: e.rel,
+      ino: 0,
+      mode: e.st.mode,
+      uid: e.st.uid,
+      gid: e.st.gid,
+      nlink: 1,
+      mtime: Math.floor(e.st.mtimeMs / 1000),
+      size: 0,
+      rdevMajor: 0,
+      rdevMinor: 0,
     };
     const gk = groupOf.get(rel);
     if (gk) {

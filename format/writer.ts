@@ -87,7 +87,10 @@ export class ArchiveWriter {
   private pendingWrite: Promise<void> | null = null;
   private readonly copyBuf = Buffer.allocUnsafe(BATCH_BYTES);
 
-  constructor(readonly finalPath: string, private readonly opts: WriterOptions) {
+  constructor(
+    readonly finalPath: string,
+    private readonly opts: WriterOptions,
+  ) {
     // .NAME.tmp-PID-RANDOM: the pid says whose it was (persist's cleanup of a killed run)
     const tmp = createExclusive(path.dirname(finalPath), `${temporaryPrefix(path.basename(finalPath))}-`);
     this.fd = tmp.fd;
@@ -303,7 +306,11 @@ export class ArchiveWriter {
     this.current?.kill();
     for (const s of this.inflight) s.c.kill();
     if (!this.closed) {
-      try { fs.closeSync(this.fd); } catch { /* already closed */ }
+      try {
+        fs.closeSync(this.fd);
+      } catch {
+        /* already closed */
+      }
       this.closed = true;
     }
     fs.rmSync(this.tmpPath, { force: true });
@@ -317,5 +324,9 @@ export function temporaryPrefix(name: string, pid = process.pid): string {
 
 export function fsyncDir(dir: string): void {
   const fd = fs.openSync(dir, 'r');
-  try { fs.fsyncSync(fd); } finally { fs.closeSync(fd); }
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
 }

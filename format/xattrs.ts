@@ -53,7 +53,10 @@ export class XattrReader {
   private len = 0;
   private ended = false;
 
-  constructor(root: string, private readonly keepName: (name: string) => boolean = () => true) {
+  constructor(
+    root: string,
+    private readonly keepName: (name: string) => boolean = () => true,
+  ) {
     // not runSync/run: paths stream in while the caller walks, the dump is read at the end
     this.child = spawnTracked('xargs', ['-0', '-r', 'getfattr', '-h', '-d', '-m', '-', '-e', 'base64', '--'], {
       cwd: root,

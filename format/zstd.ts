@@ -49,9 +49,18 @@ export function spawnZstd(args: string[], stdout: number): { child: ChildProcess
 export function writeWithBackpressure(stream: NodeJS.WritableStream, chunk: Buffer): Promise<void> | void {
   if (stream.write(chunk)) return;
   return new Promise((resolve, reject) => {
-    const onDrain = () => { cleanup(); resolve(); };
-    const onError = (e: Error) => { cleanup(); reject(e); };
-    const onClose = () => { cleanup(); resolve(); };
+    const onDrain = () => {
+      cleanup();
+      resolve();
+    };
+    const onError = (e: Error) => {
+      cleanup();
+      reject(e);
+    };
+    const onClose = () => {
+      cleanup();
+      resolve();
+    };
     const cleanup = () => {
       stream.off('drain', onDrain);
       stream.off('error', onError);
@@ -106,6 +115,10 @@ export class ShardCompressor {
 
   kill(): void {
     this.proc.child.kill('SIGKILL');
-    try { fs.closeSync(this.spool); } catch { /* closed by the writer already */ }
+    try {
+      fs.closeSync(this.spool);
+    } catch {
+      /* closed by the writer already */
+    }
   }
 }

@@ -29,7 +29,19 @@ export interface ChangeTree {
 }
 
 function syntheticDir(path: string): ChangeEntry {
-  return { path, kind: 'container', type: 'dir', size: 0, totalSize: 0, mode: 0o40755, uid: 0, gid: 0, mtime: 0, xattrs: [], hardlinks: [] };
+  return {
+    path,
+    kind: 'container',
+    type: 'dir',
+    size: 0,
+    totalSize: 0,
+    mode: 0o40755,
+    uid: 0,
+    gid: 0,
+    mtime: 0,
+    xattrs: [],
+    hardlinks: [],
+  };
 }
 
 export function buildTree(input: ChangeEntry[]): ChangeTree {
@@ -161,7 +173,6 @@ export function hasChildren(tree: ChangeTree, i: number): boolean {
   return tree.end[i] > i + 1;
 }
 
-
 /**
  * The rows on screen, in order: a walk that only enters expanded directories. `keep` (from
  * filterTree) hides the nodes that neither match nor lead to a match.
@@ -214,7 +225,9 @@ export function filterTree(tree: ChangeTree, query: string, lowerPaths?: string[
   const q = query.toLowerCase();
   let matches = 0;
   for (let i = 0; i < n; i++) {
-    const lp = lowerPaths ? (lowerPaths[i] ??= displayPath(tree.entries[i].path).toLowerCase()) : displayPath(tree.entries[i].path).toLowerCase();
+    const lp = lowerPaths
+      ? (lowerPaths[i] ??= displayPath(tree.entries[i].path).toLowerCase())
+      : displayPath(tree.entries[i].path).toLowerCase();
     if (!lp.includes(q)) continue;
     keep[i] |= KEEP_MATCH;
     matches++;

@@ -38,7 +38,15 @@ export interface Inclusion {
 export type IncludeState = 'all' | 'none' | 'partial';
 
 /** Decides the nodes of the range [from, to) (a whole subtree), `inherited` being the choice above it. */
-function decideRange(tree: ChangeTree, rules: Decision[], overrides: Overrides, inc: Inclusion, from: number, to: number, inherited: boolean | undefined): void {
+function decideRange(
+  tree: ChangeTree,
+  rules: Decision[],
+  overrides: Overrides,
+  inc: Inclusion,
+  from: number,
+  to: number,
+  inherited: boolean | undefined,
+): void {
   // choice in effect per node of the range: -1 none, 0 exclude, 1 include
   const eff = new Int8Array(to - from);
   const inh = inherited === undefined ? -1 : inherited ? 1 : 0;

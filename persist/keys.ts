@@ -31,7 +31,10 @@ export interface Binding {
   run(c: KeyContext, input: string): void;
 }
 
-const is = (...inputs: string[]) => (input: string) => inputs.includes(input);
+const is =
+  (...inputs: string[]) =>
+  (input: string) =>
+    inputs.includes(input);
 
 /** Moving the cursor: in the list and while typing a search. */
 export const MOVE_KEYS: Binding[] = [
@@ -53,7 +56,9 @@ export const LIST_KEYS: Binding[] = [
   { keys: '-', does: 'fold everything', match: is('-'), run: (c) => c.view.expandAll(false) },
   { keys: '+ *', does: 'unfold everything', match: is('+', '*'), run: (c) => c.view.expandAll(true) },
   {
-    keys: 'space', does: 'save or leave out the entry and what is below it', match: is(' '),
+    keys: 'space',
+    does: 'save or leave out the entry and what is below it',
+    match: is(' '),
     run: (c) => {
       const inc = c.view.toggle();
       if (inc === undefined) return;
@@ -62,14 +67,18 @@ export const LIST_KEYS: Binding[] = [
     },
   },
   {
-    keys: 'A N', does: 'save everything, nothing', match: is('A', 'N'),
+    keys: 'A N',
+    does: 'save everything, nothing',
+    match: is('A', 'N'),
     run: (c, i) => {
       c.view.setAll(i === 'A');
       c.say([i === 'A' ? 'everything will be saved (your choice)' : 'nothing will be saved (your choice)']);
     },
   },
   {
-    keys: 'U', does: 'forget your choices: the rules decide', match: is('U'),
+    keys: 'U',
+    does: 'forget your choices: the rules decide',
+    match: is('U'),
     run: (c) => {
       c.view.resetChoices();
       c.say(['your choices are forgotten: the rules decide']);

@@ -59,7 +59,6 @@ function readFully(fd: number, buf: Buffer, want: number, pos: number): number {
   return got;
 }
 
-
 /**
  * The lower tree's side of the classification, looked up ahead (while getfattr works, before
  * the overlay xattrs are known): the lstat of every entry whose parent is a directory in both
@@ -101,8 +100,14 @@ export function lowerStatAt(b: Below, i: number): LowerStat | undefined {
 export function lookBelow(w: Walk, order: Int32Array, parent: Int32Array, dev: number, upperB: Buffer, lowerRoot: Buffer): Below {
   const n = w.rel.length;
   const b: Below = {
-    looked: new Uint8Array(n), present: new Uint8Array(n), mode: new Uint32Array(n), uid: new Uint32Array(n),
-    gid: new Uint32Array(n), size: new Float64Array(n), mtimeMs: new Float64Array(n), rdev: new Float64Array(n),
+    looked: new Uint8Array(n),
+    present: new Uint8Array(n),
+    mode: new Uint32Array(n),
+    uid: new Uint32Array(n),
+    gid: new Uint32Array(n),
+    size: new Float64Array(n),
+    mtimeMs: new Float64Array(n),
+    rdev: new Float64Array(n),
     same: new Uint8Array(n),
   };
   const dirInBoth = new Uint8Array(n);

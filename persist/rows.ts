@@ -6,7 +6,14 @@ import { includeState, type IncludeState, type Inclusion } from './inclusion.js'
 import { decide, type ChangeEntry, type ChangeKind, type Decision, type Overrides } from './model.js';
 import { displayPath, padEnd, truncateMiddle } from './text.js';
 
-export const KIND_MARK: Record<ChangeKind, string> = { added: 'A', modified: 'M', metadata: 'm', deleted: 'D', replaced: 'R', container: ' ' };
+export const KIND_MARK: Record<ChangeKind, string> = {
+  added: 'A',
+  modified: 'M',
+  metadata: 'm',
+  deleted: 'D',
+  replaced: 'R',
+  container: ' ',
+};
 export const KIND_WORD: Record<ChangeKind, string> = {
   added: 'added',
   modified: 'modified',
@@ -48,7 +55,13 @@ export interface RowParts {
   size: string;
 }
 
-export function rowParts(tree: ChangeTree, inc: Inclusion, i: number, width: number, opts: { cursor: boolean; expanded: boolean; foldable: boolean }): RowParts {
+export function rowParts(
+  tree: ChangeTree,
+  inc: Inclusion,
+  i: number,
+  width: number,
+  opts: { cursor: boolean; expanded: boolean; foldable: boolean },
+): RowParts {
   const e = tree.entries[i];
   const depth = tree.depth[i];
   const indentCols = Math.max(0, Math.min(depth * 2, width - ROW_FIXED - MIN_NAME));

@@ -258,7 +258,8 @@ export function escapeForPattern(relPath: string): string {
   let out = '';
   for (const ch of relPath) {
     const c = ch.charCodeAt(0);
-    if (c < 0x20 || c === 0x7f) out += '?'; // a line cannot hold a control byte: "?" stands for it
+    if (c < 0x20 || c === 0x7f)
+      out += '?'; // a line cannot hold a control byte: "?" stands for it
     else if ('*?[]\\'.includes(ch)) out += '\\' + ch;
     else out += ch;
   }
@@ -271,9 +272,7 @@ export function escapeForPattern(relPath: string): string {
  * line) wins, as it does in the UI: `/path` excludes, `!/path` includes.
  */
 export function rulesFromOverrides(overrides: Overrides): string[] {
-  const items = [...overrides.entries()]
-    .map(([p, inc]) => ({ p: p.replace(/^\/+/, ''), inc }))
-    .filter((x) => x.p !== '');
+  const items = [...overrides.entries()].map(([p, inc]) => ({ p: p.replace(/^\/+/, ''), inc })).filter((x) => x.p !== '');
   items.sort((a, b) => {
     const da = a.p.split('/').length;
     const db = b.p.split('/').length;
@@ -311,7 +310,8 @@ const isPackageOrConf = (p: string) => isPackageFile(p) || p.startsWith('etc/');
  */
 export function dpkgWarnings(entries: readonly ChangeEntry[], decisions: Include | readonly Decision[]): string[] {
   // the rules' decisions, one per entry (persist --yes), or the final Include (the UI's)
-  const included = typeof decisions === 'function' ? (e: ChangeEntry) => decisions(e) : (_e: ChangeEntry, i: number) => decisions[i].included;
+  const included =
+    typeof decisions === 'function' ? (e: ChangeEntry) => decisions(e) : (_e: ChangeEntry, i: number) => decisions[i].included;
   let status: { inc: boolean } | null = null;
   const kept: string[] = [];
   const dropped: string[] = [];
@@ -328,7 +328,10 @@ export function dpkgWarnings(entries: readonly ChangeEntry[], decisions: Include
   const st = status as { inc: boolean } | null;
   if (!st) return [];
   const sample = (list: string[]) =>
-    list.slice(0, 3).map((p) => '/' + p).join(', ') + (list.length > 3 ? `, … (${list.length} in all)` : '');
+    list
+      .slice(0, 3)
+      .map((p) => '/' + p)
+      .join(', ') + (list.length > 3 ? `, … (${list.length} in all)` : '');
   if (!st.inc && kept.length) {
     return [
       `/var/lib/dpkg/status changed (packages were installed, upgraded or removed) and is NOT saved, ` +

@@ -11,7 +11,19 @@
 import * as fs from 'node:fs';
 import type { XattrRecord } from '../format/manifest.js';
 import { decodeXattrValue, XattrReader } from '../format/xattrs.js';
-import { COMPARE_MAX_BYTES, lookBelow, lowerStatAt, lstatQuiet, SAME, sameContent, S_IFDIR, S_IFMT, SLASH, type Below, type LowerStat } from './lower.js';
+import {
+  COMPARE_MAX_BYTES,
+  lookBelow,
+  lowerStatAt,
+  lstatQuiet,
+  SAME,
+  sameContent,
+  S_IFDIR,
+  S_IFMT,
+  SLASH,
+  type Below,
+  type LowerStat,
+} from './lower.js';
 import type { ChangeEntry, ChangeKind, EntryType, ScanResult } from './model.js';
 import { preorder, TYPE_BY_IFMT, walkUpper, type Walk } from './walk.js';
 
@@ -221,4 +233,3 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
     stats: { entries: entries.length, bytes, scanMs: Math.round(performance.now() - t0) },
   };
 }
-

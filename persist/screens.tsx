@@ -26,18 +26,32 @@ export type Mode =
 
 const KIND_COLOR: Record<string, string> = { A: 'green', M: 'yellow', m: 'cyan', D: 'red', R: 'magenta' };
 
-export const Row = memo(function Row({ p }: { p: RowParts }) {
-  const dim = p.state === 'none';
-  return (
-    <Text wrap="truncate" inverse={p.pointer === '>'} dimColor={dim}>
-      {p.pointer} {p.indent}
-      {p.fold} <Text color={p.state === 'partial' ? 'yellow' : undefined}>{p.mark}</Text>{' '}
-      <Text color={KIND_COLOR[p.kind]}>{p.kind}</Text> {p.name} {p.size}
-    </Text>
-  );
-}, (a, b) => rowText(a.p) === rowText(b.p) && a.p.state === b.p.state);
+export const Row = memo(
+  function Row({ p }: { p: RowParts }) {
+    const dim = p.state === 'none';
+    return (
+      <Text wrap="truncate" inverse={p.pointer === '>'} dimColor={dim}>
+        {p.pointer} {p.indent}
+        {p.fold} <Text color={p.state === 'partial' ? 'yellow' : undefined}>{p.mark}</Text> <Text color={KIND_COLOR[p.kind]}>{p.kind}</Text>{' '}
+        {p.name} {p.size}
+      </Text>
+    );
+  },
+  (a, b) => rowText(a.p) === rowText(b.p) && a.p.state === b.p.state,
+);
 
-export function Line({ text, width, ...style }: { text: string; width: number; bold?: boolean; color?: string; dimColor?: boolean; inverse?: boolean }) {
+export function Line({
+  text,
+  width,
+  ...style
+}: {
+  text: string;
+  width: number;
+  bold?: boolean;
+  color?: string;
+  dimColor?: boolean;
+  inverse?: boolean;
+}) {
   return (
     <Text wrap="truncate" {...style}>
       {fitLine(text, width)}
@@ -78,15 +92,30 @@ export function body(p: BodyProps): ReactElement[] {
     const top = view.scrollTo(height);
     const last = Math.min(view.size, top + height);
     for (let r = top; r < last; r++) out.push(<Row key={r - top} p={view.row(r, width)} />);
-    if (!view.size) out.push(<Line key="empty" width={width} dimColor text={view.filter ? `  nothing matches "${view.filter.query}"` : '  no changes since boot'} />);
+    if (!view.size)
+      out.push(
+        <Line
+          key="empty"
+          width={width}
+          dimColor
+          text={view.filter ? `  nothing matches "${view.filter.query}"` : '  no changes since boot'}
+        />,
+      );
   } else if (mode.name === 'rules') {
     out.push(<Line key="t" width={width} bold text={`Append ${plural(mode.lines.length, 'line')} to ${p.rulesFile}?`} />);
     const room = height - 3;
     const shown = mode.lines.length > room ? mode.lines.slice(0, Math.max(0, room - 1)) : mode.lines;
     shown.forEach((l, k) => out.push(<Line key={`l${k}`} width={width} text={`  ${truncateMiddle(l, width - 2)}`} />));
-    if (shown.length < mode.lines.length) out.push(<Line key="more" width={width} dimColor text={`  … ${mode.lines.length - shown.length} more`} />);
+    if (shown.length < mode.lines.length)
+      out.push(<Line key="more" width={width} dimColor text={`  … ${mode.lines.length - shown.length} more`} />);
     out.push(<Line key="gap" width={width} text="" />);
-    out.push(<Line key="q" width={width} text={mode.busy ? 'saving…' : p.canSaveRules ? 'y append · n back' : 'saving rules is not available here · any key goes back'} />);
+    out.push(
+      <Line
+        key="q"
+        width={width}
+        text={mode.busy ? 'saving…' : p.canSaveRules ? 'y append · n back' : 'saving rules is not available here · any key goes back'}
+      />,
+    );
   } else if (mode.name === 'confirm' || mode.name === 'writing') {
     lines(confirmation(view, mode.summary, mode.name === 'writing'), (k) => ({ bold: k === 0 }));
   } else if (mode.name === 'result') {
@@ -132,8 +161,12 @@ export function status(view: PersistView, mode: Mode, message: string[] | null, 
   if (message?.length) return message.slice(0, height);
   if (mode.name !== 'main') return [''];
   const e = view.current >= 0 ? view.tree.entries[view.current] : null;
-  const where = e ? `/${displayPath(e.path)}${e.type === 'dir' ? '/' : e.type === 'symlink' && e.target !== undefined ? ` -> ${displayPath(e.target)}` : ''}` : '';
-  const filter = view.filter ? `[filter "${truncateMiddle(view.filter.query, 20)}": ${plural(view.filter.matches, 'match', 'matches')}, esc clears] ` : '';
+  const where = e
+    ? `/${displayPath(e.path)}${e.type === 'dir' ? '/' : e.type === 'symlink' && e.target !== undefined ? ` -> ${displayPath(e.target)}` : ''}`
+    : '';
+  const filter = view.filter
+    ? `[filter "${truncateMiddle(view.filter.query, 20)}": ${plural(view.filter.matches, 'match', 'matches')}, esc clears] `
+    : '';
   return [filter + truncateMiddle(where, width - textWidth(filter))];
 }
 

@@ -197,9 +197,10 @@ export function resolveTarget(opts: TargetOptions): Target {
   const fromCmdline = parseCmdline(opts.cmdline);
   const fromEnv = opts.bootEnv ? parseBootEnv(opts.bootEnv) : {};
   const spec = opts.device ?? fromCmdline.device ?? fromEnv.device;
-  const imagesPathRaw = opts.device !== undefined
-    ? opts.path ?? fromCmdline.imagesPath ?? fromEnv.imagesPath
-    : fromCmdline.imagesPath ?? fromEnv.imagesPath;
+  const imagesPathRaw =
+    opts.device !== undefined
+      ? (opts.path ?? fromCmdline.imagesPath ?? fromEnv.imagesPath)
+      : (fromCmdline.imagesPath ?? fromEnv.imagesPath);
   if (!spec) {
     throw new UsageError(
       `cannot tell where the images are: no ${CMDLINE.storageDevice}= on the kernel command line and no ` +
@@ -207,7 +208,9 @@ export function resolveTarget(opts: TargetOptions): Target {
     );
   }
   if (imagesPathRaw === undefined) {
-    throw new UsageError(`cannot tell where the images are on ${spec}: no ${CMDLINE.imagesPath}= on the kernel command line; use --path PATH`);
+    throw new UsageError(
+      `cannot tell where the images are on ${spec}: no ${CMDLINE.imagesPath}= on the kernel command line; use --path PATH`,
+    );
   }
   const problem = storageProblem({ device: spec, imagesPath: imagesPathRaw });
   if (problem) throw new UsageError(`${problem}: give the storage with --device DEV --path PATH`);
@@ -219,7 +222,11 @@ export function resolveTarget(opts: TargetOptions): Target {
   // On a device, an images directory without a base image is the wrong place: refuse.
   const checkDir = (dir: string, where: string): void => {
     let st: fs.Stats | null = null;
-    try { st = fs.statSync(dir); } catch { /* missing */ }
+    try {
+      st = fs.statSync(dir);
+    } catch {
+      /* missing */
+    }
     if (!st?.isDirectory()) throw new EnvironmentError(`${where}: no directory ${imagesPath} (check ${CMDLINE.imagesPath}= / --path)`);
     if (!fs.existsSync(path.join(dir, BASE_NAME))) {
       throw new EnvironmentError(`${where}: ${imagesPath} holds no ${BASE_NAME}: is this the right device and path?`);
@@ -231,7 +238,12 @@ export function resolveTarget(opts: TargetOptions): Target {
     const rel = rw.root === '/' ? imagesPath : imagesPath.slice(rw.root.length);
     const dir = path.join(rw.mountPoint, rel);
     checkDir(dir, `${dev} (mounted at ${rw.mountPoint})`);
-    return { imagesDir: dir, description: `${dev}:${imagesPath} (through its mount at ${rw.mountPoint})`, warnings: [], release: noRelease };
+    return {
+      imagesDir: dir,
+      description: `${dev}:${imagesPath} (through its mount at ${rw.mountPoint})`,
+      warnings: [],
+      release: noRelease,
+    };
   }
   if (mounts.length && mounts.every((m) => m.readOnly)) {
     const at = mounts.map((m) => m.mountPoint).join(', ');

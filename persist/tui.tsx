@@ -79,7 +79,12 @@ export function PersistApp(props: PersistAppProps) {
   }, [stdout, props.width, props.height]);
 
   // --- rescans (r, live refresh); not while confirming or writing: done when back on the list
-  const scanning = useRef<{ busy: boolean; again: boolean; deferred: boolean; auto: boolean }>({ busy: false, again: false, deferred: false, auto: false });
+  const scanning = useRef<{ busy: boolean; again: boolean; deferred: boolean; auto: boolean }>({
+    busy: false,
+    again: false,
+    deferred: false,
+    auto: false,
+  });
   const rescanNow = async (auto: boolean): Promise<void> => {
     const rescan = propsRef.current.rescan;
     const s = scanning.current;
@@ -99,7 +104,9 @@ export function PersistApp(props: PersistAppProps) {
       if (exited.current) return;
       const d = view.applyScan(next);
       const what = d.added || d.removed ? `+${d.added} −${d.removed}` : 'no change';
-      setMessage([`${auto ? 'changed on disk, rescanned' : 'rescanned'}: ${what} (${plural(next.stats.entries, 'entry', 'entries')}, ${next.stats.scanMs} ms)`]);
+      setMessage([
+        `${auto ? 'changed on disk, rescanned' : 'rescanned'}: ${what} (${plural(next.stats.entries, 'entry', 'entries')}, ${next.stats.scanMs} ms)`,
+      ]);
     } catch (err) {
       if (!exited.current) setMessage([`rescan failed: ${(err as Error).message}`]);
     } finally {
@@ -226,26 +233,29 @@ export function PersistApp(props: PersistAppProps) {
     if (binding) {
       // a key clears the message, unless its action says something or leaves it to later
       let said = false;
-      binding.run({
-        view,
-        page,
-        say: (lines) => {
-          said = true;
-          setMessage(lines);
+      binding.run(
+        {
+          view,
+          page,
+          say: (lines) => {
+            said = true;
+            setMessage(lines);
+          },
+          quit: () => quit('cancelled'),
+          search: () => setMode({ name: 'search', query: view.filter?.query ?? '' }),
+          rescan: () => {
+            said = true;
+            if (props.rescan) void rescanNow(false);
+            else setMessage(['rescanning is not available']);
+          },
+          showRules: () => {
+            said = true;
+            setMessage(rulesToSave());
+          },
+          confirm: startConfirm,
         },
-        quit: () => quit('cancelled'),
-        search: () => setMode({ name: 'search', query: view.filter?.query ?? '' }),
-        rescan: () => {
-          said = true;
-          if (props.rescan) void rescanNow(false);
-          else setMessage(['rescanning is not available']);
-        },
-        showRules: () => {
-          said = true;
-          setMessage(rulesToSave());
-        },
-        confirm: startConfirm,
-      }, input);
+        input,
+      );
       if (exited.current) return;
       if (!said) setMessage(null);
       redraw();

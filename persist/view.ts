@@ -3,7 +3,14 @@
 // rescans. Pure state, no React: tested (and kept fast) on its own.
 import { buildTree, filterTree, hasChildren, KEEP_ANCESTOR, KEEP_MATCH, rowOf, visibleRows, type ChangeTree } from './change-tree.js';
 import {
-  computeInclusion, freezeInclusion, ruleDecisions, summarize, toggleChoice, type DecisionCache, type Inclusion, type Summary,
+  computeInclusion,
+  freezeInclusion,
+  ruleDecisions,
+  summarize,
+  toggleChoice,
+  type DecisionCache,
+  type Inclusion,
+  type Summary,
 } from './inclusion.js';
 import type { ChangeEntry, Decision, Include, Overrides, ScanResult } from './model.js';
 import { explain, rowParts, type RowParts } from './rows.js';
@@ -35,7 +42,8 @@ export class PersistView {
     readonly overrides: Overrides = new Map(),
   ) {
     this.load(scan);
-    for (let i = 0; i < this.tree.entries.length; i = this.tree.end[i]) if (hasChildren(this.tree, i)) this.expanded.add(this.tree.entries[i].path);
+    for (let i = 0; i < this.tree.entries.length; i = this.tree.end[i])
+      if (hasChildren(this.tree, i)) this.expanded.add(this.tree.entries[i].path);
     this.rebuildRows();
   }
 
@@ -133,10 +141,13 @@ export class PersistView {
   expandAll(open: boolean): void {
     if (this.filter) {
       if (open) this.filter.collapsed.clear();
-      else for (let i = 0; i < this.tree.entries.length; i++) if (this.filter.keep[i] & KEEP_ANCESTOR) this.filter.collapsed.add(this.tree.entries[i].path);
+      else
+        for (let i = 0; i < this.tree.entries.length; i++)
+          if (this.filter.keep[i] & KEEP_ANCESTOR) this.filter.collapsed.add(this.tree.entries[i].path);
     } else {
       this.expanded.clear();
-      if (open) for (let i = 0; i < this.tree.entries.length; i++) if (hasChildren(this.tree, i)) this.expanded.add(this.tree.entries[i].path);
+      if (open)
+        for (let i = 0; i < this.tree.entries.length; i++) if (hasChildren(this.tree, i)) this.expanded.add(this.tree.entries[i].path);
     }
     const cur = this.current;
     // after folding everything the cursor goes to its top-level directory
@@ -251,7 +262,10 @@ export class PersistView {
 
   row(r: number, width: number): RowParts {
     const i = this.rows[r];
-    return rowParts(this.tree, this.inc, i, width, { cursor: r === this.cursor, expanded: this.isExpanded(i), foldable: this.isFoldable(i) });
+    return rowParts(this.tree, this.inc, i, width, {
+      cursor: r === this.cursor,
+      expanded: this.isExpanded(i),
+      foldable: this.isFoldable(i),
+    });
   }
 }
-

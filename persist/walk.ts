@@ -15,9 +15,7 @@ export const TYPE_BY_LETTER: Record<number, { type: EntryType; ifmt: number }> =
   0x70 /* p */: { type: 'fifo', ifmt: 0o010000 },
   0x73 /* s */: { type: 'socket', ifmt: 0o140000 },
 };
-export const TYPE_BY_IFMT: Record<number, EntryType> = Object.fromEntries(
-  Object.values(TYPE_BY_LETTER).map((t) => [t.ifmt, t.type]),
-);
+export const TYPE_BY_IFMT: Record<number, EntryType> = Object.fromEntries(Object.values(TYPE_BY_LETTER).map((t) => [t.ifmt, t.type]));
 /** type letter, st_dev, inode, links, permission bits (octal, incl. setuid/setgid/sticky), uid, gid, size, mtime; path; link target */
 const STAT_FORMAT = '%y %D %i %n %m %U %G %s %T@\\0%P\\0%l\\0';
 
@@ -43,7 +41,9 @@ export interface Walk {
 function collect(child: ChildProcess, what: string, okCodes: number[], onStdout: (b: Buffer) => void): Promise<string> {
   let err = '';
   child.stderr!.setEncoding('utf8');
-  child.stderr!.on('data', (d: string) => { if (err.length < 1 << 20) err += d; });
+  child.stderr!.on('data', (d: string) => {
+    if (err.length < 1 << 20) err += d;
+  });
   child.stdout!.on('data', onStdout);
   return new Promise((resolve, reject) => {
     child.on('error', (e) => reject(new Error(`cannot run ${what}: ${e.message}`)));
@@ -83,10 +83,23 @@ function readNum(c: Cursor, base: number): number {
 }
 
 /** Parses `find -printf STAT_FORMAT` output as it streams in. */
-export function walkUpper(root: string, onPath: (buf: Buffer, start: number, end: number) => void): { done: Promise<Walk>; kill: () => void } {
+export function walkUpper(
+  root: string,
+  onPath: (buf: Buffer, start: number, end: number) => void,
+): { done: Promise<Walk>; kill: () => void } {
   const w: Walk = {
-    rel: [], type: [], dev: [], nlink: [], inode: [], mode: [], uid: [], gid: [], size: [], mtime: [],
-    target: new Map(), errors: [],
+    rel: [],
+    type: [],
+    dev: [],
+    nlink: [],
+    inode: [],
+    mode: [],
+    uid: [],
+    gid: [],
+    size: [],
+    mtime: [],
+    target: new Map(),
+    errors: [],
   };
   // not runSync/run: the listing is parsed as it streams, and its paths go on to getfattr at once
   const child = spawnTracked('find', [root, '-xdev', '-mindepth', '1', '-printf', STAT_FORMAT], {

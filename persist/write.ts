@@ -99,7 +99,10 @@ export function acquireLock(imagesDir: string): () => void {
     }
     let locked = false;
     try {
-      const r = runSync('flock', ['--exclusive', '--nonblock', '--conflict-exit-code', String(LOCK_CONFLICT), '3'], { fds: [fd], allowFailure: true });
+      const r = runSync('flock', ['--exclusive', '--nonblock', '--conflict-exit-code', String(LOCK_CONFLICT), '3'], {
+        fds: [fd],
+        allowFailure: true,
+      });
       if (r.status === LOCK_CONFLICT) {
         const pid = Number.parseInt(fs.readFileSync(fd, 'utf8').trim(), 10);
         throw new PersistBusyError(
@@ -255,7 +258,17 @@ export function treeFromScan(upper: string, write: ChangeEntry[], fresh: boolean
         }
         nlink = e.hardlinks.length + 1;
       }
-      st = { mode: e.mode, uid: e.uid, gid: e.gid, size: e.type === 'file' ? e.size : 0, mtimeMs: e.mtime * 1000, nlink, dev: 0, ino, rdev: 0 };
+      st = {
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        size: e.type === 'file' ? e.size : 0,
+        mtimeMs: e.mtime * 1000,
+        nlink,
+        dev: 0,
+        ino,
+        rdev: 0,
+      };
     }
     tree.push({ rel, abs, st: st as fs.Stats });
   }
@@ -303,9 +316,15 @@ export async function writeLayer(opts: WriteLayerOptions): Promise<WriteLayerRes
     const tree = treeFromScan(opts.upper, plan.write, !opts.statsFromScan, opts.onWarning);
     const byPath = new Map(plan.write.map((e) => [e.path, e]));
     const signal = opts.signal;
-    const stats = await packEntries(writer, tree, collectHardlinks(tree), () => {
-      if (signal?.aborted) throw new Error('interrupted');
-    }, (e) => opts.onWarning?.(vanishedWarning(e.rel.toString('latin1'))));
+    const stats = await packEntries(
+      writer,
+      tree,
+      collectHardlinks(tree),
+      () => {
+        if (signal?.aborted) throw new Error('interrupted');
+      },
+      (e) => opts.onWarning?.(vanishedWarning(e.rel.toString('latin1'))),
+    );
     void stats;
     for (const t of tree) {
       const p = t.rel.toString('latin1');

@@ -18,11 +18,16 @@ export async function bootstrapStage(b: BuildContext): Promise<boolean> {
   const kept = chain.start >= 0;
   const d = decide(chain.inputs[0], kept ? { inputs: chain.inputs[0] } : records.stage(BOOTSTRAP), {
     rebuild: b.rebuild,
-    verify: () => (kept ? null : records.tree.state === null && fs.existsSync(b.chroot)
-      ? 'OUT/chroot was left unfinished by an interrupted build'
-      : 'neither OUT/chroot nor OUT/.cache holds it'),
-    reusedAs: chain.from === 'snapshot' ? `restoring ${restored} from OUT/.cache`
-      : `reusing OUT/chroot${chain.start > 0 ? ` (with the presets up to ${b.presets[chain.start - 1].name})` : ''}`,
+    verify: () =>
+      kept
+        ? null
+        : records.tree.state === null && fs.existsSync(b.chroot)
+          ? 'OUT/chroot was left unfinished by an interrupted build'
+          : 'neither OUT/chroot nor OUT/.cache holds it',
+    reusedAs:
+      chain.from === 'snapshot'
+        ? `restoring ${restored} from OUT/.cache`
+        : `reusing OUT/chroot${chain.start > 0 ? ` (with the presets up to ${b.presets[chain.start - 1].name})` : ''}`,
   });
   const stage = announce(b, BOOTSTRAP, d, `mmdebstrap ${c.suite} (${c.variant}, ${c.architecture}) from ${c.mirror}`);
   if (d.run) {
@@ -51,9 +56,13 @@ export async function bootstrapStage(b: BuildContext): Promise<boolean> {
   const reused = !d.run;
   const presetsPending = b.chain.start < b.presets.length;
   b.tree.settle({
-    replaced: d.run ? 'a fresh bootstrap'
-      : chain.from === 'snapshot' ? 'the tree was restored from OUT/.cache'
-      : presetsPending ? 'presets run on the tree' : undefined,
+    replaced: d.run
+      ? 'a fresh bootstrap'
+      : chain.from === 'snapshot'
+        ? 'the tree was restored from OUT/.cache'
+        : presetsPending
+          ? 'presets run on the tree'
+          : undefined,
     touched: d.run || chain.from === 'snapshot',
   });
   return reused;

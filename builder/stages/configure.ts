@@ -4,7 +4,13 @@
 import { formatBytes } from '../../lib/progress.js';
 import { configureInputs, configureSystem, installMkma } from '../configure.js';
 import {
-  findImageKernel, hostKernelInfo, hostKernelStamp, INITRAMFS_MODULES, installHostKernel, trimModules, type KernelInfo,
+  findImageKernel,
+  hostKernelInfo,
+  hostKernelStamp,
+  INITRAMFS_MODULES,
+  installHostKernel,
+  trimModules,
+  type KernelInfo,
 } from '../kernel.js';
 import { decide, digest, type Decision, type StageInputs } from '../stage.js';
 import { announce, report, type BuildContext } from './context.js';
@@ -15,7 +21,10 @@ function stepInputs(b: BuildContext, kernel: KernelInfo, keep: string[] | null):
   const steps: Record<string, StageInputs> = {};
   if (b.options.hostKernel || keep) {
     steps['kernel modules'] = {
-      tree: tree.lineage, kernel: b.options.hostKernel ? `host ${hostKernelStamp()}` : `image ${kernel.version}`, keep: keep ? digest(...keep) : 'all', 'mkma files': self,
+      tree: tree.lineage,
+      kernel: b.options.hostKernel ? `host ${hostKernelStamp()}` : `image ${kernel.version}`,
+      keep: keep ? digest(...keep) : 'all',
+      'mkma files': self,
     };
   }
   steps.settings = { tree: tree.lineage, ...configureInputs(c), 'mkma files': self };

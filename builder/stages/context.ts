@@ -154,7 +154,9 @@ function restrictOutput(out: string, reporter: Reporter): void {
     if (fs.existsSync(path.join(out, name))) fs.chmodSync(path.join(out, name), SECRET_FILE_MODE);
   }
   if (fs.statSync(out).mode & 0o007) {
-    reporter.warn(`${out} is open to other users: ${path.join(out, 'chroot')} holds the image's files with the image's owners (chmod 700 ${out})`);
+    reporter.warn(
+      `${out} is open to other users: ${path.join(out, 'chroot')} holds the image's files with the image's owners (chmod 700 ${out})`,
+    );
   }
 }
 
@@ -166,7 +168,9 @@ export function checkOutputDir(out: string, needBytes: number): void {
     fs.writeFileSync(probe, '');
     fs.rmSync(probe);
   } catch (e) {
-    throw new BuildError(`output directory ${out} is not writable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): choose another with --out`);
+    throw new BuildError(
+      `output directory ${out} is not writable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): choose another with --out`,
+    );
   }
   const st = fs.statfsSync(out);
   const free = st.bavail * st.bsize;

@@ -17,9 +17,17 @@ export async function initramfsStage(b: BuildContext, kernel: KernelInfo): Promi
   const { config: c, reporter } = b;
   const name = 'initramfs';
   const opts = {
-    chroot: b.chroot, kernel, out: path.join(b.staging, INITRAMFS_NAME), workDir: b.staging,
-    wantedModules: INITRAMFS_MODULE_GROUPS, requiredModules: c.initramfsModules, ramSize: c.ramSize, version: b.version,
-    arch: c.architecture, cacheDir: path.join(b.out, '.cache', 'unpacker'), onWarning: (w: string) => reporter.warn(w),
+    chroot: b.chroot,
+    kernel,
+    out: path.join(b.staging, INITRAMFS_NAME),
+    workDir: b.staging,
+    wantedModules: INITRAMFS_MODULE_GROUPS,
+    requiredModules: c.initramfsModules,
+    ramSize: c.ramSize,
+    version: b.version,
+    arch: c.architecture,
+    cacheDir: path.join(b.out, '.cache', 'unpacker'),
+    onWarning: (w: string) => reporter.warn(w),
   };
   const prep = prepareInitramfs(opts);
   // Not the tree stamp: the initramfs takes binaries, libraries and kernel modules from the
@@ -46,6 +54,12 @@ export async function initramfsStage(b: BuildContext, kernel: KernelInfo): Promi
     return { ...output, details: rec!.details as InitramfsDetails };
   }
   const initrd = await buildInitramfs(opts, prep);
-  report(b, name, decision, stage, `${formatBytes(initrd.bytes)}, ${initrd.modules.length} modules, ${initrd.fastUnpacker ? 'mkma-unpack' : 'busybox cpio'}`);
+  report(
+    b,
+    name,
+    decision,
+    stage,
+    `${formatBytes(initrd.bytes)}, ${initrd.modules.length} modules, ${initrd.fastUnpacker ? 'mkma-unpack' : 'busybox cpio'}`,
+  );
   return { ...output, details: { modules: initrd.modules, fastUnpacker: initrd.fastUnpacker } };
 }

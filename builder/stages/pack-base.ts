@@ -36,6 +36,12 @@ export async function packBaseStage(b: BuildContext): Promise<Output<BaseDetails
     onWarning: (w) => reporter.warn(w),
   });
   if (base.xattrWarnings) reporter.warn(`getfattr: ${base.xattrWarnings.split('\n')[0]}`);
-  report(b, name, decision, stage, `${base.stats.entries} entries, ${formatBytes(base.cpioBytes)} → ${formatBytes(base.fileBytes)}, ${base.manifest.xattrs.length} paths with xattrs`);
+  report(
+    b,
+    name,
+    decision,
+    stage,
+    `${base.stats.entries} entries, ${formatBytes(base.cpioBytes)} → ${formatBytes(base.fileBytes)}, ${base.manifest.xattrs.length} paths with xattrs`,
+  );
   return { ...output, details: { unpackedBytes: base.manifest.unpackedBytes, entries: base.manifest.entries } };
 }

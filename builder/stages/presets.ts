@@ -15,14 +15,18 @@ import type { BuildContext } from './context.js';
 
 /** What a preset does, for its progress line. */
 function describePreset(p: Preset): string {
-  return [
-    p.packages.length ? `${p.packages.length} package(s)` : '',
-    p.files ? 'files' : '',
-    p.users.length ? `${p.users.length} user(s)` : '',
-    p.script !== null ? 'script' : '',
-    p.services.enable.length + p.services.disable.length + p.services.mask.length ? 'services' : '',
-    p.hooks.length ? `${p.hooks.length} hook(s)` : '',
-  ].filter(Boolean).join(', ') || 'nothing to do';
+  return (
+    [
+      p.packages.length ? `${p.packages.length} package(s)` : '',
+      p.files ? 'files' : '',
+      p.users.length ? `${p.users.length} user(s)` : '',
+      p.script !== null ? 'script' : '',
+      p.services.enable.length + p.services.disable.length + p.services.mask.length ? 'services' : '',
+      p.hooks.length ? `${p.hooks.length} hook(s)` : '',
+    ]
+      .filter(Boolean)
+      .join(', ') || 'nothing to do'
+  );
 }
 
 export async function presetsStage(b: BuildContext): Promise<void> {
@@ -54,7 +58,15 @@ export async function presetsStage(b: BuildContext): Promise<void> {
     records.treeChanging(true);
     const stage = reporter.stage(name, `${describePreset(p)} (${d.reason})`);
     const logFile = path.join(snapshots.logs, `${String(i).padStart(2, '0')}-${p.name.replace(/\//g, '_')}.log`);
-    const outcome = await runPreset({ root: b.chroot, preset: p, stage, interactive: !!b.options.interactive, apt, aptLists: snapshots.aptLists, logFile });
+    const outcome = await runPreset({
+      root: b.chroot,
+      preset: p,
+      stage,
+      interactive: !!b.options.interactive,
+      apt,
+      aptLists: snapshots.aptLists,
+      logFile,
+    });
     stage.done(outcome);
     b.reports.push({ stage: name, status: outcome, reason: d.reason });
     if (outcome === 'skipped') consistent = false;

@@ -71,7 +71,14 @@ export function corpus(V: string): Case[] {
       name: 'valid-basic',
       description: 'a base and a layer adding, replacing and deleting',
       base: base(file('etc/gone', 'gone\n'), symlink('ln', 'real')),
-      layers: [{ name: L1, image: layer([dir('etc'), file('etc/hostname', 'layer\n'), file('new', 'new\n', { mode: S_IFREG | 0o600 })], { deleted: ['etc/gone'] }) }],
+      layers: [
+        {
+          name: L1,
+          image: layer([dir('etc'), file('etc/hostname', 'layer\n'), file('new', 'new\n', { mode: S_IFREG | 0o600 })], {
+            deleted: ['etc/gone'],
+          }),
+        },
+      ],
       check: (t) => {
         eq(t.read('etc/hostname'), 'layer\n', 'etc/hostname');
         eq(t.kind('etc/gone'), null, 'etc/gone');
@@ -109,7 +116,12 @@ export function corpus(V: string): Case[] {
       name: 'deep-tree',
       description: 'a 1000-level-deep tree in the base and in a layer (iterative merge)',
       base: base(dir('deep'), ...deepDirs, file(`deep/${deep}/leaf`, 'base leaf\n')),
-      layers: [{ name: L1, image: layer([dir('deep'), ...deepDirs, file(`deep/${deep}/leaf`, 'layer leaf\n'), file(`deep/${deep}/new`, 'new\n')]) }],
+      layers: [
+        {
+          name: L1,
+          image: layer([dir('deep'), ...deepDirs, file(`deep/${deep}/leaf`, 'layer leaf\n'), file(`deep/${deep}/new`, 'new\n')]),
+        },
+      ],
       check: (t) => {
         eq(t.read(`deep/${deep}/leaf`), 'layer leaf\n', 'deep leaf');
         eq(t.read(`deep/${deep}/new`), 'new\n', 'deep new');
@@ -119,13 +131,17 @@ export function corpus(V: string): Case[] {
       name: 'hardlinks',
       description: 'a hardlink group, GNU convention (data with the last member), and an empty group',
       base: base(),
-      layers: [{
-        name: L1,
-        image: layer([
-          file('a', '', { ino: 7, nlink: 2 }), file('b', 'shared\n', { ino: 7, nlink: 2 }),
-          file('e1', '', { ino: 8, nlink: 2 }), file('e2', '', { ino: 8, nlink: 2 }),
-        ]),
-      }],
+      layers: [
+        {
+          name: L1,
+          image: layer([
+            file('a', '', { ino: 7, nlink: 2 }),
+            file('b', 'shared\n', { ino: 7, nlink: 2 }),
+            file('e1', '', { ino: 8, nlink: 2 }),
+            file('e2', '', { ino: 8, nlink: 2 }),
+          ]),
+        },
+      ],
       check: (t) => {
         eq(t.read('a'), 'shared\n', 'a');
       },
@@ -161,12 +177,14 @@ export function corpus(V: string): Case[] {
       name: 'attack-hardlink-through-later-symlink',
       description: 'd/passwd (a hardlink member without data), then d -> V, then the data member g',
       base: base(),
-      layers: [{
-        name: L1,
-        image: layer([file('d/passwd', '', { ino: 9, nlink: 2 }), symlink('d', V), file('g', 'pwned\n', { ino: 9, nlink: 2 })]),
-        // (busybox: its deferred symlink meets the directory the member made)
-        refused: /twice|not a directory|can't create symlink/,
-      }],
+      layers: [
+        {
+          name: L1,
+          image: layer([file('d/passwd', '', { ino: 9, nlink: 2 }), symlink('d', V), file('g', 'pwned\n', { ino: 9, nlink: 2 })]),
+          // (busybox: its deferred symlink meets the directory the member made)
+          refused: /twice|not a directory|can't create symlink/,
+        },
+      ],
     },
     {
       name: 'attack-dir-metadata-through-symlink',
@@ -178,13 +196,25 @@ export function corpus(V: string): Case[] {
       name: 'attack-hidden-hardlink-member',
       description: 'a zero-size hardlink member named ../escaped (busybox cpio lists no such member)',
       base: base(),
-      layers: [{ name: L1, image: layer([file('../escaped', '', { ino: 5, nlink: 2 }), file('inside', 'x', { ino: 5, nlink: 2 })]), refused: /unsafe name/ }],
+      layers: [
+        {
+          name: L1,
+          image: layer([file('../escaped', '', { ino: 5, nlink: 2 }), file('inside', 'x', { ino: 5, nlink: 2 })]),
+          refused: /unsafe name/,
+        },
+      ],
     },
     {
       name: 'attack-xattr-absolute-path',
       description: 'an %xattrs record for /etc/passwd',
       base: base(),
-      layers: [{ name: L1, image: layer([file('f', 'x')], { xattrs: '# file: /etc/passwd\nsecurity.capability=0sAQAAAgAgAAAAAAAAAAAAAAAAAAA=\n' }), refused: /xattrs/ }],
+      layers: [
+        {
+          name: L1,
+          image: layer([file('f', 'x')], { xattrs: '# file: /etc/passwd\nsecurity.capability=0sAQAAAgAgAAAAAAAAAAAAAAAAAAA=\n' }),
+          refused: /xattrs/,
+        },
+      ],
     },
     {
       name: 'attack-xattr-dotdot-path',
@@ -285,7 +315,16 @@ export function corpus(V: string): Case[] {
       name: 'device',
       description: 'a character device and a fifo',
       base: base(),
-      layers: [{ name: L1, image: layer([dir('dev'), { name: 'dev/null', mode: S_IFCHR | 0o666, rdevMajor: 1, rdevMinor: 3 }, { name: 'fifo', mode: S_IFIFO | 0o600 }]) }],
+      layers: [
+        {
+          name: L1,
+          image: layer([
+            dir('dev'),
+            { name: 'dev/null', mode: S_IFCHR | 0o666, rdevMajor: 1, rdevMinor: 3 },
+            { name: 'fifo', mode: S_IFIFO | 0o600 },
+          ]),
+        },
+      ],
       check: (t) => eq(t.kind('dev/null'), 'other', 'dev/null'),
     },
     {
@@ -298,22 +337,26 @@ export function corpus(V: string): Case[] {
       name: 'shard-cut-inside-an-entry',
       description: 'two shards whose boundary is inside an entry (the table tiles DATA, the archive does not)',
       base: base(),
-      layers: [{
-        name: L1,
-        image: { kind: 'layer', shards: [[dir('.'), file('a', 'a'), file('b', 'b')]], cutAt: [300] },
-        // (parallel shards: whichever notices first)
-        refused: /inside|truncated|short read|not a cpio/,
-      }],
+      layers: [
+        {
+          name: L1,
+          image: { kind: 'layer', shards: [[dir('.'), file('a', 'a'), file('b', 'b')]], cutAt: [300] },
+          // (parallel shards: whichever notices first)
+          refused: /inside|truncated|short read|not a cpio/,
+        },
+      ],
     },
     {
       name: 'trailer-in-first-shard',
       description: 'TRAILER!!! in a shard before the last',
       base: base(),
-      layers: [{
-        name: L1,
-        image: { kind: 'layer', shards: [[dir('.'), file('a', 'a'), { name: 'TRAILER!!!', mode: 0 }], [file('b', 'b')]], entries: 4 },
-        refused: /TRAILER|entries/,
-      }],
+      layers: [
+        {
+          name: L1,
+          image: { kind: 'layer', shards: [[dir('.'), file('a', 'a'), { name: 'TRAILER!!!', mode: 0 }], [file('b', 'b')]], entries: 4 },
+          refused: /TRAILER|entries/,
+        },
+      ],
     },
     {
       name: 'entries-mismatch',
@@ -325,13 +368,21 @@ export function corpus(V: string): Case[] {
       name: 'twenty-digit-data-bytes',
       description: 'data_bytes with 20 digits',
       base: base(),
-      layers: [{ name: L1, image: layer([file('x', 'x')], { editBody: (b) => b.replace(/^data_bytes \d+$/m, 'data_bytes 00000000000000000123') }), refused: /data_bytes/ }],
+      layers: [
+        {
+          name: L1,
+          image: layer([file('x', 'x')], { editBody: (b) => b.replace(/^data_bytes \d+$/m, 'data_bytes 00000000000000000123') }),
+          refused: /data_bytes/,
+        },
+      ],
     },
     {
       name: 'leading-zero-number',
       description: 'a manifest number with a leading zero (the shell would read it as octal)',
       base: base(),
-      layers: [{ name: L1, image: layer([file('x', 'x')], { editBody: (b) => b.replace(/^entries (\d+)$/m, 'entries 0$1') }), refused: /entries/ }],
+      layers: [
+        { name: L1, image: layer([file('x', 'x')], { editBody: (b) => b.replace(/^entries (\d+)$/m, 'entries 0$1') }), refused: /entries/ },
+      ],
     },
     {
       name: 'long-delete-path',
@@ -343,7 +394,13 @@ export function corpus(V: string): Case[] {
       name: 'bad-delete-escape',
       description: 'a delete path with an escape escapePath never writes (\\n)',
       base: base(),
-      layers: [{ name: L1, image: layer([file('x', 'x')], { editBody: (b) => b.replace('%xattrs\n', 'delete etc\\nhostname\n%xattrs\n') }), refused: /bad or too long path/ }],
+      layers: [
+        {
+          name: L1,
+          image: layer([file('x', 'x')], { editBody: (b) => b.replace('%xattrs\n', 'delete etc\\nhostname\n%xattrs\n') }),
+          refused: /bad or too long path/,
+        },
+      ],
     },
     {
       name: 'xattr-line-without-value',
@@ -371,13 +428,21 @@ export function corpus(V: string): Case[] {
       name: 'kind-twice',
       description: 'two kind lines',
       base: base(),
-      layers: [{ name: L1, image: layer([file('x', 'x')], { editBody: (b) => b.replace('kind layer\n', 'kind layer\nkind base\n') }), refused: /kind/ }],
+      layers: [
+        {
+          name: L1,
+          image: layer([file('x', 'x')], { editBody: (b) => b.replace('kind layer\n', 'kind layer\nkind base\n') }),
+          refused: /kind/,
+        },
+      ],
     },
     {
       name: 'nul-in-manifest',
       description: 'a NUL byte in the manifest body',
       base: base(),
-      layers: [{ name: L1, image: layer([file('x', 'x')], { editBody: (b) => b.replace('kind layer\n', 'kind layer\0\n') }), refused: /kind|NUL/ }],
+      layers: [
+        { name: L1, image: layer([file('x', 'x')], { editBody: (b) => b.replace('kind layer\n', 'kind layer\0\n') }), refused: /kind|NUL/ },
+      ],
     },
     {
       name: 'not-a-layer',
@@ -389,7 +454,10 @@ export function corpus(V: string): Case[] {
       name: 'fifo-and-directory-named-like-layers',
       description: 'a FIFO and a directory named like layers: ignored, never opened (a FIFO would block)',
       base: base(),
-      layers: [{ name: L1, image: 'fifo' }, { name: L2, image: 'directory' }],
+      layers: [
+        { name: L1, image: 'fifo' },
+        { name: L2, image: 'directory' },
+      ],
     },
     {
       name: 'name-without-nul',
@@ -409,7 +477,9 @@ export function corpus(V: string): Case[] {
       name: 'hardlink-data-twice',
       description: 'a hardlink group with two members carrying data',
       base: base(),
-      layers: [{ name: L1, image: layer([file('a', 'one', { ino: 4, nlink: 2 }), file('b', 'two', { ino: 4, nlink: 2 })]), refused: /data twice/ }],
+      layers: [
+        { name: L1, image: layer([file('a', 'one', { ino: 4, nlink: 2 }), file('b', 'two', { ino: 4, nlink: 2 })]), refused: /data twice/ },
+      ],
       fallbackDiffers: 'busybox cpio lists no inode numbers',
     },
     {

@@ -38,8 +38,21 @@ export function cpioEntry(e: RawEntry): Buffer {
   const data = e.data === undefined ? Buffer.alloc(0) : Buffer.from(e.data as string, typeof e.data === 'string' ? 'latin1' : undefined);
   const nameBytes = e.noNul ? name : Buffer.concat([name, Buffer.from([0])]);
   const namesize = e.namesize ?? nameBytes.length;
-  const fields = [e.ino ?? nextIno++, e.mode, e.uid ?? 0, e.gid ?? 0, e.nlink ?? ((e.mode & 0o170000) === S_IFDIR ? 2 : 1), e.mtime ?? MTIME,
-    e.size ?? data.length, 0, 0, e.rdevMajor ?? 0, e.rdevMinor ?? 0, namesize, 0];
+  const fields = [
+    e.ino ?? nextIno++,
+    e.mode,
+    e.uid ?? 0,
+    e.gid ?? 0,
+    e.nlink ?? ((e.mode & 0o170000) === S_IFDIR ? 2 : 1),
+    e.mtime ?? MTIME,
+    e.size ?? data.length,
+    0,
+    0,
+    e.rdevMajor ?? 0,
+    e.rdevMinor ?? 0,
+    namesize,
+    0,
+  ];
   const head = Buffer.from('070701' + fields.map(hex8).join(''), 'latin1');
   return Buffer.concat([head, nameBytes, Buffer.alloc(pad4(110 + nameBytes.length)), data, Buffer.alloc(pad4(data.length))]);
 }
@@ -47,8 +60,18 @@ export function cpioEntry(e: RawEntry): Buffer {
 export const trailerEntry = () => cpioEntry({ name: 'TRAILER!!!', mode: 0, ino: 0, nlink: 1, mtime: 0 });
 
 export const dir = (name: string, o: Partial<RawEntry> = {}): RawEntry => ({ name, mode: S_IFDIR | 0o755, ...o });
-export const file = (name: string, data: string | Buffer, o: Partial<RawEntry> = {}): RawEntry => ({ name, mode: S_IFREG | 0o644, data, ...o });
-export const symlink = (name: string, target: string, o: Partial<RawEntry> = {}): RawEntry => ({ name, mode: S_IFLNK | 0o777, data: target, ...o });
+export const file = (name: string, data: string | Buffer, o: Partial<RawEntry> = {}): RawEntry => ({
+  name,
+  mode: S_IFREG | 0o644,
+  data,
+  ...o,
+});
+export const symlink = (name: string, target: string, o: Partial<RawEntry> = {}): RawEntry => ({
+  name,
+  mode: S_IFLNK | 0o777,
+  data: target,
+  ...o,
+});
 
 export interface RawImage {
   kind: 'base' | 'layer';
@@ -96,14 +119,22 @@ export function writeRawImage(path: string, img: RawImage): void {
   }
   const data = Buffer.concat(frames);
   const frame = encodeManifestFrame({
-    kind: img.kind, created: '2026-11-22T02:15:00Z', message: 'conformance', entries: img.entries ?? count,
-    unpackedBytes: 1 << 20, dataBytes: data.length, dataSha256: '', shards: img.shardTable === undefined ? table : img.shardTable ?? [],
-    opaque: img.opaque ?? [], deleted: img.deleted ?? [], xattrs: [],
+    kind: img.kind,
+    created: '2026-11-22T02:15:00Z',
+    message: 'conformance',
+    entries: img.entries ?? count,
+    unpackedBytes: 1 << 20,
+    dataBytes: data.length,
+    dataSha256: '',
+    shards: img.shardTable === undefined ? table : (img.shardTable ?? []),
+    opaque: img.opaque ?? [],
+    deleted: img.deleted ?? [],
+    xattrs: [],
   });
   let body = frame.subarray(8, frame.length - (FOOTER_TAG.length + FORMAT.footerDigits + 1)).toString('latin1');
   if (img.xattrs !== undefined) body = body.replace(/%xattrs\n$/, `%xattrs\n${img.xattrs}`);
   if (img.editBody) body = img.editBody(body);
-  let out: Buffer = Buffer.concat([data, frameFor(Buffer.from(body, "latin1"))]);
+  let out: Buffer = Buffer.concat([data, frameFor(Buffer.from(body, 'latin1'))]);
   if (img.editFile) out = img.editFile(out);
   fs.writeFileSync(path, out);
 }

@@ -74,7 +74,11 @@ function change(r: ReturnType<typeof rng>, m: Model, upper: string, touched: Set
   if (parent) mkdir(upper, parent, { mode: 0o755 });
   dropBelow(m, p);
   if (op <= 3) {
-    mkfile(upper, p, `layer ${n} ${p}\n`.repeat(1 + r.int(50)), { mode: r.pick([0o644, 0o600, 0o755, 0o4755]), uid: r.pick([0, 1234]), mtime });
+    mkfile(upper, p, `layer ${n} ${p}\n`.repeat(1 + r.int(50)), {
+      mode: r.pick([0o644, 0o600, 0o755, 0o4755]),
+      uid: r.pick([0, 1234]),
+      mtime,
+    });
     if (r.int(3) === 0) setxattr(upper, p, `v${n}`);
     m.set(p, 'file');
     if (r.int(4) === 0 && !touched.has(p + '.link')) {
@@ -130,4 +134,3 @@ export async function randomStack(seed: number, dir: string): Promise<string> {
   }
   return images;
 }
-

@@ -8,8 +8,13 @@ import { IMAGE_OUT, WORK } from '../helpers/paths.js';
 
 const boot = (name: string, append: string) =>
   smokeBoot({
-    out: IMAGE_OUT, reporter: createReporter({ quiet: true }), env: { MKMA_QEMU_ACCEL: 'tcg' }, fresh: true,
-    timeoutSec: 300, append, logPath: path.join(WORK, `e2e-boot-error-${name}.log`),
+    out: IMAGE_OUT,
+    reporter: createReporter({ quiet: true }),
+    env: { MKMA_QEMU_ACCEL: 'tcg' },
+    fresh: true,
+    timeoutSec: 300,
+    append,
+    logPath: path.join(WORK, `e2e-boot-error-${name}.log`),
   });
 
 describe('boot failures are explained', () => {

@@ -70,8 +70,14 @@ describe('boot into RAM (QEMU, TCG)', () => {
       ].join('\n') + '\n',
     );
     result = await smokeBoot({
-      out: IMAGE_OUT, imagesDir: images, reporter: createReporter({ quiet: true }), env: { MKMA_QEMU_ACCEL: 'tcg' },
-      fresh: true, testDataDir: data, timeoutSec: 480, logPath: path.join(dir, 'console.log'),
+      out: IMAGE_OUT,
+      imagesDir: images,
+      reporter: createReporter({ quiet: true }),
+      env: { MKMA_QEMU_ACCEL: 'tcg' },
+      fresh: true,
+      testDataDir: data,
+      timeoutSec: 480,
+      logPath: path.join(dir, 'console.log'),
     });
     process.stderr.write(`\n${describeSmoke(result)}\n`);
     expect(result.reason).toBe(result.ok ? result.reason : 'passed');

@@ -28,7 +28,7 @@ describe('mkma build (minimal test image)', () => {
     expect(info.cmdline).toMatch(/^mkma_storage_device=\S+ mkma_images_path=\S+$/);
   });
 
-  test('what holds secrets is root\'s only: base.cpio.zst and mkma.json 0600, the cache 0700', () => {
+  test("what holds secrets is root's only: base.cpio.zst and mkma.json 0600, the cache 0700", () => {
     // the base holds /etc/shadow (and whatever keys and users' files the image has)
     const mode = (p: string) => fs.statSync(p).mode & 0o777;
     expect(mode(base)).toBe(0o600);
@@ -87,11 +87,14 @@ describe('mkma build (minimal test image)', () => {
   const rebuild = (...args: string[]) => rebuildWith(TEST_CONFIG, ...args);
   const rebuildWith = (config: string, ...args: string[]) => {
     const r = spawnSync('node', [MKMA, 'build', ...args, '--config', config, '--out', IMAGE_OUT, '--json'], {
-      encoding: 'utf8', env: { ...process.env, MKMA_QEMU_TEST: '' },
+      encoding: 'utf8',
+      env: { ...process.env, MKMA_QEMU_TEST: '' },
     });
     expect(r.status).toBe(0);
     const result = JSON.parse(r.stdout) as {
-      bootstrap: string; timings: Record<string, number>; stages: Array<{ stage: string; status: string; reason?: string }>;
+      bootstrap: string;
+      timings: Record<string, number>;
+      stages: Array<{ stage: string; status: string; reason?: string }>;
       outputs: Record<string, { path: string; bytes: number; sha256: string }>;
     };
     const status = Object.fromEntries(result.stages.map((s) => [s.stage, s.status]));
@@ -100,7 +103,7 @@ describe('mkma build (minimal test image)', () => {
   };
   const sha = (file: string) => sh(`sha256sum ${file}`).split(' ')[0];
 
-  test('a root password given as a crypt hash: in the base\'s /etc/shadow, not in mkma.json', () => {
+  test("a root password given as a crypt hash: in the base's /etc/shadow, not in mkma.json", () => {
     const hash = '$6$mkmae2etest$a593SISIcOM6p52xQZjPiBFnDm.KtpD/i/13r5GjrxaspwP09EeC.sfRJGztL6niSzOdiQyWSF6gtw.Xl18hW.';
     const config = path.join(IMAGE_OUT, '..', 'e2e-hashed.toml');
     fs.writeFileSync(config, fs.readFileSync(TEST_CONFIG, 'utf8').replace(/^root_password = .*$/m, `root_password = "${hash}"`));

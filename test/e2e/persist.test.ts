@@ -54,7 +54,10 @@ describe('mkma persist in the guest, then reboot', () => {
 
   test('changes saved with mkma persist --yes come back after a reboot, deletions stay deleted', async () => {
     fs.rmSync(dir, { recursive: true, force: true });
-    for (const [name, script] of [['boot1', CHANGES], ['boot2', CHECKS]]) {
+    for (const [name, script] of [
+      ['boot1', CHANGES],
+      ['boot2', CHECKS],
+    ]) {
       fs.mkdirSync(path.join(dir, name), { recursive: true });
       fs.writeFileSync(path.join(dir, name, 'run.sh'), script);
     }
@@ -72,9 +75,7 @@ describe('mkma persist in the guest, then reboot', () => {
     process.stderr.write(`\nsecond boot:\n${describeSmoke(second)}\n`);
     expect(second.ok).toBe(true);
     expect(second.log).toMatch(new RegExp(`phase layer-applied ${layers[0].replace(/\./g, '\\.')}`));
-    const checks = Object.fromEntries(
-      [...second.log.matchAll(/MKMA-TEST-OUT: check ([^:]+): (.*)$/gm)].map((m) => [m[1], m[2].trim()]),
-    );
+    const checks = Object.fromEntries([...second.log.matchAll(/MKMA-TEST-OUT: check ([^:]+): (.*)$/gm)].map((m) => [m[1], m[2].trim()]));
     expect(checks).toEqual({
       created: 'new',
       motd: 'modified',

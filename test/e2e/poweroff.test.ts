@@ -15,20 +15,30 @@ const SEED = process.env.MKMA_POWEROFF_SEED ? Number(process.env.MKMA_POWEROFF_S
 const DISK = process.env.MKMA_POWEROFF_DISK === 'file' ? 'file' : 'volatile';
 
 describe('power loss while mkma persist writes', () => {
-  test(`${TRIALS} power cuts at random moments: no partial layer, earlier layers intact, the system boots`, async () => {
-    const t0 = Date.now();
-    const r = await runPowerOffTrials({
-      out: IMAGE_OUT, work: path.join(WORK, 'e2e-poweroff'), trials: TRIALS, seed: SEED, disk: DISK,
-      log: (line) => process.stderr.write(`[power-off] ${line}\n`),
-    });
-    const counts = new Map<string, number>();
-    for (const t of r.trials.slice(0, TRIALS)) counts.set(t.outcome, (counts.get(t.outcome) ?? 0) + 1);
-    process.stderr.write(`[power-off] ${TRIALS} trials (seed ${r.seed}) in ${((Date.now() - t0) / 1000).toFixed(0)} s: ` +
-      `${[...counts].map(([k, n]) => `${n} ${k}`).join(', ')}\n`);
-    expect(r.problems).toEqual([]);
-    expect(r.trials).toHaveLength(TRIALS + 1);
-    // every boot came up, also the last, which saved its change whole
-    for (const t of r.trials) expect(t.boot.multiUserSec).not.toBeNull();
-    expect(r.trials[TRIALS].disk.layers.length).toBeGreaterThan(0);
-  }, (TRIALS + 1) * 600_000);
+  test(
+    `${TRIALS} power cuts at random moments: no partial layer, earlier layers intact, the system boots`,
+    async () => {
+      const t0 = Date.now();
+      const r = await runPowerOffTrials({
+        out: IMAGE_OUT,
+        work: path.join(WORK, 'e2e-poweroff'),
+        trials: TRIALS,
+        seed: SEED,
+        disk: DISK,
+        log: (line) => process.stderr.write(`[power-off] ${line}\n`),
+      });
+      const counts = new Map<string, number>();
+      for (const t of r.trials.slice(0, TRIALS)) counts.set(t.outcome, (counts.get(t.outcome) ?? 0) + 1);
+      process.stderr.write(
+        `[power-off] ${TRIALS} trials (seed ${r.seed}) in ${((Date.now() - t0) / 1000).toFixed(0)} s: ` +
+          `${[...counts].map(([k, n]) => `${n} ${k}`).join(', ')}\n`,
+      );
+      expect(r.problems).toEqual([]);
+      expect(r.trials).toHaveLength(TRIALS + 1);
+      // every boot came up, also the last, which saved its change whole
+      for (const t of r.trials) expect(t.boot.multiUserSec).not.toBeNull();
+      expect(r.trials[TRIALS].disk.layers.length).toBeGreaterThan(0);
+    },
+    (TRIALS + 1) * 600_000,
+  );
 });

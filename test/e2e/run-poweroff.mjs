@@ -17,5 +17,8 @@ for (let i = 0; i < args.length; i++) {
   }
   i++;
 }
-const r = spawnSync('npx', ['jest', '--runInBand', '--selectProjects', 'e2e', '--testPathPattern', 'test/e2e/poweroff'], { stdio: 'inherit', env });
+const r = spawnSync('npx', ['jest', '--runInBand', '--selectProjects', 'e2e', '--testPathPattern', 'test/e2e/poweroff'], {
+  stdio: 'inherit',
+  env,
+});
 process.exit(r.status ?? 1);

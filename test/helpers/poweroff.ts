@@ -189,7 +189,8 @@ async function inspectDisk(disk: string, work: string): Promise<DiskState> {
     const replay = runSync('e2fsck', ['-y', '-E', 'journal_only', copy], { allowFailure: true });
     const check = runSync('e2fsck', ['-fn', copy], { allowFailure: true });
     const fsckClean = (replay.status ?? 8) <= 1 && check.status === 0;
-    const fsck = fsckClean ? 'clean after the journal replay'
+    const fsck = fsckClean
+      ? 'clean after the journal replay'
       : `e2fsck: replay exit ${replay.status}, check exit ${check.status}: ${(check.stdout + check.stderr).trim().split('\n').slice(-6).join(' | ')}`;
     const names = (await listDiskEntries(copy, IMAGES_PATH)).map((e) => e.name);
     const layers = new Map<string, string>();
@@ -209,13 +210,21 @@ async function inspectDisk(disk: string, work: string): Promise<DiskState> {
 }
 
 export async function runPowerOffTrials(o: PowerOffOptions): Promise<PowerOffResult> {
-  const seed = o.seed ?? (Date.now() % 1_000_000);
+  const seed = o.seed ?? Date.now() % 1_000_000;
   const next = random(seed);
   fs.rmSync(o.work, { recursive: true, force: true });
   fs.mkdirSync(o.work, { recursive: true, mode: 0o700 });
   const disk = path.join(o.work, 'disk.img');
   const data = path.join(o.work, 'test-data.img');
-  await makeImagesDisk({ diskPath: disk, imagesDir: o.out, label: DISK_LABEL, fresh: true, files: [BASE_NAME], imagesPath: IMAGES_PATH, sizeBytes: DISK_BYTES });
+  await makeImagesDisk({
+    diskPath: disk,
+    imagesDir: o.out,
+    label: DISK_LABEL,
+    fresh: true,
+    files: [BASE_NAME],
+    imagesPath: IMAGES_PATH,
+    sizeBytes: DISK_BYTES,
+  });
   const dataDir = path.join(o.work, 'data');
   fs.mkdirSync(dataDir);
   fs.writeFileSync(path.join(dataDir, 'run.sh'), GUEST_SCRIPT);
@@ -223,14 +232,16 @@ export async function runPowerOffTrials(o: PowerOffOptions): Promise<PowerOffRes
   const kernel = path.join(o.out, KERNEL_NAME);
   const initrd = path.join(o.out, INITRAMFS_NAME);
   const accel = await chooseAccel(process.env, kernel, initrd, o.work, createReporter({ quiet: true }));
-  const append = [
-    `${CMDLINE.storageDevice}=LABEL=${DISK_LABEL}`, formatKernelParam(CMDLINE.imagesPath, IMAGES_PATH), 'mkma_test',
-  ].join(' ');
+  const append = [`${CMDLINE.storageDevice}=LABEL=${DISK_LABEL}`, formatKernelParam(CMDLINE.imagesPath, IMAGES_PATH), 'mkma_test'].join(
+    ' ',
+  );
 
   const volatile = (o.disk ?? 'volatile') === 'volatile';
-  o.log(`power-off trials: ${o.trials}, seed ${seed}, ${accel.toUpperCase()}, disk cache=${DISK_CACHE}` +
-    `${volatile ? `, volatile write cache (each unflushed page kept at the cut with p=${KEEP_AT_CUT})` : ', the image file'}, ` +
-    `change ${BLOBS}×${BLOB_MIB} MiB random + ${SMALL_FILES} small files, kernel command line: ${append}`);
+  o.log(
+    `power-off trials: ${o.trials}, seed ${seed}, ${accel.toUpperCase()}, disk cache=${DISK_CACHE}` +
+      `${volatile ? `, volatile write cache (each unflushed page kept at the cut with p=${KEEP_AT_CUT})` : ', the image file'}, ` +
+      `change ${BLOBS}×${BLOB_MIB} MiB random + ${SMALL_FILES} small files, kernel command line: ${append}`,
+  );
   /** layer name → sha256 of its file, as last seen whole on the disk */
   const known = new Map<string, string>();
   let persistSec = PERSIST_SEC_GUESS;
@@ -245,9 +256,22 @@ export async function runPowerOffTrials(o: PowerOffOptions): Promise<PowerOffRes
     const cache = volatile ? new VolatileDisk(disk, path.join(o.work, 'disk.sock'), KEEP_AT_CUT, next) : null;
     await cache?.start();
     const booting = bootQemu({
-      kernel, initrd, accel, memoryMiB: MEMORY_MIB, cpus: 2, interactive: false, timeoutSec: 900, append,
-      disks: [{ path: disk, cache: DISK_CACHE, nbdSocket: cache?.socket }, { path: data, readonly: true }],
-      logPath: path.join(o.work, `boot${trial}.log`), successMarker: TEST_DONE_MARKER, waitForPoweroff: true, signal: ac.signal,
+      kernel,
+      initrd,
+      accel,
+      memoryMiB: MEMORY_MIB,
+      cpus: 2,
+      interactive: false,
+      timeoutSec: 900,
+      append,
+      disks: [
+        { path: disk, cache: DISK_CACHE, nbdSocket: cache?.socket },
+        { path: data, readonly: true },
+      ],
+      logPath: path.join(o.work, `boot${trial}.log`),
+      successMarker: TEST_DONE_MARKER,
+      waitForPoweroff: true,
+      signal: ac.signal,
       onLine: (line) => {
         if (line.includes(`${OUT_PREFIX}persist-start`) && started === null) {
           started = Date.now();
@@ -260,12 +284,17 @@ export async function runPowerOffTrials(o: PowerOffOptions): Promise<PowerOffRes
       },
     });
     // the power cut's draws happen when QEMU's connection drops: wait for them
-    const boot = await booting.finally(async () => { await cache?.stop(); });
+    const boot = await booting.finally(async () => {
+      await cache?.stop();
+    });
     const cacheStats = cache ? { ...cache.stats } : null;
     clearTimeout(timer);
     const killed = boot.reason.startsWith('killed on request');
     const problems: string[] = [];
-    const outLines = boot.log.split('\n').filter((l) => l.includes(OUT_PREFIX)).map((l) => l.slice(l.indexOf(OUT_PREFIX) + OUT_PREFIX.length));
+    const outLines = boot.log
+      .split('\n')
+      .filter((l) => l.includes(OUT_PREFIX))
+      .map((l) => l.slice(l.indexOf(OUT_PREFIX) + OUT_PREFIX.length));
 
     // 1. this boot, from the disk as the previous kill left it
     const applied = [...boot.log.matchAll(/phase layer-applied (\S+)/g)].map((m) => m[1]);
@@ -288,25 +317,39 @@ export async function runPowerOffTrials(o: PowerOffOptions): Promise<PowerOffRes
     for (const [name, why] of state.broken) problems.push(`trial ${trial}: ${name} is under its final name but not whole: ${why}`);
     for (const [name, sha] of known) {
       if (!state.layers.has(name)) problems.push(`trial ${trial}: the earlier layer ${name} is gone`);
-      else if (state.layers.get(name) !== sha) problems.push(`trial ${trial}: the earlier layer ${name} changed (sha256 ${state.layers.get(name)}, was ${sha})`);
+      else if (state.layers.get(name) !== sha)
+        problems.push(`trial ${trial}: the earlier layer ${name} changed (sha256 ${state.layers.get(name)}, was ${sha})`);
     }
     const fresh = [...state.layers.keys()].filter((n) => !known.has(n));
     if (fresh.length > 1) problems.push(`trial ${trial}: ${fresh.length} new layers from one persist: ${fresh.join(', ')}`);
     // a layer mkma persist reported saved must survive the power cut (fsync, rename, fsync
     // of the directory: a missing one loses it here)
-    if (finishedSec !== null && !fresh.length) problems.push(`trial ${trial}: mkma persist reported its layer saved, but after the power cut it is not on the disk`);
+    if (finishedSec !== null && !fresh.length)
+      problems.push(`trial ${trial}: mkma persist reported its layer saved, but after the power cut it is not on the disk`);
     const temporaries = state.names.filter(isTemporary);
-    if (last && (temporaries.length || !fresh.length)) problems.push(`the last boot (not killed) left ${temporaries.length} temporary file(s) and ${fresh.length} new layer(s)`);
+    if (last && (temporaries.length || !fresh.length))
+      problems.push(`the last boot (not killed) left ${temporaries.length} temporary file(s) and ${fresh.length} new layer(s)`);
     for (const [name, sha] of state.layers) known.set(name, sha);
 
-    const outcome: TrialResult['outcome'] = !killed ? (last ? 'not killed' : 'persist finished')
-      : fresh.length ? 'layer complete' : temporaries.length ? 'temporary file left' : 'no trace on the disk';
+    const outcome: TrialResult['outcome'] = !killed
+      ? last
+        ? 'not killed'
+        : 'persist finished'
+      : fresh.length
+        ? 'layer complete'
+        : temporaries.length
+          ? 'temporary file left'
+          : 'no trace on the disk';
     const r: TrialResult = {
-      trial, killAtSec: killed ? killAt : null, persistSec: finishedSec, outcome,
+      trial,
+      killAtSec: killed ? killAt : null,
+      persistSec: finishedSec,
+      outcome,
       boot: { applied, skipped, multiUserSec: multiUser ? Number(multiUser[1]) : null },
       disk: { layers: [...state.layers.keys()].sort(), temporaries, fsck: state.fsck },
       cache: cacheStats,
-      bootSec: boot.durationSec, problems,
+      bootSec: boot.durationSec,
+      problems,
     };
     results.push(r);
     o.log(describeTrial(r, last));
@@ -315,11 +358,18 @@ export async function runPowerOffTrials(o: PowerOffOptions): Promise<PowerOffRes
 }
 
 export function describeTrial(r: TrialResult, last = false): string {
-  const kill = r.killAtSec === null ? (last ? 'final boot, not killed' : 'not killed: persist finished first') : `killed ${r.killAtSec.toFixed(1)} s into the persist`;
+  const kill =
+    r.killAtSec === null
+      ? last
+        ? 'final boot, not killed'
+        : 'not killed: persist finished first'
+      : `killed ${r.killAtSec.toFixed(1)} s into the persist`;
   const took = r.persistSec === null ? '' : ` (the persist took ${r.persistSec.toFixed(1)} s)`;
-  return `${last ? 'final' : `trial ${r.trial}`}: ${kill}${took} → ${r.outcome}; booted with ${r.boot.applied.length} layer(s) applied, ` +
+  return (
+    `${last ? 'final' : `trial ${r.trial}`}: ${kill}${took} → ${r.outcome}; booted with ${r.boot.applied.length} layer(s) applied, ` +
     `multi-user at ${r.boot.multiUserSec ?? '—'} s; ` +
     `${r.cache && !r.cache.clean ? `cut: ${r.cache.lostAtCut} unflushed page(s) lost, ${r.cache.keptAtCut} kept; ` : ''}` +
     `disk: ${r.disk.layers.length} whole layer(s), ${r.disk.temporaries.length} temporary, ` +
-    `${r.disk.fsck}; ${r.bootSec.toFixed(0)} s${r.problems.length ? `; PROBLEMS: ${r.problems.join('; ')}` : ''}`;
+    `${r.disk.fsck}; ${r.bootSec.toFixed(0)} s${r.problems.length ? `; PROBLEMS: ${r.problems.join('; ')}` : ''}`
+  );
 }

@@ -61,9 +61,7 @@ function unescapeGetfattr(s: string): string {
  * them: path → sorted "name=0xHEX" lines. Paths without xattrs are absent.
  */
 export function readXattrs(root: string, paths: string[]): Map<string, string[]> {
-  const input = Buffer.concat(
-    paths.map((p) => Buffer.concat([Buffer.from(p === '.' ? '.' : './' + p, 'latin1'), Buffer.from([0])])),
-  );
+  const input = Buffer.concat(paths.map((p) => Buffer.concat([Buffer.from(p === '.' ? '.' : './' + p, 'latin1'), Buffer.from([0])])));
   const r = spawnSync('xargs', ['-0', '-r', 'getfattr', '-h', '-d', '-m', '-', '-e', 'hex', '--'], {
     cwd: root,
     input,

@@ -92,7 +92,12 @@ export class VolatileDisk {
    * `keep`: the chance of each cached page to reach the file at the power cut (0: the whole
    * cache is lost); `random`: the draws (seeded by the caller, for repeatable runs).
    */
-  constructor(readonly file: string, readonly socket: string, private readonly keep: number, private readonly random: () => number) {
+  constructor(
+    readonly file: string,
+    readonly socket: string,
+    private readonly keep: number,
+    private readonly random: () => number,
+  ) {
     this.fd = fs.openSync(file, 'r+');
     this.size = fs.fstatSync(this.fd).size;
   }
@@ -102,7 +107,9 @@ export class VolatileDisk {
     fs.rmSync(this.socket, { force: true });
     this.server = net.createServer((sock) => {
       sock.on('error', () => {}); // the emulator killed mid-reply: what matters is the close
-      this.done = this.serve(sock).catch(() => {}).finally(() => sock.destroy());
+      this.done = this.serve(sock)
+        .catch(() => {})
+        .finally(() => sock.destroy());
     });
     await new Promise<void>((resolve, reject) => {
       this.server!.once('error', reject);

@@ -67,7 +67,7 @@ async function runSide(side: Side, images: string, parent: string): Promise<Outc
       const r = await unpackImages(images, tree, undefined, side === 'native' ? UNPACKER : null);
       for (const l of r.layers) {
         const n = path.basename(l.file);
-        out.layers[n] = l.applied ? 'applied' : l.reason ?? '?';
+        out.layers[n] = l.applied ? 'applied' : (l.reason ?? '?');
         if (l.warnings.length) out.warnings[n] = l.warnings[0];
       }
       out.log = JSON.stringify(r);
@@ -77,7 +77,10 @@ async function runSide(side: Side, images: string, parent: string): Promise<Outc
     return out;
   }
   const r = spawnSync(BUSYBOX, ['sh', side === 'init' ? APPLY_NATIVE : APPLY_BUSYBOX, images, tree], {
-    env: { PATH: side === 'init' ? BIN : BIN_FALLBACK, LC_ALL: 'C' }, cwd: parent, maxBuffer: 64 << 20, timeout: 300_000,
+    env: { PATH: side === 'init' ? BIN : BIN_FALLBACK, LC_ALL: 'C' },
+    cwd: parent,
+    maxBuffer: 64 << 20,
+    timeout: 300_000,
   });
   out.log = r.stdout.toString('latin1') + r.stderr.toString('latin1');
   const fatal = /FATAL base: (.*)/.exec(out.log);
@@ -173,8 +176,10 @@ describe.each(CASES.map((c) => [c.name, c] as const))('conformance %s', (name) =
     expect({ side, base: o.base }).toEqual({ side, base: null });
     for (const l of c.layers) {
       const got = o.layers[l.name];
-      if (l.image === 'fifo' || l.image === 'directory') expect({ side, layer: l.name, got }).toEqual({ side, layer: l.name, got: undefined });
-      else if (l.refused) expect(`${side} ${l.name}: ${got}`).toMatch(new RegExp(`^${side} ${l.name.replace(/\./g, '\\.')}: .*(${l.refused.source})`));
+      if (l.image === 'fifo' || l.image === 'directory')
+        expect({ side, layer: l.name, got }).toEqual({ side, layer: l.name, got: undefined });
+      else if (l.refused)
+        expect(`${side} ${l.name}: ${got}`).toMatch(new RegExp(`^${side} ${l.name.replace(/\./g, '\\.')}: .*(${l.refused.source})`));
       else expect(`${side} ${l.name}: ${got}`).toBe(`${side} ${l.name}: applied`);
       if (l.warning) expect(`${side}: ${o.warnings[l.name]}`).toMatch(l.warning);
       else expect({ side, warning: o.warnings[l.name] }).toEqual({ side, warning: undefined });
@@ -202,20 +207,28 @@ describe.each(CASES.map((c) => [c.name, c] as const))('conformance %s', (name) =
 
 describe('property: random layer stacks give identical trees through all four', () => {
   const SEEDS = Array.from({ length: Number(process.env.MKMA_PROPERTY_CASES ?? 12) }, (_, i) => 1000 + i);
-  test.each(SEEDS)('seed %i', async (seed) => {
-    const dir = path.join(TMP, `random-${seed}`);
-    const images = await randomStack(seed, dir);
-    const trees: Record<string, Record<string, string>> = {};
-    const logs: string[] = [];
-    for (const side of SIDES) {
-      const o = await runSide(side, images, path.join(dir, side));
-      expect({ side, base: o.base, skipped: Object.values(o.layers).filter((v) => v !== 'applied') }).toEqual({ side, base: null, skipped: [] });
-      trees[side] = noSymlinkOwners(describeTree(o.tree));
-      logs.push(o.log);
-    }
-    expect(trees.native).toEqual(trees.ts);
-    expect(trees.init).toEqual(trees.ts);
-    expect(trees.busybox).toEqual(trees.ts);
-    expect(readXattrs(path.join(dir, 'ts', 'tree'), ['.'])).toBeDefined();
-  }, 300_000);
+  test.each(SEEDS)(
+    'seed %i',
+    async (seed) => {
+      const dir = path.join(TMP, `random-${seed}`);
+      const images = await randomStack(seed, dir);
+      const trees: Record<string, Record<string, string>> = {};
+      const logs: string[] = [];
+      for (const side of SIDES) {
+        const o = await runSide(side, images, path.join(dir, side));
+        expect({ side, base: o.base, skipped: Object.values(o.layers).filter((v) => v !== 'applied') }).toEqual({
+          side,
+          base: null,
+          skipped: [],
+        });
+        trees[side] = noSymlinkOwners(describeTree(o.tree));
+        logs.push(o.log);
+      }
+      expect(trees.native).toEqual(trees.ts);
+      expect(trees.init).toEqual(trees.ts);
+      expect(trees.busybox).toEqual(trees.ts);
+      expect(readXattrs(path.join(dir, 'ts', 'tree'), ['.'])).toBeDefined();
+    },
+    300_000,
+  );
 });

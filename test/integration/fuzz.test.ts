@@ -46,23 +46,58 @@ function seeds(dir: string): number {
   return n;
 }
 
-test(`mkma-unpack survives ${SECONDS} s of libFuzzer (ASan, UBSan), from the conformance corpus`, () => {
-  fs.mkdirSync(WORK, { recursive: true });
-  const header = writeContractHeader(WORK);
-  const bin = path.join(WORK, 'fuzz-unpack');
-  const cc = runSync(CLANG!, ['-g', '-O1', '-fsanitize=fuzzer,address,undefined', '-fno-sanitize-recover=undefined',
-    '-include', header, '-o', bin, path.join(path.dirname(unpackerSource()), '..', '..', 'test', 'fuzz', 'fuzz-unpack.c'), '-lzstd', '-lpthread'], { allowFailure: true });
-  expect(cc.stderr).toBe('');
-  const seedDir = path.join(WORK, 'seeds');
-  const found = path.join(WORK, 'corpus');
-  expect(seeds(seedDir)).toBeGreaterThan(40);
-  fs.mkdirSync(found, { recursive: true });
-  const r = runSync(bin, [`-max_total_time=${SECONDS}`, '-timeout=30', '-rss_limit_mb=4096', '-max_len=1048576',
-    `-artifact_prefix=${WORK}/`, '-print_final_stats=1', found, seedDir], {
-    allowFailure: true, timeoutMs: (SECONDS + 240) * 1000, env: { ASAN_OPTIONS: 'detect_leaks=1', UBSAN_OPTIONS: 'print_stacktrace=1' },
-  });
-  const tail = r.stderr.split('\n').slice(-40).join('\n');
-  const runs = /stat::number_of_executed_units:\s*(\d+)/.exec(r.stderr)?.[1];
-  console.log(`fuzz: ${runs ?? '?'} inputs in ${SECONDS} s, corpus ${fs.readdirSync(found).length} + ${fs.readdirSync(seedDir).length} seeds`);
-  expect({ status: r.status, signal: r.signal, tail: r.status === 0 ? '' : tail }).toEqual({ status: 0, signal: null, tail: '' });
-}, (SECONDS + 600) * 1000);
+test(
+  `mkma-unpack survives ${SECONDS} s of libFuzzer (ASan, UBSan), from the conformance corpus`,
+  () => {
+    fs.mkdirSync(WORK, { recursive: true });
+    const header = writeContractHeader(WORK);
+    const bin = path.join(WORK, 'fuzz-unpack');
+    const cc = runSync(
+      CLANG!,
+      [
+        '-g',
+        '-O1',
+        '-fsanitize=fuzzer,address,undefined',
+        '-fno-sanitize-recover=undefined',
+        '-include',
+        header,
+        '-o',
+        bin,
+        path.join(path.dirname(unpackerSource()), '..', '..', 'test', 'fuzz', 'fuzz-unpack.c'),
+        '-lzstd',
+        '-lpthread',
+      ],
+      { allowFailure: true },
+    );
+    expect(cc.stderr).toBe('');
+    const seedDir = path.join(WORK, 'seeds');
+    const found = path.join(WORK, 'corpus');
+    expect(seeds(seedDir)).toBeGreaterThan(40);
+    fs.mkdirSync(found, { recursive: true });
+    const r = runSync(
+      bin,
+      [
+        `-max_total_time=${SECONDS}`,
+        '-timeout=30',
+        '-rss_limit_mb=4096',
+        '-max_len=1048576',
+        `-artifact_prefix=${WORK}/`,
+        '-print_final_stats=1',
+        found,
+        seedDir,
+      ],
+      {
+        allowFailure: true,
+        timeoutMs: (SECONDS + 240) * 1000,
+        env: { ASAN_OPTIONS: 'detect_leaks=1', UBSAN_OPTIONS: 'print_stacktrace=1' },
+      },
+    );
+    const tail = r.stderr.split('\n').slice(-40).join('\n');
+    const runs = /stat::number_of_executed_units:\s*(\d+)/.exec(r.stderr)?.[1];
+    console.log(
+      `fuzz: ${runs ?? '?'} inputs in ${SECONDS} s, corpus ${fs.readdirSync(found).length} + ${fs.readdirSync(seedDir).length} seeds`,
+    );
+    expect({ status: r.status, signal: r.signal, tail: r.status === 0 ? '' : tail }).toEqual({ status: 0, signal: null, tail: '' });
+  },
+  (SECONDS + 600) * 1000,
+);

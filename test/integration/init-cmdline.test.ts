@@ -10,8 +10,13 @@ import * as path from 'node:path';
 import { generateInit, templatesDir } from '../../init/generate.js';
 import { REPO } from '../helpers/paths.js';
 
-interface Vector { title: string; cmdline: string; params: Array<[string, string | null]> }
-const VECTORS = (JSON.parse(fs.readFileSync(path.join(REPO, 'test/fixtures/cmdline-vectors.json'), 'utf8')) as { vectors: Vector[] }).vectors;
+interface Vector {
+  title: string;
+  cmdline: string;
+  params: Array<[string, string | null]>;
+}
+const VECTORS = (JSON.parse(fs.readFileSync(path.join(REPO, 'test/fixtures/cmdline-vectors.json'), 'utf8')) as { vectors: Vector[] })
+  .vectors;
 
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'mkma-init-cmdline-'));
 afterAll(() => fs.rmSync(TMP, { recursive: true, force: true }));
@@ -21,7 +26,8 @@ function busybox(script: string, cmdline: Buffer, env: NodeJS.ProcessEnv = {}) {
   const file = path.join(TMP, 'cmdline');
   fs.writeFileSync(file, cmdline);
   return spawnSync('busybox', ['sh', '-c', script, 'sh', file], {
-    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C', MKMA_NO_KMSG: '1', ...env }, timeout: 20_000,
+    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C', MKMA_NO_KMSG: '1', ...env },
+    timeout: 20_000,
   });
 }
 
@@ -48,7 +54,10 @@ kernel_params emit "$CMDLINE"
 describe('parse_cmdline (init/templates/main.sh) under busybox', () => {
   // the whole generated init without its last line (`boot`): exactly the functions that boot
   const init = generateInit({
-    modules: { storage: [], filesystems: {}, overlay: [] }, defaultRamSize: '50%', deviceTimeoutSec: 30, version: 't',
+    modules: { storage: [], filesystems: {}, overlay: [] },
+    defaultRamSize: '50%',
+    deviceTimeoutSec: 30,
+    version: 't',
   }).replace(/\nboot\n$/, '\n');
   const show = `
 read_cmdline "$1"
@@ -69,7 +78,9 @@ echo "alive $_deadline $_all"
   };
 
   test('good values are taken, quoted ones too', () => {
-    const r = parse('quiet mkma_storage_device=LABEL=MKMA "mkma_images_path=/my images" mkma_ram_size=75% mkma_on_error=halt mkma_device_timeout=007 mkma_debug mkma_break=1');
+    const r = parse(
+      'quiet mkma_storage_device=LABEL=MKMA "mkma_images_path=/my images" mkma_ram_size=75% mkma_on_error=halt mkma_device_timeout=007 mkma_debug mkma_break=1',
+    );
     expect(r.warnings).toEqual([]);
     expect(r.state).toBe('device=[LABEL=MKMA] path=[/my images] ram=75% on_error=halt timeout=7 all_after=3 debug=[1] break=[1]');
     expect(r.problem).toBeNull();
@@ -87,14 +98,30 @@ echo "alive $_deadline $_all"
 
   test.each([
     ['mkma_device_timeout=08', [], 'timeout=8 '],
-    ['mkma_device_timeout=99999999999999999999', ['mkma_device_timeout=99999999999999999999 is not a whole number of seconds: waiting 30s'], 'timeout=30 '],
+    [
+      'mkma_device_timeout=99999999999999999999',
+      ['mkma_device_timeout=99999999999999999999 is not a whole number of seconds: waiting 30s'],
+      'timeout=30 ',
+    ],
     ['mkma_device_timeout=1+1', ['mkma_device_timeout=1+1 is not a whole number of seconds: waiting 30s'], 'timeout=30 '],
     ['mkma_device_timeout', ['mkma_device_timeout= is not a whole number of seconds: waiting 30s'], 'timeout=30 '],
     ['mkma_device_timeout=$(reboot)', ['mkma_device_timeout=$(reboot) is not a whole number of seconds: waiting 30s'], 'timeout=30 '],
-    ['mkma_ram_size=50%,mode=0777', ['mkma_ram_size=50%,mode=0777 is not a RAM filesystem size (a percentage of RAM from 1% to 100%, or a size such as 4G): using 50%'], 'ram=50% '],
-    ['mkma_ram_size=101%', ['mkma_ram_size=101% is not a RAM filesystem size (a percentage of RAM from 1% to 100%, or a size such as 4G): using 50%'], 'ram=50% '],
+    [
+      'mkma_ram_size=50%,mode=0777',
+      ['mkma_ram_size=50%,mode=0777 is not a RAM filesystem size (a percentage of RAM from 1% to 100%, or a size such as 4G): using 50%'],
+      'ram=50% ',
+    ],
+    [
+      'mkma_ram_size=101%',
+      ['mkma_ram_size=101% is not a RAM filesystem size (a percentage of RAM from 1% to 100%, or a size such as 4G): using 50%'],
+      'ram=50% ',
+    ],
     ['mkma_ram_size=4G', [], 'ram=4G '],
-    ['mkma_ram_size=0', ['mkma_ram_size=0 is not a RAM filesystem size (a percentage of RAM from 1% to 100%, or a size such as 4G): using 50%'], 'ram=50% '],
+    [
+      'mkma_ram_size=0',
+      ['mkma_ram_size=0 is not a RAM filesystem size (a percentage of RAM from 1% to 100%, or a size such as 4G): using 50%'],
+      'ram=50% ',
+    ],
     ['mkma_on_error=explode', ['mkma_on_error=explode is not shell, reboot or halt: using shell'], 'on_error=shell '],
     ['mkma_on_error=reboot', [], 'on_error=reboot '],
     ['mkma_debug=yes', ['mkma_debug=yes: give mkma_debug alone (or mkma_debug=1 / mkma_debug=0); ignored'], 'debug=[] '],

@@ -39,7 +39,10 @@ const many = (tag: string): RawEntry[] => [dir('many'), ...Array.from({ length: 
 function images(dirName: string): string {
   const images = path.join(TMP, dirName, 'images');
   fs.mkdirSync(images, { recursive: true });
-  writeRawImage(path.join(images, 'base.cpio.zst'), { kind: 'base', shards: [[dir('.'), dir('etc'), file('etc/hostname', 'base\n'), ...many('base')]] });
+  writeRawImage(path.join(images, 'base.cpio.zst'), {
+    kind: 'base',
+    shards: [[dir('.'), dir('etc'), file('etc/hostname', 'base\n'), ...many('base')]],
+  });
   writeRawImage(path.join(images, L(1)), { kind: 'layer', shards: [[dir('.'), file('one', '1\n')]] });
   writeRawImage(path.join(images, L(2)), { kind: 'layer', shards: [[dir('.'), file('two', '2\n'), ...many('layer2')]] });
   writeRawImage(path.join(images, L(3)), { kind: 'layer', shards: [[dir('.'), file('three', '3\n')]] });
@@ -53,7 +56,9 @@ function images(dirName: string): string {
 function faultyBin(name: string, killAt: string, signal: 'KILL' | 'SEGV'): string {
   const bin = makeBusyboxBin(path.join(TMP, name));
   const once = path.join(TMP, name, 'fault-done');
-  fs.writeFileSync(path.join(bin, 'mkma-unpack'), `#!${BUSYBOX} sh
+  fs.writeFileSync(
+    path.join(bin, 'mkma-unpack'),
+    `#!${BUSYBOX} sh
 # test-only fault injection (test/integration/init-layers.test.ts)
 if [ "$1" != -l ] || [ -e '${once}' ]; then exec '${UNPACKER}' "$@"; fi
 : >'${once}'
@@ -69,7 +74,9 @@ wait "$pid"
 st=$?
 cat "$out"
 exit "$st"
-`, { mode: 0o755 });
+`,
+    { mode: 0o755 },
+  );
   return bin;
 }
 
@@ -100,7 +107,9 @@ describe('mkma-unpack -l killed or crashing at boot', () => {
     const tree = path.join(TMP, 'b', 'tree');
     const r = apply(images('b'), faultyBin('b-bin', `merge ${L(2)}`, 'SEGV'), tree);
     expect(applied(r.log)).toEqual([L(1), L(3)]);
-    expect(skipped(r.log)).toEqual([`${L(2)}: PARTLY APPLIED, the system may be inconsistent: mkma-unpack was killed by signal 11 while merging it`]);
+    expect(skipped(r.log)).toEqual([
+      `${L(2)}: PARTLY APPLIED, the system may be inconsistent: mkma-unpack was killed by signal 11 while merging it`,
+    ]);
     expect(r.status).toBe(3);
     expect(fs.readFileSync(path.join(tree, 'three'), 'utf8')).toBe('3\n');
     expect(fs.readdirSync(path.dirname(tree))).toEqual(['images', 'tree']);
@@ -114,8 +123,14 @@ describe('deep trees', () => {
   test('1000 levels in the base and in a layer: applied', () => {
     const images = path.join(TMP, 'deep', 'images');
     fs.mkdirSync(images, { recursive: true });
-    writeRawImage(path.join(images, 'base.cpio.zst'), { kind: 'base', shards: [[dir('.'), ...chain(1000), file(`${levels(1000)}/leaf`, 'base\n')]] });
-    writeRawImage(path.join(images, L(1)), { kind: 'layer', shards: [[dir('.'), ...chain(1000), file(`${levels(1000)}/leaf`, 'layer\n')]] });
+    writeRawImage(path.join(images, 'base.cpio.zst'), {
+      kind: 'base',
+      shards: [[dir('.'), ...chain(1000), file(`${levels(1000)}/leaf`, 'base\n')]],
+    });
+    writeRawImage(path.join(images, L(1)), {
+      kind: 'layer',
+      shards: [[dir('.'), ...chain(1000), file(`${levels(1000)}/leaf`, 'layer\n')]],
+    });
     const bin = makeBusyboxBin(path.join(TMP, 'deep-bin'));
     fs.symlinkSync(UNPACKER, path.join(bin, 'mkma-unpack'));
     const tree = path.join(TMP, 'deep', 'tree');

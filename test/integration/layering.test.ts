@@ -17,10 +17,19 @@ import * as path from 'node:path';
 import { unpackImages, type UnpackReport } from '../../format/apply.js';
 import { generateApplyScript, generateInit } from '../../init/generate.js';
 import {
-  BUSYBOX, buildFixture, hostUnpacker, DEFAULT_MTIME, FIXTURE_NAMES, FIXTURES, layerName, makeBusyboxBin, noise, type BuiltFixture, type FixtureName,
+  BUSYBOX,
+  buildFixture,
+  hostUnpacker,
+  DEFAULT_MTIME,
+  FIXTURE_NAMES,
+  FIXTURES,
+  layerName,
+  makeBusyboxBin,
+  noise,
+  type BuiltFixture,
+  type FixtureName,
 } from '../fixtures/layers.js';
 import { describeTree, readXattrs, treePath } from '../helpers/tree.js';
-
 
 const TMP = fs.mkdtempSync(path.join(tmpdir(), 'mkma-layering-'));
 let BIN = '';
@@ -117,7 +126,13 @@ async function run(name: FixtureName): Promise<Run> {
   let native: Side;
   try {
     const rep = await unpackImages(fx.images, nativeTree, undefined, UNPACKER);
-    native = { side: 'native', tree: nativeTree, skipped: rep.layers.filter((l) => !l.applied).map((l) => path.basename(l.file)), log: JSON.stringify(rep), status: 0 };
+    native = {
+      side: 'native',
+      tree: nativeTree,
+      skipped: rep.layers.filter((l) => !l.applied).map((l) => path.basename(l.file)),
+      log: JSON.stringify(rep),
+      status: 0,
+    };
   } catch (e) {
     native = { side: 'native', tree: nativeTree, skipped: [], log: String((e as Error).stack), status: 1 };
   }
@@ -126,7 +141,9 @@ async function run(name: FixtureName): Promise<Run> {
 
 /** describeTree without symlink owners (busybox cpio cannot set them: lchown is not used). */
 function withoutSymlinkOwners(tree: Record<string, string>): Record<string, string> {
-  return Object.fromEntries(Object.entries(tree).map(([p, d]) => [p, d.startsWith('symlink ') ? d.replace(/^(symlink \d+) \d+:\d+/, '$1 ?:?') : d]));
+  return Object.fromEntries(
+    Object.entries(tree).map(([p, d]) => [p, d.startsWith('symlink ') ? d.replace(/^(symlink \d+) \d+:\d+/, '$1 ?:?') : d]),
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -152,8 +169,7 @@ const kind = (tree: string, rel: string) => {
 const mode = (tree: string, rel: string) => lst(tree, rel).mode & 0o7777;
 const owner = (tree: string, rel: string) => `${lst(tree, rel).uid}:${lst(tree, rel).gid}`;
 const link = (tree: string, rel: string) => fs.readlinkSync(P(tree, rel)).toString();
-const getcap = (tree: string, rel: string) =>
-  spawnSync('getcap', [P(tree, rel).toString('latin1')], { encoding: 'latin1' }).stdout.trim();
+const getcap = (tree: string, rel: string) => spawnSync('getcap', [P(tree, rel).toString('latin1')], { encoding: 'latin1' }).stdout.trim();
 const xattrsOf = (tree: string, rel: string) => readXattrs(tree, [rel]).get(rel) ?? [];
 const hex = (s: string) => '0x' + Buffer.from(s).toString('hex');
 
@@ -215,8 +231,19 @@ const EXPECT: Record<FixtureName, (t: string, s: Side) => void> = {
   },
   'odd-names': (t) => {
     expect(ls(t, 'names')).toEqual([
-      '-n', '..dots', '.hidden', '[br]', '\\\\two', 'back\\slash', 'new\nline', 'odd dir\n', 'tab\there', 'with space',
-      'x\ny', '\xc3\xa9-utf8', '\xfe\xff',
+      '-n',
+      '..dots',
+      '.hidden',
+      '[br]',
+      '\\\\two',
+      'back\\slash',
+      'new\nline',
+      'odd dir\n',
+      'tab\there',
+      'with space',
+      'x\ny',
+      '\xc3\xa9-utf8',
+      '\xfe\xff',
     ]);
     expect(read(t, 'names/with space')).toBe('layer with space');
     expect(read(t, 'names/back\\slash')).toBe('layer back\\slash');
@@ -398,7 +425,11 @@ describe('generated shell', () => {
     for (const extractor of ['native', 'busybox'] as const) {
       const init = generateInit({
         modules: { storage: ['a'], filesystems: { ext4: ['crc32c', 'ext4'] }, overlay: ['overlay'] },
-        defaultRamSize: '50%', deviceTimeoutSec: 30, version: 't', extractor });
+        defaultRamSize: '50%',
+        deviceTimeoutSec: 30,
+        version: 't',
+        extractor,
+      });
       expect(check(init, `init-${extractor}`)).toEqual({ status: 0, out: '' });
     }
   });
@@ -408,7 +439,13 @@ describe('generated shell', () => {
   });
 
   test.each(['native', 'busybox'] as const)('the init carries one variant of the layer code (%s), chosen at build time', (v) => {
-    const init = generateInit({ modules: { storage: [], filesystems: {}, overlay: [] }, defaultRamSize: '50%', deviceTimeoutSec: 30, version: 't', extractor: v });
+    const init = generateInit({
+      modules: { storage: [], filesystems: {}, overlay: [] },
+      defaultRamSize: '50%',
+      deviceTimeoutSec: 30,
+      version: 't',
+      extractor: v,
+    });
     expect(init.includes('layer-native.sh: the layer code')).toBe(v === 'native');
     expect(init.includes('layer-busybox.sh: the layer code')).toBe(v === 'busybox');
     expect(init).not.toMatch(/have_unpacker|command -v mkma-unpack/);

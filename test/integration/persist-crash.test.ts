@@ -28,7 +28,11 @@ const ARGS = ['--yes', '--upper', U, '--path', IMAGES, '--level', LEVEL];
 
 const isLayer = (n: string) => /^persistence\..*\.cpio\.zst$/.test(n);
 const layers = () => fs.readdirSync(IMAGES).filter(isLayer).sort();
-const leftovers = () => fs.readdirSync(IMAGES).filter((n) => n.startsWith('.')).sort();
+const leftovers = () =>
+  fs
+    .readdirSync(IMAGES)
+    .filter((n) => n.startsWith('.'))
+    .sort();
 
 /** A layer present under its final name must be whole: manifest, data, every file of the upper. */
 async function assertComplete(name: string): Promise<void> {
@@ -53,7 +57,9 @@ function runToEnd(): { status: number | null; stderr: string; ms: number } {
 }
 
 beforeAll(async () => {
-  spawnSync(process.execPath, [path.join(REPO, 'node_modules/typescript/bin/tsc'), '-p', path.join(REPO, 'tsconfig.json')], { stdio: 'ignore' });
+  spawnSync(process.execPath, [path.join(REPO, 'node_modules/typescript/bin/tsc'), '-p', path.join(REPO, 'tsconfig.json')], {
+    stdio: 'ignore',
+  });
   const src = path.join(WORK, 'src');
   fs.mkdirSync(path.join(src, 'etc'), { recursive: true });
   fs.writeFileSync(path.join(src, 'etc/hostname'), 'crash\n');
@@ -88,7 +94,14 @@ test('SIGKILL at ten moments: no incomplete layer under its final name, and the 
     // what the killed run left: a complete layer or none under a final name
     const after = layers();
     for (const l of after) await assertComplete(l);
-    const when = code === 0 ? 'finished before the kill' : before.some((n) => n.includes('.tmp-')) ? 'killed while writing' : before.length ? 'killed holding the lock' : 'killed before writing';
+    const when =
+      code === 0
+        ? 'finished before the kill'
+        : before.some((n) => n.includes('.tmp-'))
+          ? 'killed while writing'
+          : before.length
+            ? 'killed holding the lock'
+            : 'killed before writing';
     seen.push(`${delay} ms: ${when}, left ${JSON.stringify(leftovers())} + ${after.length} layer(s)`);
     expect(after.length).toBeLessThanOrEqual(1);
 

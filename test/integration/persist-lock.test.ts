@@ -14,7 +14,9 @@ afterAll(() => fs.rmSync(WORK, { recursive: true, force: true }));
 
 beforeAll(() => {
   // dist/ for the contenders (plain node processes)
-  spawnSync(process.execPath, [path.join(REPO, 'node_modules/typescript/bin/tsc'), '-p', path.join(REPO, 'tsconfig.json')], { stdio: 'ignore' });
+  spawnSync(process.execPath, [path.join(REPO, 'node_modules/typescript/bin/tsc'), '-p', path.join(REPO, 'tsconfig.json')], {
+    stdio: 'ignore',
+  });
 }, 120_000);
 
 /** A pid that is certainly dead: a child that ran and was reaped. */
@@ -43,18 +45,22 @@ try {
 `;
 
 function contend(dir: string, barrier: string, holdMs: number): { ready: Promise<void>; outcome: Promise<string> } {
-  const child = spawn(process.execPath, ['--input-type=module', '-e', CONTENDER, '--', dir, barrier, String(holdMs)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, ['--input-type=module', '-e', CONTENDER, '--', dir, barrier, String(holdMs)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const ready = new Promise<void>((resolve) => child.stderr.once('data', () => resolve()));
   const outcome = new Promise<string>((resolve) => {
     let out = '';
-    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
     child.on('close', () => resolve(out.trim()));
   });
   return { ready, outcome };
 }
 
 describe('the persist lock', () => {
-  test('several processes racing for a dead persist\'s lock: exactly one wins, in every round', async () => {
+  test("several processes racing for a dead persist's lock: exactly one wins, in every round", async () => {
     const CONTENDERS = 6;
     const ROUNDS = 5;
     const outcomes: string[] = [];
@@ -91,13 +97,15 @@ describe('the persist lock', () => {
     acquireLock(dir)();
   });
 
-  test('a symlink planted at the lock\'s name is refused, never followed', () => {
+  test("a symlink planted at the lock's name is refused, never followed", () => {
     const dir = path.join(WORK, 'planted');
     fs.mkdirSync(dir);
     const victim = path.join(WORK, 'victim');
     fs.writeFileSync(victim, 'precious\n');
     fs.symlinkSync(victim, path.join(dir, LOCK_NAME));
-    expect(() => acquireLock(dir)).toThrow(`${path.join(dir, LOCK_NAME)} is a symbolic link, not mkma's lock file: remove it and run mkma persist again`);
+    expect(() => acquireLock(dir)).toThrow(
+      `${path.join(dir, LOCK_NAME)} is a symbolic link, not mkma's lock file: remove it and run mkma persist again`,
+    );
     expect(fs.readFileSync(victim, 'utf8')).toBe('precious\n');
   });
 });

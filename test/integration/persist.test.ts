@@ -57,13 +57,19 @@ function persist(args: string[]): SpawnSyncReturns<string> {
   return spawnSync(process.execPath, cliArgv(args), { encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'], timeout: 120_000 });
 }
 const lastLine = (text: string) => text.trimEnd().split('\n').pop();
-const layersIn = (dir: string) => fs.readdirSync(dir).filter((n) => /^persistence\..*\.cpio\.zst$/.test(n)).sort();
+const layersIn = (dir: string) =>
+  fs
+    .readdirSync(dir)
+    .filter((n) => /^persistence\..*\.cpio\.zst$/.test(n))
+    .sort();
 
 const TINY_BASE = path.join(T, 'tiny-base.cpio.zst');
 
 beforeAll(async () => {
   // dist/ for the CLI (other modules may have type errors mid-edit: tsc still emits)
-  spawnSync(process.execPath, [path.join(REPO, 'node_modules/typescript/bin/tsc'), '-p', path.join(REPO, 'tsconfig.json')], { stdio: 'ignore' });
+  spawnSync(process.execPath, [path.join(REPO, 'node_modules/typescript/bin/tsc'), '-p', path.join(REPO, 'tsconfig.json')], {
+    stdio: 'ignore',
+  });
   expect(fs.existsSync(path.join(REPO, 'dist/cli/persist-cmd.js'))).toBe(true);
   fs.mkdirSync(T);
   mount(['-t', 'tmpfs', '-o', 'size=1g', 'tmpfs'], T);
@@ -80,7 +86,8 @@ describe('persist through a real overlay', () => {
 
   beforeAll(async () => {
     // ---- the base image, unpacked as the boot does
-    for (const d of ['etc', 'usr/bin', 'usr/share/doc', 'srv/shared', 'var/lib', 'root', 'tmp']) fs.mkdirSync(path.join(SRC, d), { recursive: true });
+    for (const d of ['etc', 'usr/bin', 'usr/share/doc', 'srv/shared', 'var/lib', 'root', 'tmp'])
+      fs.mkdirSync(path.join(SRC, d), { recursive: true });
     fs.chmodSync(path.join(SRC, 'tmp'), 0o1777);
     fs.chmodSync(path.join(SRC, 'root'), 0o700);
     put(SRC, 'etc/hostname', 'base-host\n');
@@ -159,7 +166,11 @@ describe('persist through a real overlay', () => {
     expect(layers).toHaveLength(1);
     const mf = readManifest(path.join(IMAGES, layers[0]));
     const lines = result.stdout.split('\n');
-    expect(lines[0]).toMatch(new RegExp(`^mkma: saved 29 change\\(s\\) as ${mf.entries} entries \\([0-9.]+ KiB → [0-9.]+ KiB compressed\\), 4 deletion\\(s\\), 2 replaced directories$`));
+    expect(lines[0]).toMatch(
+      new RegExp(
+        `^mkma: saved 29 change\\(s\\) as ${mf.entries} entries \\([0-9.]+ KiB → [0-9.]+ KiB compressed\\), 4 deletion\\(s\\), 2 replaced directories$`,
+      ),
+    );
     expect(lines[1]).toBe(`  ${layers[0]}`);
     expect(lines[2]).toBe(`  in ${IMAGES}`);
     expect(lines[3]).toMatch(/^ {2}left out by the rules: 6 change\(s\), /);
@@ -255,7 +266,17 @@ describe('persist through a real overlay', () => {
       ['/var/lib/app/state', 'added', true],
     ]);
     expect(out.entries.filter((e) => e.kind === 'container').map((e) => e.path)).toEqual([
-      '/etc', '/opt', '/root', '/srv', '/tmp', '/usr', '/usr/bin', '/usr/share', '/usr/share/doc', '/var', '/var/lib',
+      '/etc',
+      '/opt',
+      '/root',
+      '/srv',
+      '/tmp',
+      '/usr',
+      '/usr/bin',
+      '/usr/share',
+      '/usr/share/doc',
+      '/var',
+      '/var/lib',
     ]);
     const source = (p: string) => out.entries.find((e) => e.path === p)!.rule?.source;
     expect(source('/etc/excluded.conf')).toBe('--exclude');
@@ -317,15 +338,20 @@ describe('one persist at a time', () => {
     for (let i = 0; i < 40; i++) put(U2, `srv/f${String(i).padStart(2, '0')}`, crypto.randomBytes(1 << 20));
   });
 
-  test('a lock held by a live process refuses; a dead owner\'s lock and temporary file are cleaned up', async () => {
+  test("a lock held by a live process refuses; a dead owner's lock and temporary file are cleaned up", async () => {
     const lock = path.join(IMG2, '.mkma-persist.lock');
     // flock(1) holding the lock file, which names it as its owner (-o: its command does not
     // hold the lock too, so killing flock frees it)
-    const holder = spawn('flock', ['--exclusive', '--close', lock, 'sh', '-c', `echo $PPID > '${lock}'; echo locked; exec sleep 60`], { stdio: ['ignore', 'pipe', 'inherit'], detached: true });
+    const holder = spawn('flock', ['--exclusive', '--close', lock, 'sh', '-c', `echo $PPID > '${lock}'; echo locked; exec sleep 60`], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+      detached: true,
+    });
     await new Promise((r) => holder.stdout.once('data', r));
     const busy = persist(['--yes', '--upper', U2, '--path', IMG2, '--level', '1']);
     expect(busy.status).toBe(1);
-    expect(lastLine(busy.stderr)).toBe(`mkma: another mkma persist (pid ${holder.pid}) is writing a layer to ${IMG2}; wait for it to finish and run mkma persist again`);
+    expect(lastLine(busy.stderr)).toBe(
+      `mkma: another mkma persist (pid ${holder.pid}) is writing a layer to ${IMG2}; wait for it to finish and run mkma persist again`,
+    );
     expect(layersIn(IMG2)).toEqual([]);
     const dead = holder.pid!;
     process.kill(-dead, 'SIGKILL'); // flock and its sleep
@@ -342,20 +368,26 @@ describe('one persist at a time', () => {
   }, 60_000);
 
   test('a second persist while the first one writes is refused by the lock', async () => {
-    const first = spawn(process.execPath, cliArgv(['--yes', '--upper', U2, '--path', IMG2, '--level', '12']), { stdio: ['ignore', 'pipe', 'pipe'] });
+    const first = spawn(process.execPath, cliArgv(['--yes', '--upper', U2, '--path', IMG2, '--level', '12']), {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let firstErr = '';
-    first.stderr.on('data', (d: Buffer) => { firstErr += d.toString(); });
+    first.stderr.on('data', (d: Buffer) => {
+      firstErr += d.toString();
+    });
     const exited = new Promise<number | null>((r) => first.on('exit', (c) => r(c)));
     const lock = path.join(IMG2, '.mkma-persist.lock');
     const t0 = Date.now();
     // the pid is written once the lock is taken
-    const owner = () => fs.existsSync(lock) ? fs.readFileSync(lock, 'utf8') : '';
+    const owner = () => (fs.existsSync(lock) ? fs.readFileSync(lock, 'utf8') : '');
     while (!owner() && Date.now() - t0 < 30_000) await new Promise((r) => setTimeout(r, 5));
     expect(owner()).toBe(`${first.pid}\n`);
     const second = persist(['--yes', '--upper', U2, '--path', IMG2, '--level', '1']);
     const stillWriting = fs.existsSync(lock);
     expect(second.status).toBe(1);
-    expect(lastLine(second.stderr)).toBe(`mkma: another mkma persist (pid ${first.pid}) is writing a layer to ${IMG2}; wait for it to finish and run mkma persist again`);
+    expect(lastLine(second.stderr)).toBe(
+      `mkma: another mkma persist (pid ${first.pid}) is writing a layer to ${IMG2}; wait for it to finish and run mkma persist again`,
+    );
     expect(stillWriting).toBe(true);
     expect(await exited).toBe(0);
     expect(firstErr).not.toMatch(/mkma: /);
@@ -385,10 +417,13 @@ describe('the storage device', () => {
     return d;
   }
   const mountsOf = (dev: string) =>
-    fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => {
-      const f = l.split(' ');
-      return f[f.indexOf('-', 6) + 2] === dev;
-    });
+    fs
+      .readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .filter((l) => {
+        const f = l.split(' ');
+        return f[f.indexOf('-', 6) + 2] === dev;
+      });
   const listDisk = () => {
     const mp = fs.mkdtempSync(path.join(WORK, 'inspect-'));
     run('mount', ['-o', 'ro', loop, mp]);
@@ -415,10 +450,14 @@ describe('the storage device', () => {
     const t = resolveTarget({ cmdline: 'quiet', bootEnv: `device=LABEL=${label}\nimages_path=/mkma\n`, mountBase: WORK });
     expect(t.imagesDir.endsWith('/mkma')).toBe(true);
     t.release();
-    expect(() => resolveTarget({ cmdline: '', device: loop, path: '/nope', mountBase: WORK })).toThrow(`${loop}: no directory /nope (check mkma_images_path= / --path)`);
+    expect(() => resolveTarget({ cmdline: '', device: loop, path: '/nope', mountBase: WORK })).toThrow(
+      `${loop}: no directory /nope (check mkma_images_path= / --path)`,
+    );
     expect(mountsOf(loop)).toEqual([]);
     expect(() => resolveTarget({ cmdline: '' })).toThrow(/^cannot tell where the images are: no mkma_storage_device=/);
-    expect(() => resolveTarget({ cmdline: '', device: 'LABEL=no-such-label-mkma', path: '/mkma' })).toThrow('no block device has LABEL=no-such-label-mkma (blkid found none): is the storage device attached?');
+    expect(() => resolveTarget({ cmdline: '', device: 'LABEL=no-such-label-mkma', path: '/mkma' })).toThrow(
+      'no block device has LABEL=no-such-label-mkma (blkid found none): is the storage device attached?',
+    );
   });
 
   test('persist --device writes the layer onto the device and leaves it unmounted', () => {
@@ -511,7 +550,9 @@ describe('small cases', () => {
     const r = persist(['--yes', '--upper', up, '--path', small, '--level', '1']);
     expect(r.status).toBe(1);
     expect(lastLine(r.stderr)).toMatch(
-      new RegExp(`^mkma: not enough space in ${small}: the layer may need up to 8\\.0 MiB \\(before compression\\) \\+ 16\\.0 MiB to spare, and (19\\.\\d|20\\.0) MiB is free\\. `),
+      new RegExp(
+        `^mkma: not enough space in ${small}: the layer may need up to 8\\.0 MiB \\(before compression\\) \\+ 16\\.0 MiB to spare, and (19\\.\\d|20\\.0) MiB is free\\. `,
+      ),
     );
     expect(fs.readdirSync(small)).toEqual(['base.cpio.zst']);
   });
@@ -562,5 +603,4 @@ describe('writeLayer directly', () => {
     expect(execFileSync('sh', ['-c', `zstd -dc '${path.join(dir, names[0])}' | cpio -it --quiet`]).toString()).toBe('a\na/keep\n');
     expect(fs.statSync(path.join(dir, names[0])).mode & 0o777).toBe(0o600);
   });
-
 });

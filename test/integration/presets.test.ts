@@ -16,7 +16,9 @@ const stage = { progress: () => {}, count: () => {}, done: () => 0 };
 
 /** A root with bash and a few coreutils (and their libraries): enough for chroot scripts. */
 function minimalRoot(dir: string): void {
-  const bins = ['bash', 'sh', 'cat', 'sleep', 'touch', 'ls'].map((b) => spawnSync('bash', ['-c', `command -v ${b}`], { encoding: 'utf8' }).stdout.trim()).filter((b) => b.startsWith('/'));
+  const bins = ['bash', 'sh', 'cat', 'sleep', 'touch', 'ls']
+    .map((b) => spawnSync('bash', ['-c', `command -v ${b}`], { encoding: 'utf8' }).stdout.trim())
+    .filter((b) => b.startsWith('/'));
   const files = new Set<string>(bins.map((b) => fs.realpathSync(b)));
   for (const b of bins) {
     for (const m of spawnSync('ldd', [b], { encoding: 'utf8' }).stdout.matchAll(/(\/\S+)/g)) files.add(m[1]);
@@ -34,7 +36,7 @@ function minimalRoot(dir: string): void {
     fs.chmodSync(dest, 0o755);
   }
   for (const d of ['proc', 'sys', 'dev/pts', 'run', 'etc', 'usr/sbin', 'tmp']) fs.mkdirSync(path.join(dir, d), { recursive: true });
-  fs.writeFileSync(path.join(dir, 'etc/resolv.conf'), '# the image\'s own\n');
+  fs.writeFileSync(path.join(dir, 'etc/resolv.conf'), "# the image's own\n");
 }
 
 describe('chroot sessions (minimal root)', () => {
@@ -69,35 +71,44 @@ describe('chroot sessions (minimal root)', () => {
   };
 
   test('a script sees /proc, its variables, DEBIAN_FRONTEND, policy-rc.d and read-only shared directories', async () => {
-    const p = preset('10-ok.toml', [
-      'environment_variables = ["MKMA_T_VALUE"]',
-      'shared_directories = ["data"]',
-      "script = '''",
-      'exec > /tmp/report 2>&1',
-      'echo "value=$MKMA_T_VALUE frontend=$DEBIAN_FRONTEND"',
-      'test -r /proc/self/status && echo proc-ok',
-      'test -c /dev/null && echo dev-ok',
-      '/usr/sbin/policy-rc.d || echo "policy=$?"',
-      'cat /shared_dirs/data/greeting',
-      'touch /shared_dirs/data/x 2>/dev/null || echo read-only',
-      "'''",
-    ].join('\n'), { MKMA_T_VALUE: 'v1' });
+    const p = preset(
+      '10-ok.toml',
+      [
+        'environment_variables = ["MKMA_T_VALUE"]',
+        'shared_directories = ["data"]',
+        "script = '''",
+        'exec > /tmp/report 2>&1',
+        'echo "value=$MKMA_T_VALUE frontend=$DEBIAN_FRONTEND"',
+        'test -r /proc/self/status && echo proc-ok',
+        'test -c /dev/null && echo dev-ok',
+        '/usr/sbin/policy-rc.d || echo "policy=$?"',
+        'cat /shared_dirs/data/greeting',
+        'touch /shared_dirs/data/x 2>/dev/null || echo read-only',
+        "'''",
+      ].join('\n'),
+      { MKMA_T_VALUE: 'v1' },
+    );
     await expect(runPreset({ root, preset: p, stage, interactive: false, apt: { updated: null } })).resolves.toBe('ran');
-    expect(fs.readFileSync(path.join(root, 'tmp/report'), 'utf8')).toBe('value=v1 frontend=noninteractive\nproc-ok\ndev-ok\npolicy=101\nhello\nread-only\n');
+    expect(fs.readFileSync(path.join(root, 'tmp/report'), 'utf8')).toBe(
+      'value=v1 frontend=noninteractive\nproc-ok\ndev-ok\npolicy=101\nhello\nread-only\n',
+    );
     untouched();
   });
 
   test('a failing script: the error names the preset, the line (also in the TOML file) and the last output; nothing stays mounted', async () => {
-    const p = preset('20-fail.toml', [
-      '# fails at its third line', // 1
-      'shared_directories = ["data"]', // 2
-      "script = '''", // 3
-      'echo preparing', // 4: script line 1
-      'echo "step two"', // 5
-      'cat /shared_dirs/data/missing', // 6: fails
-      'echo never',
-      "'''",
-    ].join('\n'));
+    const p = preset(
+      '20-fail.toml',
+      [
+        '# fails at its third line', // 1
+        'shared_directories = ["data"]', // 2
+        "script = '''", // 3
+        'echo preparing', // 4: script line 1
+        'echo "step two"', // 5
+        'cat /shared_dirs/data/missing', // 6: fails
+        'echo never',
+        "'''",
+      ].join('\n'),
+    );
     let err: unknown;
     try {
       await runPreset({ root, preset: p, stage, interactive: false, apt: { updated: null } });
@@ -105,13 +116,15 @@ describe('chroot sessions (minimal root)', () => {
       err = e;
     }
     expect(err).toBeInstanceOf(PresetError);
-    expect((err as Error).message).toBe([
-      `preset 20-fail.toml: the script failed at line 3 (${p.file}:6), exit status 1`,
-      '  last output:',
-      '    preparing',
-      '    step two',
-      '    cat: /shared_dirs/data/missing: No such file or directory',
-    ].join('\n'));
+    expect((err as Error).message).toBe(
+      [
+        `preset 20-fail.toml: the script failed at line 3 (${p.file}:6), exit status 1`,
+        '  last output:',
+        '    preparing',
+        '    step two',
+        '    cat: /shared_dirs/data/missing: No such file or directory',
+      ].join('\n'),
+    );
     untouched();
   });
 
@@ -120,7 +133,11 @@ describe('chroot sessions (minimal root)', () => {
     const answers = ['r', 's'];
     const asked: string[] = [];
     const r = await runPreset({
-      root, preset: p, stage, interactive: true, apt: { updated: null },
+      root,
+      preset: p,
+      stage,
+      interactive: true,
+      apt: { updated: null },
       ask: async (q) => {
         asked.push(q);
         return answers.shift()!;
@@ -130,7 +147,9 @@ describe('chroot sessions (minimal root)', () => {
     expect(asked).toHaveLength(2);
     expect(asked[0]).toMatch(/\[r\]etry this step, \[s\]kip this preset, \[o\]pen a shell in the chroot, \[a\]bort/);
     expect(fs.readFileSync(path.join(root, 'tmp/tries'), 'utf8')).toBe('try\ntry\n');
-    await expect(runPreset({ root, preset: p, stage, interactive: true, apt: { updated: null }, ask: async () => 'a' })).rejects.toThrow(/\(aborted\)/);
+    await expect(runPreset({ root, preset: p, stage, interactive: true, apt: { updated: null }, ask: async () => 'a' })).rejects.toThrow(
+      /\(aborted\)/,
+    );
     untouched();
   });
 
@@ -140,12 +159,15 @@ describe('chroot sessions (minimal root)', () => {
       const nap = `600.${process.pid}`;
       const p = preset(`40-slow-${sig}.toml`, `shared_directories = ["data"]\nscript = '''\necho started\nsleep ${nap}\n'''\n`);
       const driver = path.join(tmp, `driver-${sig}.mjs`);
-      fs.writeFileSync(driver, [
-        `import { runPreset } from ${JSON.stringify(path.join(REPO, 'dist/builder/presets.js'))};`,
-        `const preset = ${JSON.stringify(p)};`,
-        `await runPreset({ root: ${JSON.stringify(root)}, preset, interactive: false, apt: { updated: null },`,
-        `  stage: { progress: (l) => console.log(l), done: () => 0 } });`,
-      ].join('\n'));
+      fs.writeFileSync(
+        driver,
+        [
+          `import { runPreset } from ${JSON.stringify(path.join(REPO, 'dist/builder/presets.js'))};`,
+          `const preset = ${JSON.stringify(p)};`,
+          `await runPreset({ root: ${JSON.stringify(root)}, preset, interactive: false, apt: { updated: null },`,
+          `  stage: { progress: (l) => console.log(l), done: () => 0 } });`,
+        ].join('\n'),
+      );
       const child = spawn(process.execPath, [driver], { stdio: ['ignore', 'pipe', 'inherit'] });
       await new Promise<void>((resolve) => child.stdout.on('data', (d: Buffer) => d.toString().includes('started') && resolve()));
       expect(mounted(root).length).toBeGreaterThanOrEqual(5);
@@ -165,14 +187,25 @@ describe('mkma build --preset', () => {
   const SRC = path.join(WORK, 'presets-src');
   const env = { ...process.env, MKMA_QEMU_TEST: '', MKMA_DEMO_VALUE: 'hello' };
 
-  interface Result { stages: Array<{ stage: string; status: string; reason?: string }>; timings: Record<string, number>; cache: { snapshots: number } }
+  interface Result {
+    stages: Array<{ stage: string; status: string; reason?: string }>;
+    timings: Record<string, number>;
+    cache: { snapshots: number };
+  }
   /** the bootstrap and the presets (the stages after them report reuse too, with a reason) */
-  const chain = (r: Result) => r.stages.filter((s) => s.stage === 'bootstrap' || s.stage.startsWith('preset ')).map(({ stage, status }) => ({ stage, status }));
+  const chain = (r: Result) =>
+    r.stages.filter((s) => s.stage === 'bootstrap' || s.stage.startsWith('preset ')).map(({ stage, status }) => ({ stage, status }));
   const build = (presets: string[]) => {
     const t0 = Date.now();
-    const r = spawnSync(process.execPath, [MKMA, 'build', '--config', TEST_CONFIG, '--out', OUT, '--json', ...presets.flatMap((p) => ['--preset', p])], {
-      encoding: 'utf8', env, timeout: 900_000,
-    });
+    const r = spawnSync(
+      process.execPath,
+      [MKMA, 'build', '--config', TEST_CONFIG, '--out', OUT, '--json', ...presets.flatMap((p) => ['--preset', p])],
+      {
+        encoding: 'utf8',
+        env,
+        timeout: 900_000,
+      },
+    );
     const seconds = (Date.now() - t0) / 1000;
     return { ...r, seconds, result: r.status === 0 ? (JSON.parse(r.stdout) as Result) : null };
   };
@@ -180,50 +213,60 @@ describe('mkma build --preset', () => {
     const r = spawnSync('sh', ['-c', `zstd -dc '${OUT}/base.cpio.zst' | cpio -i --quiet --to-stdout '${file}'`], { encoding: 'utf8' });
     return r.stdout;
   };
-  const listBase = () => spawnSync('sh', ['-c', `zstd -dc '${OUT}/base.cpio.zst' | cpio -t --quiet`], { encoding: 'utf8', maxBuffer: 64 << 20 }).stdout.split('\n');
+  const listBase = () =>
+    spawnSync('sh', ['-c', `zstd -dc '${OUT}/base.cpio.zst' | cpio -t --quiet`], { encoding: 'utf8', maxBuffer: 64 << 20 }).stdout.split(
+      '\n',
+    );
   const put = (rel: string, text: string, mode = 0o644) => {
     const p = path.join(SRC, rel);
     fs.mkdirSync(path.dirname(p), { recursive: true });
     fs.writeFileSync(p, text);
     fs.chmodSync(p, mode);
   };
-  const second = (version: number) => [
-    '# needs the group, the configuration file and the package of 10-first.toml',
-    'environment_variables = ["MKMA_DEMO_VALUE"]',
-    'shared_directories = ["data"]',
-    'files = "files-second"',
-    'hooks = ["hooks/mark.sh"]',
-    'services = { enable = ["mkmademo.service"] }',
-    "script = '''",
-    'getent group mkmademo >/dev/null || { echo "group mkmademo missing" >&2; exit 1; }',
-    "grep -q '^setting=from-first$' /etc/mkmademo.conf",
-    'command -v less >/dev/null',
-    'id -nG mkmademo-user | grep -qw mkmademo',
-    'gid=$(getent group mkmademo | cut -d: -f3)',
-    `printf 'value=%s gid=%s data=%s version=${version}\\n' "$MKMA_DEMO_VALUE" "$gid" "$(cat /shared_dirs/data/greeting)" > /etc/mkmademo-marker`,
-    "'''",
-    '',
-    '[[users]]',
-    'name = "mkmademo-user"',
-    'groups = ["mkmademo"]',
-    'password = "locked"',
-  ].join('\n') + '\n';
+  const second = (version: number) =>
+    [
+      '# needs the group, the configuration file and the package of 10-first.toml',
+      'environment_variables = ["MKMA_DEMO_VALUE"]',
+      'shared_directories = ["data"]',
+      'files = "files-second"',
+      'hooks = ["hooks/mark.sh"]',
+      'services = { enable = ["mkmademo.service"] }',
+      "script = '''",
+      'getent group mkmademo >/dev/null || { echo "group mkmademo missing" >&2; exit 1; }',
+      "grep -q '^setting=from-first$' /etc/mkmademo.conf",
+      'command -v less >/dev/null',
+      'id -nG mkmademo-user | grep -qw mkmademo',
+      'gid=$(getent group mkmademo | cut -d: -f3)',
+      `printf 'value=%s gid=%s data=%s version=${version}\\n' "$MKMA_DEMO_VALUE" "$gid" "$(cat /shared_dirs/data/greeting)" > /etc/mkmademo-marker`,
+      "'''",
+      '',
+      '[[users]]',
+      'name = "mkmademo-user"',
+      'groups = ["mkmademo"]',
+      'password = "locked"',
+    ].join('\n') + '\n';
 
   beforeAll(() => {
     fs.rmSync(SRC, { recursive: true, force: true });
-    put('10-first.toml', [
-      `# creates what 20-second.toml needs (run ${Date.now()}: this preset runs in every test run)`,
-      'packages = ["less"]',
-      'files = "files-first"',
-      "script = '''",
-      'groupadd --system mkmademo',
-      'echo "setting=from-first" >> /etc/mkmademo.conf',
-      "'''",
-    ].join('\n') + '\n');
+    put(
+      '10-first.toml',
+      [
+        `# creates what 20-second.toml needs (run ${Date.now()}: this preset runs in every test run)`,
+        'packages = ["less"]',
+        'files = "files-first"',
+        "script = '''",
+        'groupadd --system mkmademo',
+        'echo "setting=from-first" >> /etc/mkmademo.conf',
+        "'''",
+      ].join('\n') + '\n',
+    );
     put('files-first/etc/mkmademo.conf', '# mkmademo configuration\n');
     put('20-second.toml', second(1));
     put('data/greeting', 'hello from data\n');
-    put('files-second/etc/systemd/system/mkmademo.service', '[Unit]\nDescription=mkma preset demo\n[Service]\nType=oneshot\nExecStart=/bin/cat /etc/mkmademo-marker\n[Install]\nWantedBy=multi-user.target\n');
+    put(
+      'files-second/etc/systemd/system/mkmademo.service',
+      '[Unit]\nDescription=mkma preset demo\n[Service]\nType=oneshot\nExecStart=/bin/cat /etc/mkmademo-marker\n[Install]\nWantedBy=multi-user.target\n',
+    );
     put('hooks/mark.sh', '#!/bin/sh\necho "hook-root=$1" > "$1/etc/mkmademo-hook"\n', 0o755);
     put('fail/99-fail.toml', "# fails on purpose\nscript = '''\necho about to fail\nls /no/such/dir\necho never\n'''\n");
   });
@@ -237,9 +280,14 @@ describe('mkma build --preset', () => {
   });
 
   test('a missing environment variable stops the build before anything runs (exit 2)', () => {
-    const r = spawnSync(process.execPath, [MKMA, 'build', '--config', TEST_CONFIG, '--out', path.join(WORK, 'presets-never'), '--preset', SRC], {
-      encoding: 'utf8', env: { ...env, MKMA_DEMO_VALUE: '' },
-    });
+    const r = spawnSync(
+      process.execPath,
+      [MKMA, 'build', '--config', TEST_CONFIG, '--out', path.join(WORK, 'presets-never'), '--preset', SRC],
+      {
+        encoding: 'utf8',
+        env: { ...env, MKMA_DEMO_VALUE: '' },
+      },
+    );
     expect(r.status).toBe(2);
     expect(r.stderr).toContain('20-second.toml:2: environment variable MKMA_DEMO_VALUE is not set');
     expect(fs.existsSync(path.join(WORK, 'presets-never'))).toBe(false);
@@ -274,8 +322,10 @@ describe('mkma build --preset', () => {
     ]);
     expect(r2.timings['preset 10-first.toml']).toBeUndefined();
     expect(fromBase('etc/mkmademo-marker')).toMatch(/version=2\n$/);
-    process.stderr.write(`[presets] first build ${first.seconds.toFixed(1)} s (bootstrap ${chain(r1)[0].status}), ` +
-      `rebuild after changing the last preset ${again.seconds.toFixed(1)} s\n`);
+    process.stderr.write(
+      `[presets] first build ${first.seconds.toFixed(1)} s (bootstrap ${chain(r1)[0].status}), ` +
+        `rebuild after changing the last preset ${again.seconds.toFixed(1)} s\n`,
+    );
 
     // unchanged: everything from OUT/chroot as it is
     const same = build([SRC]);
@@ -284,14 +334,37 @@ describe('mkma build --preset', () => {
   }, 1_800_000);
 
   test('a failing preset: exit 1, the preset, its line and last output; nothing mounted; the next build is not fooled', () => {
-    const r = spawnSync(process.execPath, [MKMA, 'build', '--config', TEST_CONFIG, '--out', OUT, '--preset', path.join(SRC, '10-first.toml'), '--preset', path.join(SRC, 'fail')], {
-      encoding: 'utf8', env, timeout: 900_000,
-    });
+    const r = spawnSync(
+      process.execPath,
+      [
+        MKMA,
+        'build',
+        '--config',
+        TEST_CONFIG,
+        '--out',
+        OUT,
+        '--preset',
+        path.join(SRC, '10-first.toml'),
+        '--preset',
+        path.join(SRC, 'fail'),
+      ],
+      {
+        encoding: 'utf8',
+        env,
+        timeout: 900_000,
+      },
+    );
     expect(r.status).toBe(1);
-    expect(r.stderr).toContain(`mkma: preset 99-fail.toml: the script failed at line 2 (${path.join(SRC, 'fail/99-fail.toml')}:4), exit status 2\n  last output:\n    about to fail\n    ls: cannot access '/no/such/dir': No such file or directory\n`);
+    expect(r.stderr).toContain(
+      `mkma: preset 99-fail.toml: the script failed at line 2 (${path.join(SRC, 'fail/99-fail.toml')}:4), exit status 2\n  last output:\n    about to fail\n    ls: cannot access '/no/such/dir': No such file or directory\n`,
+    );
     expect(mounted(OUT)).toEqual([]);
     // the tree is marked unknown: without presets, the build starts from the bootstrapped tree again
-    const plain = spawnSync(process.execPath, [MKMA, 'build', '--config', TEST_CONFIG, '--out', OUT, '--json'], { encoding: 'utf8', env, timeout: 900_000 });
+    const plain = spawnSync(process.execPath, [MKMA, 'build', '--config', TEST_CONFIG, '--out', OUT, '--json'], {
+      encoding: 'utf8',
+      env,
+      timeout: 900_000,
+    });
     expect(plain.status).toBe(0);
     expect(chain(JSON.parse(plain.stdout) as Result)).toEqual([{ stage: 'bootstrap', status: 'reused' }]);
     expect(listBase().filter((f) => f.includes('mkmademo'))).toEqual([]);
@@ -299,26 +372,36 @@ describe('mkma build --preset', () => {
 
   test('the shipped ssh-server preset: no SSH host keys in the base, a unit that makes them on first boot', () => {
     const key = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF5m8Jr5yf0E1C1cV2Jb8p6fS2m4eR8o0bJm3x2uQpQK test@mkma';
-    const r = spawnSync(process.execPath, [MKMA, 'build', '--config', TEST_CONFIG, '--out', OUT, '--json', '--preset', path.join(REPO, 'presets/ssh-server')], {
-      encoding: 'utf8', env: { ...env, MKMA_SSH_USER: 'mkmassh', MKMA_SSH_KEY: key }, timeout: 900_000,
-    });
+    const r = spawnSync(
+      process.execPath,
+      [MKMA, 'build', '--config', TEST_CONFIG, '--out', OUT, '--json', '--preset', path.join(REPO, 'presets/ssh-server')],
+      {
+        encoding: 'utf8',
+        env: { ...env, MKMA_SSH_USER: 'mkmassh', MKMA_SSH_KEY: key },
+        timeout: 900_000,
+      },
+    );
     expect(r.stderr).not.toMatch(/^mkma: /m);
     expect(r.status).toBe(0);
     const files = listBase();
     // openssh-server's installation made keys in the chroot; none may reach the image
     expect(files.filter((f) => /^etc\/ssh\/ssh_host_/.test(f))).toEqual([]);
-    expect(files).toEqual(expect.arrayContaining([
-      'usr/sbin/sshd',
-      'etc/systemd/system/mkma-ssh-host-keys.service',
-      'etc/systemd/system/ssh.service.wants/mkma-ssh-host-keys.service',
-      'home/mkmassh/.ssh/authorized_keys',
-    ]));
+    expect(files).toEqual(
+      expect.arrayContaining([
+        'usr/sbin/sshd',
+        'etc/systemd/system/mkma-ssh-host-keys.service',
+        'etc/systemd/system/ssh.service.wants/mkma-ssh-host-keys.service',
+        'home/mkmassh/.ssh/authorized_keys',
+      ]),
+    );
     expect(fromBase('home/mkmassh/.ssh/authorized_keys')).toBe(`${key}\n`);
     const unit = fromBase('etc/systemd/system/mkma-ssh-host-keys.service');
     expect(unit).toMatch(/^Before=ssh\.service/m);
     expect(unit).toMatch(/^ExecStart=\/usr\/bin\/ssh-keygen -A$/m);
     // the image's own systemd finds nothing wrong with it
-    const verify = spawnSync('chroot', [path.join(OUT, 'chroot'), 'systemd-analyze', 'verify', '--man=no', 'mkma-ssh-host-keys.service'], { encoding: 'utf8' });
+    const verify = spawnSync('chroot', [path.join(OUT, 'chroot'), 'systemd-analyze', 'verify', '--man=no', 'mkma-ssh-host-keys.service'], {
+      encoding: 'utf8',
+    });
     expect(verify.stderr.split('\n').filter((l) => l.includes('mkma-ssh-host-keys'))).toEqual([]);
     expect(verify.status).toBe(0);
   }, 1_800_000);

@@ -85,8 +85,13 @@ describe('images disk (mke2fs -d, debugfs)', () => {
 
   test('fresh drops the layers; a custom images path and size are honoured', async () => {
     const r = await makeImagesDisk({
-      diskPath: disk, imagesDir: images, label: 'MKMA', fresh: true, files: ['base.cpio.zst', 'mkma.json'],
-      imagesPath: '/boot/mkma/', sizeBytes: 80 * 1024 * 1024,
+      diskPath: disk,
+      imagesDir: images,
+      label: 'MKMA',
+      fresh: true,
+      files: ['base.cpio.zst', 'mkma.json'],
+      imagesPath: '/boot/mkma/',
+      sizeBytes: 80 * 1024 * 1024,
     });
     expect(r).toEqual({ created: true, carried: [], sizeBytes: 80 * 1024 * 1024 });
     expect(fs.statSync(disk).size).toBe(80 * 1024 * 1024);
@@ -98,11 +103,13 @@ describe('images disk (mke2fs -d, debugfs)', () => {
     const junk = path.join(work, 'junk.img');
     fs.writeFileSync(junk, crypto.randomBytes(65536));
     const before = read(junk);
-    await expect(makeImagesDisk({ diskPath: junk, imagesDir: images, label: 'MKMA', fresh: false, files: ['base.cpio.zst'] }))
-      .rejects.toThrow(/cannot read the layers of the existing disk .*fresh/);
+    await expect(
+      makeImagesDisk({ diskPath: junk, imagesDir: images, label: 'MKMA', fresh: false, files: ['base.cpio.zst'] }),
+    ).rejects.toThrow(/cannot read the layers of the existing disk .*fresh/);
     expect(read(junk)).toEqual(before);
-    await expect(makeImagesDisk({ diskPath: junk, imagesDir: images, label: 'MKMA', fresh: false, files: ['nope.cpio.zst'] }))
-      .rejects.toThrow(DiskError);
+    await expect(
+      makeImagesDisk({ diskPath: junk, imagesDir: images, label: 'MKMA', fresh: false, files: ['nope.cpio.zst'] }),
+    ).rejects.toThrow(DiskError);
   });
 
   test('readDiskFile of a missing file fails', async () => {
@@ -143,8 +150,18 @@ describe('bootQemu console logic (fake emulator)', () => {
     return {
       pidFile,
       opts: {
-        qemuBinary: bin, kernel, initrd: kernel, disks: [], append: '', memoryMiB: 256, cpus: 1, accel: 'tcg',
-        timeoutSec: 20, logPath: path.join(dir, 'console.log'), interactive: false, successMarker: MULTI_USER_MARKER,
+        qemuBinary: bin,
+        kernel,
+        initrd: kernel,
+        disks: [],
+        append: '',
+        memoryMiB: 256,
+        cpus: 1,
+        accel: 'tcg',
+        timeoutSec: 20,
+        logPath: path.join(dir, 'console.log'),
+        interactive: false,
+        successMarker: MULTI_USER_MARKER,
       },
     };
   }
@@ -158,7 +175,9 @@ describe('bootQemu console logic (fake emulator)', () => {
   };
 
   test('success marker: ok at once, emulator killed, log written without CR', async () => {
-    const { opts, pidFile } = fake(`printf 'booting\\r\\nmkma[1.50]: phase start x\\r\\n${MULTI_USER_MARKER} uptime=2.5\\r\\n'\nexec sleep 30`);
+    const { opts, pidFile } = fake(
+      `printf 'booting\\r\\nmkma[1.50]: phase start x\\r\\n${MULTI_USER_MARKER} uptime=2.5\\r\\n'\nexec sleep 30`,
+    );
     const lines: string[] = [];
     const r = await bootQemu({ ...opts, onLine: (l) => lines.push(l) });
     expect(r).toMatchObject({ ok: true, timedOut: false, exitCode: null });
@@ -185,7 +204,7 @@ describe('bootQemu console logic (fake emulator)', () => {
     expect(alive(pidFile)).toBe(false);
   });
 
-  test('exit without the marker: not ok, with QEMU\'s stderr in the reason', async () => {
+  test("exit without the marker: not ok, with QEMU's stderr in the reason", async () => {
     const { opts } = fake(`echo 'qemu-system-x86_64: -drive file=x: Could not open' >&2\nexit 1`);
     const r = await bootQemu(opts);
     expect(r).toMatchObject({ ok: false, exitCode: 1, timedOut: false });
@@ -216,9 +235,15 @@ describe('bootQemu console logic (fake emulator)', () => {
   });
 
   test('abort: the emulator is killed at once (a power cut), mid-output', async () => {
-    const { opts, pidFile } = fake("i=0; while :; do echo \"line $i\"; i=$((i+1)); sleep 0.05; done");
+    const { opts, pidFile } = fake('i=0; while :; do echo "line $i"; i=$((i+1)); sleep 0.05; done');
     const ac = new AbortController();
-    const r = await bootQemu({ ...opts, signal: ac.signal, onLine: (l) => { if (l === 'line 3') ac.abort(); } });
+    const r = await bootQemu({
+      ...opts,
+      signal: ac.signal,
+      onLine: (l) => {
+        if (l === 'line 3') ac.abort();
+      },
+    });
     expect(r).toMatchObject({ ok: false, timedOut: false, exitCode: null });
     expect(r.reason).toMatch(/^killed on request after [\d.]+s/);
     expect(r.log).toMatch(/^line 0\nline 1\nline 2\nline 3/);
@@ -283,13 +308,28 @@ describe('real QEMU boot (TCG)', () => {
     const images = path.join(dir, 'out');
     fs.mkdirSync(images);
     fs.writeFileSync(path.join(images, 'base.cpio.zst'), 'not a real base');
-    await makeImagesDisk({ diskPath: path.join(dir, 'storage.img'), imagesDir: images, label: 'MKMA', fresh: true, files: ['base.cpio.zst'] });
+    await makeImagesDisk({
+      diskPath: path.join(dir, 'storage.img'),
+      imagesDir: images,
+      label: 'MKMA',
+      fresh: true,
+      files: ['base.cpio.zst'],
+    });
     disks = [{ path: path.join(dir, 'storage.img') }, { path: path.join(dir, 'data.img'), readonly: true }];
   }, 300_000);
 
   const boot = (append: string, logName: string): BootOptions => ({
-    kernel, initrd, disks, append, memoryMiB: 256, cpus: 2, accel: 'tcg', timeoutSec: BOOT_TIMEOUT_SEC,
-    logPath: path.join(work, 'tiny', logName), interactive: false, successMarker: MULTI_USER_MARKER,
+    kernel,
+    initrd,
+    disks,
+    append,
+    memoryMiB: 256,
+    cpus: 2,
+    accel: 'tcg',
+    timeoutSec: BOOT_TIMEOUT_SEC,
+    logPath: path.join(work, 'tiny', logName),
+    interactive: false,
+    successMarker: MULTI_USER_MARKER,
   });
   /** true if a QEMU with this log's initrd is still running */
   const qemuLeft = () => spawnSync('pgrep', ['-f', initrd]).status === 0;
@@ -299,26 +339,36 @@ describe('real QEMU boot (TCG)', () => {
     expect(read(kernel).subarray(0x202, 0x206).toString()).toBe('HdrS'); // x86 boot protocol magic
   });
 
-  test('boots to the marker and powers off', async () => {
-    const opts = { ...boot('quiet', 'boot.log'), waitForPoweroff: true };
-    const r = await bootQemu(opts);
-    const t = phaseTimings(r.log);
-    console.log(`tiny boot under TCG: ${r.durationSec.toFixed(1)}s wall, ${r.reason}\n` +
-      `qemu-system-x86_64 ${qemuArgs(opts).join(' ')}\n${formatTimings(t)}`);
-    expect(r.reason).toMatch(/powered off/);
-    expect(r).toMatchObject({ ok: true, exitCode: 0, timedOut: false });
-    expect(r.log).toContain('virtio-blk: 2');
-    expect(t.kernelToInit).toBeGreaterThan(0);
-    expect(t.multiUser).toBeGreaterThanOrEqual(t.kernelToInit!);
-    expect(qemuLeft()).toBe(false);
-  }, (BOOT_TIMEOUT_SEC + 30) * 1000);
+  test(
+    'boots to the marker and powers off',
+    async () => {
+      const opts = { ...boot('quiet', 'boot.log'), waitForPoweroff: true };
+      const r = await bootQemu(opts);
+      const t = phaseTimings(r.log);
+      console.log(
+        `tiny boot under TCG: ${r.durationSec.toFixed(1)}s wall, ${r.reason}\n` +
+          `qemu-system-x86_64 ${qemuArgs(opts).join(' ')}\n${formatTimings(t)}`,
+      );
+      expect(r.reason).toMatch(/powered off/);
+      expect(r).toMatchObject({ ok: true, exitCode: 0, timedOut: false });
+      expect(r.log).toContain('virtio-blk: 2');
+      expect(t.kernelToInit).toBeGreaterThan(0);
+      expect(t.multiUser).toBeGreaterThanOrEqual(t.kernelToInit!);
+      expect(qemuLeft()).toBe(false);
+    },
+    (BOOT_TIMEOUT_SEC + 30) * 1000,
+  );
 
-  test('a kernel panic is a failure, reported quickly', async () => {
-    const r = await bootQemu({ ...boot('quiet tiny_panic', 'panic.log'), failureGraceMs: 1000 });
-    expect(r.ok).toBe(false);
-    expect(r.timedOut).toBe(false);
-    expect(r.reason).toMatch(/Kernel panic - not syncing: Attempted to kill init/);
-    expect(r.log).toContain('exiting init on purpose');
-    expect(qemuLeft()).toBe(false);
-  }, (BOOT_TIMEOUT_SEC + 30) * 1000);
+  test(
+    'a kernel panic is a failure, reported quickly',
+    async () => {
+      const r = await bootQemu({ ...boot('quiet tiny_panic', 'panic.log'), failureGraceMs: 1000 });
+      expect(r.ok).toBe(false);
+      expect(r.timedOut).toBe(false);
+      expect(r.reason).toMatch(/Kernel panic - not syncing: Attempted to kill init/);
+      expect(r.log).toContain('exiting init on purpose');
+      expect(qemuLeft()).toBe(false);
+    },
+    (BOOT_TIMEOUT_SEC + 30) * 1000,
+  );
 });

@@ -59,7 +59,7 @@ describe('createExclusive', () => {
     expect(fs.readFileSync(path.join(dir, 'tmp-b'), 'utf8')).toBe('planted\n');
   });
 
-  test('every name taken: a loud error, not a write through someone else\'s file', () => {
+  test("every name taken: a loud error, not a write through someone else's file", () => {
     const dir = path.join(WORK, 'all-taken');
     fs.mkdirSync(dir);
     fs.symlinkSync('/nonexistent', path.join(dir, 'tmp-x'));
@@ -67,8 +67,8 @@ describe('createExclusive', () => {
   });
 });
 
-describe('the writers\' temporary files', () => {
-  test('the layer\'s temporary file: a symlink and a hardlink planted at the old predictable name are left alone', async () => {
+describe("the writers' temporary files", () => {
+  test("the layer's temporary file: a symlink and a hardlink planted at the old predictable name are left alone", async () => {
     const dir = path.join(WORK, 'images');
     fs.mkdirSync(dir);
     const name = 'persistence.20260101T000000Z.cpio.zst';
@@ -84,7 +84,9 @@ describe('the writers\' temporary files', () => {
     await expectWhole(path.join(dir, name));
     expect(fs.statSync(path.join(dir, name)).mode & 0o777).toBe(0o600);
     // the planted names are still there, untouched; no temporary file of ours is left
-    expect(fs.readdirSync(dir).sort()).toEqual(['.' + name + '.tmp-' + process.pid, `.${name}.tmp-${process.pid}-0`, 'base.cpio.zst', name].sort());
+    expect(fs.readdirSync(dir).sort()).toEqual(
+      ['.' + name + '.tmp-' + process.pid, `.${name}.tmp-${process.pid}-0`, 'base.cpio.zst', name].sort(),
+    );
   });
 
   test('zstd spool files: symlinks planted at the old predictable names in the spool directory are not followed', async () => {

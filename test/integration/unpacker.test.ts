@@ -29,7 +29,9 @@ const HAVE_CHROOT = fs.existsSync(path.join(CHROOT, 'usr/bin'));
 const QEMU_BENCH = process.env.MKMA_UNPACK_QEMU === '1';
 
 if (!HAVE_CHROOT) {
-  console.warn(`unpacker integration: SKIPPING the real-root-filesystem tests: no test image chroot at ${CHROOT} (npm run test:e2e builds it)`);
+  console.warn(
+    `unpacker integration: SKIPPING the real-root-filesystem tests: no test image chroot at ${CHROOT} (npm run test:e2e builds it)`,
+  );
 }
 
 const TMP = fs.mkdtempSync(path.join(tmpdir(), 'mkma-unpacker-int-'));
@@ -120,15 +122,22 @@ function sh(script: string, args: string[] = []): { status: number | null; stder
     const median = (v: number[]) => [...v].sort((x, y) => x - y)[Math.floor(v.length / 2)];
     const ref = median(times['zstd -dc | busybox cpio -idm']);
     const m = readManifest(base);
-    const lines = Object.entries(times).map(([name, v]) =>
-      `  ${name.padEnd(30)} median ${median(v).toFixed(2)} s  (runs ${v.map((x) => x.toFixed(2)).join(', ')})  ${(median(v) / ref).toFixed(2)}× busybox`);
-    console.log(`host timings, ${path.relative(process.cwd(), base)} (${m.entries} entries, ${m.shards.length} shards, ` +
-      `${(m.unpackedBytes / 2 ** 20).toFixed(0)} MiB) into a tmpfs:\n${lines.join('\n')}`);
+    const lines = Object.entries(times).map(
+      ([name, v]) =>
+        `  ${name.padEnd(30)} median ${median(v).toFixed(2)} s  (runs ${v.map((x) => x.toFixed(2)).join(', ')})  ${(median(v) / ref).toFixed(2)}× busybox`,
+    );
+    console.log(
+      `host timings, ${path.relative(process.cwd(), base)} (${m.entries} entries, ${m.shards.length} shards, ` +
+        `${(m.unpackedBytes / 2 ** 20).toFixed(0)} MiB) into a tmpfs:\n${lines.join('\n')}`,
+    );
     expect(median(times['mkma-unpack -j2'])).toBeLessThan(ref);
 
     // syscalls: strace -f -c, the "total" line's calls column
     const calls = (traceFile: string) => {
-      const total = fs.readFileSync(traceFile, 'utf8').split('\n').find((l) => /\btotal\s*$/.test(l));
+      const total = fs
+        .readFileSync(traceFile, 'utf8')
+        .split('\n')
+        .find((l) => /\btotal\s*$/.test(l));
       if (!total) throw new Error(`no total in ${traceFile}`);
       const cols = total.trim().split(/\s+/);
       // % time, seconds, usecs/call, calls, [errors], total
@@ -143,10 +152,12 @@ function sh(script: string, args: string[] = []): { status: number | null; stder
     fs.rmSync(dest, { recursive: true, force: true });
     const u = calls(t1);
     const b = calls(t2);
-    console.log(`syscalls (strace -f -c) for ${m.entries} entries:\n` +
-      `  mkma-unpack -j2    ${u.calls} calls (${u.errors} failed), ${(u.calls / m.entries).toFixed(1)} per entry\n` +
-      `  busybox cpio -idm  ${b.calls} calls (${b.errors} failed), ${(b.calls / m.entries).toFixed(1)} per entry\n` +
-      `  ratio ${(u.calls / b.calls).toFixed(3)}`);
+    console.log(
+      `syscalls (strace -f -c) for ${m.entries} entries:\n` +
+        `  mkma-unpack -j2    ${u.calls} calls (${u.errors} failed), ${(u.calls / m.entries).toFixed(1)} per entry\n` +
+        `  busybox cpio -idm  ${b.calls} calls (${b.errors} failed), ${(b.calls / m.entries).toFixed(1)} per entry\n` +
+        `  ratio ${(u.calls / b.calls).toFixed(3)}`,
+    );
     expect(u.calls * 3).toBeLessThan(b.calls);
   }, 600_000);
 });
@@ -164,52 +175,67 @@ describe('mkma-unpack and extractImage agree on every image of every layer fixtu
     fs.writeFileSync(funcs, layerFunctions('native'));
   });
 
-  test.each(FIXTURE_NAMES)('%s', async (name) => {
-    const dir = fresh(path.join(TMP, 'fx', name));
-    const fx = await buildFixture(name, dir);
-    const shTmp = fresh(path.join(dir, 'mkma-tmp'));
-    for (const f of fs.readdirSync(fx.images).sort()) {
-      const file = path.join(fx.images, f);
-      const ts = fresh(path.join(dir, 'ts', f));
-      const sh = fresh(path.join(dir, 'sh', f));
-      // readManifest refuses more than mkma-unpack looks at (it reads only the shard table
-      // and data_bytes; delete/opaque paths are the shell's business): a file it refuses may
-      // extract or not, one extractImage refuses must not
-      let manifestError = '';
-      let tsError = '';
-      try {
-        readManifest(file);
-      } catch (e) {
-        manifestError = (e as Error).message;
+  test.each(FIXTURE_NAMES)(
+    '%s',
+    async (name) => {
+      const dir = fresh(path.join(TMP, 'fx', name));
+      const fx = await buildFixture(name, dir);
+      const shTmp = fresh(path.join(dir, 'mkma-tmp'));
+      for (const f of fs.readdirSync(fx.images).sort()) {
+        const file = path.join(fx.images, f);
+        const ts = fresh(path.join(dir, 'ts', f));
+        const sh = fresh(path.join(dir, 'sh', f));
+        // readManifest refuses more than mkma-unpack looks at (it reads only the shard table
+        // and data_bytes; delete/opaque paths are the shell's business): a file it refuses may
+        // extract or not, one extractImage refuses must not
+        let manifestError = '';
+        let tsError = '';
+        try {
+          readManifest(file);
+        } catch (e) {
+          manifestError = (e as Error).message;
+        }
+        try {
+          await extractImage(file, ts);
+        } catch (e) {
+          tsError = (e as Error).message;
+        }
+        const r = spawnSync(
+          BUSYBOX,
+          [
+            'sh',
+            '-c',
+            '. "$FUNCS"; if mkma-unpack -- "$1" "$2" 2>"$MKMA_TMP/err"; then echo OK; else printf "FAILED mkma-unpack: %s\\n" "$(cat "$MKMA_TMP/err")"; fi',
+            'sh',
+            file,
+            sh,
+          ],
+          {
+            env: { PATH: fastBin, LC_ALL: 'C', FUNCS: funcs, MKMA_TMP: shTmp },
+          },
+        );
+        const out = r.stdout.toString('latin1');
+        expect(r.stderr.toString()).toBe('');
+        if (tsError || (manifestError && out !== 'OK\n')) {
+          expect(`${f}: ${out}`).toMatch(new RegExp(`^${f.replace(/[.+]/g, '\\$&')}: FAILED mkma-unpack: \\S`));
+          continue;
+        }
+        expect(`${f}: ${out}`).toBe(`${f}: OK\n`);
+        const want = snapshot(ts);
+        const got = snapshot(sh);
+        if (name === 'hardlinks-empty' && fs.existsSync(path.join(sh, 'run/lock-b'))) {
+          // mkma-unpack keeps an empty hardlink group one inode, as the fixture says (older
+          // extractImage versions made separate files of it): links checked here, the rest below
+          const a = fs.lstatSync(path.join(sh, 'run/lock-a'));
+          expect(fs.lstatSync(path.join(sh, 'run/lock-b')).ino).toBe(a.ino);
+          expect(a.nlink).toBe(2);
+          for (const d of [got, want]) for (const k of Object.keys(d)) d[k] = d[k].replace(/ nlink=2 links=\[[^\]]*\]/, ' nlink=1');
+        }
+        expect(got).toEqual(want);
       }
-      try {
-        await extractImage(file, ts);
-      } catch (e) {
-        tsError = (e as Error).message;
-      }
-      const r = spawnSync(BUSYBOX, ['sh', '-c', '. "$FUNCS"; if mkma-unpack -- "$1" "$2" 2>"$MKMA_TMP/err"; then echo OK; else printf "FAILED mkma-unpack: %s\\n" "$(cat "$MKMA_TMP/err")"; fi', 'sh', file, sh], {
-        env: { PATH: fastBin, LC_ALL: 'C', FUNCS: funcs, MKMA_TMP: shTmp },
-      });
-      const out = r.stdout.toString('latin1');
-      expect(r.stderr.toString()).toBe('');
-      if (tsError || (manifestError && out !== 'OK\n')) {
-        expect(`${f}: ${out}`).toMatch(new RegExp(`^${f.replace(/[.+]/g, '\\$&')}: FAILED mkma-unpack: \\S`));
-        continue;
-      }
-      expect(`${f}: ${out}`).toBe(`${f}: OK\n`);
-      const want = snapshot(ts);
-      const got = snapshot(sh);
-      if (name === 'hardlinks-empty' && fs.existsSync(path.join(sh, 'run/lock-b'))) {
-        // mkma-unpack keeps an empty hardlink group one inode, as the fixture says (older
-        // extractImage versions made separate files of it): links checked here, the rest below
-        const a = fs.lstatSync(path.join(sh, 'run/lock-a'));
-        expect(fs.lstatSync(path.join(sh, 'run/lock-b')).ino).toBe(a.ino);
-        expect(a.nlink).toBe(2);
-        for (const d of [got, want]) for (const k of Object.keys(d)) d[k] = d[k].replace(/ nlink=2 links=\[[^\]]*\]/, ' nlink=1');
-      }
-      expect(got).toEqual(want);
-    }
-  }, 120_000);
+    },
+    120_000,
+  );
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -248,10 +274,24 @@ poweroff -f
 function newcArchive(files: Array<{ name: string; mode: number; data: Buffer }>): Buffer {
   const parts: Buffer[] = [];
   files.forEach((f, i) => {
-    parts.push(encodeHeader({
-      name: Buffer.from(f.name), ino: 1000 + i, mode: S_IFREG | f.mode, uid: 0, gid: 0, nlink: 1, mtime: 0,
-      size: f.data.length, devMajor: 0, devMinor: 0, rdevMajor: 0, rdevMinor: 0,
-    }), f.data, dataPadding(f.data.length));
+    parts.push(
+      encodeHeader({
+        name: Buffer.from(f.name),
+        ino: 1000 + i,
+        mode: S_IFREG | f.mode,
+        uid: 0,
+        gid: 0,
+        nlink: 1,
+        mtime: 0,
+        size: f.data.length,
+        devMajor: 0,
+        devMinor: 0,
+        rdevMajor: 0,
+        rdevMinor: 0,
+      }),
+      f.data,
+      dataPadding(f.data.length),
+    );
   });
   parts.push(trailer());
   return Buffer.concat(parts);
@@ -262,24 +302,36 @@ const QEMU_FILES = ['vmlinuz', 'initramfs.cpio.zst', 'base.cpio.zst'].map((f) =>
   test('TCG, 2 vCPUs: mkma-unpack -j2 takes at most half of zstd -dc | busybox cpio -idm', async () => {
     const initrd = path.join(TMP, 'bench-initrd.img');
     // both uncompressed: the kernel reads concatenated newc archives (each 4-byte aligned)
-    fs.writeFileSync(initrd, Buffer.concat([
-      execFileSync('zstd', ['-q', '-dc', path.join(IMAGE_OUT, 'initramfs.cpio.zst')], { maxBuffer: 1 << 30 }),
-      newcArchive([
-        { name: 'init', mode: 0o755, data: Buffer.from(BENCH_INIT) },
-        { name: 'usr/bin/mkma-unpack', mode: 0o755, data: fs.readFileSync(BIN) },
-        { name: 'base.cpio.zst', mode: 0o644, data: fs.readFileSync(REAL_BASE) },
+    fs.writeFileSync(
+      initrd,
+      Buffer.concat([
+        execFileSync('zstd', ['-q', '-dc', path.join(IMAGE_OUT, 'initramfs.cpio.zst')], { maxBuffer: 1 << 30 }),
+        newcArchive([
+          { name: 'init', mode: 0o755, data: Buffer.from(BENCH_INIT) },
+          { name: 'usr/bin/mkma-unpack', mode: 0o755, data: fs.readFileSync(BIN) },
+          { name: 'base.cpio.zst', mode: 0o644, data: fs.readFileSync(REAL_BASE) },
+        ]),
       ]),
-    ]));
+    );
     const methods = (process.env.MKMA_UNPACK_QEMU_METHODS ?? 'ref,j2,j1,pipe').split(',');
     const reps = Number(process.env.MKMA_UNPACK_QEMU_REPS ?? 2);
     const results: Record<string, number[]> = {};
     for (let rep = 0; rep < reps; rep++) {
       for (const m of methods) {
-        const boot = (attempt: number) => bootQemu({
-          kernel: path.join(IMAGE_OUT, 'vmlinuz'), initrd, disks: [], append: `quiet METHODS=${m}`,
-          memoryMiB: 2048, cpus: 2, accel: 'tcg', interactive: false, timeoutSec: 900,
-          logPath: path.join(TMP, `qemu-${m}-${rep}-${attempt}.log`), successMarker: 'BENCH-DONE',
-        });
+        const boot = (attempt: number) =>
+          bootQemu({
+            kernel: path.join(IMAGE_OUT, 'vmlinuz'),
+            initrd,
+            disks: [],
+            append: `quiet METHODS=${m}`,
+            memoryMiB: 2048,
+            cpus: 2,
+            accel: 'tcg',
+            interactive: false,
+            timeoutSec: 900,
+            logPath: path.join(TMP, `qemu-${m}-${rep}-${attempt}.log`),
+            successMarker: 'BENCH-DONE',
+          });
         // the console may glue firmware output in front of the line
         const benchLine = (log: string) => /BENCH method=\S+ start=\S+ end=\S+ status=\S+ entries=\S+/.exec(log)?.[0];
         const others = spawnSync('pgrep', ['-c', 'qemu-system'], { encoding: 'utf8' }).stdout.trim();
@@ -287,8 +339,10 @@ const QEMU_FILES = ['vmlinuz', 'initramfs.cpio.zst', 'base.cpio.zst'].map((f) =>
         if (!r.ok && !benchLine(r.log)) {
           // TCG boots are occasionally flaky before the init runs (seen once: a kernel panic
           // at 3.6 s, "Fatal exception in interrupt"): report it, and boot once more
-          console.warn(`QEMU boot for ${m} failed before the measurement (${r.reason}); retrying once. Log tail:\n` +
-            r.log.split('\n').slice(-25).join('\n'));
+          console.warn(
+            `QEMU boot for ${m} failed before the measurement (${r.reason}); retrying once. Log tail:\n` +
+              r.log.split('\n').slice(-25).join('\n'),
+          );
           r = await boot(2);
         }
         const line = benchLine(r.log);
@@ -299,8 +353,12 @@ const QEMU_FILES = ['vmlinuz', 'initramfs.cpio.zst', 'base.cpio.zst'].map((f) =>
       }
     }
     const median = (v: number[]) => [...v].sort((x, y) => x - y)[Math.floor((v.length - 1) / 2)];
-    console.log('QEMU TCG -smp 2, 2048 MiB, cold boot per run:\n' + Object.entries(results)
-      .map(([m, v]) => `  ${m.padEnd(5)} ${v.map((x) => x.toFixed(2)).join(' / ')} s`).join('\n'));
+    console.log(
+      'QEMU TCG -smp 2, 2048 MiB, cold boot per run:\n' +
+        Object.entries(results)
+          .map(([m, v]) => `  ${m.padEnd(5)} ${v.map((x) => x.toFixed(2)).join(' / ')} s`)
+          .join('\n'),
+    );
     if (results.ref && results.j2) expect(median(results.j2)).toBeLessThanOrEqual(0.5 * median(results.ref));
   }, 3_600_000);
 
@@ -309,7 +367,14 @@ const QEMU_FILES = ['vmlinuz', 'initramfs.cpio.zst', 'base.cpio.zst'].map((f) =>
   // is on PATH). Measured from the init's own phase lines: start → switch-root.
   test('a real boot: init start → switch_root with mkma-unpack, against the busybox cpio fallback', async () => {
     const disk = path.join(TMP, 'storage.img');
-    await makeImagesDisk({ diskPath: disk, imagesDir: IMAGE_OUT, label: 'MKMA', fresh: true, files: ['base.cpio.zst'], imagesPath: '/mkma' });
+    await makeImagesDisk({
+      diskPath: disk,
+      imagesDir: IMAGE_OUT,
+      label: 'MKMA',
+      fresh: true,
+      files: ['base.cpio.zst'],
+      imagesPath: '/mkma',
+    });
     // The image's initramfs unpacked, then packed twice (uncompressed, by GNU cpio): without
     // mkma-unpack (a build may already ship one), and with the one under test.
     const staging = fresh(path.join(TMP, 'initramfs'));
@@ -333,24 +398,36 @@ const QEMU_FILES = ['vmlinuz', 'initramfs.cpio.zst', 'base.cpio.zst'].map((f) =>
         // another emulator on this host takes CPU from this one: say so next to the number
         const others = spawnSync('pgrep', ['-c', 'qemu-system'], { encoding: 'utf8' }).stdout.trim();
         const r = await bootQemu({
-          kernel: path.join(IMAGE_OUT, 'vmlinuz'), initrd, disks: [{ path: disk, readonly: true }],
-          append: 'mkma_storage_device=LABEL=MKMA mkma_images_path=/mkma', memoryMiB: 2048, cpus: 2, accel: 'tcg',
-          interactive: false, timeoutSec: 600, logPath: path.join(TMP, `boot-${variant}-${rep}.log`), successMarker: 'phase switch-root',
+          kernel: path.join(IMAGE_OUT, 'vmlinuz'),
+          initrd,
+          disks: [{ path: disk, readonly: true }],
+          append: 'mkma_storage_device=LABEL=MKMA mkma_images_path=/mkma',
+          memoryMiB: 2048,
+          cpus: 2,
+          accel: 'tcg',
+          interactive: false,
+          timeoutSec: 600,
+          logPath: path.join(TMP, `boot-${variant}-${rep}.log`),
+          successMarker: 'phase switch-root',
         });
         const at = (phase: string) => Number(new RegExp(`mkma\\[\\s*([\\d.]+)\\]: phase ${phase}\\b`).exec(r.log)?.[1] ?? NaN);
         const total = at('switch-root') - at('start');
         const unpack = at('base-unpacked') - at('unpack-base');
         expect(`${variant}: ${r.ok} ${Number.isFinite(total)}`).toBe(`${variant}: true true`);
         (results[variant] ??= []).push({ total, unpack });
-        console.log(`real boot, TCG -smp 2, ${variant}: init start → switch_root ${total.toFixed(2)} s (base unpack ${unpack.toFixed(2)} s)` +
-          (others !== '0' ? ` [${others} other QEMU running at its start: noisy]` : ''));
+        console.log(
+          `real boot, TCG -smp 2, ${variant}: init start → switch_root ${total.toFixed(2)} s (base unpack ${unpack.toFixed(2)} s)` +
+            (others !== '0' ? ` [${others} other QEMU running at its start: noisy]` : ''),
+        );
       }
     }
     const median = (v: number[]) => [...v].sort((x, y) => x - y)[Math.floor((v.length - 1) / 2)];
     const fast = median(results['mkma-unpack'].map((x) => x.total));
     const slow = median(results.busybox.map((x) => x.total));
-    console.log(`real boot, TCG -smp 2, 2048 MiB: init start → switch_root, median of ${reps}: ` +
-      `mkma-unpack ${fast.toFixed(2)} s, busybox cpio ${slow.toFixed(2)} s, ratio ${(fast / slow).toFixed(2)}`);
+    console.log(
+      `real boot, TCG -smp 2, 2048 MiB: init start → switch_root, median of ${reps}: ` +
+        `mkma-unpack ${fast.toFixed(2)} s, busybox cpio ${slow.toFixed(2)} s, ratio ${(fast / slow).toFixed(2)}`,
+    );
     expect(fast).toBeLessThanOrEqual(0.5 * slow);
   }, 3_600_000);
 });

@@ -45,7 +45,8 @@ describe('bootstrap arguments', () => {
     expect(summarizeMmdebstrapError(out)).toBe(
       'mmdebstrap failed:\n  E: Unable to locate package nosuch\n  (check the package names in `packages` (mkma.toml) for this suite)',
     );
-    const mirror = 'E: Failed to fetch http://127.0.0.1:9/debian/dists/trixie/InRelease  Could not connect to 127.0.0.1:9\nE: apt-get update failed';
+    const mirror =
+      'E: Failed to fetch http://127.0.0.1:9/debian/dists/trixie/InRelease  Could not connect to 127.0.0.1:9\nE: apt-get update failed';
     expect(summarizeMmdebstrapError(mirror)).toMatch(/check `mirror` and `suite`/);
   });
 });
@@ -60,7 +61,12 @@ describe('base image excludes', () => {
 
 describe('boot entries', () => {
   const loc: StorageLocation = {
-    device: 'UUID=1234-abcd', source: '/dev/nvme0n1p3', uuid: '1234-abcd', fstype: 'ext4', imagesPath: '/srv/mkma', mountpoint: '/',
+    device: 'UUID=1234-abcd',
+    source: '/dev/nvme0n1p3',
+    uuid: '1234-abcd',
+    fstype: 'ext4',
+    imagesPath: '/srv/mkma',
+    mountpoint: '/',
   };
   test('kernel command line names device and images path', () => {
     expect(kernelCommandLine(loc)).toBe('mkma_storage_device=UUID=1234-abcd mkma_images_path=/srv/mkma');
@@ -92,7 +98,9 @@ describe('configure (file edits, no chroot exec)', () => {
     const root = fake();
     writeHostname(root, 'newname');
     expect(fs.readFileSync(path.join(root, 'etc/hostname'), 'utf8')).toBe('newname\n');
-    expect(fs.readFileSync(path.join(root, 'etc/hosts'), 'utf8')).toBe('127.0.0.1\tlocalhost\n127.0.1.1\tnewname\n::1\tlocalhost ip6-localhost\n');
+    expect(fs.readFileSync(path.join(root, 'etc/hosts'), 'utf8')).toBe(
+      '127.0.0.1\tlocalhost\n127.0.1.1\tnewname\n::1\tlocalhost ip6-localhost\n',
+    );
   });
 
   test('root password policy', () => {
@@ -111,13 +119,22 @@ describe('configure (file edits, no chroot exec)', () => {
     const root = fake();
     const c = config('hostname = "h1"\ninstall_mkma = false');
     configure(c, root);
-    const files = ['etc/hostname', 'etc/hosts', 'etc/shadow', 'etc/fstab', 'etc/systemd/system/mkma-test.service', 'usr/lib/mkma/mkma-test'];
+    const files = [
+      'etc/hostname',
+      'etc/hosts',
+      'etc/shadow',
+      'etc/fstab',
+      'etc/systemd/system/mkma-test.service',
+      'usr/lib/mkma/mkma-test',
+    ];
     const before = files.map((f) => fs.statSync(path.join(root, f)).mtimeMs);
     configure(c, root);
     expect(files.map((f) => fs.statSync(path.join(root, f)).mtimeMs)).toEqual(before);
     expect(fs.readlinkSync(path.join(root, 'etc/systemd/system/multi-user.target.wants/mkma-test.service'))).toBe(
       '/etc/systemd/system/mkma-test.service',
     );
-    expect(fs.readFileSync(path.join(root, 'etc/systemd/system/mkma-test.service'), 'utf8')).toMatch(/ConditionKernelCommandLine=mkma_test/);
+    expect(fs.readFileSync(path.join(root, 'etc/systemd/system/mkma-test.service'), 'utf8')).toMatch(
+      /ConditionKernelCommandLine=mkma_test/,
+    );
   });
 });

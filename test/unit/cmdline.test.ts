@@ -9,10 +9,15 @@ import { kernelCommandLine } from '../../builder/bootentries.js';
 import { parseCmdline, storageProblem } from '../../persist/storage.js';
 import { REPO } from '../helpers/paths.js';
 
-interface Vector { title: string; cmdline: string; params: Array<[string, string | null]> }
-const VECTORS = (JSON.parse(fs.readFileSync(path.join(REPO, 'test/fixtures/cmdline-vectors.json'), 'utf8')) as { vectors: Vector[] }).vectors;
+interface Vector {
+  title: string;
+  cmdline: string;
+  params: Array<[string, string | null]>;
+}
+const VECTORS = (JSON.parse(fs.readFileSync(path.join(REPO, 'test/fixtures/cmdline-vectors.json'), 'utf8')) as { vectors: Vector[] })
+  .vectors;
 
-describe('parseKernelParams: the kernel\'s next_arg', () => {
+describe("parseKernelParams: the kernel's next_arg", () => {
   test.each(VECTORS.map((v) => [v.title, v] as const))('%s', (_title, v) => {
     const got = parseKernelParams(Buffer.from(v.cmdline, 'latin1'), 'latin1').map((p) => [p.key, p.value]);
     expect(got).toEqual(v.params);
@@ -36,7 +41,9 @@ describe('formatKernelParam', () => {
     for (const value of ['/mkma', '/my images', 'LABEL=my disk', 'tab\there', '', 'nbsp\u00a0é']) {
       const text = formatKernelParam('mkma_images_path', value);
       expect(parseKernelParams(`quiet ${text} ro`)).toEqual([
-        { key: 'quiet', value: null }, { key: 'mkma_images_path', value }, { key: 'ro', value: null },
+        { key: 'quiet', value: null },
+        { key: 'mkma_images_path', value },
+        { key: 'ro', value: null },
       ]);
     }
     expect(formatKernelParam('k', '/my images')).toBe('k="/my images"');
@@ -53,17 +60,28 @@ describe('formatKernelParam', () => {
 
 describe('mkma persist: where the images are', () => {
   test('parseCmdline reads the storage keys as the init does', () => {
-    expect(parseCmdline('quiet "mkma_images_path=/my images" mkma_storage_device=LABEL=MKMA')).toEqual({ device: 'LABEL=MKMA', imagesPath: '/my images' });
+    expect(parseCmdline('quiet "mkma_images_path=/my images" mkma_storage_device=LABEL=MKMA')).toEqual({
+      device: 'LABEL=MKMA',
+      imagesPath: '/my images',
+    });
     expect(parseCmdline('mkma_images_path="/a b" mkma_images_path=/c')).toEqual({ imagesPath: '/c' });
     expect(parseCmdline('mkma-storage-device=/dev/vda1 mkma_images_path -- mkma_images_path=/x')).toEqual({ device: '/dev/vda1' });
-    expect(parseCmdline(Buffer.from('mkma_images_path=/a\xa0mkma_storage_device=/dev/sda', 'latin1'))).toEqual({ device: '/dev/sda', imagesPath: '/a' });
+    expect(parseCmdline(Buffer.from('mkma_images_path=/a\xa0mkma_storage_device=/dev/sda', 'latin1'))).toEqual({
+      device: '/dev/sda',
+      imagesPath: '/a',
+    });
     // /proc/cmdline's closing newline is not part of the command line (the init drops it too)
     expect(parseCmdline('mkma_images_path="/no end\n')).toEqual({ imagesPath: '/no end' });
   });
 
   test('mkma build prints a path with spaces quoted', () => {
-    expect(kernelCommandLine({ device: 'UUID=1234', imagesPath: '/srv/my images' })).toBe('mkma_storage_device=UUID=1234 mkma_images_path="/srv/my images"');
-    expect(parseCmdline(kernelCommandLine({ device: 'UUID=1234', imagesPath: '/srv/my images' }))).toEqual({ device: 'UUID=1234', imagesPath: '/srv/my images' });
+    expect(kernelCommandLine({ device: 'UUID=1234', imagesPath: '/srv/my images' })).toBe(
+      'mkma_storage_device=UUID=1234 mkma_images_path="/srv/my images"',
+    );
+    expect(parseCmdline(kernelCommandLine({ device: 'UUID=1234', imagesPath: '/srv/my images' }))).toEqual({
+      device: 'UUID=1234',
+      imagesPath: '/srv/my images',
+    });
   });
 
   test('storageProblem refuses what the init refuses', () => {

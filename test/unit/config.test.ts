@@ -39,7 +39,12 @@ const DEFAULTS: Config = {
 };
 
 function parse(text: string, opts: { env?: NodeJS.ProcessEnv; hostname?: string; defaultHostname?: string } = {}) {
-  return parseConfigText(text, { file: 'mkma.toml', env: opts.env ?? {}, hostname: opts.hostname, defaultHostname: opts.defaultHostname ?? 'buildhost' });
+  return parseConfigText(text, {
+    file: 'mkma.toml',
+    env: opts.env ?? {},
+    hostname: opts.hostname,
+    defaultHostname: opts.defaultHostname ?? 'buildhost',
+  });
 }
 
 /** The ConfigError thrown by fn (fails the test when none is). */
@@ -186,7 +191,9 @@ describe('errors', () => {
     expect(errorOf(() => parse('hostname = "my_host"')).message).toBe(
       'mkma.toml:1: hostname: "my_host" is not a valid hostname (RFC 1123: dot-separated labels of 1 to 63 letters, digits and hyphens, not starting or ending with a hyphen)',
     );
-    expect(errorOf(() => parse('', { hostname: '-bad' })).message).toMatch(/^hostname: "-bad" is not a valid hostname .*\(given on the command line\)$/);
+    expect(errorOf(() => parse('', { hostname: '-bad' })).message).toMatch(
+      /^hostname: "-bad" is not a valid hostname .*\(given on the command line\)$/,
+    );
     expect(errorOf(() => parse('', { defaultHostname: 'a..b' })).message).toMatch(
       /^hostname: the build host's name "a\.\.b" is not a valid hostname .*; set hostname in mkma\.toml or give one on the command line$/,
     );
@@ -197,7 +204,9 @@ describe('errors', () => {
     expect(errorOf(() => parse('slim = true\npackages = ["vim", "Vim_Tiny"]')).message).toBe(
       'mkma.toml:2: packages: "Vim_Tiny" is not a valid Debian package name (lowercase letters, digits, "+", "-", "."; at least 2 characters, starting with a letter or digit)',
     );
-    expect(errorOf(() => parse('kernel_package = "x"')).message).toMatch(/^mkma\.toml:1: kernel_package: "x" is not a valid Debian package name/);
+    expect(errorOf(() => parse('kernel_package = "x"')).message).toMatch(
+      /^mkma\.toml:1: kernel_package: "x" is not a valid Debian package name/,
+    );
   });
 
   test('bad kernel module names', () => {

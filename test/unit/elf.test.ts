@@ -10,19 +10,34 @@ import { put, useTempDir } from '../helpers/files.js';
 
 const tempDir = useTempDir('elf');
 
-const EM_386 = 3, EM_X86_64 = 62;
+const EM_386 = 3,
+  EM_X86_64 = 62;
 
 /**
  * A minimal but well-formed ELF file: one PT_LOAD mapping the whole file at 0x400000 (so
  * DT_STRTAB, a virtual address, has to be mapped back to a file offset), PT_INTERP, PT_DYNAMIC.
  */
 function makeElf(o: {
-  cls: 32 | 64; machine: number; interp?: string; needed?: string[]; runpath?: string[]; rpath?: string[]; bigEndian?: boolean;
+  cls: 32 | 64;
+  machine: number;
+  interp?: string;
+  needed?: string[];
+  runpath?: string[];
+  rpath?: string[];
+  bigEndian?: boolean;
 }): Buffer {
   const is64 = o.cls === 64;
-  const ehsize = is64 ? 64 : 52, phentsize = is64 ? 56 : 32, phnum = 3, entsize = is64 ? 16 : 8, base = 0x400000;
+  const ehsize = is64 ? 64 : 52,
+    phentsize = is64 ? 56 : 32,
+    phnum = 3,
+    entsize = is64 ? 16 : 8,
+    base = 0x400000;
   let strs = '\0';
-  const str = (s: string) => { const at = Buffer.byteLength(strs); strs += `${s}\0`; return at; };
+  const str = (s: string) => {
+    const at = Buffer.byteLength(strs);
+    strs += `${s}\0`;
+    return at;
+  };
   const dyn: [number, number][] = (o.needed ?? []).map((n) => [1, str(n)]);
   if (o.runpath) dyn.push([29, str(o.runpath.join(':'))]);
   if (o.rpath) dyn.push([15, str(o.rpath.join(':'))]);
@@ -71,9 +86,22 @@ function makeElf(o: {
 describe('readElfInfo', () => {
   test('64-bit: interp, needed in order, RUNPATH split on colons', () => {
     const f = join(tempDir(), 'elf64');
-    writeFileSync(f, makeElf({ cls: 64, machine: EM_X86_64, interp: '/lib64/ld-linux-x86-64.so.2', needed: ['libz.so.1', 'libc.so.6'], runpath: ['$ORIGIN/../lib', '/opt/x'] }));
+    writeFileSync(
+      f,
+      makeElf({
+        cls: 64,
+        machine: EM_X86_64,
+        interp: '/lib64/ld-linux-x86-64.so.2',
+        needed: ['libz.so.1', 'libc.so.6'],
+        runpath: ['$ORIGIN/../lib', '/opt/x'],
+      }),
+    );
     expect(readElfInfo(f)).toEqual({
-      interp: '/lib64/ld-linux-x86-64.so.2', needed: ['libz.so.1', 'libc.so.6'], runpath: ['$ORIGIN/../lib', '/opt/x'], class: 64, machine: EM_X86_64,
+      interp: '/lib64/ld-linux-x86-64.so.2',
+      needed: ['libz.so.1', 'libc.so.6'],
+      runpath: ['$ORIGIN/../lib', '/opt/x'],
+      class: 64,
+      machine: EM_X86_64,
     });
   });
 
@@ -104,7 +132,13 @@ describe('readElfInfo', () => {
 
   test('agrees with readelf on real binaries of this machine', () => {
     const readelf = (f: string) => execFileSync('readelf', ['-d', '-l', '-W', f], { encoding: 'utf8' });
-    for (const f of ['/usr/bin/zstd', '/usr/bin/xz', realpathSync('/bin/ls'), '/usr/bin/node', realpathSync('/lib/x86_64-linux-gnu/libc.so.6')]) {
+    for (const f of [
+      '/usr/bin/zstd',
+      '/usr/bin/xz',
+      realpathSync('/bin/ls'),
+      '/usr/bin/node',
+      realpathSync('/lib/x86_64-linux-gnu/libc.so.6'),
+    ]) {
       if (!existsSync(f)) continue;
       const out = readelf(f);
       const info = readElfInfo(f)!;
@@ -258,14 +292,20 @@ describe('libraryClosure with synthetic ELF files', () => {
 
   test('RUNPATH with $ORIGIN, then system dirs; libraries of another class/machine are skipped', () => {
     expect(libraryClosure(root, ['/usr/bin/app']).files).toEqual([
-      '/lib', '/usr/bin/app', '/usr/lib/app/libfoo.so.1', '/usr/lib/ld-fake.so', '/usr/lib/x86_64-linux-gnu/libbar.so.2',
+      '/lib',
+      '/usr/bin/app',
+      '/usr/lib/app/libfoo.so.1',
+      '/usr/lib/ld-fake.so',
+      '/usr/lib/x86_64-linux-gnu/libbar.so.2',
     ]);
     expect(libraryClosure(root, ['/usr/bin/app32']).files).toEqual(['/lib', '/usr/bin/app32', '/usr/lib/i386-linux-gnu/libbar.so.2']);
   });
 
   test('a soname already loaded is reused, as ld.so does, even if its own lookup would fail', () => {
     expect(libraryClosure(root, ['/usr/bin/sd']).files).toEqual([
-      '/usr/bin/sd', '/usr/lib/x86_64-linux-gnu/priv/libcore.so', '/usr/lib/x86_64-linux-gnu/priv/libshared.so',
+      '/usr/bin/sd',
+      '/usr/lib/x86_64-linux-gnu/priv/libcore.so',
+      '/usr/lib/x86_64-linux-gnu/priv/libshared.so',
     ]);
   });
 
@@ -283,9 +323,14 @@ describe('libraryClosure with synthetic ELF files', () => {
       err = e;
     }
     expect(err).toBeInstanceOf(MissingLibraryError);
-    expect(err).toMatchObject({ binary: '/usr/bin/broken2', library: 'libnope.so.9', neededBy: '/usr/lib/x86_64-linux-gnu/libneedsnope.so' });
+    expect(err).toMatchObject({
+      binary: '/usr/bin/broken2',
+      library: 'libnope.so.9',
+      neededBy: '/usr/lib/x86_64-linux-gnu/libneedsnope.so',
+    });
     expect((err as Error).message).toBe(
-      `/usr/bin/broken2 needs libnope.so.9 (through /usr/lib/x86_64-linux-gnu/libneedsnope.so), which is not in the image at ${root}`);
+      `/usr/bin/broken2 needs libnope.so.9 (through /usr/lib/x86_64-linux-gnu/libneedsnope.so), which is not in the image at ${root}`,
+    );
   });
 });
 

@@ -7,21 +7,34 @@ import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import {
-  encodeManifestFrame, escapePath, FOOTER_SIZE, FOOTER_TAG, ManifestError, parseFooter, parseManifestBody,
-  serializeManifestBody, SKIPPABLE_MAGIC, unescapePath, type Manifest,
+  encodeManifestFrame,
+  escapePath,
+  FOOTER_SIZE,
+  FOOTER_TAG,
+  ManifestError,
+  parseFooter,
+  parseManifestBody,
+  serializeManifestBody,
+  SKIPPABLE_MAGIC,
+  unescapePath,
+  type Manifest,
 } from '../../format/manifest.js';
 import { sortLayerNames } from '../../format/names.js';
 import {
-  encodeHeader, NEWC_MAX_FILE_SIZE, NewcFormatError, NewcParser, NewcRangeError, S_IFREG, trailer,
+  encodeHeader,
+  NEWC_MAX_FILE_SIZE,
+  NewcFormatError,
+  NewcParser,
+  NewcRangeError,
+  S_IFREG,
+  trailer,
   type NewcHeader,
 } from '../../format/newc.js';
 import { packTree } from '../../format/pack.js';
 import { readManifest } from '../../format/reader.js';
 import { collectHardlinks, FileTooLargeError, packEntries, walkTree } from '../../format/tree.js';
 import { ArchiveWriter, VanishedError } from '../../format/writer.js';
-import {
-  BUSYBOX, layerFunctions, makeBusyboxBin, mkdir, mkfile, mkhardlink, mknode, mksymlink, noise,
-} from '../fixtures/layers.js';
+import { BUSYBOX, layerFunctions, makeBusyboxBin, mkdir, mkfile, mkhardlink, mknode, mksymlink, noise } from '../fixtures/layers.js';
 import { describeTree, readXattrs, treePath } from '../helpers/tree.js';
 
 const TMP = fs.mkdtempSync(path.join(tmpdir(), 'mkma-format-'));
@@ -141,16 +154,28 @@ describe('newc writer round trip against GNU cpio', () => {
     const entries = parseAll(cpio);
     const group = entries.filter((e) => ['hl1', 'hl3', 'sub/hl2'].includes(e.name.toString()));
     expect(group.map((e) => [e.name.toString(), e.size, e.nlink])).toEqual([
-      ['hl1', 0, 3], ['hl3', 0, 3], ['sub/hl2', 5000, 3],
+      ['hl1', 0, 3],
+      ['hl3', 0, 3],
+      ['sub/hl2', 5000, 3],
     ]);
     expect(new Set(group.map((e) => e.ino)).size).toBe(1);
     const empties = entries.filter((e) => e.name.toString().startsWith('ehl'));
-    expect(empties.map((e) => [e.name.toString(), e.size, e.nlink])).toEqual([['ehl1', 0, 2], ['ehl2', 0, 2]]);
+    expect(empties.map((e) => [e.name.toString(), e.size, e.nlink])).toEqual([
+      ['ehl1', 0, 2],
+      ['ehl2', 0, 2],
+    ]);
     expect(empties[0].ino).toBe(empties[1].ino);
     // GNU cpio's own listing agrees
     const listing = execFileSync('sh', ['-c', 'zstd -q -dc "$1" | cpio -tv --quiet --numeric-uid-gid', 'sh', out]).toString('latin1');
-    const hl = listing.split('\n').filter((l) => / (hl1|hl3|sub\/hl2)$/.test(l)).map((l) => l.trim().split(/\s+/));
-    expect(hl.map((f) => [f[f.length - 1], f[1], f[4]])).toEqual([['hl1', '3', '0'], ['hl3', '3', '0'], ['sub/hl2', '3', '5000']]);
+    const hl = listing
+      .split('\n')
+      .filter((l) => / (hl1|hl3|sub\/hl2)$/.test(l))
+      .map((l) => l.trim().split(/\s+/));
+    expect(hl.map((f) => [f[f.length - 1], f[1], f[4]])).toEqual([
+      ['hl1', '3', '0'],
+      ['hl3', '3', '0'],
+      ['sub/hl2', '3', '5000'],
+    ]);
     const ino = (rel: string) => fs.statSync(treePath(dest, rel)).ino;
     expect(ino('hl3')).toBe(ino('hl1'));
     expect(ino('sub/hl2')).toBe(ino('hl1'));
@@ -170,9 +195,13 @@ describe('newc writer round trip against GNU cpio', () => {
     expect(fs.statSync(out).size).toBe(fileBytes);
     const parts: Buffer[] = [];
     for (const s of manifest.shards) {
-      const r = spawnSync('sh', ['-c', 'tail -c +"$2" "$1" | head -c "$3" | zstd -q -dc', 'sh', out, String(s.offset + 1), String(s.length)], {
-        maxBuffer: 64 << 20,
-      });
+      const r = spawnSync(
+        'sh',
+        ['-c', 'tail -c +"$2" "$1" | head -c "$3" | zstd -q -dc', 'sh', out, String(s.offset + 1), String(s.length)],
+        {
+          maxBuffer: 64 << 20,
+        },
+      );
       expect(r.status).toBe(0);
       // starts with a header and ends on an entry boundary: a trailer appended makes it complete
       expect(r.stdout.toString('latin1', 0, 6)).toBe('070701');
@@ -214,11 +243,20 @@ describe('manifest', () => {
     unpackedBytes: 409600,
     dataBytes: 1234,
     dataSha256: 'ab'.repeat(32),
-    shards: [{ offset: 0, length: 1000 }, { offset: 1000, length: 234 }],
+    shards: [
+      { offset: 0, length: 1000 },
+      { offset: 1000, length: 234 },
+    ],
     opaque: ['srv/www', 'odd\ndir', 'back\\slash\\'],
     deleted: ['a\n5', '\x017', 'tab\tx', 'bad\xffbyte', 'sp ace', '-dash', '%s', '\\012'],
     xattrs: [
-      { path: 'usr/bin/ping', attrs: [['security.capability', '0sAQAAAgAgAAAAAAAAAAAAAAAAAAA='], ['user.x', '0x31']] },
+      {
+        path: 'usr/bin/ping',
+        attrs: [
+          ['security.capability', '0sAQAAAgAgAAAAAAAAAAAAAAAAAAA='],
+          ['user.x', '0x31'],
+        ],
+      },
       { path: 'x attr\nfile', attrs: [['user.odd', '0x796573']] },
       { path: '.', attrs: [['user.root', '0x00']] },
     ],
@@ -278,8 +316,24 @@ describe('manifest', () => {
   // The init decodes manifest paths with busybox `printf %b` (layer-common.sh: decode); escapePath's
   // output must decode to the same bytes there.
   const TRICKY = [
-    'plain', 'with space', 'new\nline', 'a\n5', 'a\n0', '\x017', '\x01\x02', 'tab\t0', '\x1f9', 'trail\n',
-    'back\\slash', '\\012', '\\0', '\\c', '\\\\', '%s%b%%', '-n', 'x\x7fy',
+    'plain',
+    'with space',
+    'new\nline',
+    'a\n5',
+    'a\n0',
+    '\x017',
+    '\x01\x02',
+    'tab\t0',
+    '\x1f9',
+    'trail\n',
+    'back\\slash',
+    '\\012',
+    '\\0',
+    '\\c',
+    '\\\\',
+    '%s%b%%',
+    '-n',
+    'x\x7fy',
   ];
   test.each(TRICKY.map((raw) => [JSON.stringify(raw), raw]))(
     'escapePath(%s) decodes identically through busybox printf %%b',
@@ -335,18 +389,56 @@ describe('manifest', () => {
     const cases: Array<[string, (b: Buffer, m: Manifest) => Buffer, RegExp]> = [
       ['cut by 1 byte', (b) => b.subarray(0, b.length - 1), /no manifest at its end/],
       ['cut exactly at the end of the data', (b, m) => b.subarray(0, m.dataBytes), /no manifest at its end/],
-      ['a whole middle shard missing', (b, m) => Buffer.concat([b.subarray(0, m.shards[1].offset), b.subarray(m.shards[1].offset + m.shards[1].length)]), /data is \d+ bytes but the manifest says/],
-      ['one byte missing inside the data', (b) => Buffer.concat([b.subarray(0, 100), b.subarray(101)]), /data is \d+ bytes but the manifest says/],
-      ['footer length with a non-digit', (b) => { const c = Buffer.from(b); c[c.length - 3] = 0x78; return c; }, /damaged manifest footer/],
-      ['footer tag damaged', (b) => { const c = Buffer.from(b); c[c.length - FOOTER_SIZE] ^= 0x20; return c; }, /no manifest at its end/],
+      [
+        'a whole middle shard missing',
+        (b, m) => Buffer.concat([b.subarray(0, m.shards[1].offset), b.subarray(m.shards[1].offset + m.shards[1].length)]),
+        /data is \d+ bytes but the manifest says/,
+      ],
+      [
+        'one byte missing inside the data',
+        (b) => Buffer.concat([b.subarray(0, 100), b.subarray(101)]),
+        /data is \d+ bytes but the manifest says/,
+      ],
+      [
+        'footer length with a non-digit',
+        (b) => {
+          const c = Buffer.from(b);
+          c[c.length - 3] = 0x78;
+          return c;
+        },
+        /damaged manifest footer/,
+      ],
+      [
+        'footer tag damaged',
+        (b) => {
+          const c = Buffer.from(b);
+          c[c.length - FOOTER_SIZE] ^= 0x20;
+          return c;
+        },
+        /no manifest at its end/,
+      ],
       ['footer length too large by one', (b) => bumpFooter(b, 1), /manifest frame header is damaged/],
       ['footer length larger than the file', (b) => bumpFooter(b, 10_000_000), /damaged manifest footer/],
     ];
     // The 8-byte skippable frame header before the manifest body. (Flipping the magic's low
     // nibble would not do: 0x184D2A50-5F are all skippable magics.)
     const frameCases: Array<[string, (b: Buffer, m: Manifest) => Buffer]> = [
-      ['skippable frame magic damaged', (b, m) => { const c = Buffer.from(b); c[m.dataBytes + 3] ^= 0xff; return c; }],
-      ['skippable frame length damaged', (b, m) => { const c = Buffer.from(b); c[m.dataBytes + 4] ^= 2; return c; }],
+      [
+        'skippable frame magic damaged',
+        (b, m) => {
+          const c = Buffer.from(b);
+          c[m.dataBytes + 3] ^= 0xff;
+          return c;
+        },
+      ],
+      [
+        'skippable frame length damaged',
+        (b, m) => {
+          const c = Buffer.from(b);
+          c[m.dataBytes + 4] ^= 2;
+          return c;
+        },
+      ],
     ];
     test.each(frameCases)('%s', (name, edit) => {
       const p = variant(name.replace(/\W+/g, '-'), (b) => edit(b, m));
@@ -399,10 +491,21 @@ function bumpFooter(b: Buffer, by: number): Buffer {
 
 describe('NewcParser and newc limits', () => {
   const h = (name: string, size: number): NewcHeader => ({
-    name: L(name), ino: 7, mode: S_IFREG | 0o4755, uid: 1234, gid: 5678, nlink: 1, mtime: 978_307_200,
-    size, devMajor: 0, devMinor: 0, rdevMajor: 0, rdevMinor: 0,
+    name: L(name),
+    ino: 7,
+    mode: S_IFREG | 0o4755,
+    uid: 1234,
+    gid: 5678,
+    nlink: 1,
+    mtime: 978_307_200,
+    size,
+    devMajor: 0,
+    devMinor: 0,
+    rdevMajor: 0,
+    rdevMinor: 0,
   });
-  const entry = (name: string, data: string) => Buffer.concat([encodeHeader(h(name, data.length)), L(data), Buffer.alloc((4 - (data.length % 4)) % 4)]);
+  const entry = (name: string, data: string) =>
+    Buffer.concat([encodeHeader(h(name, data.length)), L(data), Buffer.alloc((4 - (data.length % 4)) % 4)]);
 
   test('parses what encodeHeader writes, byte-exact names, in any chunking', () => {
     const stream = Buffer.concat([entry('a\nb\xff', 'hello'), entry('x', ''), entry('y', 'abcd'), trailer()]);
@@ -411,7 +514,11 @@ describe('NewcParser and newc limits', () => {
       const p = new NewcParser({ onEntry: (hh, d) => got.push([hh.name.toString('latin1'), d!.toString('latin1')]) });
       for (let i = 0; i < stream.length; i += step) p.push(stream.subarray(i, i + step));
       p.end();
-      expect(got).toEqual([['a\nb\xff', 'hello'], ['x', ''], ['y', 'abcd']]);
+      expect(got).toEqual([
+        ['a\nb\xff', 'hello'],
+        ['x', ''],
+        ['y', 'abcd'],
+      ]);
     }
     const [first] = parseAll(stream);
     expect(first).toEqual({ ...h('a\nb\xff', 5) });
@@ -470,14 +577,25 @@ describe('NewcParser and newc limits', () => {
 // ---------------------------------------------------------------------------------------------
 
 describe('layer order', () => {
-  const fixture = (n: string) => fs.readFileSync(path.join(process.cwd(), 'test/fixtures', n), 'utf8').split('\n').filter(Boolean);
+  const fixture = (n: string) =>
+    fs
+      .readFileSync(path.join(process.cwd(), 'test/fixtures', n), 'utf8')
+      .split('\n')
+      .filter(Boolean);
   const names = fixture('layer-order.txt');
   const expected = fixture('layer-order.expected');
 
   test('the fixture has the cases it claims', () => {
-    for (const n of ['persistence.2.cpio.zst', 'persistence.10.cpio.zst', 'persistence.20261122T021500Z.cpio.zst',
-      'persistence.20261122T021500Z-2.cpio.zst', 'persistence.002.cpio.zst', 'persistence..cpio.zst',
-      'persistence.a b.cpio.zst', 'other.cpio.zst']) {
+    for (const n of [
+      'persistence.2.cpio.zst',
+      'persistence.10.cpio.zst',
+      'persistence.20261122T021500Z.cpio.zst',
+      'persistence.20261122T021500Z-2.cpio.zst',
+      'persistence.002.cpio.zst',
+      'persistence..cpio.zst',
+      'persistence.a b.cpio.zst',
+      'other.cpio.zst',
+    ]) {
       expect(names).toContain(n);
     }
     expect(expected.length).toBe(19);
@@ -510,9 +628,20 @@ describe('a live tree: a file gone between listing and packing', () => {
     const out = path.join(TMP, `live-${path.basename(src)}.cpio.zst`);
     const w = new ArchiveWriter(out, { kind: 'layer', level: 3 });
     try {
-      const stats = await packEntries(w, entries, collectHardlinks(entries), undefined, onVanished && ((e) => onVanished(e.rel.toString('latin1'))));
+      const stats = await packEntries(
+        w,
+        entries,
+        collectHardlinks(entries),
+        undefined,
+        onVanished && ((e) => onVanished(e.rel.toString('latin1'))),
+      );
       await w.finish();
-      return { stats, listing: execFileSync('bash', ['-c', `zstd -dc ${out} | cpio -t --quiet`], { encoding: 'utf8' }).trim().split('\n') };
+      return {
+        stats,
+        listing: execFileSync('bash', ['-c', `zstd -dc ${out} | cpio -t --quiet`], { encoding: 'utf8' })
+          .trim()
+          .split('\n'),
+      };
     } catch (e) {
       w.abort();
       throw e;

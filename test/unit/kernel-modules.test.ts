@@ -5,7 +5,14 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  decompressModule, moduleClosure, moduleName, parseBuiltin, parseDeviceAliases, parseModulesAlias, parseModulesDep, parseSoftdep,
+  decompressModule,
+  moduleClosure,
+  moduleName,
+  parseBuiltin,
+  parseDeviceAliases,
+  parseModulesAlias,
+  parseModulesDep,
+  parseSoftdep,
 } from '../../builder/kernel-modules.js';
 import { planModules } from '../../builder/initramfs.js';
 import { generateInit } from '../../init/generate.js';
@@ -53,7 +60,11 @@ alias acpi*:PNP0A03:* dm_mod
 describe('module index parsers', () => {
   test('parseModulesDep', () => {
     const deps = parseModulesDep(MODULES_DEP);
-    expect(deps.get('kernel/fs/ext4/ext4.ko.xz')).toEqual(['kernel/lib/crc16.ko.xz', 'kernel/fs/mbcache.ko.xz', 'kernel/fs/jbd2/jbd2.ko.xz']);
+    expect(deps.get('kernel/fs/ext4/ext4.ko.xz')).toEqual([
+      'kernel/lib/crc16.ko.xz',
+      'kernel/fs/mbcache.ko.xz',
+      'kernel/fs/jbd2/jbd2.ko.xz',
+    ]);
     expect(deps.get('kernel/lib/crc16.ko.xz')).toEqual([]);
     expect(deps.size).toBe(15);
   });
@@ -65,7 +76,13 @@ describe('module index parsers', () => {
 
   test('parseBuiltin and moduleName', () => {
     expect(parseBuiltin(MODULES_BUILTIN).map(moduleName)).toEqual(['loop', 'squashfs']);
-    expect(['a/dm-mod.ko.gz', 'x.ko.zst', 'y.ko.xz', 'z.ko', 'crc32c-intel'].map(moduleName)).toEqual(['dm_mod', 'x', 'y', 'z', 'crc32c_intel']);
+    expect(['a/dm-mod.ko.gz', 'x.ko.zst', 'y.ko.xz', 'z.ko', 'crc32c-intel'].map(moduleName)).toEqual([
+      'dm_mod',
+      'x',
+      'y',
+      'z',
+      'crc32c_intel',
+    ]);
   });
 
   test('parseDeviceAliases keeps the device globs of the modules asked for', () => {
@@ -135,8 +152,13 @@ describe('moduleClosure', () => {
   });
 
   test('wanted names resolve through aliases too; an explicit alias map replaces modules.alias', () => {
-    expect(moduleClosure(dir, ['crypto-crc32c']).order).toEqual(['kernel/arch/x86/crypto/crc32c-intel.ko.xz', 'kernel/crypto/crc32c_generic.ko.xz']);
-    expect(moduleClosure(dir, ['ext4'], { aliases: new Map([['crc32c', ['crc32c_generic']]]) }).order[0]).toBe('kernel/crypto/crc32c_generic.ko.xz');
+    expect(moduleClosure(dir, ['crypto-crc32c']).order).toEqual([
+      'kernel/arch/x86/crypto/crc32c-intel.ko.xz',
+      'kernel/crypto/crc32c_generic.ko.xz',
+    ]);
+    expect(moduleClosure(dir, ['ext4'], { aliases: new Map([['crc32c', ['crc32c_generic']]]) }).order[0]).toBe(
+      'kernel/crypto/crc32c_generic.ko.xz',
+    );
     expect(moduleClosure(dir, ['ext4'], { aliases: new Map() }).order[0]).toBe('kernel/fs/jbd2/jbd2.ko.xz');
   });
 
@@ -158,7 +180,11 @@ describe('moduleClosure', () => {
 });
 
 describe('decompressModule', () => {
-  const plain = Buffer.concat([Buffer.from('\x7fELF fake module\n'), Buffer.alloc(100_000, 'abc'), Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7919) & 255))]);
+  const plain = Buffer.concat([
+    Buffer.from('\x7fELF fake module\n'),
+    Buffer.alloc(100_000, 'abc'),
+    Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7919) & 255)),
+  ]);
   let dir: string;
   beforeAll(() => {
     dir = join(tempDir(), 'decompress');
@@ -189,27 +215,41 @@ describe('storage drivers by hardware (init: match_storage)', () => {
   });
 
   test('planModules: each storage module with device aliases, with its dependencies first', () => {
-    const plan = planModules({ version: '6.12.0-match', image: '/nonexistent', modulesDir: dir },
-      { storage: ['virtio_blk', 'dm-mod'], filesystems: { ext4: ['ext4'] }, overlay: ['overlay'] }, []);
+    const plan = planModules(
+      { version: '6.12.0-match', image: '/nonexistent', modulesDir: dir },
+      { storage: ['virtio_blk', 'dm-mod'], filesystems: { ext4: ['ext4'] }, overlay: ['overlay'] },
+      [],
+    );
     expect(plan.groups.storageByDevice).toEqual([
-      { patterns: ['pci:v00001AF4d00001001sv*sd*bc*sc*i*', 'virtio:d00000002v*'], load: ['virtio', 'virtio_ring', 'virtio_blk', 'rng_core', 'virtio_rng'] },
+      {
+        patterns: ['pci:v00001AF4d00001001sv*sd*bc*sc*i*', 'virtio:d00000002v*'],
+        load: ['virtio', 'virtio_ring', 'virtio_blk', 'rng_core', 'virtio_rng'],
+      },
     ]);
   });
 
   test('the generated match_storage picks the drivers of the devices given, under busybox', () => {
     const init = generateInit({
       modules: {
-        storage: ['virtio_blk', 'nvme'], filesystems: {}, overlay: [],
+        storage: ['virtio_blk', 'nvme'],
+        filesystems: {},
+        overlay: [],
         storageByDevice: [
           { patterns: ['virtio:d00000002v*'], load: ['virtio_blk'] },
           { patterns: ['pci:v*d*sv*sd*bc01sc08i02*', 'odd:a b(c)|*'], load: ['nvme_core', 'nvme'] },
         ],
       },
-      defaultRamSize: '50%', deviceTimeoutSec: 30, version: 't',
+      defaultRamSize: '50%',
+      deviceTimeoutSec: 30,
+      version: 't',
     });
     const fn = /^match_storage\(\) \{\n[\s\S]*?\n\}$/m.exec(init)![0];
-    const run = (...aliases: string[]) => execFileSync('busybox', ['sh', '-c',
-      `${fn}\nMKMA_MATCHED=''\nfor a in "$@"; do match_storage "$a"; done\necho "[$MKMA_MATCHED]"`, 'sh', ...aliases], { encoding: 'utf8' }).trim();
+    const run = (...aliases: string[]) =>
+      execFileSync(
+        'busybox',
+        ['sh', '-c', `${fn}\nMKMA_MATCHED=''\nfor a in "$@"; do match_storage "$a"; done\necho "[$MKMA_MATCHED]"`, 'sh', ...aliases],
+        { encoding: 'utf8' },
+      ).trim();
     expect(run('virtio:d00000002v00001AF4')).toBe('[,virtio_blk]');
     expect(run('pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01', 'virtio:d00000001v00001AF4')).toBe('[]');
     expect(run('pci:v0000144Dd0000A808sv0000144Dsd0000A801bc01sc08i02', 'virtio:d00000002v00001AF4')).toBe('[,nvme_core nvme,virtio_blk]');
@@ -217,18 +257,33 @@ describe('storage drivers by hardware (init: match_storage)', () => {
   });
 
   test('start_chains loads each chain once, in the background, in its own order', () => {
-    const init = generateInit({ modules: { storage: [], filesystems: {}, overlay: [] }, defaultRamSize: '50%', deviceTimeoutSec: 30, version: 't' });
+    const init = generateInit({
+      modules: { storage: [], filesystems: {}, overlay: [] },
+      defaultRamSize: '50%',
+      deviceTimeoutSec: 30,
+      version: 't',
+    });
     const fn = /^start_chains\(\) \{\n[\s\S]*?\n\}$/m.exec(init)![0];
-    const out = execFileSync('busybox', ['sh', '-c', [
-      // a stand-in for load_modules: one line per chain, its modules in order
-      'load_modules() { echo "$*"; }',
-      fn,
-      "MKMA_STARTED=','",
-      "start_chains ',scsi_common scsi_mod ahci,virtio_blk'",
-      "start_chains ',virtio_blk,scsi_common scsi_mod virtio_scsi'",
-      'wait',
-      'echo "started: $MKMA_STARTED"',
-    ].join('\n')], { encoding: 'utf8' }).trim().split('\n');
+    const out = execFileSync(
+      'busybox',
+      [
+        'sh',
+        '-c',
+        [
+          // a stand-in for load_modules: one line per chain, its modules in order
+          'load_modules() { echo "$*"; }',
+          fn,
+          "MKMA_STARTED=','",
+          "start_chains ',scsi_common scsi_mod ahci,virtio_blk'",
+          "start_chains ',virtio_blk,scsi_common scsi_mod virtio_scsi'",
+          'wait',
+          'echo "started: $MKMA_STARTED"',
+        ].join('\n'),
+      ],
+      { encoding: 'utf8' },
+    )
+      .trim()
+      .split('\n');
     expect(out.pop()).toBe('started: ,scsi_common scsi_mod ahci,virtio_blk,scsi_common scsi_mod virtio_scsi,');
     expect(out.sort()).toEqual(['scsi_common scsi_mod ahci', 'scsi_common scsi_mod virtio_scsi', 'virtio_blk']);
   });

@@ -108,7 +108,13 @@ describe('cleanup registry', () => {
     const file = path.join(dir, 'child.mjs');
     fs.writeFileSync(file, script(body));
     fs.writeFileSync(log, '');
-    const r = spawnSync('sh', ['-c', `node "$1" "$2" & pid=$!; while ! grep -q ready "$2"; do sleep 0.05; done; kill -TERM $pid; wait $pid; echo "status $?" >>"$2"`, 'sh', file, log]);
+    const r = spawnSync('sh', [
+      '-c',
+      `node "$1" "$2" & pid=$!; while ! grep -q ready "$2"; do sleep 0.05; done; kill -TERM $pid; wait $pid; echo "status $?" >>"$2"`,
+      'sh',
+      file,
+      log,
+    ]);
     expect(r.status).toBe(0);
     return fs.readFileSync(log, 'utf8').trim().split('\n');
   };

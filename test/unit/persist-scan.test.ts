@@ -203,7 +203,7 @@ describe('scanUpper on a hand-made upperdir', () => {
     });
   });
 
-  test('xattrs: the others kept (getfattr base64 spelling), overlayfs\' own left out', () => {
+  test("xattrs: the others kept (getfattr base64 spelling), overlayfs' own left out", () => {
     expect(byPath.get('etc/new')!.xattrs).toEqual([['user.test', '0saGVsbG8=']]);
     expect(byPath.get('etc/hostname')!.xattrs).toEqual([]);
     expect(byPath.get('opq')!.xattrs).toEqual([]);

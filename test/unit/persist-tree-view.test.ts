@@ -1,17 +1,45 @@
 import { describe, expect, test } from '@jest/globals';
 import type { ChangeEntry, ChangeKind, Decision, EntryType, Rule, ScanResult } from '../../persist/model.js';
 import { buildTree, filterTree, KEEP_ANCESTOR, KEEP_MATCH, visibleRows } from '../../persist/change-tree.js';
-import { computeInclusion, includeState, ruleDecisions, setChoice, summarize, toggleChoice, totals, type DecisionCache } from '../../persist/inclusion.js';
+import {
+  computeInclusion,
+  includeState,
+  ruleDecisions,
+  setChoice,
+  summarize,
+  toggleChoice,
+  totals,
+  type DecisionCache,
+} from '../../persist/inclusion.js';
 import { explain, rowParts, rowText } from '../../persist/rows.js';
 import { displayPath, textWidth, truncateMiddle } from '../../persist/text.js';
 import { PersistView } from '../../persist/view.js';
 
 function entry(path: string, kind: ChangeKind, type: EntryType = 'file', size = 0, extra: Partial<ChangeEntry> = {}): ChangeEntry {
-  return { path, kind, type, size, totalSize: size, mode: type === 'dir' ? 0o40755 : 0o100644, uid: 0, gid: 0, mtime: 0, xattrs: [], hardlinks: [], ...extra };
+  return {
+    path,
+    kind,
+    type,
+    size,
+    totalSize: size,
+    mode: type === 'dir' ? 0o40755 : 0o100644,
+    uid: 0,
+    gid: 0,
+    mtime: 0,
+    xattrs: [],
+    hardlinks: [],
+    ...extra,
+  };
 }
 
 function scanOf(entries: ChangeEntry[]): ScanResult {
-  return { upper: '/overlay/fresh', lower: '/overlay/base', entries, skipped: [], stats: { entries: entries.length, bytes: entries.reduce((a, e) => a + e.size, 0), scanMs: 1 } };
+  return {
+    upper: '/overlay/fresh',
+    lower: '/overlay/base',
+    entries,
+    skipped: [],
+    stats: { entries: entries.length, bytes: entries.reduce((a, e) => a + e.size, 0), scanMs: 1 },
+  };
 }
 
 // etc/ (container) { hostname M, ssh/ (container) { key A, sshd_config m }, motd D }, tmp/ (container) { junk A }, var/cache/apt R { pkgcache A }
@@ -52,7 +80,12 @@ describe('buildTree', () => {
   });
 
   test('missing parents are made up, unsorted input and duplicates are handled', () => {
-    const t = buildTree([entry('b/c/d', 'added', 'file', 1), entry('a', 'added', 'file', 2), entry('b', 'container', 'dir'), entry('a', 'modified', 'file', 9)]);
+    const t = buildTree([
+      entry('b/c/d', 'added', 'file', 1),
+      entry('a', 'added', 'file', 2),
+      entry('b', 'container', 'dir'),
+      entry('a', 'modified', 'file', 9),
+    ]);
     expect(t.entries.map((e) => e.path)).toEqual(['b', 'b/c', 'b/c/d', 'a']);
     expect(t.synthetic[t.byPath.get('b/c')!]).toBe(1);
     expect(t.synthetic[t.byPath.get('b')!]).toBe(0);
@@ -140,16 +173,12 @@ describe('visible rows, folding, filter', () => {
     expect(paths(t, rows)).toEqual(['etc', 'etc/hostname', 'etc/motd', 'etc/ssh', 'tmp', 'var', 'var/cache']);
     open.add('etc/ssh');
     open.delete('var');
-    expect(paths(t, visibleRows(t, (i) => open.has(t.entries[i].path)))).toEqual([
-      'etc',
-      'etc/hostname',
-      'etc/motd',
-      'etc/ssh',
-      'etc/ssh/key',
-      'etc/ssh/sshd_config',
-      'tmp',
-      'var',
-    ]);
+    expect(
+      paths(
+        t,
+        visibleRows(t, (i) => open.has(t.entries[i].path)),
+      ),
+    ).toEqual(['etc', 'etc/hostname', 'etc/motd', 'etc/ssh', 'etc/ssh/key', 'etc/ssh/sshd_config', 'tmp', 'var']);
   });
 
   test('filter keeps matches and their parents', () => {
@@ -192,7 +221,10 @@ describe('visible rows, folding, filter', () => {
   });
 
   test('PersistView: scroll window follows the cursor', () => {
-    const many = [entry('d', 'container', 'dir'), ...Array.from({ length: 100 }, (_, k) => entry(`d/f${String(k).padStart(3, '0')}`, 'added', 'file', k))];
+    const many = [
+      entry('d', 'container', 'dir'),
+      ...Array.from({ length: 100 }, (_, k) => entry(`d/f${String(k).padStart(3, '0')}`, 'added', 'file', k)),
+    ];
     const v = new PersistView(scanOf(many), decideRule);
     expect(v.scrollTo(10)).toBe(0);
     v.move(15);
@@ -208,7 +240,14 @@ describe('visible rows, folding, filter', () => {
     v.move(3); // etc/ssh
     v.toggle(); // exclude etc/ssh
     expect(v.overrides.get('etc/ssh')).toBe(false);
-    const d = v.applyScan(scanOf([entry('boot', 'container', 'dir'), entry('boot/new', 'added', 'file', 7), ...ENTRIES, entry('etc/ssh/new_key', 'added', 'file', 5)]));
+    const d = v.applyScan(
+      scanOf([
+        entry('boot', 'container', 'dir'),
+        entry('boot/new', 'added', 'file', 7),
+        ...ENTRIES,
+        entry('etc/ssh/new_key', 'added', 'file', 5),
+      ]),
+    );
     expect(d).toEqual({ added: 3, removed: 0 });
     expect(v.tree.entries[v.current].path).toBe('etc/ssh');
     expect(includeState(v.tree, v.inc, v.current)).toBe('none'); // the new key is excluded too

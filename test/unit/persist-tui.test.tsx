@@ -10,7 +10,20 @@ import { PersistApp, type PersistAppProps, type PersistOutcome } from '../../per
 // --- a realistic upperdir after a day of use ------------------------------------------------
 
 function entry(path: string, kind: ChangeKind, type: EntryType = 'file', size = 0, extra: Partial<ChangeEntry> = {}): ChangeEntry {
-  return { path, kind, type, size, totalSize: size, mode: type === 'dir' ? 0o40755 : 0o100644, uid: 0, gid: 0, mtime: 1700000000, xattrs: [], hardlinks: [], ...extra };
+  return {
+    path,
+    kind,
+    type,
+    size,
+    totalSize: size,
+    mode: type === 'dir' ? 0o40755 : 0o100644,
+    uid: 0,
+    gid: 0,
+    mtime: 1700000000,
+    xattrs: [],
+    hardlinks: [],
+    ...extra,
+  };
 }
 
 const LONG_DIR = 'home/alice/projects/some-really-long-directory-name-for-testing-truncation/another-deeply-nested-folder';
@@ -90,7 +103,18 @@ function decideRule(e: ChangeEntry): Decision {
 
 // --- helpers ----------------------------------------------------------------------------------
 
-const KEY = { up: '\u001B[A', down: '\u001B[B', right: '\u001B[C', left: '\u001B[D', pgdn: '\u001B[6~', pgup: '\u001B[5~', home: '\u001B[H', end: '\u001B[F', esc: '\u001B', enter: '\r' };
+const KEY = {
+  up: '\u001B[A',
+  down: '\u001B[B',
+  right: '\u001B[C',
+  left: '\u001B[D',
+  pgdn: '\u001B[6~',
+  pgup: '\u001B[5~',
+  home: '\u001B[H',
+  end: '\u001B[F',
+  esc: '\u001B',
+  enter: '\r',
+};
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 // eslint-disable-next-line no-control-regex
 const strip = (s: string) => s.replace(/\u001B\[[0-9;]*m/g, '');
@@ -99,12 +123,14 @@ type WriteResult = { file: string; bytesIn: number; bytesOut: number; entries: n
 
 function setup(over: Partial<PersistAppProps> = {}) {
   const outcome: PersistOutcome[] = [];
-  const onConfirm = jest.fn(async (_include: (e: ChangeEntry) => boolean, summary: { entries: number; bytes: number }): Promise<WriteResult> => ({
-    file: '/persist/layers/0003-20250101-120000.mkl',
-    bytesIn: summary.bytes,
-    bytesOut: Math.round(summary.bytes / 3),
-    entries: summary.entries,
-  }));
+  const onConfirm = jest.fn(
+    async (_include: (e: ChangeEntry) => boolean, summary: { entries: number; bytes: number }): Promise<WriteResult> => ({
+      file: '/persist/layers/0003-20250101-120000.mkl',
+      bytesIn: summary.bytes,
+      bytesOut: Math.round(summary.bytes / 3),
+      entries: summary.entries,
+    }),
+  );
   const saveRules = jest.fn(async (_lines: string[]) => {});
   const props: PersistAppProps = {
     scan: scanOf(baseEntries()),
@@ -430,8 +456,19 @@ describe('PersistApp', () => {
     // paths are raw bytes (latin1 strings), as the scan reads them
     const raw = (utf8: string) => Buffer.from(utf8, 'utf8').toString('latin1');
     // (in the list's order: by bytes)
-    const names = ['cafe\u0301-menu.txt', '日本語のメモ.txt', '🚀 launch-notes.txt', '🚀🚀 日本 café\u0301 — a name long enough to be cut in the middle.txt'];
-    const t = setup({ scan: scanOf([...baseEntries(), entry('srv', 'added', 'dir'), ...names.map((n, k) => entry(raw(`srv/${n}`), 'added', 'file', 12345 + k))]) });
+    const names = [
+      'cafe\u0301-menu.txt',
+      '日本語のメモ.txt',
+      '🚀 launch-notes.txt',
+      '🚀🚀 日本 café\u0301 — a name long enough to be cut in the middle.txt',
+    ];
+    const t = setup({
+      scan: scanOf([
+        ...baseEntries(),
+        entry('srv', 'added', 'dir'),
+        ...names.map((n, k) => entry(raw(`srv/${n}`), 'added', 'file', 12345 + k)),
+      ]),
+    });
     for (const n of names) {
       await moveTo(t, n.slice(0, 4));
       const row = t.cursorRow();

@@ -89,7 +89,9 @@ describe('validation messages', () => {
     expect(messages('pakages = ["less"]\n')).toEqual(['p.toml:1: key "pakages" is unknown (did you mean "packages"?)']);
     expect(messages('\n\nfrobnicate = 1\n')).toEqual(['p.toml:3: key "frobnicate" is unknown']);
     expect(messages('[services]\nstart = ["x.service"]\n')).toEqual(['p.toml:2: services: key "start" is unknown']);
-    expect(messages('[[users]]\nname = "a"\nsudoo = true\n')).toEqual(['p.toml:3: users[1]: key "sudoo" is unknown (did you mean "sudo"?)']);
+    expect(messages('[[users]]\nname = "a"\nsudoo = true\n')).toEqual([
+      'p.toml:3: users[1]: key "sudoo" is unknown (did you mean "sudo"?)',
+    ]);
   });
 
   test('wrong types and values', () => {
@@ -104,9 +106,13 @@ describe('validation messages', () => {
     expect(messages('environment_variables = ["1X"]\n')).toEqual([
       'p.toml:1: environment_variables: "1X" is not a valid environment variable name (letters, digits and "_", not starting with a digit)',
     ]);
-    expect(messages('services = ["ssh"]\n')).toEqual(['p.toml:1: services must be a table (enable = [...], disable = [...], mask = [...]), got list of strings']);
+    expect(messages('services = ["ssh"]\n')).toEqual([
+      'p.toml:1: services must be a table (enable = [...], disable = [...], mask = [...]), got list of strings',
+    ]);
     expect(messages('[services]\nenable = "ssh"\n')).toEqual(['p.toml:2: services.enable must be a list of strings, got string']);
-    expect(messages('users = "me"\n')).toEqual(['p.toml:1: users must be an array of tables ([[users]] with name, groups, sudo, password), got string']);
+    expect(messages('users = "me"\n')).toEqual([
+      'p.toml:1: users must be an array of tables ([[users]] with name, groups, sudo, password), got string',
+    ]);
     expect(messages('[[users]]\nname = "a"\nsudo = "yes"\n')).toEqual(['p.toml:3: users[1].sudo must be true or false, got string']);
     expect(messages('[[users]]\ngroups = ["adm"]\n')).toEqual(['p.toml:1: users[1].name is required']);
     expect(messages('[[users]]\nname = "Bad Name"\n')).toEqual([
@@ -115,7 +121,9 @@ describe('validation messages', () => {
     expect(messages('[[users]]\nname = "a"\npassword = "hunter2"\n')).toEqual([
       'p.toml:3: users[1].password must be "locked", "empty" or a crypt hash starting with "$" (make one with `mkpasswd -m yescrypt`; a clear-text password is not accepted)',
     ]);
-    expect(messages('[[users]]\nname = "${WHO}"\n')).toEqual(['p.toml:2: users[1].name uses ${WHO}, which is not in environment_variables']);
+    expect(messages('[[users]]\nname = "${WHO}"\n')).toEqual([
+      'p.toml:2: users[1].name uses ${WHO}, which is not in environment_variables',
+    ]);
   });
 
   test('bad TOML: line and column', () => {
@@ -172,11 +180,14 @@ describe('ordering', () => {
 
 describe('folders and hooks on disk', () => {
   test('missing shared directories and files folders, hooks missing or not executable', () => {
-    const f = write('disk/p.toml', [
-      'shared_directories = ["data", "missing"]',
-      'files = "rootfs"',
-      'hooks = ["hooks/ok.sh", "hooks/noexec.sh", "hooks/absent.sh"]',
-    ].join('\n'));
+    const f = write(
+      'disk/p.toml',
+      [
+        'shared_directories = ["data", "missing"]',
+        'files = "rootfs"',
+        'hooks = ["hooks/ok.sh", "hooks/noexec.sh", "hooks/absent.sh"]',
+      ].join('\n'),
+    );
     fs.mkdirSync(path.join(tmp, 'disk/data'), { recursive: true });
     write('disk/hooks/ok.sh', '#!/bin/sh\n', 0o755);
     write('disk/hooks/noexec.sh', '#!/bin/sh\n', 0o644);
@@ -241,14 +252,17 @@ describe('lint', () => {
   });
 
   test('a preset with a shellcheck warning and a bad key: every finding with file and line', () => {
-    const f = write('lint/10-bad.toml', [
-      '# a preset with problems', // 1
-      'pakages = ["less"]', // 2
-      "script = '''", // 3
-      'echo start', // 4: script line 1
-      'cp /etc/hostname $(cat /tmp/dest)', // 5: SC2046 here
-      "'''",
-    ].join('\n') + '\n');
+    const f = write(
+      'lint/10-bad.toml',
+      [
+        '# a preset with problems', // 1
+        'pakages = ["less"]', // 2
+        "script = '''", // 3
+        'echo start', // 4: script line 1
+        'cp /etc/hostname $(cat /tmp/dest)', // 5: SC2046 here
+        "'''",
+      ].join('\n') + '\n',
+    );
     const shown = path.relative(process.cwd(), f).startsWith('..') ? f : path.relative(process.cwd(), f);
     const findings = lint([f], undefined, {}).map(formatFinding);
     expect(findings[0]).toBe(`${shown}:2: key "pakages" is unknown (did you mean "packages"?)`);
@@ -256,7 +270,12 @@ describe('lint', () => {
   });
 
   test('the shipped presets are clean (with their variables set)', () => {
-    const env = { MKMA_SSH_USER: 'me', MKMA_SSH_KEY: 'ssh-ed25519 AAAA me@host', MKMA_DESKTOP_USER: 'me', MKMA_DESKTOP_PASSWORD: '$y$j9T$salt$hash' };
+    const env = {
+      MKMA_SSH_USER: 'me',
+      MKMA_SSH_KEY: 'ssh-ed25519 AAAA me@host',
+      MKMA_DESKTOP_USER: 'me',
+      MKMA_DESKTOP_PASSWORD: '$y$j9T$salt$hash',
+    };
     const dirs = ['console', 'ssh-server', 'desktop'].map((d) => path.join(REPO, 'presets', d));
     expect(lint(dirs, undefined, env).map(formatFinding)).toEqual([]);
     expect(lint(dirs, undefined, {}).map((f) => f.message)).toEqual([
@@ -283,15 +302,29 @@ describe('running scripts', () => {
   test('the failure report names the preset, the script line and its TOML line, and the last output', () => {
     const p = { name: '20-ssh.toml', file: '/p/20-ssh.toml', scriptLine: 8 } as Preset;
     const tail = Array.from({ length: 14 }, (_, i) => `line ${i + 1}`);
-    const msg = describeFailure(p, { step: 'script', what: 'the script', code: 1, signal: null, scriptLine: 3, tail }, '/out/.cache/logs/02-20-ssh.toml.log');
-    expect(msg).toBe([
-      'preset 20-ssh.toml: the script failed at line 3 (/p/20-ssh.toml:10), exit status 1',
-      '  last output:',
-      ...tail.slice(-10).map((l) => `    ${l}`),
-      '  full log: /out/.cache/logs/02-20-ssh.toml.log',
-    ].join('\n'));
-    expect(describeFailure(p, { step: 'packages', what: 'apt-get install nope', code: 100, signal: null, scriptLine: null, tail: ['E: Unable to locate package nope'] }))
-      .toBe('preset 20-ssh.toml: apt-get install nope failed (exit status 100)\n  last output:\n    E: Unable to locate package nope');
+    const msg = describeFailure(
+      p,
+      { step: 'script', what: 'the script', code: 1, signal: null, scriptLine: 3, tail },
+      '/out/.cache/logs/02-20-ssh.toml.log',
+    );
+    expect(msg).toBe(
+      [
+        'preset 20-ssh.toml: the script failed at line 3 (/p/20-ssh.toml:10), exit status 1',
+        '  last output:',
+        ...tail.slice(-10).map((l) => `    ${l}`),
+        '  full log: /out/.cache/logs/02-20-ssh.toml.log',
+      ].join('\n'),
+    );
+    expect(
+      describeFailure(p, {
+        step: 'packages',
+        what: 'apt-get install nope',
+        code: 100,
+        signal: null,
+        scriptLine: null,
+        tail: ['E: Unable to locate package nope'],
+      }),
+    ).toBe('preset 20-ssh.toml: apt-get install nope failed (exit status 100)\n  last output:\n    E: Unable to locate package nope');
     expect(errorLine(['x', `${ERROR_MARK}7`, `${ERROR_MARK}9`])).toBe(7);
   });
 

@@ -8,8 +8,11 @@ import * as path from 'node:path';
 import { killProcessGroup } from '../../lib/cleanup.js';
 
 /** The live (not zombie) members of a process group. */
-const members = (pgid: number) => spawnSync('ps', ['-e', '-o', 'pid=,pgid=,stat='], { encoding: 'utf8' }).stdout
-  .split('\n').map((l) => l.trim().split(/\s+/)).filter(([pid, group, stat]) => pid && Number(group) === pgid && !stat.startsWith('Z'));
+const members = (pgid: number) =>
+  spawnSync('ps', ['-e', '-o', 'pid=,pgid=,stat='], { encoding: 'utf8' })
+    .stdout.split('\n')
+    .map((l) => l.trim().split(/\s+/))
+    .filter(([pid, group, stat]) => pid && Number(group) === pgid && !stat.startsWith('Z'));
 
 describe('killProcessGroup', () => {
   test('stops the leader and its children; a trap on TERM runs, an ignored TERM gets KILL', async () => {

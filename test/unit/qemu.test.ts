@@ -1,8 +1,17 @@
 import { describe, expect, test } from '@jest/globals';
 import { pickAccel, AccelError, KVM_DEVICE, type AccelProbe } from '../../qemu/accel.js';
 import {
-  qemuArgs, cleanConsoleLine, phaseTimings, formatTimings, phaseLine, matchesMarker,
-  FAILURE_MARKERS, MULTI_USER_MARKER, PHASE_LINE_RE, escapeOptionValue, QemuError,
+  qemuArgs,
+  cleanConsoleLine,
+  phaseTimings,
+  formatTimings,
+  phaseLine,
+  matchesMarker,
+  FAILURE_MARKERS,
+  MULTI_USER_MARKER,
+  PHASE_LINE_RE,
+  escapeOptionValue,
+  QemuError,
   type QemuArgsOptions,
 } from '../../qemu/run.js';
 import { imagesDiskSize, contentBytes, mke2fsArgs, isCarriedOver, DiskError, PERSISTENCE_HEADROOM_BYTES } from '../../qemu/disk.js';
@@ -12,7 +21,13 @@ const MiB = 1024 * 1024;
 
 function probe(result: boolean): AccelProbe & { asked: string[] } {
   const asked: string[] = [];
-  return { asked, canOpenReadWrite: (p) => { asked.push(p); return result; } };
+  return {
+    asked,
+    canOpenReadWrite: (p) => {
+      asked.push(p);
+      return result;
+    },
+  };
 }
 
 describe('pickAccel', () => {
@@ -81,7 +96,10 @@ describe('qemuArgs', () => {
   });
 
   test('disks are raw virtio drives, read-only on request, commas in paths doubled', () => {
-    const a = qemuArgs({ ...base, disks: [{ path: '/w/disk.img' }, { path: '/w/a,b.img', readonly: true }, { path: '/w/c.img', cache: 'writeback' }] });
+    const a = qemuArgs({
+      ...base,
+      disks: [{ path: '/w/disk.img' }, { path: '/w/a,b.img', readonly: true }, { path: '/w/c.img', cache: 'writeback' }],
+    });
     const drives = a.flatMap((x, i) => (x === '-drive' ? [a[i + 1]] : []));
     expect(drives).toEqual([
       'file=/w/disk.img,format=raw,if=virtio',
@@ -134,7 +152,7 @@ const SAMPLE_LOG = [
   'mkma[40.80]: phase layer-applied persistence.20261122T021500Z.cpio.zst (12 entries, 1 removed)',
   'mkma[40.81]: phase layers-done 1 applied, 0 skipped',
   'mkma[41.20]: phase switch-root /sbin/init',
-  '[   41.733120] systemd[1]: Inserted module \'autofs4\'',
+  "[   41.733120] systemd[1]: Inserted module 'autofs4'",
   '[  OK  ] Reached target multi-user.target - Multi-User System.',
   'MKMA-TEST: multi-user reached uptime=63.80',
   'MKMA-TEST: done',
@@ -149,7 +167,15 @@ describe('phaseTimings', () => {
     expect(t.multiUser).toBe(63.8);
     expect(t.lastKernelTimestamp).toBe(64.5123);
     expect(t.phases.map((p) => p.name)).toEqual([
-      'start', 'modules-loaded', 'device', 'device-found', 'unpack-base', 'base-unpacked', 'layer-applied', 'layers-done', 'switch-root',
+      'start',
+      'modules-loaded',
+      'device',
+      'device-found',
+      'unpack-base',
+      'base-unpacked',
+      'layer-applied',
+      'layers-done',
+      'switch-root',
     ]);
     expect(t.phases[4]).toEqual({ name: 'unpack-base', at: 4.9, text: '64 MiB compressed, 218 MiB unpacked, 10021 entries' });
     expect(t.phases[1].text).toBe('');
@@ -198,7 +224,20 @@ describe('disk sizing and mke2fs arguments', () => {
 
   test('mke2fs populates from a directory, never mounts', () => {
     expect(mke2fsArgs({ file: '/w/d.img', sourceDir: '/w/st', label: 'MKMA', sizeBytes: 70 * MiB })).toEqual([
-      '-q', '-t', 'ext4', '-b', '4096', '-m', '0', '-d', '/w/st', '-L', 'MKMA', '-F', '/w/d.img', '71680k',
+      '-q',
+      '-t',
+      'ext4',
+      '-b',
+      '4096',
+      '-m',
+      '0',
+      '-d',
+      '/w/st',
+      '-L',
+      'MKMA',
+      '-F',
+      '/w/d.img',
+      '71680k',
     ]);
     const u = '0b4f8f1e-64c4-4c5a-9d0e-0d2c7c1a5a11';
     expect(mke2fsArgs({ file: 'f', sourceDir: 'd', label: 'L', uuid: u, sizeBytes: MiB })).toEqual(expect.arrayContaining(['-U', u]));

@@ -9,7 +9,14 @@ import * as path from 'node:path';
 import { configureInputs, mkmaFingerprint, productionDependencyDirs } from '../../builder/configure.js';
 import { chainKeys } from '../../builder/snapshots.js';
 import {
-  changedInputs, decide, digest, fileOptions, statOutput, StageRecords, type StageInputs, type StageRecord,
+  changedInputs,
+  decide,
+  digest,
+  fileOptions,
+  statOutput,
+  StageRecords,
+  type StageInputs,
+  type StageRecord,
 } from '../../builder/stage.js';
 import { WorkingTree } from '../../builder/stages/context.js';
 import { parseConfigText } from '../../config/load.js';
@@ -45,8 +52,14 @@ describe('tree steps (kernel modules, settings, mkma install)', () => {
   test('no record, --rebuild, a replaced or half-changed tree: runs', () => {
     expect(decideStep(inputs, undefined, known)).toEqual({ run: true, reason: 'no record of an earlier run' });
     expect(decideStep(inputs, inputs, { ...known, rebuild: true })).toEqual({ run: true, reason: '--rebuild' });
-    expect(decideStep(inputs, inputs, { ...known, invalid: tree(true, 'a fresh bootstrap').stale })).toEqual({ run: true, reason: 'a fresh bootstrap' });
-    expect(decideStep(inputs, inputs, { ...known, invalid: tree(false).stale })).toEqual({ run: true, reason: 'the tree was left unfinished by an interrupted build' });
+    expect(decideStep(inputs, inputs, { ...known, invalid: tree(true, 'a fresh bootstrap').stale })).toEqual({
+      run: true,
+      reason: 'a fresh bootstrap',
+    });
+    expect(decideStep(inputs, inputs, { ...known, invalid: tree(false).stale })).toEqual({
+      run: true,
+      reason: 'the tree was left unfinished by an interrupted build',
+    });
   });
 
   test('changedInputs lists added, removed and changed names', () => {
@@ -66,7 +79,8 @@ describe('outputs (base, initramfs, kernel)', () => {
   const inputs = { tree: 'T1', level: '3', 'mkma files': '0.1.0 abc' };
   let rec: StageRecord;
   const recorded = (): StageRecord => ({ inputs, file: { ...statOutput(file)!, sha256: 'recorded' } });
-  const decideOutput = (now: StageInputs, before: StageRecord | undefined, o: { rebuild: boolean }) => decide(now, before, fileOptions(file, o.rebuild));
+  const decideOutput = (now: StageInputs, before: StageRecord | undefined, o: { rebuild: boolean }) =>
+    decide(now, before, fileOptions(file, o.rebuild));
   beforeEach(() => {
     fs.writeFileSync(file, 'archive contents');
     rec = recorded();
@@ -162,7 +176,10 @@ describe('the record (OUT/.cache/stages.json)', () => {
 describe("mkma's own files in the image", () => {
   test('production dependencies are what npm ls --omit=dev lists', () => {
     const r = spawnSync('npm', ['ls', '--omit=dev', '--all', '--parseable'], { cwd: REPO, encoding: 'utf8' });
-    const npm = r.stdout.split('\n').filter((d) => d.startsWith(`${REPO}/node_modules/`)).sort();
+    const npm = r.stdout
+      .split('\n')
+      .filter((d) => d.startsWith(`${REPO}/node_modules/`))
+      .sort();
     expect(npm.length).toBeGreaterThan(3);
     expect(productionDependencyDirs(REPO)).toEqual([...new Set(npm)]);
   });

@@ -102,7 +102,7 @@ function makeTree(root: string): void {
   // many small files in nested directories: many 64 KiB shards
   for (let d = 0; d < 12; d++) {
     for (let f = 0; f < 25; f++) {
-      mkfile(root, `many/d${d}/sub/f${f}`, noise(1000 + ((d * 25 + f) * 97) % 9000, d * 100 + f), { mtime: Y2001 + d * 100 + f });
+      mkfile(root, `many/d${d}/sub/f${f}`, noise(1000 + (((d * 25 + f) * 97) % 9000), d * 100 + f), { mtime: Y2001 + d * 100 + f });
     }
   }
   mkfile(root, 'deep/a/b/c/d/e/f/g/h/leaf', 'leaf');
@@ -166,14 +166,16 @@ describe('buildUnpacker', () => {
     expect(contractHeader(changed)).toContain('#define MKMA_UNPACK_OK "fine"');
     // the C has no copy of its own: mkma-unpack.c spells none of the contract's values
     const source = fs.readFileSync(unpackerSource(), 'utf8').replace(/\/\*[\s\S]*?\*\//g, '');
-    for (const v of ['"ok"', '"skip"', '"merge"', 'MKMA-MANIFEST-LEN', '"%xattrs"', 'TRAILER!!!', '0x184d2a5e']) expect(source).not.toContain(v);
+    for (const v of ['"ok"', '"skip"', '"merge"', 'MKMA-MANIFEST-LEN', '"%xattrs"', 'TRAILER!!!', '0x184d2a5e'])
+      expect(source).not.toContain(v);
     const built = buildUnpacker({ cacheDir: path.join(TMP, 'cache-contract'), arch: HOST_ARCH, contract: changed });
     expect(built.path).not.toBeNull();
     const r = spawnSync(built.path!, ['-i', IMAGE], { encoding: 'utf8' });
     // the image's footer tag is the real one, which the changed binary no longer knows
     expect(r.stdout).toBe('bad no manifest at its end (truncated, or not an mkma image)\n');
     const protocolOnly = buildUnpacker({
-      cacheDir: path.join(TMP, 'cache-contract'), arch: HOST_ARCH,
+      cacheDir: path.join(TMP, 'cache-contract'),
+      arch: HOST_ARCH,
       contract: { ...BOOT_CONTRACT, UNPACK_PROTOCOL: { ...BOOT_CONTRACT.UNPACK_PROTOCOL, ok: 'fine' } },
     });
     expect(spawnSync(protocolOnly.path!, ['-i', IMAGE], { encoding: 'utf8' }).stdout).toMatch(/^fine base \d+ \d+ \d+\n$/);
@@ -194,7 +196,11 @@ describe('extraction equals extractImage', () => {
     expect(readManifest(IMAGE).shards.length).toBeGreaterThan(20);
   });
 
-  test.each([['-j1', ['-j', '1']], ['-j4', ['-j', '4']], ['default -j', []]])('%s', (_name, jobs) => {
+  test.each([
+    ['-j1', ['-j', '1']],
+    ['-j4', ['-j', '4']],
+    ['default -j', []],
+  ])('%s', (_name, jobs) => {
     const dest = fresh(`out${jobs.join('')}`);
     const r = unpack([...jobs, IMAGE, dest]);
     expect(r.stderr.toString()).toBe('');
@@ -231,8 +237,14 @@ describe('extraction equals extractImage', () => {
 
   test('GNU cpio archives (512-byte padding after the trailer) on stdin', () => {
     const dest = fresh('gnu');
-    const list = listTree(SRC).filter((p) => p !== '.').map((p) => Buffer.from(p + '\0', 'latin1'));
-    const cpio = execFileSync('cpio', ['-o', '-H', 'newc', '--null', '--quiet'], { cwd: SRC, input: Buffer.concat(list), maxBuffer: 64 << 20 });
+    const list = listTree(SRC)
+      .filter((p) => p !== '.')
+      .map((p) => Buffer.from(p + '\0', 'latin1'));
+    const cpio = execFileSync('cpio', ['-o', '-H', 'newc', '--null', '--quiet'], {
+      cwd: SRC,
+      input: Buffer.concat(list),
+      maxBuffer: 64 << 20,
+    });
     const r = unpack(['-', dest], cpio);
     expect(r.stderr.toString()).toBe('');
     expect(r.status).toBe(0);
@@ -282,8 +294,12 @@ async function writeArchive(file: string, fill: (w: ArchiveWriter) => Promise<vo
   }
 }
 
-const entry = (name: string, mode: number, extra: Partial<EntryHeader> = {}): EntryHeader =>
-  ({ ...H, name: Buffer.from(name, 'latin1'), mode, ...extra });
+const entry = (name: string, mode: number, extra: Partial<EntryHeader> = {}): EntryHeader => ({
+  ...H,
+  name: Buffer.from(name, 'latin1'),
+  mode,
+  ...extra,
+});
 
 describe('hardlinks', () => {
   test('empty hardlinked files stay one inode', async () => {
@@ -387,9 +403,17 @@ describe('hostile and damaged input: exit 1 and one line, never a crash', () => 
 
   test.each([
     ['the manifest cut off', (b: Buffer) => b.subarray(0, b.length - 10), /no manifest at its end/],
-    ['the last shards and the manifest cut off', (b: Buffer, m: { shards: Array<{ offset: number }> }) => b.subarray(0, m.shards[m.shards.length - 2].offset), /no manifest|damaged/],
-    ['data cut out in the middle', (b: Buffer, m: { shards: Array<{ offset: number }> }) =>
-      Buffer.concat([b.subarray(0, m.shards[5].offset), b.subarray(m.shards[6].offset)]), /truncated or damaged/],
+    [
+      'the last shards and the manifest cut off',
+      (b: Buffer, m: { shards: Array<{ offset: number }> }) => b.subarray(0, m.shards[m.shards.length - 2].offset),
+      /no manifest|damaged/,
+    ],
+    [
+      'data cut out in the middle',
+      (b: Buffer, m: { shards: Array<{ offset: number }> }) =>
+        Buffer.concat([b.subarray(0, m.shards[5].offset), b.subarray(m.shards[6].offset)]),
+      /truncated or damaged/,
+    ],
     ['too small', (b: Buffer) => b.subarray(0, 20), /too small/],
     ['not an image', () => Buffer.from('hello world, this is not an mkma image at all, really not\n'), /no manifest/],
   ])('%s', (_what, cut, pattern) => {
@@ -465,7 +489,9 @@ describe('hostile and damaged input: exit 1 and one line, never a crash', () => 
         r = unpack(['-j', String(1 + rnd(3)), file, dest]);
       }
       if (r.signal !== null || (r.status !== 0 && r.status !== 1)) {
-        throw new Error(`iteration ${i}: status ${r.status} signal ${r.signal}: ${r.stderr.toString()} (input sha256 ${createHash('sha256').update(bad).digest('hex')})`);
+        throw new Error(
+          `iteration ${i}: status ${r.status} signal ${r.signal}: ${r.stderr.toString()} (input sha256 ${createHash('sha256').update(bad).digest('hex')})`,
+        );
       }
       outcomes[r.status as 0 | 1]++;
       if (r.status === 1) expect(r.stderr.toString()).toMatch(/^mkma-unpack: [^\n]+\n$/);
@@ -520,7 +546,9 @@ describe('-i (manifest facts) and -l (layers in one process)', () => {
       'ok l3.cpio.zst 1 1',
     ]);
     expect(fs.readFileSync(path.join(tree, 'etc/hostname'), 'utf8')).toBe('layer\n');
-    expect(spawnSync('getfattr', ['-h', '--only-values', '-n', 'user.mkma', path.join(tree, 'etc/hostname')], { encoding: 'utf8' }).stdout).toBe('yes');
+    expect(
+      spawnSync('getfattr', ['-h', '--only-values', '-n', 'user.mkma', path.join(tree, 'etc/hostname')], { encoding: 'utf8' }).stdout,
+    ).toBe('yes');
     expect(fs.existsSync(path.join(tree, 'etc/shadow'))).toBe(false);
     expect(fs.existsSync(path.join(tree, 'new'))).toBe(false);
     expect(fs.existsSync(path.join(tree, 'many'))).toBe(false);

@@ -83,7 +83,11 @@ class Client {
   }
 }
 
-const READ = 0, WRITE = 1, DISC = 2, FLUSH = 3, FUA = 1;
+const READ = 0,
+  WRITE = 1,
+  DISC = 2,
+  FLUSH = 3,
+  FUA = 1;
 
 async function scenario(name: string, keep: number, end: (c: Client) => Promise<void>) {
   const file = path.join(WORK, `${name}.img`);
@@ -106,7 +110,9 @@ async function scenario(name: string, keep: number, end: (c: Client) => Promise<
 
 describe('VolatileDisk', () => {
   test('a power cut loses what was only cached; flushed and FUA writes stay', async () => {
-    const r = await scenario('cut-all', 0, async (c) => { c.sock.destroy(); });
+    const r = await scenario('cut-all', 0, async (c) => {
+      c.sock.destroy();
+    });
     expect(r.at(98, 9)).toBe('..flush..');
     expect(r.at(8192, 3)).toBe('fua');
     expect(r.at(20000, 6)).toBe('......');
@@ -114,7 +120,9 @@ describe('VolatileDisk', () => {
   });
 
   test('a cached page may also have reached the file by the cut (the draw)', async () => {
-    const r = await scenario('cut-kept', 1, async (c) => { c.sock.destroy(); });
+    const r = await scenario('cut-kept', 1, async (c) => {
+      c.sock.destroy();
+    });
     expect(r.at(20000, 6)).toBe('cached');
     expect(r.stats).toMatchObject({ clean: false, lostAtCut: 0, keptAtCut: 1 });
   });
