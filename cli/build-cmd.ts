@@ -1,6 +1,5 @@
 // `mkma build`: checks the command line, the configuration and the presets, then runs the
 // builder (builder/build.ts) and prints what it made and how to boot it.
-import * as os from 'node:os';
 import { EXIT } from '../lib/errors.js';
 import { createReporter, formatBytes } from '../lib/progress.js';
 import { ZSTD_LEVEL } from '../lib/contract.js';
@@ -79,15 +78,8 @@ export async function run(argv: string[]): Promise<number> {
   requireRoot('mkma build');
   // the configuration and every preset are checked (keys, folders, hooks, environment
   // variables) before anything runs; every problem of all of them is reported at once
-  const { loadBuildInputs } = await import('../config/inputs.js');
-  const { config, found, presets } = loadBuildInputs({
-    given: values.config,
-    cwd: process.cwd(),
-    env: process.env,
-    hostname: positionals[0],
-    defaultHostname: os.hostname(),
-    presetArgs: values.preset ?? [],
-  });
+  const { buildInputsFromArgs } = await import('./build-inputs.js');
+  const { config, found, presets } = buildInputsFromArgs(values, positionals[0]);
   const reporter = createReporter({ quiet: !!values.quiet || !!values.json });
   reporter.info(`configuration: ${found.file ?? 'none'} (${found.how})`);
   if (values['install-deps']) installTools(tools, (s) => reporter.info(s), FAST_BOOT_PACKAGES);

@@ -1,7 +1,6 @@
 // `mkma config`: the configuration `mkma build` would use, every value with where it came from
 // (default, mkma.toml and its line, environment variable, command line), and what each preset
 // adds, as text or JSON — mkosi's `summary` for mkma. Reads only: no root needed.
-import * as os from 'node:os';
 import type { Origin } from '../config/load.js';
 import { SETTINGS, tomlLiteral } from '../config/schema.js';
 import type { Preset } from '../config/preset.js';
@@ -67,17 +66,10 @@ function presetSummary(p: Preset) {
 export async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parse(SPEC, argv);
   if (values.help) return printHelp(HELP);
-  const { loadBuildInputs } = await import('../config/inputs.js');
+  const { buildInputsFromArgs } = await import('./build-inputs.js');
   const { describeConfig } = await import('../config/load.js');
   const { displayPath } = await import('../config/preset.js');
-  const inputs = loadBuildInputs({
-    given: values.config,
-    cwd: process.cwd(),
-    env: process.env,
-    hostname: positionals[0],
-    defaultHostname: os.hostname(),
-    presetArgs: values.preset ?? [],
-  });
+  const inputs = buildInputsFromArgs(values, positionals[0]);
   const { config, origins, found } = inputs;
   const presets = inputs.presets.map((p) => ({ ...p, file: displayPath(p.file) }));
   const shown = describeConfig(config);

@@ -8,15 +8,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { generateInit, templatesDir } from '../../init/generate.js';
-import { REPO } from '../helpers/paths.js';
+import { CMDLINE_VECTORS } from '../helpers/cmdline-vectors.js';
 
-interface Vector {
-  title: string;
-  cmdline: string;
-  params: Array<[string, string | null]>;
-}
-const VECTORS = (JSON.parse(fs.readFileSync(path.join(REPO, 'test/fixtures/cmdline-vectors.json'), 'utf8')) as { vectors: Vector[] })
-  .vectors;
+const VECTORS = CMDLINE_VECTORS;
 
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'mkma-init-cmdline-'));
 afterAll(() => fs.rmSync(TMP, { recursive: true, force: true }));

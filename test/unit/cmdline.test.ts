@@ -2,20 +2,12 @@
 // shell parser is held to as well (test/integration/init-cmdline.test.ts), and what
 // `mkma persist` takes from it.
 import { describe, expect, test } from '@jest/globals';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { formatKernelParam, kernelParam, parseKernelParams } from '../../lib/cmdline.js';
 import { kernelCommandLine } from '../../builder/bootentries.js';
 import { parseCmdline, storageProblem } from '../../persist/storage.js';
-import { REPO } from '../helpers/paths.js';
+import { CMDLINE_VECTORS } from '../helpers/cmdline-vectors.js';
 
-interface Vector {
-  title: string;
-  cmdline: string;
-  params: Array<[string, string | null]>;
-}
-const VECTORS = (JSON.parse(fs.readFileSync(path.join(REPO, 'test/fixtures/cmdline-vectors.json'), 'utf8')) as { vectors: Vector[] })
-  .vectors;
+const VECTORS = CMDLINE_VECTORS;
 
 describe("parseKernelParams: the kernel's next_arg", () => {
   test.each(VECTORS.map((v) => [v.title, v] as const))('%s', (_title, v) => {

@@ -1,5 +1,5 @@
 import { describe, expect, test } from '@jest/globals';
-import type { ChangeEntry, ChangeKind, Decision, EntryType, Rule, ScanResult } from '../../persist/model.js';
+import type { ChangeEntry, Decision, Rule, ScanResult } from '../../persist/model.js';
 import { buildTree, filterTree, KEEP_ANCESTOR, KEEP_MATCH, visibleRows } from '../../persist/change-tree.js';
 import {
   computeInclusion,
@@ -14,23 +14,9 @@ import {
 import { explain, rowParts, rowText } from '../../persist/rows.js';
 import { displayPath, textWidth, truncateMiddle } from '../../persist/text.js';
 import { PersistView } from '../../persist/view.js';
+import { changeEntry } from '../helpers/change-entry.js';
 
-function entry(path: string, kind: ChangeKind, type: EntryType = 'file', size = 0, extra: Partial<ChangeEntry> = {}): ChangeEntry {
-  return {
-    path,
-    kind,
-    type,
-    size,
-    totalSize: size,
-    mode: type === 'dir' ? 0o40755 : 0o100644,
-    uid: 0,
-    gid: 0,
-    mtime: 0,
-    xattrs: [],
-    hardlinks: [],
-    ...extra,
-  };
-}
+const entry = changeEntry;
 
 function scanOf(entries: ChangeEntry[]): ScanResult {
   return {

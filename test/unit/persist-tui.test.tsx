@@ -6,24 +6,12 @@ import { cleanup, render } from 'ink-testing-library';
 import stringWidth from 'string-width';
 import type { ChangeEntry, ChangeKind, Decision, EntryType, Rule, ScanResult } from '../../persist/model.js';
 import { PersistApp, type PersistAppProps, type PersistOutcome } from '../../persist/tui.js';
+import { changeEntry } from '../helpers/change-entry.js';
 
 // --- a realistic upperdir after a day of use ------------------------------------------------
 
 function entry(path: string, kind: ChangeKind, type: EntryType = 'file', size = 0, extra: Partial<ChangeEntry> = {}): ChangeEntry {
-  return {
-    path,
-    kind,
-    type,
-    size,
-    totalSize: size,
-    mode: type === 'dir' ? 0o40755 : 0o100644,
-    uid: 0,
-    gid: 0,
-    mtime: 1700000000,
-    xattrs: [],
-    hardlinks: [],
-    ...extra,
-  };
+  return changeEntry(path, kind, type, size, { mtime: 1700000000, ...extra });
 }
 
 const LONG_DIR = 'home/alice/projects/some-really-long-directory-name-for-testing-truncation/another-deeply-nested-folder';
