@@ -524,6 +524,8 @@ describe('small cases', () => {
       saved: true,
       name,
       file: path.join(IMG3, name),
+      // the zstd level the layer was written with (--level 1)
+      level: 1,
       entries: 2,
       bytesIn: out.bytesIn,
       bytesOut: fs.statSync(path.join(IMG3, name)).size,
