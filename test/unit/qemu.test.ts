@@ -11,6 +11,7 @@ import {
   MULTI_USER_MARKER,
   PHASE_LINE_RE,
   escapeOptionValue,
+  emulatorFault,
   QemuError,
   type QemuArgsOptions,
 } from '../../qemu/run.js';
@@ -267,5 +268,22 @@ describe('newestKernelPackage', () => {
     ].join('\n');
     expect(newestKernelPackage(search)).toBe('linux-image-6.1.0-56-amd64');
     expect(newestKernelPackage('')).toBeNull();
+  });
+});
+
+describe("QEMU's TCG fault (a boot retried once)", () => {
+  const oops = [
+    '[    2.409402] sched_clock: Marking stable (2336410225, 70462268)->(2515136526, -108264033)',
+    '[    2.414875] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI',
+    '[    2.415926] RIP: 0010:sched_clock_cpu+0x9/0x1d0',
+    '[    2.420152] Kernel panic - not syncing: Fatal exception in interrupt',
+  ].join('\n');
+  test('an int3 oops before the init ran is the emulator', () => {
+    expect(emulatorFault(oops)).toBe(true);
+  });
+  test('after the init started, or any other failure, it is the image', () => {
+    expect(emulatorFault(`${phaseLine(1.5, 'start')}\n${oops}`)).toBe(false);
+    expect(emulatorFault('[    3.1] Kernel panic - not syncing: VFS: Unable to mount root fs')).toBe(false);
+    expect(emulatorFault('mkma[  4.00]: FATAL storage device LABEL=X did not appear within 3s')).toBe(false);
   });
 });
