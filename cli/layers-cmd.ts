@@ -2,11 +2,11 @@
 // says and (--verify) whether each one's data is intact (format/layer-info.ts).
 import { FILES } from '../lib/contract.js';
 import { EXIT } from '../lib/errors.js';
-import { createReporter, formatBytes } from '../lib/progress.js';
+import { formatBytes } from '../lib/progress.js';
 import type { LayerInfo, LayersListing } from '../format/layer-info.js';
 import { padEnd, textWidth, truncateEnd } from '../persist/text.js';
 import { parse, printHelp, renderHelp, type CommandSpec } from './args.js';
-import { STORAGE_OPTIONS, storageTarget } from './storage-target.js';
+import { readImages, STORAGE_OPTIONS, verifyProgress } from './storage-target.js';
 
 export const SPEC = {
   name: 'layers',
@@ -37,28 +37,15 @@ export async function run(argv: string[]): Promise<number> {
   const { values } = parse(SPEC, argv);
   if (values.help) return printHelp(HELP);
   const { describeLayers } = await import('../format/layer-info.js');
-  const reporter = createReporter({ quiet: !!values.quiet || !!values.json });
-  const target = storageTarget(values, true);
-  let listing: LayersListing;
-  try {
-    for (const w of target.warnings) reporter.warn(w);
-    if (values.verify) {
-      const stage = reporter.stage('verify', target.description);
-      let current = '';
-      listing = await describeLayers(target.imagesDir, {
-        verify: true,
-        onFile: (name, i, n) => (current = `${name} (${i + 1} of ${n})`),
-        onProgress: (done, total) => stage.progress(`${current}: ${formatBytes(done)} of ${formatBytes(total)}`),
-      });
-      stage.done(`${listing.layers.length} layer(s), ${listing.layers.filter((l) => l.problems.length).length} damaged`);
-    } else {
-      listing = await describeLayers(target.imagesDir);
-    }
-  } finally {
-    target.release();
-  }
-  if (values.json) process.stdout.write(JSON.stringify({ images: target.description, ...listing }, null, 2) + '\n');
-  else process.stdout.write(formatLayers(listing, target.description, process.stdout.isTTY ? process.stdout.columns : undefined));
+  const { result: listing, where } = await readImages(values, async (dir, reporter, description) => {
+    if (!values.verify) return describeLayers(dir);
+    const stage = reporter.stage('verify', description);
+    const l = await describeLayers(dir, { verify: true, ...verifyProgress(stage) });
+    stage.done(`${l.layers.length} layer(s), ${l.layers.filter((x) => x.problems.length).length} damaged`);
+    return l;
+  });
+  if (values.json) process.stdout.write(JSON.stringify({ images: where, ...listing }, null, 2) + '\n');
+  else process.stdout.write(formatLayers(listing, where, process.stdout.isTTY ? process.stdout.columns : undefined));
   return listing.layers.some((l) => l.problems.length) ? EXIT.failed : EXIT.ok;
 }
 

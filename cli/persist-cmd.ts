@@ -21,7 +21,7 @@ import { FILES, ZSTD_LEVEL } from '../lib/contract.js';
 import { readManifest } from '../format/reader.js';
 import * as path from 'node:path';
 import { createReporter, formatBytes, type Reporter } from '../lib/progress.js';
-import { storageTarget } from './storage-target.js';
+import { DEVICE_OPTION, storageTarget } from './storage-target.js';
 
 export const SPEC = {
   name: 'persist',
@@ -44,13 +44,7 @@ matches a path or one of its directories decides ("!" includes again); see mkma-
     { long: 'rules', value: 'FILE', complete: 'file', help: `rules file (default ${DEFAULT_RULES_PATH}; missing = defaults only)` },
     { long: 'upper', value: 'DIR', complete: 'dir', help: `upperdir to save (default ${DEFAULT_UPPER})` },
     { long: 'lower', value: 'DIR', complete: 'dir', help: `the tree below it, to tell new from modified (default ${DEFAULT_LOWER})` },
-    {
-      long: 'device',
-      value: 'DEV',
-      complete: 'file',
-      help: `storage device (/dev/…, UUID=…, LABEL=…, PARTUUID=…); default: the one
-the system booted from (mkma_storage_device= on the kernel command line)`,
-    },
+    DEVICE_OPTION,
     {
       long: 'path',
       value: 'PATH',

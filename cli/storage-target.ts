@@ -2,6 +2,7 @@
 // booted system the storage the init used (the kernel command line, else the init's boot.env),
 // exactly as `mkma persist` finds it (persist/storage.ts).
 import * as fs from 'node:fs';
+import { createReporter, formatBytes, type Reporter, type Stage } from '../lib/progress.js';
 import { BOOT_ENV_PATH, resolveTarget, type Target } from '../persist/storage.js';
 
 function readIf(file: string): string | undefined {
@@ -23,15 +24,18 @@ export function storageTarget(values: { device?: string; path?: string }, readOn
   });
 }
 
+/** --device: the storage device (every command that finds the storage). */
+export const DEVICE_OPTION = {
+  long: 'device',
+  value: 'DEV',
+  complete: 'file',
+  help: `storage device (/dev/…, UUID=…, LABEL=…, PARTUUID=…); default: the one
+the system booted from (mkma_storage_device= on the kernel command line)`,
+} as const;
+
 /** The --device and --path options of the commands that read the images (as persist finds them). */
 export const STORAGE_OPTIONS = [
-  {
-    long: 'device',
-    value: 'DEV',
-    complete: 'file',
-    help: `storage device (/dev/…, UUID=…, LABEL=…, PARTUUID=…); default: the one
-the system booted from (mkma_storage_device= on the kernel command line)`,
-  },
+  DEVICE_OPTION,
   {
     long: 'path',
     value: 'PATH',
@@ -39,3 +43,39 @@ the system booted from (mkma_storage_device= on the kernel command line)`,
     help: 'with --device: the images directory on it; alone: an images directory\n(e.g. the output directory of mkma build)',
   },
 ] as const;
+
+/**
+ * Runs `work` on the images directory the options name (found read-only), with a reporter
+ * (quiet with --quiet or --json), and releases the storage after, whatever happens.
+ */
+export async function readImages<T>(
+  values: { device?: string; path?: string; quiet?: boolean; json?: boolean },
+  work: (imagesDir: string, reporter: Reporter, where: string) => Promise<T>,
+): Promise<{ result: T; where: string }> {
+  const reporter = createReporter({ quiet: !!values.quiet || !!values.json });
+  const target = storageTarget(values, true);
+  try {
+    for (const w of target.warnings) reporter.warn(w);
+    return { result: await work(target.imagesDir, reporter, target.description), where: target.description };
+  } finally {
+    target.release();
+  }
+}
+
+/** Data bytes from which a file's hashing gets a progress line. */
+const PROGRESS_FROM = 32 << 20;
+
+/** Progress of a verification on `stage`: which file, and how much of a large one is read. */
+export function verifyProgress(stage: Stage): {
+  onFile: (name: string, index: number, count: number) => void;
+  onProgress: (done: number, total: number) => void;
+} {
+  let current = '';
+  return {
+    onFile: (name, i, n) => (current = `${name} (${i + 1} of ${n})`),
+    onProgress: (done, total) => {
+      if (total >= PROGRESS_FROM)
+        stage.progress(`${current}: ${formatBytes(done)} of ${formatBytes(total)} (${Math.floor((done / total) * 100)}%)`);
+    },
+  };
+}

@@ -3,10 +3,10 @@
 import * as path from 'node:path';
 import { FILES } from '../lib/contract.js';
 import { EXIT } from '../lib/errors.js';
-import { createReporter, formatBytes } from '../lib/progress.js';
+import { formatBytes } from '../lib/progress.js';
 import type { ImageCheck, ImagesCheck } from '../format/verify.js';
 import { parse, printHelp, renderHelp, type CommandSpec } from './args.js';
-import { STORAGE_OPTIONS, storageTarget } from './storage-target.js';
+import { readImages, STORAGE_OPTIONS, verifyProgress } from './storage-target.js';
 
 export const SPEC = {
   name: 'verify',
@@ -28,32 +28,17 @@ what is wrong), 2 bad arguments, 3 the storage cannot be found or mounted.`,
 
 export const HELP = renderHelp(SPEC);
 
-/** Data bytes from which a file gets a progress line of its own. */
-const PROGRESS_FROM = 32 << 20;
-
 export async function run(argv: string[]): Promise<number> {
   const { values } = parse(SPEC, argv);
   if (values.help) return printHelp(HELP);
   const { verifyImages } = await import('../format/verify.js');
-  const reporter = createReporter({ quiet: !!values.quiet || !!values.json });
-  const target = storageTarget(values, true);
-  let report: ImagesCheck;
-  try {
-    for (const w of target.warnings) reporter.warn(w);
-    const stage = reporter.stage('verify', target.description);
-    let current = '';
-    report = await verifyImages(target.imagesDir, {
-      onFile: (name, i, n) => (current = `${name} (${i + 1} of ${n})`),
-      onProgress: (done, total) => {
-        if (total >= PROGRESS_FROM)
-          stage.progress(`${current}: ${formatBytes(done)} of ${formatBytes(total)} (${Math.floor((done / total) * 100)}%)`);
-      },
-    });
-    const all = [report.base, ...report.layers];
+  const { result: report, where } = await readImages(values, async (dir, reporter, description) => {
+    const stage = reporter.stage('verify', description);
+    const r = await verifyImages(dir, verifyProgress(stage));
+    const all = [r.base, ...r.layers];
     stage.done(`${all.length} image(s), ${all.filter((c) => c.problems.length).length} damaged`);
-  } finally {
-    target.release();
-  }
+    return r;
+  });
   const bad = [report.base, ...report.layers].filter((c) => c.problems.length);
   if (values.json) {
     const file = (c: ImageCheck) => ({
@@ -63,7 +48,7 @@ export async function run(argv: string[]): Promise<number> {
       bytes: c.fileBytes,
       problems: c.problems,
     });
-    const out = { images: target.description, ok: !bad.length, files: [report.base, ...report.layers].map(file), ignored: report.ignored };
+    const out = { images: where, ok: !bad.length, files: [report.base, ...report.layers].map(file), ignored: report.ignored };
     process.stdout.write(JSON.stringify(out, null, 2) + '\n');
   } else {
     process.stdout.write(formatVerify(report));
