@@ -12,7 +12,7 @@ import {
 } from '../persist/model.js';
 import { appendRules, dpkgWarnings, loadRules, parsePattern, ruleDecider, rulesFromOverrides } from '../persist/rules.js';
 import { scanUpper } from '../persist/scan.js';
-import { BOOT_ENV_PATH, resolveTarget, type Target } from '../persist/storage.js';
+import type { Target } from '../persist/storage.js';
 import type { LayerPlan, WriteLayerResult } from '../persist/write.js';
 import { interceptSignals } from '../lib/cleanup.js';
 import { EnvironmentError, EXIT, MkmaError, UsageError } from '../lib/errors.js';
@@ -21,6 +21,7 @@ import { FILES, ZSTD_LEVEL } from '../lib/contract.js';
 import { readManifest } from '../format/reader.js';
 import * as path from 'node:path';
 import { createReporter, formatBytes, type Reporter } from '../lib/progress.js';
+import { DEVICE_OPTION, storageTarget } from './storage-target.js';
 
 export const SPEC = {
   name: 'persist',
@@ -43,13 +44,7 @@ matches a path or one of its directories decides ("!" includes again); see mkma-
     { long: 'rules', value: 'FILE', complete: 'file', help: `rules file (default ${DEFAULT_RULES_PATH}; missing = defaults only)` },
     { long: 'upper', value: 'DIR', complete: 'dir', help: `upperdir to save (default ${DEFAULT_UPPER})` },
     { long: 'lower', value: 'DIR', complete: 'dir', help: `the tree below it, to tell new from modified (default ${DEFAULT_LOWER})` },
-    {
-      long: 'device',
-      value: 'DEV',
-      complete: 'file',
-      help: `storage device (/dev/…, UUID=…, LABEL=…, PARTUUID=…); default: the one
-the system booted from (mkma_storage_device= on the kernel command line)`,
-    },
+    DEVICE_OPTION,
     {
       long: 'path',
       value: 'PATH',
@@ -121,14 +116,6 @@ function layerLevel(given: { level: number; from: string } | null, imagesDir: st
     /* no readable base there: the target's own warning says so */
   }
   return { level: ZSTD_LEVEL.default, from: 'the default' };
-}
-
-function readIf(file: string): string | undefined {
-  try {
-    return fs.readFileSync(file, 'utf8');
-  } catch {
-    return undefined;
-  }
 }
 
 interface Totals {
@@ -210,7 +197,15 @@ export async function run(argv: string[]): Promise<number> {
   stage.done(`${scan.stats.entries} entries, ${formatBytes(scan.stats.bytes)}`);
   const decideRule = ruleDecider(rules);
 
-  if (!yes && !dryRun) return runTui({ scan, decideRule, upper, lower, rulesFile, rules, values, level });
+  if (!yes && !dryRun) {
+    // nothing changed at all: no UI to choose from nothing (changes left out by the rules are
+    // shown in the UI: the owner may include them there)
+    if (!scan.entries.some((e) => e.kind !== 'container')) {
+      process.stdout.write(`mkma: nothing to save (no changes since boot)\n`);
+      return EXIT.ok;
+    }
+    return runTui({ scan, decideRule, upper, lower, rulesFile, rules, values, level });
+  }
 
   const decisions = scan.entries.map(decideRule);
   const warnings = dpkgWarnings(scan.entries, decisions);
@@ -228,22 +223,19 @@ export async function run(argv: string[]): Promise<number> {
     if (decisions[i].included) includedSet.add(e);
   });
   const include = (e: ChangeEntry) => includedSet.has(e);
-  const { planLayer, writeLayer } = await writeModule!;
+  const { nothingToSave, planLayer, writeLayer } = await writeModule!;
   const plan = planLayer(scan, include);
-  if (plan.changes === 0) {
+  const nothing = nothingToSave(plan, totals.changes, 'the rules');
+  if (nothing) {
     if (json)
       process.stdout.write(
-        JSON.stringify({ saved: false, reason: 'nothing to save', totals, skipped: scan.skipped, warnings }, null, 2) + '\n',
+        JSON.stringify({ saved: false, reason: 'nothing to save', detail: nothing, totals, skipped: scan.skipped, warnings }, null, 2) +
+          '\n',
       );
-    else process.stdout.write(`mkma: nothing to save (${totals.changes} change(s), all left out by the rules)\n`);
+    else process.stdout.write(`mkma: nothing to save (${nothing})\n`);
     return EXIT.ok;
   }
-  const target = resolveTarget({
-    device: values.device,
-    path: values.path,
-    cmdline: readIf('/proc/cmdline') ?? '',
-    bootEnv: readIf(BOOT_ENV_PATH),
-  });
+  const target = storageTarget(values);
   let result: WriteLayerResult;
   let lv: { level: number; from: string };
   try {
@@ -413,12 +405,7 @@ async function runTui(o: {
     saveRules: (lines) => appendRules(o.rulesFile, lines, `added by mkma persist on ${new Date().toISOString()}`),
     rulesFromOverrides,
     onConfirm: async (include) => {
-      const target = resolveTarget({
-        device: o.values.device,
-        path: o.values.path,
-        cmdline: readIf('/proc/cmdline') ?? '',
-        bootEnv: readIf(BOOT_ENV_PATH),
-      });
+      const target = storageTarget(o.values);
       try {
         const r = await writeLayer({
           upper: o.upper,

@@ -10,8 +10,9 @@ import * as path from 'node:path';
 import { UNPACK_EXIT, UNPACK_PROTOCOL } from '../lib/contract.js';
 import { runSync } from '../lib/run.js';
 import { escapeXattrPath, isSafeRel, type Manifest, type XattrRecord } from './manifest.js';
-import { BASE_NAME, LAYER_PREFIX, sortLayerNames } from './names.js';
-import { extractImage, notRegularFiles, readManifest, setDirMeta, type ExtractProgress } from './reader.js';
+import { listImages } from './images.js';
+import { BASE_NAME } from './names.js';
+import { extractImage, readManifest, setDirMeta, type ExtractProgress } from './reader.js';
 
 const toBuf = (s: string) => Buffer.from(s, 'latin1');
 
@@ -163,13 +164,11 @@ export async function unpackImages(
   const manifest = readManifest(basePath);
   if (manifest.kind !== 'base') throw new Error(`${basePath} is not a base image (kind ${manifest.kind})`);
   fs.mkdirSync(into, { recursive: true });
-  const all = fs.readdirSync(imagesDir);
-  const named = sortLayerNames(all);
   // a FIFO or a directory named like a layer: never opened (a FIFO would block)
-  const odd = new Set(notRegularFiles(imagesDir, named));
-  const layers = named.filter((n) => !odd.has(n));
-  const ignored = all.filter((n) => n.startsWith(LAYER_PREFIX) && !layers.includes(n));
-  const warnings = ignored.map((n) => `ignoring ${n}: ${odd.has(n) ? 'not a regular file' : 'not a layer name'}`);
+  const listing = listImages(imagesDir);
+  const layers = listing.layers;
+  const ignored = listing.ignored.map((i) => i.name);
+  const warnings = listing.ignored.map((i) => `ignoring ${i.name}: ${i.reason}`);
   const stage = path.join(path.dirname(path.resolve(into)), `.${path.basename(into)}.mkma-stage`);
   if (unpacker) {
     const baseWarnings = unpackBaseNative(unpacker, basePath, into);

@@ -41,3 +41,15 @@ export function layerNameFor(date: Date, suffix = ''): string {
   const stamp = iso.slice(0, 19).replace(/[-:]/g, '') + 'Z';
   return `${LAYER_PREFIX}${stamp}${suffix}${LAYER_SUFFIX}`;
 }
+
+/**
+ * The UTC time in a name layerNameFor made (`persistence.20261122T021500Z[-N].cpio.zst` →
+ * 2026-11-22T02:15:00Z), or null for any other name (older names, hand-made ones).
+ */
+export function createdFromName(fileName: string): string | null {
+  const id = layerId(fileName);
+  const m = id && /^([0-9]{4})([0-9]{2})([0-9]{2})T([0-9]{2})([0-9]{2})([0-9]{2})Z(?:-[0-9]+)?$/.exec(id);
+  if (!m) return null;
+  const iso = `${m[1]}-${m[2]}-${m[3]}T${m[4]}:${m[5]}:${m[6]}Z`;
+  return Number.isNaN(Date.parse(iso)) ? null : iso;
+}

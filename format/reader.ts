@@ -28,7 +28,24 @@ export function openImage(file: string): number {
   return fd;
 }
 
+/** The manifest, checked (docs/FORMAT.md "The file" and "The manifest"), its shard table too. */
 export function readManifest(file: string): Manifest {
+  const m = readManifestFrame(file);
+  try {
+    checkShards(m);
+  } catch (e) {
+    if (e instanceof ManifestError) throw new ManifestError(`${file}: ${e.message}`);
+    throw e;
+  }
+  return m;
+}
+
+/**
+ * The manifest frame at the end of `file` and its body, checked, with `data_bytes` against
+ * the file's size; the shard table is not checked (readManifest does both; `mkma verify`
+ * reports the two apart).
+ */
+export function readManifestFrame(file: string): Manifest {
   const fd = openImage(file);
   try {
     const size = fs.fstatSync(fd).size;
@@ -49,7 +66,6 @@ export function readManifest(file: string): Manifest {
     if (m.dataBytes !== frameStart) {
       throw new ManifestError(`${file}: data is ${frameStart} bytes but the manifest says ${m.dataBytes} (truncated or damaged)`);
     }
-    checkShards(m);
     return m;
   } catch (e) {
     if (e instanceof ManifestError && !e.message.startsWith(file)) throw new ManifestError(`${file}: ${e.message}`);

@@ -45,6 +45,11 @@ export interface TargetOptions {
   bootEnv?: string;
   /** where temporary mount points are made (default: os.tmpdir()) */
   mountBase?: string;
+  /**
+   * Only reading (`mkma verify`, `mkma layers`): any mount that covers the images directory,
+   * read-only too, is used as it is; else the device is mounted read-only.
+   */
+  readOnly?: boolean;
 }
 
 export interface BootLocation {
@@ -189,9 +194,10 @@ export function resolveTarget(opts: TargetOptions): Target {
       throw new UsageError(`--path ${opts.path}: no such directory`);
     }
     if (!st.isDirectory()) throw new UsageError(`--path ${opts.path} is not a directory`);
-    const warnings = fs.existsSync(path.join(dir, BASE_NAME))
-      ? []
-      : [`${dir} holds no ${BASE_NAME}: the layer is written there, but nothing will boot it from there`];
+    const warnings =
+      opts.readOnly || fs.existsSync(path.join(dir, BASE_NAME))
+        ? []
+        : [`${dir} holds no ${BASE_NAME}: the layer is written there, but nothing will boot it from there`];
     return { imagesDir: dir, description: dir, warnings, release: noRelease };
   }
   const fromCmdline = parseCmdline(opts.cmdline);
@@ -233,7 +239,7 @@ export function resolveTarget(opts: TargetOptions): Target {
     }
   };
 
-  const rw = mounts.find((m) => !m.readOnly && covers(m));
+  const rw = mounts.find((m) => (opts.readOnly || !m.readOnly) && covers(m));
   if (rw) {
     const rel = rw.root === '/' ? imagesPath : imagesPath.slice(rw.root.length);
     const dir = path.join(rw.mountPoint, rel);
@@ -245,7 +251,7 @@ export function resolveTarget(opts: TargetOptions): Target {
       release: noRelease,
     };
   }
-  if (mounts.length && mounts.every((m) => m.readOnly)) {
+  if (!opts.readOnly && mounts.length && mounts.every((m) => m.readOnly)) {
     const at = mounts.map((m) => m.mountPoint).join(', ');
     throw new EnvironmentError(
       `${dev} is mounted read-only at ${at}. mkma persist does not make someone else's read-only mount writable; ` +
@@ -257,10 +263,10 @@ export function resolveTarget(opts: TargetOptions): Target {
   // own (mkdtemp: a fresh name, mode 0700), for the duration of the write.
   const base = opts.mountBase ?? os.tmpdir();
   const mp = fs.mkdtempSync(path.join(base, 'mkma-storage-'));
-  const m = run('mount', ['-o', 'rw,nosuid,nodev,noexec', dev, mp]);
+  const m = run('mount', ['-o', `${opts.readOnly ? 'ro' : 'rw'},nosuid,nodev,noexec`, dev, mp]);
   if (!m.ok) {
     fs.rmdirSync(mp);
-    throw new EnvironmentError(`cannot mount ${dev} read-write: ${m.err}`);
+    throw new EnvironmentError(`cannot mount ${dev} ${opts.readOnly ? 'read-only' : 'read-write'}: ${m.err}`);
   }
   let released = false;
   const release = () => {
@@ -281,7 +287,8 @@ export function resolveTarget(opts: TargetOptions): Target {
   try {
     const dir = path.join(mp, imagesPath);
     checkDir(dir, dev);
-    return { imagesDir: dir, description: `${dev}:${imagesPath} (mounted at ${mp} while writing)`, warnings: [], release };
+    const during = opts.readOnly ? 'read-only, while reading' : 'while writing';
+    return { imagesDir: dir, description: `${dev}:${imagesPath} (mounted at ${mp} ${during})`, warnings: [], release };
   } catch (e) {
     release();
     throw e;

@@ -168,10 +168,18 @@ export function PersistApp(props: PersistAppProps) {
   const statusHeight = Math.max(1, Math.min(statusLines.length, 4));
   const bodyHeight = Math.max(1, height - 1 - 2 - statusHeight);
 
-  const startConfirm = () => {
+  /** The confirmation; or, when nothing is chosen, why there is nothing to save (true: a message was set). */
+  const startConfirm = (): boolean => {
     const summary = view.summary();
+    // a persist with nothing to save writes nothing (an empty layer would be a file and a
+    // boot step for no change): say so instead of asking
+    if (summary.changes === 0) {
+      setMessage(['nothing to save: no change is chosen, so no layer is written']);
+      return true;
+    }
     setMessage(null);
     setMode({ name: 'confirm', summary });
+    return false;
   };
 
   const write = async (summary: Summary) => {
@@ -252,7 +260,9 @@ export function PersistApp(props: PersistAppProps) {
             said = true;
             setMessage(rulesToSave());
           },
-          confirm: startConfirm,
+          confirm: () => {
+            said = startConfirm();
+          },
         },
         input,
       );

@@ -23,6 +23,8 @@ export const SPACE_MARGIN = 16 << 20;
 
 export class PersistBusyError extends MkmaError {}
 export class NoSpaceError extends MkmaError {}
+/** writeLayer was given a plan that saves nothing: no (empty) layer is ever written. */
+export class NothingToSaveError extends MkmaError {}
 
 export interface LayerPlan {
   /** entries that go into the archive, in scan order (included changes + their parent directories) */
@@ -70,6 +72,16 @@ export function planLayer(scan: ScanResult, include: (e: ChangeEntry) => boolean
   let bytes = 0;
   for (const e of write) if (e.type === 'file' || e.type === 'symlink') bytes += e.size;
   return { write, deleted, opaque, changes, bytes };
+}
+
+/**
+ * Why a plan saves nothing, or null when it saves something. A persist with nothing to save
+ * writes nothing (an empty layer would cost a file and a boot step for no change) and says
+ * why: `changes` is the count of changes found, `leftOutBy` what left them out.
+ */
+export function nothingToSave(plan: Pick<LayerPlan, 'changes'>, changes: number, leftOutBy: 'the rules' | 'your choices'): string | null {
+  if (plan.changes > 0) return null;
+  return changes === 0 ? 'no changes since boot' : `${changes} change(s), all left out by ${leftOutBy}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -283,6 +295,7 @@ type StatLike = Pick<fs.Stats, 'mode' | 'uid' | 'gid' | 'size' | 'mtimeMs' | 'nl
 
 export async function writeLayer(opts: WriteLayerOptions): Promise<WriteLayerResult> {
   const plan = opts.plan ?? planLayer(opts.scan, opts.include);
+  if (plan.changes === 0) throw new NothingToSaveError('nothing to save: no change is chosen (no layer was written)');
   const release = acquireLock(opts.imagesDir);
   let writer: ArchiveWriter | null = null;
   try {

@@ -511,6 +511,29 @@ describe('small cases', () => {
     expect(fs.readdirSync(IMG3)).toEqual(['base.cpio.zst']);
   });
 
+  test('a real overlay with nothing left in its upperdir: nothing written, said so, exit 0', () => {
+    const o = path.join(T, 'nothing');
+    for (const d of ['lower', 'upper', 'work', 'merged']) fs.mkdirSync(path.join(o, d), { recursive: true });
+    put(path.join(o, 'lower'), 'etc/hostname', 'tiny\n');
+    const merged = path.join(o, 'merged');
+    mount(
+      ['-t', 'overlay', 'overlay', '-o', `lowerdir=${o}/lower,upperdir=${o}/upper,workdir=${o}/work,redirect_dir=off,metacopy=off`],
+      merged,
+    );
+    // a file made and removed again: overlayfs leaves nothing of it in the upperdir
+    put(merged, 'scratch', 'gone soon');
+    fs.rmSync(path.join(merged, 'scratch'));
+    const before = fs.readdirSync(IMG3).map((n) => [n, fs.statSync(path.join(IMG3, n)).mtimeMs]);
+    const r = persist(['--yes', '--upper', path.join(o, 'upper'), '--lower', path.join(o, 'lower'), '--path', IMG3]);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toBe('mkma: nothing to save (no changes since boot)\n');
+    const j = persist(['--yes', '--json', '--upper', path.join(o, 'upper'), '--lower', path.join(o, 'lower'), '--path', IMG3]);
+    expect(j.status).toBe(0);
+    expect(JSON.parse(j.stdout)).toMatchObject({ saved: false, reason: 'nothing to save', detail: 'no changes since boot' });
+    // the images directory is unchanged: no layer, no lock file, the base untouched
+    expect(fs.readdirSync(IMG3).map((n) => [n, fs.statSync(path.join(IMG3, n)).mtimeMs])).toEqual(before);
+  });
+
   test('--yes --json: the result as JSON', () => {
     const up = path.join(T, 'upper-json');
     put(up, 'etc/a', 'abc');

@@ -26,7 +26,17 @@ describe('mkma --help', () => {
     expect(await main(['--help'])).toBe(0);
     for (const [name, c] of Object.entries(COMMANDS))
       expect(out).toMatch(new RegExp(`^  ${name} +${c.summary.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'));
-    expect(Object.keys(COMMANDS).sort()).toEqual(['build', 'completion', 'config', 'lint', 'persist', 'qemu', 'unpack']);
+    expect(Object.keys(COMMANDS).sort()).toEqual([
+      'build',
+      'completion',
+      'config',
+      'layers',
+      'lint',
+      'persist',
+      'qemu',
+      'unpack',
+      'verify',
+    ]);
   });
 
   test.each(Object.keys(COMMANDS))("%s: --help and `mkma help` print the command's own text", async (name) => {
@@ -56,7 +66,7 @@ describe('errors', () => {
   test('an unknown command is a usage error (exit 2) naming the commands', async () => {
     expect(await main(['frobnicate'])).toBe(2);
     expect(err).toBe(
-      'mkma: unknown command "frobnicate"; commands: build, qemu, unpack, persist, lint, config, completion (mkma --help)\n',
+      'mkma: unknown command "frobnicate"; commands: build, qemu, unpack, persist, layers, verify, lint, config, completion (mkma --help)\n',
     );
   });
 

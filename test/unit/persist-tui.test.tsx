@@ -372,6 +372,19 @@ describe('PersistApp', () => {
     expect(t.frame()).toContain('space toggle');
   });
 
+  test('nothing chosen: Enter says there is nothing to save, asks nothing and writes nothing', async () => {
+    const t = setup({ decideRule: (): Decision => ({ included: false, rule: null }) });
+    await t.press(KEY.enter);
+    expect(t.frame()).not.toContain('Save a new persistence layer');
+    expect(t.frame()).toContain('nothing to save: no change is chosen, so no layer is written');
+    await t.press('y');
+    await sleep(30);
+    expect(t.onConfirm).not.toHaveBeenCalled();
+    await t.press('q');
+    expect(t.outcome).toEqual(['cancelled']);
+    t.app.unmount();
+  });
+
   test('q and Ctrl-C quit with "cancelled"', async () => {
     const t = setup();
     await t.press('q');

@@ -1,0 +1,31 @@
+// What an images directory holds, as the boot sees it: base.cpio.zst and the layers in the
+// order the init applies them (format/names.ts: natural order of the names; the init's
+// sort_layers is its shell sibling), and the files named like layers that are never applied.
+// One listing for `mkma unpack` (format/apply.ts), `mkma verify` and `mkma layers`.
+import * as fs from 'node:fs';
+import { LAYER_PREFIX, sortLayerNames } from './names.js';
+import { notRegularFiles } from './reader.js';
+
+export interface IgnoredImage {
+  name: string;
+  reason: 'not a regular file' | 'not a layer name';
+}
+
+export interface ImagesListing {
+  /** layer file names in boot order (regular files only) */
+  layers: string[];
+  /** entries that start like a layer but are never applied, with why */
+  ignored: IgnoredImage[];
+}
+
+/** The layers of `imagesDir` in boot order, and what the boot ignores (a FIFO is never opened). */
+export function listImages(imagesDir: string): ImagesListing {
+  const all = fs.readdirSync(imagesDir);
+  const named = sortLayerNames(all);
+  const odd = new Set(notRegularFiles(imagesDir, named));
+  const layers = named.filter((n) => !odd.has(n));
+  const ignored = all
+    .filter((n) => n.startsWith(LAYER_PREFIX) && !layers.includes(n))
+    .map((name): IgnoredImage => ({ name, reason: odd.has(name) ? 'not a regular file' : 'not a layer name' }));
+  return { layers, ignored };
+}
