@@ -11,6 +11,7 @@ import {
   type ScanResult,
 } from '../persist/model.js';
 import { appendRules, dpkgWarnings, loadRules, parsePattern, ruleDecider, rulesFromOverrides } from '../persist/rules.js';
+import { KIND_LEGEND, KIND_MARK } from '../persist/rows.js';
 import { scanUpper } from '../persist/scan.js';
 import { BOOT_ENV_PATH, resolveTarget, type Target } from '../persist/storage.js';
 import type { LayerPlan, WriteLayerResult } from '../persist/write.js';
@@ -68,8 +69,8 @@ base.cpio.zst was built with, else ${ZSTD_LEVEL.default})`,
   sections: [
     [
       'Kinds',
-      `  A added, M modified, m metadata only (chmod/chown/touch), D deleted, R replaced
-  directory (its old contents are dropped).`,
+      KIND_LEGEND.map((k) => `  ${k.mark}  ${k.means}`).join('\n') +
+        '\n\nIn the terminal UI, F1 (or H) lists the keys, and what [x], [ ] and [~] mean.',
     ],
   ],
   exitStatus: `0 saved (or nothing to save, or dry run), 1 failed (nothing was written), 2 bad
@@ -78,8 +79,6 @@ arguments or no terminal without --yes, 3 not root or missing tools.`,
 } as const satisfies CommandSpec;
 
 export const HELP = renderHelp(SPEC);
-
-const KIND_LETTER: Record<string, string> = { added: 'A', modified: 'M', metadata: 'm', deleted: 'D', replaced: 'R', container: ' ' };
 
 /** A raw (latin1) path for people: UTF-8 when it is, control bytes as \\ooo. */
 export function showPath(raw: string): string {
@@ -368,7 +367,7 @@ function printDryRun(scan: ScanResult, decisions: Decision[], totals: Totals, wa
     const d = decisions[i];
     if (d.included) {
       const size = e.type === 'file' || e.type === 'symlink' ? formatBytes(e.size) : '-';
-      lines.push(`${KIND_LETTER[e.kind]} ${size.padStart(10)}  ${showPath(e.path)}${e.type === 'dir' ? '/' : ''}`);
+      lines.push(`${KIND_MARK[e.kind]} ${size.padStart(10)}  ${showPath(e.path)}${e.type === 'dir' ? '/' : ''}`);
     } else if (d.rule) {
       const k = `${d.rule.source} ${d.rule.pattern}`;
       const g = byRule.get(k) ?? { rule: d.rule, n: 0, bytes: 0 };

@@ -9,7 +9,8 @@ import { memo, type ReactElement } from 'react';
 import { Text } from 'ink';
 import { formatBytes } from '../lib/progress.js';
 import { totals, type Summary } from './inclusion.js';
-import { rowText, type RowParts } from './rows.js';
+import { footerLine, LIST_KEYS, MOVE_KEYS, SEARCH_KEYS } from './keys.js';
+import { KIND_LEGEND, MARK_LEGEND, rowText, type RowParts } from './rows.js';
 import { displayPath, fitLine, textWidth, truncateMiddle } from './text.js';
 import type { PersistView } from './view.js';
 
@@ -22,18 +23,28 @@ export type Mode =
   | { name: 'rules'; lines: string[]; busy: boolean }
   | { name: 'confirm'; summary: Summary }
   | { name: 'writing'; summary: Summary }
-  | { name: 'result'; result: WriteResult };
+  | { name: 'result'; result: WriteResult }
+  /** the key help and the legend (from the list), scrolled to line `top` */
+  | { name: 'help'; top: number }
+  /** q or Ctrl-C with choices not saved: asks first */
+  | { name: 'quit'; choices: number };
 
-const KIND_COLOR: Record<string, string> = { A: 'green', M: 'yellow', m: 'cyan', D: 'red', R: 'magenta' };
+/** NO_COLOR (any non-empty value, no-color.org): no colour anywhere; bold and inverse stay. */
+export function colourOff(): boolean {
+  return !!process.env.NO_COLOR;
+}
+
+const KIND_COLOR: Record<string, string> = { A: 'green', M: 'yellow', P: 'cyan', D: 'red', R: 'magenta' };
 
 export const Row = memo(
   function Row({ p }: { p: RowParts }) {
-    const dim = p.state === 'none';
+    const colour = !colourOff();
+    const dim = colour && p.state === 'none';
     return (
       <Text wrap="truncate" inverse={p.pointer === '>'} dimColor={dim}>
         {p.pointer} {p.indent}
-        {p.fold} <Text color={p.state === 'partial' ? 'yellow' : undefined}>{p.mark}</Text> <Text color={KIND_COLOR[p.kind]}>{p.kind}</Text>{' '}
-        {p.name} {p.size}
+        {p.fold} <Text color={colour && p.state === 'partial' ? 'yellow' : undefined}>{p.mark}</Text>{' '}
+        <Text color={colour ? KIND_COLOR[p.kind] : undefined}>{p.kind}</Text> {p.name} {p.size}
       </Text>
     );
   },
@@ -43,6 +54,8 @@ export const Row = memo(
 export function Line({
   text,
   width,
+  color,
+  dimColor,
   ...style
 }: {
   text: string;
@@ -52,8 +65,9 @@ export function Line({
   dimColor?: boolean;
   inverse?: boolean;
 }) {
+  const colour = !colourOff();
   return (
-    <Text wrap="truncate" {...style}>
+    <Text wrap="truncate" {...style} color={colour ? color : undefined} dimColor={colour && dimColor}>
       {fitLine(text, width)}
     </Text>
   );
@@ -120,10 +134,58 @@ export function body(p: BodyProps): ReactElement[] {
     lines(confirmation(view, mode.summary, mode.name === 'writing'), (k) => ({ bold: k === 0 }));
   } else if (mode.name === 'result') {
     lines(resultLines(mode.result, width), (k) => ({ bold: k === 0, color: k === 0 ? 'green' : undefined }));
+  } else if (mode.name === 'help') {
+    const all = helpLines();
+    const top = helpTop(mode.top, height);
+    lines(all.slice(top, top + height), (k) => ({ bold: HELP_TITLES.has(all[top + k]) }));
+  } else if (mode.name === 'quit') {
+    lines(
+      [
+        'Quit without saving?',
+        '',
+        `  ${plural(mode.choices, 'choice')} of yours ${mode.choices === 1 ? 'is' : 'are'} not saved, neither as a layer nor as rules (w).`,
+        '',
+        'y quit · n back',
+      ],
+      (k) => ({ bold: k === 0 }),
+    );
   }
   while (out.length < height) out.push(<Text key={`pad${out.length}`}> </Text>);
   out.length = Math.min(out.length, height);
   return out;
+}
+
+const HELP_TITLES = new Set(['Keys', 'While finding (/)', 'Marks', 'Kinds']);
+
+/** The help overlay's text: the key tables of persist/keys.ts, then the legend. */
+export function helpLines(): string[] {
+  const keyed = [...MOVE_KEYS, ...LIST_KEYS];
+  const w = Math.max(...[...keyed, ...SEARCH_KEYS].map((b) => textWidth(b.keys)));
+  const row = (keys: string, does: string) => `  ${keys}${' '.repeat(w - textWidth(keys))}  ${does}`;
+  return [
+    'Keys',
+    ...keyed.map((b) => row(b.keys, b.does)),
+    '',
+    'While finding (/)',
+    ...SEARCH_KEYS.map((b) => row(b.keys, b.does)),
+    '',
+    'Marks',
+    ...MARK_LEGEND.map((m) => row(m.mark, m.means)),
+    '',
+    'Kinds',
+    ...KIND_LEGEND.map((k) => row(k.mark, k.means)),
+  ];
+}
+
+/** The first line of the help shown in a window of `height` lines (scrolling stops at the end). */
+export function helpTop(top: number, height: number): number {
+  return Math.max(0, Math.min(top, helpLines().length - height));
+}
+
+/** The one-line legend shown until the first key press. */
+export function legendHint(width: number): string {
+  const long = `${MARK_LEGEND.map((m) => `${m.mark} ${m.means.split(':')[0]}`).join('  ')}  · F1: keys, and the letters`;
+  return textWidth(long) <= width ? long : '[x] saved [ ] not [~] partly · F1 help';
 }
 
 function confirmation(view: PersistView, s: Summary, writing: boolean): string[] {
@@ -171,11 +233,12 @@ export function status(view: PersistView, mode: Mode, message: string[] | null, 
 }
 
 const HELP: Partial<Record<Mode['name'], string>> = {
-  main: '↑↓←→ move/fold  space toggle  / find  ? why  r rescan  w rules  ⏎ save  q quit',
   search: 'type to filter  ⏎ keep  esc clear  ↑↓ move',
+  help: '↑↓ PgUp PgDn scroll  any other key closes',
 };
 
-/** The key help line of a mode. */
-export function help(mode: Mode): string {
+/** The footer of a mode: on the list, the hints of persist/keys.ts that fit `width`. */
+export function help(mode: Mode, width: number): string {
+  if (mode.name === 'main') return footerLine([...MOVE_KEYS, ...LIST_KEYS], width, textWidth);
   return HELP[mode.name] ?? '';
 }

@@ -7,12 +7,12 @@
 // The output is one line shorter than the terminal so that Ink redraws in place.
 
 import { useEffect, useRef, useState } from 'react';
-import { Box, render, useApp, useInput, useStdout } from 'ink';
+import { Box, render, useApp, useInput, useStdin, useStdout } from 'ink';
 import { watch } from 'chokidar';
 import type { ChangeEntry, Decision, Include, Overrides, ScanResult } from './model.js';
 import { rulesFromOverrides } from './rules.js';
 import type { Summary } from './inclusion.js';
-import { body, header, help, Line, plural, status, type Mode, type WriteResult } from './screens.js';
+import { body, header, help, helpTop, legendHint, Line, plural, status, type Mode, type WriteResult } from './screens.js';
 import { LIST_KEYS, MOVE_KEYS } from './keys.js';
 import { PersistView } from './view.js';
 
@@ -68,6 +68,25 @@ export function PersistApp(props: PersistAppProps) {
   const exited = useRef(false);
   const propsRef = useRef(props);
   propsRef.current = props;
+
+  // The bytes of the key being handled: Ink's Key has no F1. This listener is subscribed once,
+  // before useInput's (which subscribes again on every render), so it sees each key first.
+  const { internal_eventEmitter: keyEvents } = useStdin();
+  const rawKey = useRef('');
+  useEffect(() => {
+    const onInput = (data: string) => {
+      rawKey.current = data;
+    };
+    keyEvents.on('input', onInput);
+    return () => {
+      keyEvents.off('input', onInput);
+    };
+  }, [keyEvents]);
+  /** the legend hint shows until the first key */
+  const [pressed, setPressed] = useState(false);
+  /** the choices as they were at the start, or when last saved as rules: quitting asks if they differ */
+  const keptChoices = useRef<Overrides>(new Map(view.overrides));
+  const unsavedChoices = () => (sameChoices(keptChoices.current, view.overrides) ? 0 : Math.max(1, view.overrides.size));
 
   useEffect(() => {
     if (props.width !== undefined && props.height !== undefined) return;
@@ -193,6 +212,7 @@ export function PersistApp(props: PersistAppProps) {
       const choices = new Map(view.overrides);
       await props.saveRules!(lines);
       savedRules.current = choices;
+      keptChoices.current = choices;
       if (exited.current) return;
       setMessage([`appended ${plural(lines.length, 'line')} to ${props.rulesFile}`]);
     } catch (err) {
@@ -202,17 +222,40 @@ export function PersistApp(props: PersistAppProps) {
     setMode({ name: 'main' });
   };
 
+  /** q, Ctrl-C: quits at once without choices to lose, else asks (Ctrl-C there quits). */
+  const askQuit = () => {
+    const choices = unsavedChoices();
+    if (!choices) quit('cancelled');
+    else {
+      setMessage(null);
+      setMode({ name: 'quit', choices });
+    }
+  };
+
   useInput((input, key) => {
     if (exited.current) return;
     const m = modeRef.current;
     const ctrlC = key.ctrl && input === 'c';
+    if (!pressed) setPressed(true);
     if (m.name === 'writing') return;
     if (m.name === 'result') {
       quit('saved');
       return;
     }
+    if (m.name === 'quit') {
+      if (ctrlC || input === 'y' || input === 'Y') quit('cancelled');
+      else if (input === 'n' || input === 'N' || key.escape || input === 'q') setMode({ name: 'main' });
+      return;
+    }
     if (ctrlC) {
-      quit('cancelled');
+      askQuit();
+      return;
+    }
+    if (m.name === 'help') {
+      const page = Math.max(1, bodyHeight - 1);
+      const d = key.upArrow || input === 'k' ? -1 : key.downArrow || input === 'j' ? 1 : key.pageUp ? -page : key.pageDown ? page : 0;
+      if (d) setMode({ name: 'help', top: helpTop(m.top + d, bodyHeight) });
+      else setMode({ name: 'main' });
       return;
     }
     if (m.name === 'confirm') {
@@ -229,7 +272,9 @@ export function PersistApp(props: PersistAppProps) {
 
     const page = Math.max(1, bodyHeight - 1);
     const inSearch = m.name === 'search';
-    const binding = MOVE_KEYS.find((b) => b.match(input, key)) ?? (inSearch ? undefined : LIST_KEYS.find((b) => b.match(input, key)));
+    const raw = rawKey.current;
+    const binding =
+      MOVE_KEYS.find((b) => b.match(input, key, raw)) ?? (inSearch ? undefined : LIST_KEYS.find((b) => b.match(input, key, raw)));
     if (binding) {
       // a key clears the message, unless its action says something or leaves it to later
       let said = false;
@@ -241,7 +286,8 @@ export function PersistApp(props: PersistAppProps) {
             said = true;
             setMessage(lines);
           },
-          quit: () => quit('cancelled'),
+          quit: askQuit,
+          help: () => setMode({ name: 'help', top: 0 }),
           search: () => setMode({ name: 'search', query: view.filter?.query ?? '' }),
           rescan: () => {
             said = true;
@@ -292,15 +338,16 @@ export function PersistApp(props: PersistAppProps) {
   };
 
   // --- drawing
-  const statusText = status(view, mode, message, statusHeight, width);
+  const hint = !pressed && !message && mode.name === 'main' && view.size > 0;
+  const statusText = hint ? [legendHint(width)] : status(view, mode, message, statusHeight, width);
   return (
     <Box flexDirection="column" width={width}>
       <Line text={header(view, width)} width={width} bold />
       {body({ view, mode, width, height: bodyHeight, rulesFile: props.rulesFile, canSaveRules: !!props.saveRules })}
       {statusText.map((s, k) => (
-        <Line key={`s${k}`} text={s} width={width} color={message ? 'cyan' : undefined} />
+        <Line key={`s${k}`} text={s} width={width} color={message ? 'cyan' : undefined} dimColor={hint} />
       ))}
-      <Line text={help(mode)} width={width} dimColor />
+      <Line text={help(mode, width)} width={width} dimColor />
     </Box>
   );
 }

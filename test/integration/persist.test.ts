@@ -307,7 +307,7 @@ describe('persist through a real overlay', () => {
     expect(lines).toContain('M       11 B  /etc/hostname');
     expect(lines).toContain('D          -  /etc/old.conf');
     expect(lines).toContain('R          -  /var/lib/app/');
-    expect(lines).toContain('m          -  /srv/shared/');
+    expect(lines).toContain('P          -  /srv/shared/');
     expect(lines).toContain('A       11 B  /etc/alt/link');
     expect(lines).toContain('A        4 B  /srv/data/name with spaces\\012and newline');
     expect(lines).not.toContain('A        5 B  /tmp/junk');

@@ -1,11 +1,15 @@
 import { afterEach, describe, expect, jest, test } from '@jest/globals';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { cleanup, render } from 'ink-testing-library';
 import stringWidth from 'string-width';
 import type { ChangeEntry, ChangeKind, Decision, EntryType, Rule, ScanResult } from '../../persist/model.js';
 import { PersistApp, type PersistAppProps, type PersistOutcome } from '../../persist/tui.js';
+import { footerLine, LIST_KEYS, MOVE_KEYS } from '../../persist/keys.js';
+import { KIND_LEGEND } from '../../persist/rows.js';
 import { changeEntry } from '../helpers/change-entry.js';
 
 // --- a realistic upperdir after a day of use ------------------------------------------------
@@ -182,8 +186,129 @@ describe('PersistApp', () => {
     expect(t.rowWith('resolv.conf')).toContain('M resolv.conf -> ../run/systemd/resolve/stub-resolv.conf');
     expect(t.rowWith('tmp/')).toMatch(/▾ \[ \] {3}tmp\/ +4\.0 MiB$/);
     expect(t.rowWith('home/')).toMatch(/\[~\]/);
-    expect(lines[lines.length - 1]).toBe('↑↓←→ move/fold  space toggle  / find  ? why  r rescan  w rules  ⏎ save  q quit');
-    expect(lines[lines.length - 2]).toBe('/etc/');
+    // the footer names F1; r rescan (the lowest of the hints) does not fit next to it
+    expect(lines[lines.length - 1]).toBe('↑↓←→ move/fold  space toggle  / find  ? why  w rules  F1 help  ⏎ save  q quit');
+    // until the first key: the legend hint, then where the cursor is
+    expect(lines[lines.length - 2]).toBe('[x] saved  [ ] not saved  [~] partly  · F1: keys, and the letters');
+    await t.press(KEY.down, KEY.up);
+    expect(t.lines().at(-2)).toBe('/etc/');
+  });
+
+  test('F1 and H open the help, drawn from the key table, with the legend; it scrolls and any other key closes it', async () => {
+    const t = setup();
+    await t.press('\u001BOP'); // F1 as xterm sends it
+    let f = t.frame();
+    expect(f).toContain('Keys');
+    // every key of persist/keys.ts, with what it does
+    expect(t.lines()[1]).toBe('Keys');
+    if (process.env.PERSIST_SCREENSHOT) console.log(f);
+    expect(f).toMatch(/^ {2}↑ {6}up$/m);
+    expect(f).toMatch(/^ {2}F1 H {3}this help: the keys, and what the marks and letters mean/m);
+    expect(t.lines().at(-1)).toMatch(/^↑↓ PgUp PgDn scroll {2}any other key closes/);
+    for (const l of t.lines()) expect(stringWidth(l)).toBeLessThanOrEqual(80);
+    // all of it, scrolling down a line at a time
+    const seen = new Set<string>(t.lines().slice(1, -2));
+    for (let k = 0; k < 40; k++) {
+      await t.press(KEY.down);
+      for (const l of t.lines().slice(1, -2)) seen.add(l.trimEnd());
+    }
+    const text = [...seen].join('\n');
+    for (const b of [...MOVE_KEYS, ...LIST_KEYS]) expect(text).toContain(`${b.keys}`);
+    for (const b of [...MOVE_KEYS, ...LIST_KEYS]) expect(text).toContain(b.does);
+    expect(text).toMatch(/^ {2}\[x\] +saved$/m);
+    expect(text).toMatch(/^ {2}\[ \] +not saved$/m);
+    expect(text).toMatch(/^ {2}\[~\] +partly: some of what is below is saved$/m);
+    for (const [mark, means] of [
+      ['A', 'added'],
+      ['M', 'modified \\(contents\\)'],
+      ['P', 'properties only'],
+      ['D', 'deleted'],
+      ['R', 'replaced directory'],
+    ])
+      expect(text).toMatch(new RegExp(`^ {2}${mark} +${means}`, 'm'));
+    // no two kind letters differ only by case
+    const letters = KIND_LEGEND.map((k) => k.mark.toLowerCase());
+    expect(new Set(letters).size).toBe(letters.length);
+    // the last line stays at the bottom: scrolling stops there
+    expect(t.lines().at(-3)).toMatch(/^ {2}R +replaced directory/);
+    await t.press('x'); // any other key closes
+    expect(t.frame()).toContain('space toggle');
+    expect(t.cursorRow()).toContain(' etc/');
+    await t.press('H');
+    f = t.frame();
+    expect(f).toContain('this help');
+    await t.press(KEY.esc);
+    expect(t.frame()).not.toContain('this help');
+    expect(t.outcome).toEqual([]);
+  });
+
+  test('at 50 columns: the footer keeps help, save and quit; the legend hint is short', async () => {
+    const t = setup({ width: 50, height: 14 });
+    await sleep(30);
+    const lines = t.lines();
+    expect(lines.length).toBe(13);
+    for (const l of lines) expect(stringWidth(l)).toBeLessThanOrEqual(50);
+    expect(lines.at(-1)!.trimEnd()).toBe('space toggle  / find  F1 help  ⏎ save  q quit');
+    expect(lines.at(-2)!.trimEnd()).toBe('[x] saved [ ] not [~] partly · F1 help');
+    await t.press('\u001B[11~'); // F1 as rxvt sends it
+    expect(t.frame()).toContain('Keys');
+    for (const l of t.lines()) expect(stringWidth(l)).toBeLessThanOrEqual(50);
+    await t.press(KEY.pgdn, KEY.pgdn, KEY.pgdn, KEY.pgdn, KEY.pgdn);
+    expect(t.lines().at(-3)).toMatch(/^ {2}R +replaced director/);
+    await t.press('q');
+    expect(t.frame()).toContain('F1 help');
+    expect(t.outcome).toEqual([]);
+  });
+
+  test('NO_COLOR (any non-empty value) removes every colour; bold and inverse stay', async () => {
+    // eslint-disable-next-line no-control-regex
+    const colours = (s: string) => s.match(/\u001B\[(?:2|3[0-79]|9[0-7]|4[0-79]|10[0-7])m/g) ?? [];
+    const screens = async () => {
+      const t = setup();
+      const out = [t.app.lastFrame() ?? ''];
+      await t.press('\u001BOP');
+      out.push(t.app.lastFrame() ?? '');
+      await t.press('q', KEY.enter);
+      out.push(t.app.lastFrame() ?? '');
+      await t.press('n', ' ', 'q');
+      out.push(t.app.lastFrame() ?? '');
+      cleanup();
+      return out.join('\n');
+    };
+    // Ink's own chalk (not the one a test would import by name), at full colour: under jest
+    // stdout is no terminal and chalk's level is 0
+    const inkChalk = createRequire(join(process.cwd(), 'node_modules/ink/package.json')).resolve('chalk');
+    const chalk = ((await import(pathToFileURL(inkChalk).href)) as { default: { level: number } }).default;
+    const level = chalk.level;
+    chalk.level = 3;
+    const saved = process.env.NO_COLOR;
+    try {
+      delete process.env.NO_COLOR;
+      const coloured = await screens();
+      expect(colours(coloured).length).toBeGreaterThan(0); // the test can fail: colour is on by default
+      for (const value of ['1', 'yes']) {
+        process.env.NO_COLOR = value;
+        const plain = await screens();
+        expect(colours(plain)).toEqual([]);
+        expect(plain).toContain('\u001B[7m'); // the cursor's row: inverse, not a colour
+        expect(plain).toContain('\u001B[1m'); // titles: bold
+        expect(strip(plain)).toContain('Quit without saving?');
+      }
+      process.env.NO_COLOR = '';
+      expect(colours(await screens()).length).toBeGreaterThan(0); // empty: as if unset
+    } finally {
+      chalk.level = level;
+      if (saved === undefined) delete process.env.NO_COLOR;
+      else process.env.NO_COLOR = saved;
+    }
+  });
+
+  test('the footer never cuts save or quit, down to the width of those two', () => {
+    for (let w = 16; w <= 120; w++) {
+      const line = footerLine([...MOVE_KEYS, ...LIST_KEYS], w, stringWidth);
+      expect(line).toMatch(/⏎ save {2}q quit$/);
+      expect(stringWidth(line)).toBeLessThanOrEqual(Math.max(w, stringWidth('F1 help  ⏎ save  q quit')));
+    }
   });
 
   test('move, fold and unfold; ← on a child goes to the parent', async () => {
@@ -372,7 +497,7 @@ describe('PersistApp', () => {
     expect(t.frame()).toContain('space toggle');
   });
 
-  test('q and Ctrl-C quit with "cancelled"', async () => {
+  test('q and Ctrl-C quit at once with "cancelled" when there are no choices to lose', async () => {
     const t = setup();
     await t.press('q');
     expect(t.outcome).toEqual(['cancelled']);
@@ -380,6 +505,44 @@ describe('PersistApp', () => {
     await t2.press('\u0003');
     expect(t2.outcome).toEqual(['cancelled']);
     expect(t.onConfirm).not.toHaveBeenCalled();
+  });
+
+  test('q or Ctrl-C with choices not saved asks first: n goes back, y (or a second Ctrl-C) quits', async () => {
+    for (const width of [80, 50]) {
+      const t = setup({ width, height: width === 80 ? 24 : 14 });
+      await moveTo(t, 'hostname');
+      await t.press(' ');
+      await t.press('q');
+      expect(t.outcome).toEqual([]);
+      expect(t.frame()).toContain('Quit without saving?');
+      expect(t.frame()).toContain('1 choice of yours is not saved');
+      expect(t.lines().some((l) => l.startsWith('y quit · n back'))).toBe(true);
+      for (const l of t.lines()) expect(stringWidth(l)).toBeLessThanOrEqual(width);
+      await t.press('n');
+      expect(t.cursorRow()).toContain(' hostname');
+      await t.press('\u0003');
+      expect(t.frame()).toContain('Quit without saving?');
+      await t.press(KEY.esc);
+      expect(t.frame()).not.toContain('Quit without saving?');
+      await t.press('q', 'y');
+      expect(t.outcome).toEqual(['cancelled']);
+    }
+    const t = setup();
+    await t.press('A', '\u0003', '\u0003');
+    expect(t.outcome).toEqual(['cancelled']);
+    expect(t.onConfirm).not.toHaveBeenCalled();
+  });
+
+  test('choices saved as rules (w, y), or undone (U), quit at once', async () => {
+    const t = setup();
+    await moveTo(t, 'hostname');
+    await t.press(' ', 'w', 'y');
+    expect(t.saveRules).toHaveBeenCalledTimes(1);
+    await t.press('q');
+    expect(t.outcome).toEqual(['cancelled']);
+    const t2 = setup();
+    await t2.press('N', 'U', 'q');
+    expect(t2.outcome).toEqual(['cancelled']);
   });
 
   test('r rescans: a new entry appears, the choices and the cursor stay', async () => {
