@@ -11,6 +11,7 @@ import {
   type ScanResult,
 } from '../persist/model.js';
 import { appendRules, dpkgWarnings, loadRules, parsePattern, ruleDecider, rulesFromOverrides } from '../persist/rules.js';
+import { countSentence, layerCounts, type LayerCounts } from '../persist/counts.js';
 import { KIND_LEGEND, KIND_MARK } from '../persist/rows.js';
 import { scanUpper } from '../persist/scan.js';
 import { BOOT_ENV_PATH, resolveTarget, type Target } from '../persist/storage.js';
@@ -130,6 +131,11 @@ function readIf(file: string): string | undefined {
   }
 }
 
+/** Where the layer goes: --device/--path, else the kernel command line, else boot.env. */
+function targetOptions(values: { device?: string; path?: string }) {
+  return { device: values.device, path: values.path, cmdline: readIf('/proc/cmdline') ?? '', bootEnv: readIf(BOOT_ENV_PATH) };
+}
+
 interface Totals {
   changes: number;
   included: number;
@@ -237,12 +243,7 @@ export async function run(argv: string[]): Promise<number> {
     else process.stdout.write(`mkma: nothing to save (${totals.changes} change(s), all left out by the rules)\n`);
     return EXIT.ok;
   }
-  const target = resolveTarget({
-    device: values.device,
-    path: values.path,
-    cmdline: readIf('/proc/cmdline') ?? '',
-    bootEnv: readIf(BOOT_ENV_PATH),
-  });
+  const target = resolveTarget(targetOptions(values));
   let result: WriteLayerResult;
   let lv: { level: number; from: string };
   try {
@@ -274,7 +275,7 @@ export async function run(argv: string[]): Promise<number> {
     );
     return EXIT.ok;
   }
-  printSaved(result, name, target, totals);
+  printSaved(result, layerCounts(plan), name, target, totals);
   return EXIT.ok;
 }
 
@@ -322,15 +323,8 @@ async function writeWithSignals(
   }
 }
 
-function printSaved(r: WriteLayerResult, name: string, target: Target, totals: Totals): void {
-  const extra: string[] = [];
-  if (r.deleted) extra.push(`${r.deleted} deletion(s)`);
-  if (r.replaced) extra.push(`${r.replaced} replaced director${r.replaced === 1 ? 'y' : 'ies'}`);
-  const lines = [
-    `mkma: saved ${totals.included} change(s) as ${r.entries} entries (${formatBytes(r.bytesIn)} → ${formatBytes(r.bytesOut)} compressed)${extra.length ? ', ' + extra.join(', ') : ''}`,
-    `  ${name}`,
-    `  in ${target.description}`,
-  ];
+function printSaved(r: WriteLayerResult, counts: LayerCounts, name: string, target: Target, totals: Totals): void {
+  const lines = [`mkma: saved ${countSentence(counts, r.bytesOut)}`, `  ${name}`, `  in ${target.description}`];
   if (totals.excluded)
     lines.push(
       `  left out by the rules: ${totals.excluded} change(s), ${formatBytes(totals.excludedBytes)} (mkma persist --dry-run lists them)`,
@@ -411,23 +405,29 @@ async function runTui(o: {
     rulesFile: o.rulesFile,
     saveRules: (lines) => appendRules(o.rulesFile, lines, `added by mkma persist on ${new Date().toISOString()}`),
     rulesFromOverrides,
-    onConfirm: async (include) => {
-      const target = resolveTarget({
-        device: o.values.device,
-        path: o.values.path,
-        cmdline: readIf('/proc/cmdline') ?? '',
-        bootEnv: readIf(BOOT_ENV_PATH),
-      });
+    targetWarnings: () => {
+      // resolved (and released) again when writing; a problem that stops the write shows here first
+      try {
+        const t = resolveTarget(targetOptions(o.values));
+        t.release();
+        return t.warnings;
+      } catch (e) {
+        return [`cannot save there: ${(e as Error).message}`];
+      }
+    },
+    onConfirm: async (include, plan) => {
+      const target = resolveTarget(targetOptions(o.values));
       try {
         const r = await writeLayer({
           upper: o.upper,
           scan: latest,
           include,
+          plan,
           imagesDir: target.imagesDir,
           level: layerLevel(o.level, target.imagesDir).level,
           message: o.values.message,
         });
-        return { file: r.file, bytesIn: r.bytesIn, bytesOut: r.bytesOut, entries: r.entries };
+        return { file: r.file, counts: layerCounts(plan), bytesOut: r.bytesOut };
       } finally {
         target.release();
       }

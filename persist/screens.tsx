@@ -8,21 +8,23 @@
 import { memo, type ReactElement } from 'react';
 import { Text } from 'ink';
 import { formatBytes } from '../lib/progress.js';
+import { countLines, plural, type LayerCounts } from './counts.js';
 import { totals, type Summary } from './inclusion.js';
 import { footerLine, LIST_KEYS, MOVE_KEYS, SEARCH_KEYS } from './keys.js';
 import { KIND_LEGEND, MARK_LEGEND, rowText, type RowParts } from './rows.js';
 import { displayPath, fitLine, textWidth, truncateMiddle } from './text.js';
 import type { PersistView } from './view.js';
 
-export type WriteResult = { file: string; bytesIn: number; bytesOut: number; entries: number };
+/** What the write did: the layer file, its counts (counts.ts, as confirmed) and its size on disk. */
+export type WriteResult = { file: string; counts: LayerCounts; bytesOut: number };
 
 /** What the UI shows and which keys it takes. */
 export type Mode =
   | { name: 'main' }
   | { name: 'search'; query: string }
   | { name: 'rules'; lines: string[]; busy: boolean }
-  | { name: 'confirm'; summary: Summary }
-  | { name: 'writing'; summary: Summary }
+  | { name: 'confirm'; summary: Summary; counts: LayerCounts; warnings: string[] }
+  | { name: 'writing'; summary: Summary; counts: LayerCounts; warnings: string[] }
   | { name: 'result'; result: WriteResult }
   /** the key help and the legend (from the list), scrolled to line `top` */
   | { name: 'help'; top: number }
@@ -73,9 +75,7 @@ export function Line({
   );
 }
 
-export function plural(n: number, one: string, many = `${one}s`): string {
-  return `${n} ${n === 1 ? one : many}`;
-}
+export { plural };
 
 /** The upperdir, the number of changes and what will be saved. */
 export function header(view: PersistView, width: number): string {
@@ -131,9 +131,13 @@ export function body(p: BodyProps): ReactElement[] {
       />,
     );
   } else if (mode.name === 'confirm' || mode.name === 'writing') {
-    lines(confirmation(view, mode.summary, mode.name === 'writing'), (k) => ({ bold: k === 0 }));
+    const texts = keepLast(confirmation(view, mode, mode.name === 'writing', width), height, 2);
+    lines(texts, (k) => ({
+      bold: k === 0,
+      color: texts[k].startsWith('  warning') || texts[k].startsWith('           ') ? 'yellow' : undefined,
+    }));
   } else if (mode.name === 'result') {
-    lines(resultLines(mode.result, width), (k) => ({ bold: k === 0, color: k === 0 ? 'green' : undefined }));
+    lines(keepLast(resultLines(mode.result, width), height, 2), (k) => ({ bold: k === 0, color: k === 0 ? 'green' : undefined }));
   } else if (mode.name === 'help') {
     const all = helpLines();
     const top = helpTop(mode.top, height);
@@ -188,15 +192,43 @@ export function legendHint(width: number): string {
   return textWidth(long) <= width ? long : '[x] saved [ ] not [~] partly · F1 help';
 }
 
-function confirmation(view: PersistView, s: Summary, writing: boolean): string[] {
+/** At most `height` lines: the last `keep` (the question) stay, the lines before them are cut. */
+function keepLast(texts: string[], height: number, keep: number): string[] {
+  if (texts.length <= height) return texts;
+  return [...texts.slice(0, Math.max(0, height - keep)), ...texts.slice(-keep)].slice(-height);
+}
+
+/** `text` in lines of at most `width` columns, broken at spaces (a longer word is cut later). */
+function wrapWords(text: string, width: number): string[] {
+  const out: string[] = [];
+  let line = '';
+  for (const word of text.split(' ')) {
+    if (line && textWidth(`${line} ${word}`) > width) {
+      out.push(line);
+      line = word;
+    } else line = line ? `${line} ${word}` : word;
+  }
+  if (line) out.push(line);
+  return out;
+}
+
+function confirmation(
+  view: PersistView,
+  m: { summary: Summary; counts: LayerCounts; warnings: string[] },
+  writing: boolean,
+  width: number,
+): string[] {
   const skipped = view.scan.skipped.length;
+  const s = m.summary;
+  // the target's warnings come first (below the title): lines cut for room are the counts'
+  const label = '  warning    ';
+  const warnings = m.warnings.flatMap((w) =>
+    wrapWords(w, Math.max(10, width - label.length)).map((l, k) => (k ? ' '.repeat(label.length) : label) + l),
+  );
   return [
     'Save a new persistence layer',
-    '',
-    `  entries    ${s.entries} (${plural(s.changes, 'change')} and the folders they need)`,
-    `  size       ${formatBytes(s.bytes)} before compression`,
-    `  deleted    ${plural(s.deleted, 'path')} (whiteouts)`,
-    `  replaced   ${plural(s.replaced, 'directory', 'directories')} (opaque)`,
+    ...warnings,
+    ...countLines(m.counts),
     `  left out   ${plural(s.excluded, 'change')}, ${formatBytes(s.excludedBytes)}`,
     ...(skipped ? [`  skipped    ${plural(skipped, 'entry', 'entries')} that cannot be saved`] : []),
     '',
@@ -205,13 +237,11 @@ function confirmation(view: PersistView, s: Summary, writing: boolean): string[]
 }
 
 function resultLines(r: WriteResult, width: number): string[] {
-  const ratio = r.bytesIn > 0 ? ` (${Math.round((r.bytesOut / r.bytesIn) * 100)}%)` : '';
   return [
     'Saved',
-    '',
     `  layer      ${truncateMiddle(r.file, width - 13)}`,
-    `  entries    ${r.entries}`,
-    `  size       ${formatBytes(r.bytesIn)} → ${formatBytes(r.bytesOut)} compressed${ratio}`,
+    ...countLines(r.counts),
+    `  compressed ${formatBytes(r.bytesOut)} (the layer file)`,
     '',
     'Press any key to exit.',
   ];

@@ -12,6 +12,8 @@ import { watch } from 'chokidar';
 import type { ChangeEntry, Decision, Include, Overrides, ScanResult } from './model.js';
 import { rulesFromOverrides } from './rules.js';
 import type { Summary } from './inclusion.js';
+import { layerCounts, type LayerCounts } from './counts.js';
+import { planLayer, type LayerPlan } from './write.js';
 import { body, header, help, helpTop, legendHint, Line, plural, status, type Mode, type WriteResult } from './screens.js';
 import { LIST_KEYS, MOVE_KEYS } from './keys.js';
 import { PersistView } from './view.js';
@@ -29,9 +31,18 @@ export interface PersistTuiOptions {
   saveRules?: (lines: string[]) => Promise<void> | void;
   /** the user's choices as rule lines (default: rules.ts' rulesFromOverrides) */
   rulesFromOverrides?: (overrides: Overrides) => string[];
+  /**
+   * Where the layer would go, checked when asking to save: its warnings (e.g. a --path without
+   * base.cpio.zst), shown on the confirm screen.
+   */
+  targetWarnings?: () => string[];
   /** choices to start from (--include / --exclude on exact paths) */
   overrides?: Overrides;
-  onConfirm: (include: Include, summary: { entries: number; bytes: number }) => Promise<WriteResult>;
+  /**
+   * Writes the layer. `plan`: planLayer of the scan shown and `include` (what was confirmed);
+   * the result's counts are layerCounts of the plan written.
+   */
+  onConfirm: (include: Include, plan: LayerPlan) => Promise<WriteResult>;
 }
 
 export type PersistOutcome = 'saved' | 'cancelled';
@@ -187,16 +198,22 @@ export function PersistApp(props: PersistAppProps) {
   const statusHeight = Math.max(1, Math.min(statusLines.length, 4));
   const bodyHeight = Math.max(1, height - 1 - 2 - statusHeight);
 
+  /** what Enter confirms: the include function, its plan, and the plan's counts */
+  const confirmed = useRef<{ include: Include; plan: LayerPlan } | null>(null);
   const startConfirm = () => {
     const summary = view.summary();
+    const include = view.includeFn();
+    const plan = planLayer(view.scan, include);
+    confirmed.current = { include, plan };
     setMessage(null);
-    setMode({ name: 'confirm', summary });
+    setMode({ name: 'confirm', summary, counts: layerCounts(plan), warnings: props.targetWarnings?.() ?? [] });
   };
 
-  const write = async (summary: Summary) => {
-    setMode({ name: 'writing', summary });
+  const write = async (m: { summary: Summary; counts: LayerCounts; warnings: string[] }) => {
+    setMode({ ...m, name: 'writing' });
     try {
-      const result = await props.onConfirm(view.includeFn(), { entries: summary.entries, bytes: summary.bytes });
+      const { include, plan } = confirmed.current!;
+      const result = await props.onConfirm(include, plan);
       if (!exited.current) setMode({ name: 'result', result });
     } catch (err) {
       if (exited.current) return;
@@ -259,7 +276,7 @@ export function PersistApp(props: PersistAppProps) {
       return;
     }
     if (m.name === 'confirm') {
-      if (input === 'y' || input === 'Y') void write(m.summary);
+      if (input === 'y' || input === 'Y') void write(m);
       else if (input === 'n' || input === 'N' || key.escape || input === 'q') setMode({ name: 'main' });
       return;
     }

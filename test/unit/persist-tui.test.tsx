@@ -10,6 +10,8 @@ import type { ChangeEntry, ChangeKind, Decision, EntryType, Rule, ScanResult } f
 import { PersistApp, type PersistAppProps, type PersistOutcome } from '../../persist/tui.js';
 import { footerLine, LIST_KEYS, MOVE_KEYS } from '../../persist/keys.js';
 import { KIND_LEGEND } from '../../persist/rows.js';
+import { layerCounts, type LayerCounts } from '../../persist/counts.js';
+import { planLayer, type LayerPlan } from '../../persist/write.js';
 import { changeEntry } from '../helpers/change-entry.js';
 
 // --- a realistic upperdir after a day of use ------------------------------------------------
@@ -111,16 +113,16 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 // eslint-disable-next-line no-control-regex
 const strip = (s: string) => s.replace(/\u001B\[[0-9;]*m/g, '');
 
-type WriteResult = { file: string; bytesIn: number; bytesOut: number; entries: number };
+type WriteResult = { file: string; counts: LayerCounts; bytesOut: number };
 
 function setup(over: Partial<PersistAppProps> = {}) {
   const outcome: PersistOutcome[] = [];
   const onConfirm = jest.fn(
-    async (_include: (e: ChangeEntry) => boolean, summary: { entries: number; bytes: number }): Promise<WriteResult> => ({
+    // as cli/persist-cmd.ts: the counts of the plan it was given and written
+    async (_include: (e: ChangeEntry) => boolean, plan: LayerPlan): Promise<WriteResult> => ({
       file: '/persist/layers/0003-20250101-120000.mkl',
-      bytesIn: summary.bytes,
-      bytesOut: Math.round(summary.bytes / 3),
-      entries: summary.entries,
+      counts: layerCounts(plan),
+      bytesOut: Math.round(plan.bytes / 3),
     }),
   );
   const saveRules = jest.fn(async (_lines: string[]) => {});
@@ -353,11 +355,16 @@ describe('PersistApp', () => {
     await t.press(KEY.enter);
     const confirm = t.frame();
     expect(confirm).toContain('Save a new persistence layer');
-    // 16 changes + the folders on the way that are not changes: etc, etc/apt, etc/apt/sources.list.d, home, root, var, var/lib, var/lib/dpkg, var/log
-    expect(confirm).toMatch(/entries +25 \(16 changes and the folders they need\)/);
-    expect(confirm).toMatch(/size +8\.5 MiB before compression/);
-    expect(confirm).toMatch(/deleted +1 path \(whiteouts\)/);
-    expect(confirm).toMatch(/replaced +0 directories/);
+    // 16 changes; in the layer: 15 of them (the deleted motd is a whiteout, no entry) + the
+    // folders on the way that are not changes: etc, etc/apt, etc/apt/sources.list.d, home,
+    // root, var, var/lib, var/lib/dpkg, var/log
+    const counted = [
+      '  changes    16 saved',
+      '  entries    24 incl. parent directories',
+      '  deletes    1 path, replaces 0 directories',
+      '  size       8.5 MiB before compression',
+    ];
+    expect(t.lines().slice(2, 6)).toEqual(counted);
     expect(confirm).toMatch(/left out +8 changes, 84 MiB/);
     expect(confirm).toMatch(/skipped +1 entry that cannot be saved/);
     for (const l of t.lines()) expect([...l].length).toBeLessThanOrEqual(80);
@@ -367,7 +374,7 @@ describe('PersistApp', () => {
     await t.press(KEY.enter, 'y');
     await sleep(30);
     expect(t.onConfirm).toHaveBeenCalledTimes(1);
-    const [include, summary] = t.onConfirm.mock.calls[0];
+    const [include, plan] = t.onConfirm.mock.calls[0];
     const all = t.props.scan.entries;
     const byPath = (p: string) => all.find((e) => e.path === p)!;
     expect(include(byPath('etc/ssh/ssh_host_ed25519_key'))).toBe(false);
@@ -380,16 +387,58 @@ describe('PersistApp', () => {
     expect(include(byPath('tmp'))).toBe(false);
     expect(include(byPath('var/cache/apt'))).toBe(false);
     expect(include(byPath(LONG_FILE))).toBe(true);
-    expect(summary.entries).toBe(all.filter(include).length);
-    expect(summary.entries).toBe(25);
-    expect(summary.bytes).toBe(all.filter(include).reduce((a, e) => a + e.size, 0));
+    // the plan confirmed is the plan written (persist/write.ts' planLayer of the same choice)
+    expect(plan).toEqual(planLayer(t.props.scan, include));
+    expect(plan.write.length).toBe(24);
     const result = t.frame();
     expect(result).toContain('Saved');
     expect(result).toContain('0003-20250101-120000.mkl');
-    expect(result).toMatch(/8\.5 MiB → 2\.8 MiB compressed \(33%\)/);
+    // the same counts, in the same words, as on the confirm screen; the compressed size apart
+    expect(t.lines().slice(3, 7)).toEqual(counted);
+    expect(t.lines()[7]).toBe('  compressed 2.8 MiB (the layer file)');
     expect(t.outcome).toEqual([]);
     await t.press('x');
     expect(t.outcome).toEqual(['saved']);
+  });
+
+  test("the target's warnings show on the confirm screen, wrapped; at 50x14 the question stays", async () => {
+    const warning = '/srv/x holds no base.cpio.zst: the layer is written there, but nothing will boot it from there';
+    const targetWarnings = jest.fn(() => [warning]);
+    const t = setup({ targetWarnings });
+    expect(targetWarnings).not.toHaveBeenCalled();
+    await t.press(KEY.enter);
+    expect(targetWarnings).toHaveBeenCalledTimes(1);
+    const lines = t.lines();
+    expect(lines[1]).toBe('Save a new persistence layer');
+    expect(lines[2]).toBe('  warning    /srv/x holds no base.cpio.zst: the layer is written there, but');
+    expect(lines[3]).toBe('             nothing will boot it from there');
+    expect(lines[4]).toBe('  changes    19 saved');
+    expect(t.frame()).toContain('Save now? y yes · n back');
+
+    const n = setup({ targetWarnings, width: 50, height: 14 });
+    await n.press(KEY.enter);
+    const small = n.lines();
+    expect(small).toHaveLength(13);
+    for (const l of small) expect(stringWidth(l)).toBeLessThanOrEqual(50);
+    // the whole warning, in the lines of 50 columns
+    expect(
+      small
+        .slice(2, 5)
+        .map((l) => l.trim())
+        .join(' '),
+    ).toBe(`warning    ${warning}`);
+    expect(small).toContain('Save now? y yes · n back');
+    await n.press('y');
+    await sleep(30);
+    // the result at 50x14: every count and the key to exit fit
+    expect(n.lines().slice(3, 8)).toEqual([
+      '  changes    19 saved',
+      '  entries    28 incl. parent directories',
+      '  deletes    1 path, replaces 0 directories',
+      '  size       8.5 MiB before compression',
+      '  compressed 2.8 MiB (the layer file)',
+    ]);
+    expect(n.frame()).toContain('Press any key to exit.');
   });
 
   test('writing shows progress; a failure goes back to the list', async () => {
