@@ -392,7 +392,7 @@ async function runTui(o: {
 }): Promise<number> {
   // TODO(lead): persist/tui.tsx's options are not final; this call follows PersistTuiOptions as
   // of this writing (scan, decideRule, rescan, watchPath, rulesFile, saveRules,
-  // rulesFromOverrides, onConfirm). Adjust here if that interface changes.
+  // rulesFromOverrides, targetWarnings, onConfirm). Adjust here if that interface changes.
   const { runPersistTui } = await import('../persist/tui.js');
   const { writeLayer } = await import('../persist/write.js');
   // the UI's choice (`include`) is about the entries of its latest scan
