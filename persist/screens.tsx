@@ -267,8 +267,15 @@ const HELP: Partial<Record<Mode['name'], string>> = {
   help: '↑↓ PgUp PgDn scroll  any other key closes',
 };
 
-/** The footer of a mode: on the list, the hints of persist/keys.ts that fit `width`. */
-export function help(mode: Mode, width: number): string {
+/**
+ * The footer of a mode: on the list, the hints of persist/keys.ts that fit `width`; on the help,
+ * how much of it is below (`height`: the body's).
+ */
+export function help(mode: Mode, width: number, height: number): string {
   if (mode.name === 'main') return footerLine([...MOVE_KEYS, ...LIST_KEYS], width, textWidth);
+  if (mode.name === 'help') {
+    const below = helpLines().length - helpTop(mode.top, height) - height;
+    if (below > 0) return `↓ ${plural(below, 'more line')} (the legend is last)  ${HELP.help}`;
+  }
   return HELP[mode.name] ?? '';
 }

@@ -364,7 +364,7 @@ export function PersistApp(props: PersistAppProps) {
       {statusText.map((s, k) => (
         <Line key={`s${k}`} text={s} width={width} color={message ? 'cyan' : undefined} dimColor={hint} />
       ))}
-      <Line text={help(mode, width)} width={width} dimColor />
+      <Line text={help(mode, width, bodyHeight)} width={width} dimColor />
     </Box>
   );
 }
