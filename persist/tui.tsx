@@ -97,7 +97,14 @@ export function PersistApp(props: PersistAppProps) {
   const [pressed, setPressed] = useState(false);
   /** the choices as they were at the start, or when last saved as rules: quitting asks if they differ */
   const keptChoices = useRef<Overrides>(new Map(view.overrides));
-  const unsavedChoices = () => (sameChoices(keptChoices.current, view.overrides) ? 0 : Math.max(1, view.overrides.size));
+  /** choices made or undone since: each path whose choice differs from the kept one */
+  const unsavedChoices = () => {
+    const kept = keptChoices.current;
+    let n = 0;
+    for (const [k, v] of view.overrides) if (kept.get(k) !== v) n++;
+    for (const k of kept.keys()) if (!view.overrides.has(k)) n++;
+    return n;
+  };
 
   useEffect(() => {
     if (props.width !== undefined && props.height !== undefined) return;

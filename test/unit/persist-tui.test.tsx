@@ -594,6 +594,13 @@ describe('PersistApp', () => {
     expect(t.saveRules).toHaveBeenCalledTimes(1);
     await t.press('q');
     expect(t.outcome).toEqual(['cancelled']);
+    // a choice after saving the rules: only it counts as not saved
+    const t3 = setup();
+    await moveTo(t3, 'hostname');
+    await t3.press(' ', 'w', 'y', KEY.down, ' ', 'q');
+    expect(t3.frame()).toContain('1 choice of yours is not saved');
+    await t3.press('y');
+    expect(t3.outcome).toEqual(['cancelled']);
     const t2 = setup();
     await t2.press('N', 'U', 'q');
     expect(t2.outcome).toEqual(['cancelled']);
