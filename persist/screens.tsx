@@ -131,23 +131,27 @@ export function body(p: BodyProps): ReactElement[] {
       />,
     );
   } else if (mode.name === 'confirm' || mode.name === 'writing') {
-    const texts = keepLast(confirmation(view, mode, mode.name === 'writing', width), height, 2);
-    lines(texts, (k) => ({
+    const warnings = warningLines(mode.warnings, width);
+    // the warnings follow the title: lines 1..warnings.length
+    lines(keepLast(confirmation(view, mode, warnings, mode.name === 'writing'), height), (k) => ({
       bold: k === 0,
-      color: texts[k].startsWith('  warning') || texts[k].startsWith('           ') ? 'yellow' : undefined,
+      color: k >= 1 && k <= warnings.length ? 'yellow' : undefined,
     }));
   } else if (mode.name === 'result') {
-    lines(keepLast(resultLines(mode.result, width), height, 2), (k) => ({ bold: k === 0, color: k === 0 ? 'green' : undefined }));
+    lines(keepLast(resultLines(mode.result, width), height), (k) => ({ bold: k === 0, color: k === 0 ? 'green' : undefined }));
   } else if (mode.name === 'help') {
-    const all = helpLines();
-    const top = helpTop(mode.top, height);
+    const all = helpLines(width);
+    const top = helpTop(mode.top, height, width);
     lines(all.slice(top, top + height), (k) => ({ bold: HELP_TITLES.has(all[top + k]) }));
   } else if (mode.name === 'quit') {
     lines(
       [
         'Quit without saving?',
         '',
-        `  ${plural(mode.choices, 'choice')} of yours ${mode.choices === 1 ? 'is' : 'are'} not saved, neither as a layer nor as rules (w).`,
+        ...wrapWords(
+          `${plural(mode.choices, 'choice')} of yours ${mode.choices === 1 ? 'is' : 'are'} not saved, neither as a layer nor as rules (w).`,
+          width - 2,
+        ).map((l) => `  ${l}`),
         '',
         'y quit · n back',
       ],
@@ -162,28 +166,30 @@ export function body(p: BodyProps): ReactElement[] {
 const HELP_TITLES = new Set(['Keys', 'While finding (/)', 'Marks', 'Kinds']);
 
 /** The help overlay's text: the key tables of persist/keys.ts, then the legend. */
-export function helpLines(): string[] {
+export function helpLines(width: number): string[] {
   const keyed = [...MOVE_KEYS, ...LIST_KEYS];
   const w = Math.max(...[...keyed, ...SEARCH_KEYS].map((b) => textWidth(b.keys)));
-  const row = (keys: string, does: string) => `  ${keys}${' '.repeat(w - textWidth(keys))}  ${does}`;
+  // what a key does, wrapped below itself when the terminal is narrow
+  const row = (keys: string, does: string) =>
+    wrapWords(does, Math.max(10, width - w - 4)).map((l, k) => `  ${k ? ' '.repeat(w) : keys + ' '.repeat(w - textWidth(keys))}  ${l}`);
   return [
     'Keys',
-    ...keyed.map((b) => row(b.keys, b.does)),
+    ...keyed.flatMap((b) => row(b.keys, b.does)),
     '',
     'While finding (/)',
-    ...SEARCH_KEYS.map((b) => row(b.keys, b.does)),
+    ...SEARCH_KEYS.flatMap((b) => row(b.keys, b.does)),
     '',
     'Marks',
-    ...MARK_LEGEND.map((m) => row(m.mark, m.means)),
+    ...MARK_LEGEND.flatMap((m) => row(m.mark, m.means)),
     '',
     'Kinds',
-    ...KIND_LEGEND.map((k) => row(k.mark, k.means)),
+    ...KIND_LEGEND.flatMap((k) => row(k.mark, k.means)),
   ];
 }
 
 /** The first line of the help shown in a window of `height` lines (scrolling stops at the end). */
-export function helpTop(top: number, height: number): number {
-  return Math.max(0, Math.min(top, helpLines().length - height));
+export function helpTop(top: number, height: number, width: number): number {
+  return Math.max(0, Math.min(top, helpLines(width).length - height));
 }
 
 /** The one-line legend shown until the first key press. */
@@ -192,10 +198,12 @@ export function legendHint(width: number): string {
   return textWidth(long) <= width ? long : '[x] saved [ ] not [~] partly · F1 help';
 }
 
-/** At most `height` lines: the last `keep` (the question) stay, the lines before them are cut. */
-function keepLast(texts: string[], height: number, keep: number): string[] {
+/** At most `height` lines: short of room, blank lines go first, then the lines before the last (the question). */
+function keepLast(texts: string[], height: number): string[] {
   if (texts.length <= height) return texts;
-  return [...texts.slice(0, Math.max(0, height - keep)), ...texts.slice(-keep)].slice(-height);
+  const compact = texts.filter((l) => l !== '');
+  if (compact.length <= height) return compact;
+  return [...compact.slice(0, Math.max(0, height - 1)), compact[compact.length - 1]].slice(-height);
 }
 
 /** `text` in lines of at most `width` columns, broken at spaces (a longer word is cut later). */
@@ -212,19 +220,20 @@ function wrapWords(text: string, width: number): string[] {
   return out;
 }
 
-function confirmation(
-  view: PersistView,
-  m: { summary: Summary; counts: LayerCounts; warnings: string[] },
-  writing: boolean,
-  width: number,
-): string[] {
+/** The target's warnings, wrapped: in the label column when there is room, else below the label. */
+function warningLines(warnings: string[], width: number): string[] {
+  const label = '  warning    ';
+  return warnings.flatMap((w) =>
+    width >= 70
+      ? wrapWords(w, width - label.length).map((l, k) => (k ? ' '.repeat(label.length) : label) + l)
+      : wrapWords(`warning: ${w}`, width - 2).map((l) => `  ${l}`),
+  );
+}
+
+/** The confirm screen; the target's warnings (warningLines) come first, below the title: lines cut for room are the counts'. */
+function confirmation(view: PersistView, m: { summary: Summary; counts: LayerCounts }, warnings: string[], writing: boolean): string[] {
   const skipped = view.scan.skipped.length;
   const s = m.summary;
-  // the target's warnings come first (below the title): lines cut for room are the counts'
-  const label = '  warning    ';
-  const warnings = m.warnings.flatMap((w) =>
-    wrapWords(w, Math.max(10, width - label.length)).map((l, k) => (k ? ' '.repeat(label.length) : label) + l),
-  );
   return [
     'Save a new persistence layer',
     ...warnings,
@@ -274,8 +283,9 @@ const HELP: Partial<Record<Mode['name'], string>> = {
 export function help(mode: Mode, width: number, height: number): string {
   if (mode.name === 'main') return footerLine([...MOVE_KEYS, ...LIST_KEYS], width, textWidth);
   if (mode.name === 'help') {
-    const below = helpLines().length - helpTop(mode.top, height) - height;
-    if (below > 0) return `↓ ${plural(below, 'more line')} (the legend is last)  ${HELP.help}`;
+    const below = helpLines(width).length - helpTop(mode.top, height, width) - height;
+    const long = `↓ ${plural(below, 'more line')} (the legend is last)  ${HELP.help}`;
+    if (below > 0) return textWidth(long) <= width ? long : `↓ ${below} more (legend last) · other keys close`;
   }
   return HELP[mode.name] ?? '';
 }

@@ -278,7 +278,7 @@ export function PersistApp(props: PersistAppProps) {
     if (m.name === 'help') {
       const page = Math.max(1, bodyHeight - 1);
       const d = key.upArrow || input === 'k' ? -1 : key.downArrow || input === 'j' ? 1 : key.pageUp ? -page : key.pageDown ? page : 0;
-      if (d) setMode({ name: 'help', top: helpTop(m.top + d, bodyHeight) });
+      if (d) setMode({ name: 'help', top: helpTop(m.top + d, bodyHeight, width) });
       else setMode({ name: 'main' });
       return;
     }

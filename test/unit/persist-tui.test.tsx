@@ -208,7 +208,7 @@ describe('PersistApp', () => {
     expect(f).toMatch(/^ {2}↑ {6}up$/m);
     expect(f).toMatch(/^ {2}F1 H {3}this help: the keys, and what the marks and letters mean/m);
     // more help than room (20 lines of body): the footer says how much is below
-    const below = helpLines().length - 20;
+    const below = helpLines(80).length - 20;
     expect(below).toBeGreaterThan(1);
     expect(t.lines().at(-1)).toBe(`↓ ${below} more lines (the legend is last)  ↑↓ PgUp PgDn scroll  any other key closes`);
     for (const l of t.lines()) expect(stringWidth(l)).toBeLessThanOrEqual(80);
@@ -260,8 +260,12 @@ describe('PersistApp', () => {
     await t.press('\u001B[11~'); // F1 as rxvt sends it
     expect(t.frame()).toContain('Keys');
     for (const l of t.lines()) expect(stringWidth(l)).toBeLessThanOrEqual(50);
-    await t.press(KEY.pgdn, KEY.pgdn, KEY.pgdn, KEY.pgdn, KEY.pgdn);
-    expect(t.lines().at(-3)).toMatch(/^ {2}R +replaced director/);
+    // what a key does wraps below itself: nothing is cut
+    expect(t.frame()).toMatch(/^ {2}F1 H {3}this help: the keys, and what the marks$/m);
+    expect(t.frame()).toMatch(/^ {9}and letters mean$/m);
+    expect(t.lines().at(-1)).toMatch(/^↓ \d+ more \(legend last\) · other keys close$/);
+    for (let k = 0; k < 6; k++) await t.press(KEY.pgdn);
+    expect(t.lines().slice(-4, -2)).toEqual(['  R      replaced directory (its old contents are', '         dropped)']);
     await t.press('q');
     expect(t.frame()).toContain('F1 help');
     expect(t.outcome).toEqual([]);
@@ -425,14 +429,21 @@ describe('PersistApp', () => {
     const small = n.lines();
     expect(small).toHaveLength(13);
     for (const l of small) expect(stringWidth(l)).toBeLessThanOrEqual(50);
-    // the whole warning, in the lines of 50 columns
+    // the whole warning, in the lines of 50 columns; then the counts (blank lines gave way)
     expect(
       small
         .slice(2, 5)
         .map((l) => l.trim())
         .join(' '),
-    ).toBe(`warning    ${warning}`);
-    expect(small).toContain('Save now? y yes · n back');
+    ).toBe(`warning: ${warning}`);
+    expect(small.slice(5, 11)).toEqual([
+      '  changes    19 saved',
+      '  entries    28 incl. parent directories',
+      '  deletes    1 path, replaces 0 directories',
+      '  size       8.5 MiB before compression',
+      '  left out   5 changes, 84 MiB',
+      'Save now? y yes · n back',
+    ]);
     await n.press('y');
     await sleep(30);
     // the result at 50x14: every count and the key to exit fit
