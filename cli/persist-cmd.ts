@@ -313,7 +313,8 @@ async function writeWithSignals(
       onWarning: (m) => reporter.warn(m),
     });
     for (const c of r.cleaned) reporter.info(`    removed ${c} (left by an interrupted persist)`);
-    stage.done(`${formatBytes(r.bytesIn)} → ${formatBytes(r.bytesOut)}`);
+    // the cpio stream (contents, headers, padding), not the "before compression" count of the result
+    stage.done(`${formatBytes(r.bytesIn)} archive with headers → ${formatBytes(r.bytesOut)} compressed`);
     return r;
   } catch (e) {
     if (ac.signal.aborted) throw new MkmaError('interrupted: nothing was saved (the partial file was removed)');
