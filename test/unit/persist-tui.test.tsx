@@ -156,6 +156,23 @@ function setup(over: Partial<PersistAppProps> = {}) {
   return { app, frame, lines, press, type, rowWith, cursorRow, onConfirm, saveRules, outcome, props };
 }
 
+/**
+ * Runs `check` until it passes, at most 2 s: Ink draws a key's frame asynchronously, and on a
+ * loaded machine that can take longer than press' pause.
+ */
+async function eventually(check: () => void, ms = 2000): Promise<void> {
+  const end = Date.now() + ms;
+  for (;;) {
+    try {
+      check();
+      return;
+    } catch (e) {
+      if (Date.now() > end) throw e;
+    }
+    await sleep(10);
+  }
+}
+
 function header(lines: string[]) {
   return lines[0];
 }
@@ -194,12 +211,13 @@ describe('PersistApp', () => {
     // until the first key: the legend hint, then where the cursor is
     expect(lines[lines.length - 2]).toBe('[x] saved  [ ] not saved  [~] partly  · F1: keys, and the letters');
     await t.press(KEY.down, KEY.up);
-    expect(t.lines().at(-2)).toBe('/etc/');
+    await eventually(() => expect(t.lines().at(-2)).toBe('/etc/'));
   });
 
   test('F1 and H open the help, drawn from the key table, with the legend; it scrolls and any other key closes it', async () => {
     const t = setup();
     await t.press('\u001BOP'); // F1 as xterm sends it
+    await eventually(() => expect(t.frame()).toContain('this help'));
     let f = t.frame();
     expect(f).toContain('Keys');
     // every key of persist/keys.ts, with what it does
@@ -239,13 +257,14 @@ describe('PersistApp', () => {
     expect(t.lines().at(-1)).toBe('↑↓ PgUp PgDn scroll  any other key closes');
     expect(t.lines().at(-3)).toMatch(/^ {2}R +replaced directory/);
     await t.press('x'); // any other key closes
-    expect(t.frame()).toContain('space toggle');
+    await eventually(() => expect(t.frame()).toContain('space toggle'));
     expect(t.cursorRow()).toContain(' etc/');
     await t.press('H');
+    await eventually(() => expect(t.frame()).toContain('this help'));
     f = t.frame();
     expect(f).toContain('this help');
     await t.press(KEY.esc);
-    expect(t.frame()).not.toContain('this help');
+    await eventually(() => expect(t.frame()).not.toContain('this help'));
     expect(t.outcome).toEqual([]);
   });
 
@@ -258,16 +277,17 @@ describe('PersistApp', () => {
     expect(lines.at(-1)!.trimEnd()).toBe('space toggle  / find  F1 help  ⏎ save  q quit');
     expect(lines.at(-2)!.trimEnd()).toBe('[x] saved [ ] not [~] partly · F1 help');
     await t.press('\u001B[11~'); // F1 as rxvt sends it
-    expect(t.frame()).toContain('Keys');
+    await eventually(() => expect(t.frame()).toContain('Keys'));
     for (const l of t.lines()) expect(stringWidth(l)).toBeLessThanOrEqual(50);
     // what a key does wraps below itself: nothing is cut
     expect(t.frame()).toMatch(/^ {2}F1 H {3}this help: the keys, and what the marks$/m);
     expect(t.frame()).toMatch(/^ {9}and letters mean$/m);
     expect(t.lines().at(-1)).toMatch(/^↓ \d+ more \(legend last\) · other keys close$/);
     for (let k = 0; k < 6; k++) await t.press(KEY.pgdn);
+    await eventually(() => expect(t.lines().at(-1)).toBe('↑↓ PgUp PgDn scroll  any other key closes'));
     expect(t.lines().slice(-4, -2)).toEqual(['  R      replaced directory (its old contents are', '         dropped)']);
     await t.press('q');
-    expect(t.frame()).toContain('F1 help');
+    await eventually(() => expect(t.frame()).toContain('F1 help'));
     expect(t.outcome).toEqual([]);
   });
 
@@ -278,10 +298,13 @@ describe('PersistApp', () => {
       const t = setup();
       const out = [t.app.lastFrame() ?? ''];
       await t.press('\u001BOP');
+      await eventually(() => expect(t.frame()).toContain('this help'));
       out.push(t.app.lastFrame() ?? '');
       await t.press('q', KEY.enter);
+      await eventually(() => expect(t.frame()).toContain('Save now?'));
       out.push(t.app.lastFrame() ?? '');
       await t.press('n', ' ', 'q');
+      await eventually(() => expect(t.frame()).toContain('Quit without saving?'));
       out.push(t.app.lastFrame() ?? '');
       cleanup();
       return out.join('\n');
@@ -362,6 +385,7 @@ describe('PersistApp', () => {
     expect(t.lines().at(-2)).toContain('/etc/ssh/: not saved (your choice)');
 
     await t.press(KEY.enter);
+    await eventually(() => expect(t.frame()).toContain('Save now?'));
     const confirm = t.frame();
     expect(confirm).toContain('Save a new persistence layer');
     // 16 changes; in the layer: 15 of them (the deleted motd is a whiteout, no entry) + the
@@ -399,6 +423,7 @@ describe('PersistApp', () => {
     // the plan confirmed is the plan written (persist/write.ts' planLayer of the same choice)
     expect(plan).toEqual(planLayer(t.props.scan, include));
     expect(plan.write.length).toBe(24);
+    await eventually(() => expect(t.frame()).toContain('Press any key to exit.'));
     const result = t.frame();
     expect(result).toContain('Saved');
     expect(result).toContain('0003-20250101-120000.mkl');
@@ -416,6 +441,7 @@ describe('PersistApp', () => {
     const t = setup({ targetWarnings });
     expect(targetWarnings).not.toHaveBeenCalled();
     await t.press(KEY.enter);
+    await eventually(() => expect(t.frame()).toContain('Save now?'));
     expect(targetWarnings).toHaveBeenCalledTimes(1);
     const lines = t.lines();
     expect(lines[1]).toBe('Save a new persistence layer');
@@ -426,6 +452,7 @@ describe('PersistApp', () => {
 
     const n = setup({ targetWarnings, width: 50, height: 14 });
     await n.press(KEY.enter);
+    await eventually(() => expect(n.frame()).toContain('Save now?'));
     const small = n.lines();
     expect(small).toHaveLength(13);
     for (const l of small) expect(stringWidth(l)).toBeLessThanOrEqual(50);
@@ -578,23 +605,23 @@ describe('PersistApp', () => {
       await moveTo(t, 'hostname');
       await t.press(' ');
       await t.press('q');
+      await eventually(() => expect(t.frame()).toContain('Quit without saving?'));
       expect(t.outcome).toEqual([]);
-      expect(t.frame()).toContain('Quit without saving?');
       expect(t.frame()).toContain('1 choice of yours is not saved');
       expect(t.lines().some((l) => l.startsWith('y quit · n back'))).toBe(true);
       for (const l of t.lines()) expect(stringWidth(l)).toBeLessThanOrEqual(width);
       await t.press('n');
-      expect(t.cursorRow()).toContain(' hostname');
+      await eventually(() => expect(t.cursorRow()).toContain(' hostname'));
       await t.press('\u0003');
-      expect(t.frame()).toContain('Quit without saving?');
+      await eventually(() => expect(t.frame()).toContain('Quit without saving?'));
       await t.press(KEY.esc);
-      expect(t.frame()).not.toContain('Quit without saving?');
+      await eventually(() => expect(t.frame()).not.toContain('Quit without saving?'));
       await t.press('q', 'y');
-      expect(t.outcome).toEqual(['cancelled']);
+      await eventually(() => expect(t.outcome).toEqual(['cancelled']));
     }
     const t = setup();
     await t.press('A', '\u0003', '\u0003');
-    expect(t.outcome).toEqual(['cancelled']);
+    await eventually(() => expect(t.outcome).toEqual(['cancelled']));
     expect(t.onConfirm).not.toHaveBeenCalled();
   });
 
@@ -602,16 +629,16 @@ describe('PersistApp', () => {
     const t = setup();
     await moveTo(t, 'hostname');
     await t.press(' ', 'w', 'y');
-    expect(t.saveRules).toHaveBeenCalledTimes(1);
+    await eventually(() => expect(t.saveRules).toHaveBeenCalledTimes(1));
     await t.press('q');
-    expect(t.outcome).toEqual(['cancelled']);
+    await eventually(() => expect(t.outcome).toEqual(['cancelled']));
     // a choice after saving the rules: only it counts as not saved
     const t3 = setup();
     await moveTo(t3, 'hostname');
     await t3.press(' ', 'w', 'y', KEY.down, ' ', 'q');
-    expect(t3.frame()).toContain('1 choice of yours is not saved');
+    await eventually(() => expect(t3.frame()).toContain('1 choice of yours is not saved'));
     await t3.press('y');
-    expect(t3.outcome).toEqual(['cancelled']);
+    await eventually(() => expect(t3.outcome).toEqual(['cancelled']));
     const t2 = setup();
     await t2.press('N', 'U', 'q');
     expect(t2.outcome).toEqual(['cancelled']);
