@@ -11,6 +11,8 @@ import {
   type ScanResult,
 } from '../persist/model.js';
 import { appendRules, dpkgWarnings, loadRules, parsePattern, ruleDecider, rulesFromOverrides } from '../persist/rules.js';
+import { countSentence, layerCounts, type LayerCounts } from '../persist/counts.js';
+import { KIND_LEGEND, KIND_MARK } from '../persist/rows.js';
 import { scanUpper } from '../persist/scan.js';
 import type { Target } from '../persist/storage.js';
 import type { LayerPlan, WriteLayerResult } from '../persist/write.js';
@@ -63,8 +65,8 @@ base.cpio.zst was built with, else ${ZSTD_LEVEL.default})`,
   sections: [
     [
       'Kinds',
-      `  A added, M modified, m metadata only (chmod/chown/touch), D deleted, R replaced
-  directory (its old contents are dropped).`,
+      KIND_LEGEND.map((k) => `  ${k.mark}  ${k.means}`).join('\n') +
+        '\n\nIn the terminal UI, F1 (or H) lists the keys, and what [x], [ ] and [~] mean.',
     ],
   ],
   exitStatus: `0 saved (or nothing to save, or dry run), 1 failed (nothing was written), 2 bad
@@ -73,8 +75,6 @@ arguments or no terminal without --yes, 3 not root or missing tools.`,
 } as const satisfies CommandSpec;
 
 export const HELP = renderHelp(SPEC);
-
-const KIND_LETTER: Record<string, string> = { added: 'A', modified: 'M', metadata: 'm', deleted: 'D', replaced: 'R', container: ' ' };
 
 /** A raw (latin1) path for people: UTF-8 when it is, control bytes as \\ooo. */
 export function showPath(raw: string): string {
@@ -267,7 +267,7 @@ export async function run(argv: string[]): Promise<number> {
     );
     return EXIT.ok;
   }
-  printSaved(result, name, target, totals);
+  printSaved(result, layerCounts(plan), name, target, totals);
   return EXIT.ok;
 }
 
@@ -305,7 +305,8 @@ async function writeWithSignals(
       onWarning: (m) => reporter.warn(m),
     });
     for (const c of r.cleaned) reporter.info(`    removed ${c} (left by an interrupted persist)`);
-    stage.done(`${formatBytes(r.bytesIn)} → ${formatBytes(r.bytesOut)}`);
+    // the cpio stream (contents, headers, padding), not the "before compression" count of the result
+    stage.done(`${formatBytes(r.bytesIn)} archive with headers → ${formatBytes(r.bytesOut)} compressed`);
     return r;
   } catch (e) {
     if (ac.signal.aborted) throw new MkmaError('interrupted: nothing was saved (the partial file was removed)');
@@ -315,15 +316,8 @@ async function writeWithSignals(
   }
 }
 
-function printSaved(r: WriteLayerResult, name: string, target: Target, totals: Totals): void {
-  const extra: string[] = [];
-  if (r.deleted) extra.push(`${r.deleted} deletion(s)`);
-  if (r.replaced) extra.push(`${r.replaced} replaced director${r.replaced === 1 ? 'y' : 'ies'}`);
-  const lines = [
-    `mkma: saved ${totals.included} change(s) as ${r.entries} entries (${formatBytes(r.bytesIn)} → ${formatBytes(r.bytesOut)} compressed)${extra.length ? ', ' + extra.join(', ') : ''}`,
-    `  ${name}`,
-    `  in ${target.description}`,
-  ];
+function printSaved(r: WriteLayerResult, counts: LayerCounts, name: string, target: Target, totals: Totals): void {
+  const lines = [`mkma: saved ${countSentence(counts, r.bytesOut)}`, `  ${name}`, `  in ${target.description}`];
   if (totals.excluded)
     lines.push(
       `  left out by the rules: ${totals.excluded} change(s), ${formatBytes(totals.excludedBytes)} (mkma persist --dry-run lists them)`,
@@ -360,7 +354,7 @@ function printDryRun(scan: ScanResult, decisions: Decision[], totals: Totals, wa
     const d = decisions[i];
     if (d.included) {
       const size = e.type === 'file' || e.type === 'symlink' ? formatBytes(e.size) : '-';
-      lines.push(`${KIND_LETTER[e.kind]} ${size.padStart(10)}  ${showPath(e.path)}${e.type === 'dir' ? '/' : ''}`);
+      lines.push(`${KIND_MARK[e.kind]} ${size.padStart(10)}  ${showPath(e.path)}${e.type === 'dir' ? '/' : ''}`);
     } else if (d.rule) {
       const k = `${d.rule.source} ${d.rule.pattern}`;
       const g = byRule.get(k) ?? { rule: d.rule, n: 0, bytes: 0 };
@@ -391,7 +385,7 @@ async function runTui(o: {
 }): Promise<number> {
   // TODO(lead): persist/tui.tsx's options are not final; this call follows PersistTuiOptions as
   // of this writing (scan, decideRule, rescan, watchPath, rulesFile, saveRules,
-  // rulesFromOverrides, onConfirm). Adjust here if that interface changes.
+  // rulesFromOverrides, targetWarnings, onConfirm). Adjust here if that interface changes.
   const { runPersistTui } = await import('../persist/tui.js');
   const { writeLayer } = await import('../persist/write.js');
   // the UI's choice (`include`) is about the entries of its latest scan
@@ -404,18 +398,29 @@ async function runTui(o: {
     rulesFile: o.rulesFile,
     saveRules: (lines) => appendRules(o.rulesFile, lines, `added by mkma persist on ${new Date().toISOString()}`),
     rulesFromOverrides,
-    onConfirm: async (include) => {
+    targetWarnings: () => {
+      // resolved (and released) again when writing; a problem that stops the write shows here first
+      try {
+        const t = storageTarget(o.values);
+        t.release();
+        return t.warnings;
+      } catch (e) {
+        return [`cannot save there: ${(e as Error).message}`];
+      }
+    },
+    onConfirm: async (include, plan) => {
       const target = storageTarget(o.values);
       try {
         const r = await writeLayer({
           upper: o.upper,
           scan: latest,
           include,
+          plan,
           imagesDir: target.imagesDir,
           level: layerLevel(o.level, target.imagesDir).level,
           message: o.values.message,
         });
-        return { file: r.file, bytesIn: r.bytesIn, bytesOut: r.bytesOut, entries: r.entries };
+        return { file: r.file, counts: layerCounts(plan), bytesOut: r.bytesOut };
       } finally {
         target.release();
       }

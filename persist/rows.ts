@@ -6,10 +6,11 @@ import { includeState, type IncludeState, type Inclusion } from './inclusion.js'
 import { decide, type ChangeEntry, type ChangeKind, type Decision, type Overrides } from './model.js';
 import { displayPath, padEnd, truncateMiddle } from './text.js';
 
+// One letter per kind, none differing from another only by case: P (properties), not m/M.
 export const KIND_MARK: Record<ChangeKind, string> = {
   added: 'A',
   modified: 'M',
-  metadata: 'm',
+  metadata: 'P',
   deleted: 'D',
   replaced: 'R',
   container: ' ',
@@ -17,11 +18,27 @@ export const KIND_MARK: Record<ChangeKind, string> = {
 export const KIND_WORD: Record<ChangeKind, string> = {
   added: 'added',
   modified: 'modified',
-  metadata: 'metadata only',
+  metadata: 'properties only',
   deleted: 'deleted',
   replaced: 'replaced dir',
   container: 'folder',
 };
+/** The legend: each kind's letter and what it means (the help overlay, `mkma persist --help`). */
+export const KIND_LEGEND: { mark: string; means: string }[] = [
+  { mark: KIND_MARK.added, means: 'added' },
+  { mark: KIND_MARK.modified, means: 'modified (contents)' },
+  { mark: KIND_MARK.metadata, means: 'properties only (mode, owner, times: chmod/chown/touch)' },
+  { mark: KIND_MARK.deleted, means: 'deleted' },
+  { mark: KIND_MARK.replaced, means: 'replaced directory (its old contents are dropped)' },
+];
+
+/** The legend of the marks in front of a row. */
+export const MARK_LEGEND: { mark: string; means: string }[] = [
+  { mark: '[x]', means: 'saved' },
+  { mark: '[ ]', means: 'not saved' },
+  { mark: '[~]', means: 'partly: some of what is below is saved' },
+];
+
 export const TYPE_WORD: Record<ChangeEntry['type'], string> = {
   file: 'file',
   dir: 'directory',
@@ -46,7 +63,7 @@ export interface RowParts {
   /** '[x]', '[ ]' or '[~]' */
   mark: string;
   state: IncludeState;
-  /** A M m D R, ' ' for container directories */
+  /** A M P D R, ' ' for container directories */
   kind: string;
   kindOf: ChangeKind;
   /** the name, truncated in the middle and padded to its column */

@@ -8,32 +8,45 @@
 import { memo, type ReactElement } from 'react';
 import { Text } from 'ink';
 import { formatBytes } from '../lib/progress.js';
+import { countLines, plural, type LayerCounts } from './counts.js';
 import { totals, type Summary } from './inclusion.js';
-import { rowText, type RowParts } from './rows.js';
+import { footerLine, LIST_KEYS, MOVE_KEYS, SEARCH_KEYS } from './keys.js';
+import { KIND_LEGEND, MARK_LEGEND, rowText, type RowParts } from './rows.js';
 import { displayPath, fitLine, textWidth, truncateMiddle } from './text.js';
 import type { PersistView } from './view.js';
 
-export type WriteResult = { file: string; bytesIn: number; bytesOut: number; entries: number };
+/** What the write did: the layer file, its counts (counts.ts, as confirmed) and its size on disk. */
+export type WriteResult = { file: string; counts: LayerCounts; bytesOut: number };
 
 /** What the UI shows and which keys it takes. */
 export type Mode =
   | { name: 'main' }
   | { name: 'search'; query: string }
   | { name: 'rules'; lines: string[]; busy: boolean }
-  | { name: 'confirm'; summary: Summary }
-  | { name: 'writing'; summary: Summary }
-  | { name: 'result'; result: WriteResult };
+  | { name: 'confirm'; summary: Summary; counts: LayerCounts; warnings: string[] }
+  | { name: 'writing'; summary: Summary; counts: LayerCounts; warnings: string[] }
+  | { name: 'result'; result: WriteResult }
+  /** the key help and the legend (from the list), scrolled to line `top` */
+  | { name: 'help'; top: number }
+  /** q or Ctrl-C with choices not saved: asks first */
+  | { name: 'quit'; choices: number };
 
-const KIND_COLOR: Record<string, string> = { A: 'green', M: 'yellow', m: 'cyan', D: 'red', R: 'magenta' };
+/** NO_COLOR (any non-empty value, no-color.org): no colour anywhere; bold and inverse stay. */
+export function colourOff(): boolean {
+  return !!process.env.NO_COLOR;
+}
+
+const KIND_COLOR: Record<string, string> = { A: 'green', M: 'yellow', P: 'cyan', D: 'red', R: 'magenta' };
 
 export const Row = memo(
   function Row({ p }: { p: RowParts }) {
-    const dim = p.state === 'none';
+    const colour = !colourOff();
+    const dim = colour && p.state === 'none';
     return (
       <Text wrap="truncate" inverse={p.pointer === '>'} dimColor={dim}>
         {p.pointer} {p.indent}
-        {p.fold} <Text color={p.state === 'partial' ? 'yellow' : undefined}>{p.mark}</Text> <Text color={KIND_COLOR[p.kind]}>{p.kind}</Text>{' '}
-        {p.name} {p.size}
+        {p.fold} <Text color={colour && p.state === 'partial' ? 'yellow' : undefined}>{p.mark}</Text>{' '}
+        <Text color={colour ? KIND_COLOR[p.kind] : undefined}>{p.kind}</Text> {p.name} {p.size}
       </Text>
     );
   },
@@ -43,6 +56,8 @@ export const Row = memo(
 export function Line({
   text,
   width,
+  color,
+  dimColor,
   ...style
 }: {
   text: string;
@@ -52,16 +67,15 @@ export function Line({
   dimColor?: boolean;
   inverse?: boolean;
 }) {
+  const colour = !colourOff();
   return (
-    <Text wrap="truncate" {...style}>
+    <Text wrap="truncate" {...style} color={colour ? color : undefined} dimColor={colour && dimColor}>
       {fitLine(text, width)}
     </Text>
   );
 }
 
-export function plural(n: number, one: string, many = `${one}s`): string {
-  return `${n} ${n === 1 ? one : many}`;
-}
+export { plural };
 
 /** The upperdir, the number of changes and what will be saved. */
 export function header(view: PersistView, width: number): string {
@@ -117,24 +131,113 @@ export function body(p: BodyProps): ReactElement[] {
       />,
     );
   } else if (mode.name === 'confirm' || mode.name === 'writing') {
-    lines(confirmation(view, mode.summary, mode.name === 'writing'), (k) => ({ bold: k === 0 }));
+    const warnings = warningLines(mode.warnings, width);
+    // the warnings follow the title: lines 1..warnings.length
+    lines(keepLast(confirmation(view, mode, warnings, mode.name === 'writing'), height), (k) => ({
+      bold: k === 0,
+      color: k >= 1 && k <= warnings.length ? 'yellow' : undefined,
+    }));
   } else if (mode.name === 'result') {
-    lines(resultLines(mode.result, width), (k) => ({ bold: k === 0, color: k === 0 ? 'green' : undefined }));
+    lines(keepLast(resultLines(mode.result, width), height), (k) => ({ bold: k === 0, color: k === 0 ? 'green' : undefined }));
+  } else if (mode.name === 'help') {
+    const all = helpLines(width);
+    const top = helpTop(mode.top, height, width);
+    lines(all.slice(top, top + height), (k) => ({ bold: HELP_TITLES.has(all[top + k]) }));
+  } else if (mode.name === 'quit') {
+    lines(
+      [
+        'Quit without saving?',
+        '',
+        ...wrapWords(
+          `${plural(mode.choices, 'choice')} of yours ${mode.choices === 1 ? 'is' : 'are'} not saved, neither as a layer nor as rules (w).`,
+          width - 2,
+        ).map((l) => `  ${l}`),
+        '',
+        'y quit · n back',
+      ],
+      (k) => ({ bold: k === 0 }),
+    );
   }
   while (out.length < height) out.push(<Text key={`pad${out.length}`}> </Text>);
   out.length = Math.min(out.length, height);
   return out;
 }
 
-function confirmation(view: PersistView, s: Summary, writing: boolean): string[] {
+const HELP_TITLES = new Set(['Keys', 'While finding (/)', 'Marks', 'Kinds']);
+
+/** The help overlay's text: the key tables of persist/keys.ts, then the legend. */
+export function helpLines(width: number): string[] {
+  const keyed = [...MOVE_KEYS, ...LIST_KEYS];
+  const w = Math.max(...[...keyed, ...SEARCH_KEYS].map((b) => textWidth(b.keys)));
+  // what a key does, wrapped below itself when the terminal is narrow
+  const row = (keys: string, does: string) =>
+    wrapWords(does, Math.max(10, width - w - 4)).map((l, k) => `  ${k ? ' '.repeat(w) : keys + ' '.repeat(w - textWidth(keys))}  ${l}`);
+  return [
+    'Keys',
+    ...keyed.flatMap((b) => row(b.keys, b.does)),
+    '',
+    'While finding (/)',
+    ...SEARCH_KEYS.flatMap((b) => row(b.keys, b.does)),
+    '',
+    'Marks',
+    ...MARK_LEGEND.flatMap((m) => row(m.mark, m.means)),
+    '',
+    'Kinds',
+    ...KIND_LEGEND.flatMap((k) => row(k.mark, k.means)),
+  ];
+}
+
+/** The first line of the help shown in a window of `height` lines (scrolling stops at the end). */
+export function helpTop(top: number, height: number, width: number): number {
+  return Math.max(0, Math.min(top, helpLines(width).length - height));
+}
+
+/** The one-line legend shown until the first key press. */
+export function legendHint(width: number): string {
+  const long = `${MARK_LEGEND.map((m) => `${m.mark} ${m.means.split(':')[0]}`).join('  ')}  · F1: keys, and the letters`;
+  return textWidth(long) <= width ? long : '[x] saved [ ] not [~] partly · F1 help';
+}
+
+/** At most `height` lines: short of room, blank lines go first, then the lines before the last (the question). */
+function keepLast(texts: string[], height: number): string[] {
+  if (texts.length <= height) return texts;
+  const compact = texts.filter((l) => l !== '');
+  if (compact.length <= height) return compact;
+  return [...compact.slice(0, Math.max(0, height - 1)), compact[compact.length - 1]].slice(-height);
+}
+
+/** `text` in lines of at most `width` columns, broken at spaces (a longer word is cut later). */
+function wrapWords(text: string, width: number): string[] {
+  const out: string[] = [];
+  let line = '';
+  for (const word of text.split(' ')) {
+    if (line && textWidth(`${line} ${word}`) > width) {
+      out.push(line);
+      line = word;
+    } else line = line ? `${line} ${word}` : word;
+  }
+  if (line) out.push(line);
+  return out;
+}
+
+/** The target's warnings, wrapped: in the label column when there is room, else below the label. */
+function warningLines(warnings: string[], width: number): string[] {
+  const label = '  warning    ';
+  return warnings.flatMap((w) =>
+    width >= 70
+      ? wrapWords(w, width - label.length).map((l, k) => (k ? ' '.repeat(label.length) : label) + l)
+      : wrapWords(`warning: ${w}`, width - 2).map((l) => `  ${l}`),
+  );
+}
+
+/** The confirm screen; the target's warnings (warningLines) come first, below the title: lines cut for room are the counts'. */
+function confirmation(view: PersistView, m: { summary: Summary; counts: LayerCounts }, warnings: string[], writing: boolean): string[] {
   const skipped = view.scan.skipped.length;
+  const s = m.summary;
   return [
     'Save a new persistence layer',
-    '',
-    `  entries    ${s.entries} (${plural(s.changes, 'change')} and the folders they need)`,
-    `  size       ${formatBytes(s.bytes)} before compression`,
-    `  deleted    ${plural(s.deleted, 'path')} (whiteouts)`,
-    `  replaced   ${plural(s.replaced, 'directory', 'directories')} (opaque)`,
+    ...warnings,
+    ...countLines(m.counts),
     `  left out   ${plural(s.excluded, 'change')}, ${formatBytes(s.excludedBytes)}`,
     ...(skipped ? [`  skipped    ${plural(skipped, 'entry', 'entries')} that cannot be saved`] : []),
     '',
@@ -143,13 +246,11 @@ function confirmation(view: PersistView, s: Summary, writing: boolean): string[]
 }
 
 function resultLines(r: WriteResult, width: number): string[] {
-  const ratio = r.bytesIn > 0 ? ` (${Math.round((r.bytesOut / r.bytesIn) * 100)}%)` : '';
   return [
     'Saved',
-    '',
     `  layer      ${truncateMiddle(r.file, width - 13)}`,
-    `  entries    ${r.entries}`,
-    `  size       ${formatBytes(r.bytesIn)} → ${formatBytes(r.bytesOut)} compressed${ratio}`,
+    ...countLines(r.counts),
+    `  compressed ${formatBytes(r.bytesOut)} (the layer file)`,
     '',
     'Press any key to exit.',
   ];
@@ -171,11 +272,20 @@ export function status(view: PersistView, mode: Mode, message: string[] | null, 
 }
 
 const HELP: Partial<Record<Mode['name'], string>> = {
-  main: '↑↓←→ move/fold  space toggle  / find  ? why  r rescan  w rules  ⏎ save  q quit',
   search: 'type to filter  ⏎ keep  esc clear  ↑↓ move',
+  help: '↑↓ PgUp PgDn scroll  any other key closes',
 };
 
-/** The key help line of a mode. */
-export function help(mode: Mode): string {
+/**
+ * The footer of a mode: on the list, the hints of persist/keys.ts that fit `width`; on the help,
+ * how much of it is below (`height`: the body's).
+ */
+export function help(mode: Mode, width: number, height: number): string {
+  if (mode.name === 'main') return footerLine([...MOVE_KEYS, ...LIST_KEYS], width, textWidth);
+  if (mode.name === 'help') {
+    const below = helpLines(width).length - helpTop(mode.top, height, width) - height;
+    const long = `↓ ${plural(below, 'more line')} (the legend is last)  ${HELP.help}`;
+    if (below > 0) return textWidth(long) <= width ? long : `↓ ${below} more (legend last) · other keys close`;
+  }
   return HELP[mode.name] ?? '';
 }

@@ -7,12 +7,14 @@
 // The output is one line shorter than the terminal so that Ink redraws in place.
 
 import { useEffect, useRef, useState } from 'react';
-import { Box, render, useApp, useInput, useStdout } from 'ink';
+import { Box, render, useApp, useInput, useStdin, useStdout } from 'ink';
 import { watch } from 'chokidar';
 import type { ChangeEntry, Decision, Include, Overrides, ScanResult } from './model.js';
 import { rulesFromOverrides } from './rules.js';
 import type { Summary } from './inclusion.js';
-import { body, header, help, Line, plural, status, type Mode, type WriteResult } from './screens.js';
+import { layerCounts, type LayerCounts } from './counts.js';
+import { planLayer, type LayerPlan } from './write.js';
+import { body, header, help, helpTop, legendHint, Line, plural, status, type Mode, type WriteResult } from './screens.js';
 import { LIST_KEYS, MOVE_KEYS } from './keys.js';
 import { PersistView } from './view.js';
 
@@ -29,9 +31,18 @@ export interface PersistTuiOptions {
   saveRules?: (lines: string[]) => Promise<void> | void;
   /** the user's choices as rule lines (default: rules.ts' rulesFromOverrides) */
   rulesFromOverrides?: (overrides: Overrides) => string[];
+  /**
+   * Where the layer would go, checked when asking to save: its warnings (e.g. a --path without
+   * base.cpio.zst), shown on the confirm screen.
+   */
+  targetWarnings?: () => string[];
   /** choices to start from (--include / --exclude on exact paths) */
   overrides?: Overrides;
-  onConfirm: (include: Include, summary: { entries: number; bytes: number }) => Promise<WriteResult>;
+  /**
+   * Writes the layer. `plan`: planLayer of the scan shown and `include` (what was confirmed);
+   * the result's counts are layerCounts of the plan written.
+   */
+  onConfirm: (include: Include, plan: LayerPlan) => Promise<WriteResult>;
 }
 
 export type PersistOutcome = 'saved' | 'cancelled';
@@ -68,6 +79,32 @@ export function PersistApp(props: PersistAppProps) {
   const exited = useRef(false);
   const propsRef = useRef(props);
   propsRef.current = props;
+
+  // The bytes of the key being handled: Ink's Key has no F1. This listener is subscribed once,
+  // before useInput's (which subscribes again on every render), so it sees each key first.
+  const { internal_eventEmitter: keyEvents } = useStdin();
+  const rawKey = useRef('');
+  useEffect(() => {
+    const onInput = (data: string) => {
+      rawKey.current = data;
+    };
+    keyEvents.on('input', onInput);
+    return () => {
+      keyEvents.off('input', onInput);
+    };
+  }, [keyEvents]);
+  /** the legend hint shows until the first key */
+  const [pressed, setPressed] = useState(false);
+  /** the choices as they were at the start, or when last saved as rules: quitting asks if they differ */
+  const keptChoices = useRef<Overrides>(new Map(view.overrides));
+  /** choices made or undone since: each path whose choice differs from the kept one */
+  const unsavedChoices = () => {
+    const kept = keptChoices.current;
+    let n = 0;
+    for (const [k, v] of view.overrides) if (kept.get(k) !== v) n++;
+    for (const k of kept.keys()) if (!view.overrides.has(k)) n++;
+    return n;
+  };
 
   useEffect(() => {
     if (props.width !== undefined && props.height !== undefined) return;
@@ -168,6 +205,8 @@ export function PersistApp(props: PersistAppProps) {
   const statusHeight = Math.max(1, Math.min(statusLines.length, 4));
   const bodyHeight = Math.max(1, height - 1 - 2 - statusHeight);
 
+  /** what Enter confirms: the include function, its plan, and the plan's counts */
+  const confirmed = useRef<{ include: Include; plan: LayerPlan } | null>(null);
   /** The confirmation; or, when nothing is chosen, why there is nothing to save (true: a message was set). */
   const startConfirm = (): boolean => {
     const summary = view.summary();
@@ -177,15 +216,19 @@ export function PersistApp(props: PersistAppProps) {
       setMessage(['nothing to save: no change is chosen, so no layer is written']);
       return true;
     }
+    const include = view.includeFn();
+    const plan = planLayer(view.scan, include);
+    confirmed.current = { include, plan };
     setMessage(null);
-    setMode({ name: 'confirm', summary });
+    setMode({ name: 'confirm', summary, counts: layerCounts(plan), warnings: props.targetWarnings?.() ?? [] });
     return false;
   };
 
-  const write = async (summary: Summary) => {
-    setMode({ name: 'writing', summary });
+  const write = async (m: { summary: Summary; counts: LayerCounts; warnings: string[] }) => {
+    setMode({ ...m, name: 'writing' });
     try {
-      const result = await props.onConfirm(view.includeFn(), { entries: summary.entries, bytes: summary.bytes });
+      const { include, plan } = confirmed.current!;
+      const result = await props.onConfirm(include, plan);
       if (!exited.current) setMode({ name: 'result', result });
     } catch (err) {
       if (exited.current) return;
@@ -201,6 +244,7 @@ export function PersistApp(props: PersistAppProps) {
       const choices = new Map(view.overrides);
       await props.saveRules!(lines);
       savedRules.current = choices;
+      keptChoices.current = choices;
       if (exited.current) return;
       setMessage([`appended ${plural(lines.length, 'line')} to ${props.rulesFile}`]);
     } catch (err) {
@@ -210,21 +254,44 @@ export function PersistApp(props: PersistAppProps) {
     setMode({ name: 'main' });
   };
 
+  /** q, Ctrl-C: quits at once without choices to lose, else asks (Ctrl-C there quits). */
+  const askQuit = () => {
+    const choices = unsavedChoices();
+    if (!choices) quit('cancelled');
+    else {
+      setMessage(null);
+      setMode({ name: 'quit', choices });
+    }
+  };
+
   useInput((input, key) => {
     if (exited.current) return;
     const m = modeRef.current;
     const ctrlC = key.ctrl && input === 'c';
+    if (!pressed) setPressed(true);
     if (m.name === 'writing') return;
     if (m.name === 'result') {
       quit('saved');
       return;
     }
+    if (m.name === 'quit') {
+      if (ctrlC || input === 'y' || input === 'Y') quit('cancelled');
+      else if (input === 'n' || input === 'N' || key.escape || input === 'q') setMode({ name: 'main' });
+      return;
+    }
     if (ctrlC) {
-      quit('cancelled');
+      askQuit();
+      return;
+    }
+    if (m.name === 'help') {
+      const page = Math.max(1, bodyHeight - 1);
+      const d = key.upArrow || input === 'k' ? -1 : key.downArrow || input === 'j' ? 1 : key.pageUp ? -page : key.pageDown ? page : 0;
+      if (d) setMode({ name: 'help', top: helpTop(m.top + d, bodyHeight, width) });
+      else setMode({ name: 'main' });
       return;
     }
     if (m.name === 'confirm') {
-      if (input === 'y' || input === 'Y') void write(m.summary);
+      if (input === 'y' || input === 'Y') void write(m);
       else if (input === 'n' || input === 'N' || key.escape || input === 'q') setMode({ name: 'main' });
       return;
     }
@@ -237,7 +304,9 @@ export function PersistApp(props: PersistAppProps) {
 
     const page = Math.max(1, bodyHeight - 1);
     const inSearch = m.name === 'search';
-    const binding = MOVE_KEYS.find((b) => b.match(input, key)) ?? (inSearch ? undefined : LIST_KEYS.find((b) => b.match(input, key)));
+    const raw = rawKey.current;
+    const binding =
+      MOVE_KEYS.find((b) => b.match(input, key, raw)) ?? (inSearch ? undefined : LIST_KEYS.find((b) => b.match(input, key, raw)));
     if (binding) {
       // a key clears the message, unless its action says something or leaves it to later
       let said = false;
@@ -249,7 +318,8 @@ export function PersistApp(props: PersistAppProps) {
             said = true;
             setMessage(lines);
           },
-          quit: () => quit('cancelled'),
+          quit: askQuit,
+          help: () => setMode({ name: 'help', top: 0 }),
           search: () => setMode({ name: 'search', query: view.filter?.query ?? '' }),
           rescan: () => {
             said = true;
@@ -302,15 +372,16 @@ export function PersistApp(props: PersistAppProps) {
   };
 
   // --- drawing
-  const statusText = status(view, mode, message, statusHeight, width);
+  const hint = !pressed && !message && mode.name === 'main' && view.size > 0;
+  const statusText = hint ? [legendHint(width)] : status(view, mode, message, statusHeight, width);
   return (
     <Box flexDirection="column" width={width}>
       <Line text={header(view, width)} width={width} bold />
       {body({ view, mode, width, height: bodyHeight, rulesFile: props.rulesFile, canSaveRules: !!props.saveRules })}
       {statusText.map((s, k) => (
-        <Line key={`s${k}`} text={s} width={width} color={message ? 'cyan' : undefined} />
+        <Line key={`s${k}`} text={s} width={width} color={message ? 'cyan' : undefined} dimColor={hint} />
       ))}
-      <Line text={help(mode)} width={width} dimColor />
+      <Line text={help(mode, width, bodyHeight)} width={width} dimColor />
     </Box>
   );
 }

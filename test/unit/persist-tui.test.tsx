@@ -1,11 +1,18 @@
 import { afterEach, describe, expect, jest, test } from '@jest/globals';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { cleanup, render } from 'ink-testing-library';
 import stringWidth from 'string-width';
 import type { ChangeEntry, ChangeKind, Decision, EntryType, Rule, ScanResult } from '../../persist/model.js';
 import { PersistApp, type PersistAppProps, type PersistOutcome } from '../../persist/tui.js';
+import { footerLine, LIST_KEYS, MOVE_KEYS } from '../../persist/keys.js';
+import { KIND_LEGEND } from '../../persist/rows.js';
+import { layerCounts, type LayerCounts } from '../../persist/counts.js';
+import { helpLines } from '../../persist/screens.js';
+import { planLayer, type LayerPlan } from '../../persist/write.js';
 import { changeEntry } from '../helpers/change-entry.js';
 
 // --- a realistic upperdir after a day of use ------------------------------------------------
@@ -107,16 +114,16 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 // eslint-disable-next-line no-control-regex
 const strip = (s: string) => s.replace(/\u001B\[[0-9;]*m/g, '');
 
-type WriteResult = { file: string; bytesIn: number; bytesOut: number; entries: number };
+type WriteResult = { file: string; counts: LayerCounts; bytesOut: number };
 
 function setup(over: Partial<PersistAppProps> = {}) {
   const outcome: PersistOutcome[] = [];
   const onConfirm = jest.fn(
-    async (_include: (e: ChangeEntry) => boolean, summary: { entries: number; bytes: number }): Promise<WriteResult> => ({
+    // as cli/persist-cmd.ts: the counts of the plan it was given and written
+    async (_include: (e: ChangeEntry) => boolean, plan: LayerPlan): Promise<WriteResult> => ({
       file: '/persist/layers/0003-20250101-120000.mkl',
-      bytesIn: summary.bytes,
-      bytesOut: Math.round(summary.bytes / 3),
-      entries: summary.entries,
+      counts: layerCounts(plan),
+      bytesOut: Math.round(plan.bytes / 3),
     }),
   );
   const saveRules = jest.fn(async (_lines: string[]) => {});
@@ -147,6 +154,23 @@ function setup(over: Partial<PersistAppProps> = {}) {
   const rowWith = (name: string) => lines().find((l) => l.includes(` ${name}`)) ?? '';
   const cursorRow = () => lines().find((l) => l.startsWith('>')) ?? '';
   return { app, frame, lines, press, type, rowWith, cursorRow, onConfirm, saveRules, outcome, props };
+}
+
+/**
+ * Runs `check` until it passes, at most 2 s: Ink draws a key's frame asynchronously, and on a
+ * loaded machine that can take longer than press' pause.
+ */
+async function eventually(check: () => void, ms = 2000): Promise<void> {
+  const end = Date.now() + ms;
+  for (;;) {
+    try {
+      check();
+      return;
+    } catch (e) {
+      if (Date.now() > end) throw e;
+    }
+    await sleep(10);
+  }
 }
 
 function header(lines: string[]) {
@@ -182,8 +206,143 @@ describe('PersistApp', () => {
     expect(t.rowWith('resolv.conf')).toContain('M resolv.conf -> ../run/systemd/resolve/stub-resolv.conf');
     expect(t.rowWith('tmp/')).toMatch(/▾ \[ \] {3}tmp\/ +4\.0 MiB$/);
     expect(t.rowWith('home/')).toMatch(/\[~\]/);
-    expect(lines[lines.length - 1]).toBe('↑↓←→ move/fold  space toggle  / find  ? why  r rescan  w rules  ⏎ save  q quit');
-    expect(lines[lines.length - 2]).toBe('/etc/');
+    // the footer names F1; r rescan (the lowest of the hints) does not fit next to it
+    expect(lines[lines.length - 1]).toBe('↑↓←→ move/fold  space toggle  / find  ? why  w rules  F1 help  ⏎ save  q quit');
+    // until the first key: the legend hint, then where the cursor is
+    expect(lines[lines.length - 2]).toBe('[x] saved  [ ] not saved  [~] partly  · F1: keys, and the letters');
+    await t.press(KEY.down, KEY.up);
+    await eventually(() => expect(t.lines().at(-2)).toBe('/etc/'));
+  });
+
+  test('F1 and H open the help, drawn from the key table, with the legend; it scrolls and any other key closes it', async () => {
+    const t = setup();
+    await t.press('\u001BOP'); // F1 as xterm sends it
+    await eventually(() => expect(t.frame()).toContain('this help'));
+    let f = t.frame();
+    expect(f).toContain('Keys');
+    // every key of persist/keys.ts, with what it does
+    expect(t.lines()[1]).toBe('Keys');
+    if (process.env.PERSIST_SCREENSHOT) console.log(f);
+    expect(f).toMatch(/^ {2}↑ {6}up$/m);
+    expect(f).toMatch(/^ {2}F1 H {3}this help: the keys, and what the marks and letters mean/m);
+    // more help than room (20 lines of body): the footer says how much is below
+    const below = helpLines(80).length - 20;
+    expect(below).toBeGreaterThan(1);
+    expect(t.lines().at(-1)).toBe(`↓ ${below} more lines (the legend is last)  ↑↓ PgUp PgDn scroll  any other key closes`);
+    for (const l of t.lines()) expect(stringWidth(l)).toBeLessThanOrEqual(80);
+    // all of it, scrolling down a line at a time
+    const seen = new Set<string>(t.lines().slice(1, -2));
+    for (let k = 0; k < 40; k++) {
+      await t.press(KEY.down);
+      for (const l of t.lines().slice(1, -2)) seen.add(l.trimEnd());
+    }
+    const text = [...seen].join('\n');
+    for (const b of [...MOVE_KEYS, ...LIST_KEYS]) expect(text).toContain(`${b.keys}`);
+    for (const b of [...MOVE_KEYS, ...LIST_KEYS]) expect(text).toContain(b.does);
+    expect(text).toMatch(/^ {2}\[x\] +saved$/m);
+    expect(text).toMatch(/^ {2}\[ \] +not saved$/m);
+    expect(text).toMatch(/^ {2}\[~\] +partly: some of what is below is saved$/m);
+    for (const [mark, means] of [
+      ['A', 'added'],
+      ['M', 'modified \\(contents\\)'],
+      ['P', 'properties only'],
+      ['D', 'deleted'],
+      ['R', 'replaced directory'],
+    ])
+      expect(text).toMatch(new RegExp(`^ {2}${mark} +${means}`, 'm'));
+    // no two kind letters differ only by case
+    const letters = KIND_LEGEND.map((k) => k.mark.toLowerCase());
+    expect(new Set(letters).size).toBe(letters.length);
+    // the last line stays at the bottom: scrolling stops there
+    expect(t.lines().at(-1)).toBe('↑↓ PgUp PgDn scroll  any other key closes');
+    expect(t.lines().at(-3)).toMatch(/^ {2}R +replaced directory/);
+    await t.press('x'); // any other key closes
+    await eventually(() => expect(t.frame()).toContain('space toggle'));
+    expect(t.cursorRow()).toContain(' etc/');
+    await t.press('H');
+    await eventually(() => expect(t.frame()).toContain('this help'));
+    f = t.frame();
+    expect(f).toContain('this help');
+    await t.press(KEY.esc);
+    await eventually(() => expect(t.frame()).not.toContain('this help'));
+    expect(t.outcome).toEqual([]);
+  });
+
+  test('at 50 columns: the footer keeps help, save and quit; the legend hint is short', async () => {
+    const t = setup({ width: 50, height: 14 });
+    await sleep(30);
+    const lines = t.lines();
+    expect(lines.length).toBe(13);
+    for (const l of lines) expect(stringWidth(l)).toBeLessThanOrEqual(50);
+    expect(lines.at(-1)!.trimEnd()).toBe('space toggle  / find  F1 help  ⏎ save  q quit');
+    expect(lines.at(-2)!.trimEnd()).toBe('[x] saved [ ] not [~] partly · F1 help');
+    await t.press('\u001B[11~'); // F1 as rxvt sends it
+    await eventually(() => expect(t.frame()).toContain('Keys'));
+    for (const l of t.lines()) expect(stringWidth(l)).toBeLessThanOrEqual(50);
+    // what a key does wraps below itself: nothing is cut
+    expect(t.frame()).toMatch(/^ {2}F1 H {3}this help: the keys, and what the marks$/m);
+    expect(t.frame()).toMatch(/^ {9}and letters mean$/m);
+    expect(t.lines().at(-1)).toMatch(/^↓ \d+ more \(legend last\) · other keys close$/);
+    for (let k = 0; k < 6; k++) await t.press(KEY.pgdn);
+    await eventually(() => expect(t.lines().at(-1)).toBe('↑↓ PgUp PgDn scroll  any other key closes'));
+    expect(t.lines().slice(-4, -2)).toEqual(['  R      replaced directory (its old contents are', '         dropped)']);
+    await t.press('q');
+    await eventually(() => expect(t.frame()).toContain('F1 help'));
+    expect(t.outcome).toEqual([]);
+  });
+
+  test('NO_COLOR (any non-empty value) removes every colour; bold and inverse stay', async () => {
+    // eslint-disable-next-line no-control-regex
+    const colours = (s: string) => s.match(/\u001B\[(?:2|3[0-79]|9[0-7]|4[0-79]|10[0-7])m/g) ?? [];
+    const screens = async () => {
+      const t = setup();
+      const out = [t.app.lastFrame() ?? ''];
+      await t.press('\u001BOP');
+      await eventually(() => expect(t.frame()).toContain('this help'));
+      out.push(t.app.lastFrame() ?? '');
+      await t.press('q', KEY.enter);
+      await eventually(() => expect(t.frame()).toContain('Save now?'));
+      out.push(t.app.lastFrame() ?? '');
+      await t.press('n', ' ', 'q');
+      await eventually(() => expect(t.frame()).toContain('Quit without saving?'));
+      out.push(t.app.lastFrame() ?? '');
+      cleanup();
+      return out.join('\n');
+    };
+    // Ink's own chalk (not the one a test would import by name), at full colour: under jest
+    // stdout is no terminal and chalk's level is 0
+    const inkChalk = createRequire(join(process.cwd(), 'node_modules/ink/package.json')).resolve('chalk');
+    const chalk = ((await import(pathToFileURL(inkChalk).href)) as { default: { level: number } }).default;
+    const level = chalk.level;
+    chalk.level = 3;
+    const saved = process.env.NO_COLOR;
+    try {
+      delete process.env.NO_COLOR;
+      const coloured = await screens();
+      expect(colours(coloured).length).toBeGreaterThan(0); // the test can fail: colour is on by default
+      for (const value of ['1', 'yes']) {
+        process.env.NO_COLOR = value;
+        const plain = await screens();
+        expect(colours(plain)).toEqual([]);
+        expect(plain).toContain('\u001B[7m'); // the cursor's row: inverse, not a colour
+        expect(plain).toContain('\u001B[1m'); // titles: bold
+        expect(strip(plain)).toContain('Quit without saving?');
+      }
+      process.env.NO_COLOR = '';
+      expect(colours(await screens()).length).toBeGreaterThan(0); // empty: as if unset
+    } finally {
+      chalk.level = level;
+      if (saved === undefined) delete process.env.NO_COLOR;
+      else process.env.NO_COLOR = saved;
+    }
+  });
+
+  test('the footer never cuts save or quit, down to the width of those two', () => {
+    for (let w = 16; w <= 120; w++) {
+      const line = footerLine([...MOVE_KEYS, ...LIST_KEYS], w, stringWidth);
+      expect(line).toMatch(/⏎ save {2}q quit$/);
+      expect(stringWidth(line)).toBeLessThanOrEqual(Math.max(w, stringWidth('F1 help  ⏎ save  q quit')));
+    }
   });
 
   test('move, fold and unfold; ← on a child goes to the parent', async () => {
@@ -226,13 +385,19 @@ describe('PersistApp', () => {
     expect(t.lines().at(-2)).toContain('/etc/ssh/: not saved (your choice)');
 
     await t.press(KEY.enter);
+    await eventually(() => expect(t.frame()).toContain('Save now?'));
     const confirm = t.frame();
     expect(confirm).toContain('Save a new persistence layer');
-    // 16 changes + the folders on the way that are not changes: etc, etc/apt, etc/apt/sources.list.d, home, root, var, var/lib, var/lib/dpkg, var/log
-    expect(confirm).toMatch(/entries +25 \(16 changes and the folders they need\)/);
-    expect(confirm).toMatch(/size +8\.5 MiB before compression/);
-    expect(confirm).toMatch(/deleted +1 path \(whiteouts\)/);
-    expect(confirm).toMatch(/replaced +0 directories/);
+    // 16 changes; in the layer: 15 of them (the deleted motd is a whiteout, no entry) + the
+    // folders on the way that are not changes: etc, etc/apt, etc/apt/sources.list.d, home,
+    // root, var, var/lib, var/lib/dpkg, var/log
+    const counted = [
+      '  changes    16 saved',
+      '  entries    24 incl. parent directories',
+      '  deletes    1 path, replaces 0 directories',
+      '  size       8.5 MiB before compression',
+    ];
+    expect(t.lines().slice(2, 6)).toEqual(counted);
     expect(confirm).toMatch(/left out +8 changes, 84 MiB/);
     expect(confirm).toMatch(/skipped +1 entry that cannot be saved/);
     for (const l of t.lines()) expect([...l].length).toBeLessThanOrEqual(80);
@@ -242,7 +407,7 @@ describe('PersistApp', () => {
     await t.press(KEY.enter, 'y');
     await sleep(30);
     expect(t.onConfirm).toHaveBeenCalledTimes(1);
-    const [include, summary] = t.onConfirm.mock.calls[0];
+    const [include, plan] = t.onConfirm.mock.calls[0];
     const all = t.props.scan.entries;
     const byPath = (p: string) => all.find((e) => e.path === p)!;
     expect(include(byPath('etc/ssh/ssh_host_ed25519_key'))).toBe(false);
@@ -255,16 +420,68 @@ describe('PersistApp', () => {
     expect(include(byPath('tmp'))).toBe(false);
     expect(include(byPath('var/cache/apt'))).toBe(false);
     expect(include(byPath(LONG_FILE))).toBe(true);
-    expect(summary.entries).toBe(all.filter(include).length);
-    expect(summary.entries).toBe(25);
-    expect(summary.bytes).toBe(all.filter(include).reduce((a, e) => a + e.size, 0));
+    // the plan confirmed is the plan written (persist/write.ts' planLayer of the same choice)
+    expect(plan).toEqual(planLayer(t.props.scan, include));
+    expect(plan.write.length).toBe(24);
+    await eventually(() => expect(t.frame()).toContain('Press any key to exit.'));
     const result = t.frame();
     expect(result).toContain('Saved');
     expect(result).toContain('0003-20250101-120000.mkl');
-    expect(result).toMatch(/8\.5 MiB → 2\.8 MiB compressed \(33%\)/);
+    // the same counts, in the same words, as on the confirm screen; the compressed size apart
+    expect(t.lines().slice(3, 7)).toEqual(counted);
+    expect(t.lines()[7]).toBe('  compressed 2.8 MiB (the layer file)');
     expect(t.outcome).toEqual([]);
     await t.press('x');
     expect(t.outcome).toEqual(['saved']);
+  });
+
+  test("the target's warnings show on the confirm screen, wrapped; at 50x14 the question stays", async () => {
+    const warning = '/srv/x holds no base.cpio.zst: the layer is written there, but nothing will boot it from there';
+    const targetWarnings = jest.fn(() => [warning]);
+    const t = setup({ targetWarnings });
+    expect(targetWarnings).not.toHaveBeenCalled();
+    await t.press(KEY.enter);
+    await eventually(() => expect(t.frame()).toContain('Save now?'));
+    expect(targetWarnings).toHaveBeenCalledTimes(1);
+    const lines = t.lines();
+    expect(lines[1]).toBe('Save a new persistence layer');
+    expect(lines[2]).toBe('  warning    /srv/x holds no base.cpio.zst: the layer is written there, but');
+    expect(lines[3]).toBe('             nothing will boot it from there');
+    expect(lines[4]).toBe('  changes    19 saved');
+    expect(t.frame()).toContain('Save now? y yes · n back');
+
+    const n = setup({ targetWarnings, width: 50, height: 14 });
+    await n.press(KEY.enter);
+    await eventually(() => expect(n.frame()).toContain('Save now?'));
+    const small = n.lines();
+    expect(small).toHaveLength(13);
+    for (const l of small) expect(stringWidth(l)).toBeLessThanOrEqual(50);
+    // the whole warning, in the lines of 50 columns; then the counts (blank lines gave way)
+    expect(
+      small
+        .slice(2, 5)
+        .map((l) => l.trim())
+        .join(' '),
+    ).toBe(`warning: ${warning}`);
+    expect(small.slice(5, 11)).toEqual([
+      '  changes    19 saved',
+      '  entries    28 incl. parent directories',
+      '  deletes    1 path, replaces 0 directories',
+      '  size       8.5 MiB before compression',
+      '  left out   5 changes, 84 MiB',
+      'Save now? y yes · n back',
+    ]);
+    await n.press('y');
+    await sleep(30);
+    // the result at 50x14: every count and the key to exit fit
+    expect(n.lines().slice(3, 8)).toEqual([
+      '  changes    19 saved',
+      '  entries    28 incl. parent directories',
+      '  deletes    1 path, replaces 0 directories',
+      '  size       8.5 MiB before compression',
+      '  compressed 2.8 MiB (the layer file)',
+    ]);
+    expect(n.frame()).toContain('Press any key to exit.');
   });
 
   test('writing shows progress; a failure goes back to the list', async () => {
@@ -385,7 +602,7 @@ describe('PersistApp', () => {
     t.app.unmount();
   });
 
-  test('q and Ctrl-C quit with "cancelled"', async () => {
+  test('q and Ctrl-C quit at once with "cancelled" when there are no choices to lose', async () => {
     const t = setup();
     await t.press('q');
     expect(t.outcome).toEqual(['cancelled']);
@@ -393,6 +610,51 @@ describe('PersistApp', () => {
     await t2.press('\u0003');
     expect(t2.outcome).toEqual(['cancelled']);
     expect(t.onConfirm).not.toHaveBeenCalled();
+  });
+
+  test('q or Ctrl-C with choices not saved asks first: n goes back, y (or a second Ctrl-C) quits', async () => {
+    for (const width of [80, 50]) {
+      const t = setup({ width, height: width === 80 ? 24 : 14 });
+      await moveTo(t, 'hostname');
+      await t.press(' ');
+      await t.press('q');
+      await eventually(() => expect(t.frame()).toContain('Quit without saving?'));
+      expect(t.outcome).toEqual([]);
+      expect(t.frame()).toContain('1 choice of yours is not saved');
+      expect(t.lines().some((l) => l.startsWith('y quit · n back'))).toBe(true);
+      for (const l of t.lines()) expect(stringWidth(l)).toBeLessThanOrEqual(width);
+      await t.press('n');
+      await eventually(() => expect(t.cursorRow()).toContain(' hostname'));
+      await t.press('\u0003');
+      await eventually(() => expect(t.frame()).toContain('Quit without saving?'));
+      await t.press(KEY.esc);
+      await eventually(() => expect(t.frame()).not.toContain('Quit without saving?'));
+      await t.press('q', 'y');
+      await eventually(() => expect(t.outcome).toEqual(['cancelled']));
+    }
+    const t = setup();
+    await t.press('A', '\u0003', '\u0003');
+    await eventually(() => expect(t.outcome).toEqual(['cancelled']));
+    expect(t.onConfirm).not.toHaveBeenCalled();
+  });
+
+  test('choices saved as rules (w, y), or undone (U), quit at once', async () => {
+    const t = setup();
+    await moveTo(t, 'hostname');
+    await t.press(' ', 'w', 'y');
+    await eventually(() => expect(t.saveRules).toHaveBeenCalledTimes(1));
+    await t.press('q');
+    await eventually(() => expect(t.outcome).toEqual(['cancelled']));
+    // a choice after saving the rules: only it counts as not saved
+    const t3 = setup();
+    await moveTo(t3, 'hostname');
+    await t3.press(' ', 'w', 'y', KEY.down, ' ', 'q');
+    await eventually(() => expect(t3.frame()).toContain('1 choice of yours is not saved'));
+    await t3.press('y');
+    await eventually(() => expect(t3.outcome).toEqual(['cancelled']));
+    const t2 = setup();
+    await t2.press('N', 'U', 'q');
+    expect(t2.outcome).toEqual(['cancelled']);
   });
 
   test('r rescans: a new entry appears, the choices and the cursor stay', async () => {
