@@ -12,13 +12,13 @@
 //     mount (a new mount with different ro/rw flags fails with EBUSY), and a read-only mount
 //     is usually read-only on purpose (fsck pending, shared with another system, or the init
 //     kept it so).
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { kernelParam, parseKernelParams, procCmdline } from '../lib/cmdline.js';
 import { CMDLINE, RUNTIME } from '../lib/contract.js';
 import { EnvironmentError, UsageError } from '../lib/errors.js';
+import { runSync } from '../lib/run.js';
 import { BASE_NAME } from '../format/names.js';
 
 export const BOOT_ENV_PATH: string = RUNTIME.bootEnv;
@@ -108,10 +108,10 @@ const TAG_RE = /^(UUID|LABEL|PARTUUID|PARTLABEL)=/;
 export function resolveDevice(spec: string): string {
   let dev = spec;
   if (TAG_RE.test(spec)) {
-    const r = spawnSync('blkid', ['-l', '-o', 'device', '-t', spec], { encoding: 'utf8' });
-    if (r.error) throw new EnvironmentError(`cannot run blkid (apt-get install util-linux): ${r.error.message}`);
+    // a missing blkid is a CommandNotFoundError naming its Debian package (lib/run.ts)
+    const r = runSync('blkid', ['-l', '-o', 'device', '-t', spec], { allowFailure: true });
     dev = r.stdout.trim().split('\n')[0] ?? '';
-    if (r.status !== 0 || !dev) {
+    if (!r.ok || !dev) {
       throw new EnvironmentError(`no block device has ${spec} (blkid found none): is the storage device attached?`);
     }
   }
@@ -172,10 +172,10 @@ function normImagesPath(p: string): string {
   return n.length > 1 ? n.replace(/\/+$/, '') : n;
 }
 
+/** mount/umount: whether it worked, and what it said (for the caller's message) */
 function run(cmd: string, args: string[]): { ok: boolean; err: string } {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
-  if (r.error) return { ok: false, err: r.error.message };
-  return { ok: r.status === 0, err: (r.stderr || r.stdout || '').trim() };
+  const r = runSync(cmd, args, { allowFailure: true });
+  return { ok: r.ok, err: (r.stderr || r.stdout || '').trim() };
 }
 
 function noRelease(): void {}
