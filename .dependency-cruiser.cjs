@@ -7,11 +7,12 @@
 //   init      lib, format
 //   persist   lib, format
 //   qemu      lib, format
+//   install   lib, format, persist
 //   builder   lib, format, config, init
 //   cli       anything above (and only cli/ and bin/ import cli/)
 //   bench     anything but cli/ and test/
 //   test      anything (it tests every layer)
-const FOLDERS = ['lib', 'format', 'config', 'init', 'persist', 'qemu', 'builder', 'cli', 'bench', 'test'];
+const FOLDERS = ['lib', 'format', 'config', 'init', 'persist', 'qemu', 'install', 'builder', 'cli', 'bench', 'test'];
 const ALLOWED = {
   lib: [],
   format: ['lib'],
@@ -19,9 +20,10 @@ const ALLOWED = {
   init: ['lib', 'format'],
   persist: ['lib', 'format'],
   qemu: ['lib', 'format'],
+  install: ['lib', 'format', 'persist'],
   builder: ['lib', 'format', 'config', 'init'],
-  cli: ['lib', 'format', 'config', 'init', 'persist', 'qemu', 'builder'],
-  bench: ['lib', 'format', 'config', 'init', 'persist', 'qemu', 'builder'],
+  cli: ['lib', 'format', 'config', 'init', 'persist', 'qemu', 'install', 'builder'],
+  bench: ['lib', 'format', 'config', 'init', 'persist', 'qemu', 'install', 'builder'],
 };
 
 const layerRules = Object.entries(ALLOWED).map(([from, allowed]) => {
@@ -57,7 +59,7 @@ module.exports = {
       name: 'no-dev-dependencies-in-code',
       comment: 'mkma ships without its devDependencies (npm ci --omit=dev, the copy in the image)',
       severity: 'error',
-      from: { path: '^(lib|format|config|init|persist|qemu|builder|cli)/' },
+      from: { path: '^(lib|format|config|init|persist|qemu|install|builder|cli)/' },
       to: { dependencyTypes: ['npm-dev'] },
     },
     {

@@ -22,6 +22,7 @@ const common = {
     '<rootDir>/init',
     '<rootDir>/persist',
     '<rootDir>/qemu',
+    '<rootDir>/install',
     '<rootDir>/cli',
   ],
 };

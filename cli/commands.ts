@@ -24,7 +24,18 @@ export interface Command {
 /** Every command, in the order `mkma --help` lists them. */
 export const COMMANDS: Record<string, Command> = {
   build: { summary: 'bootstrap, configure and pack an image (base, initramfs, kernel)', load: () => import('./build-cmd.js') },
-  qemu: { summary: 'boot the built image in QEMU and report pass/fail with boot timings', load: () => import('./qemu-cmd.js') },
+  qemu: {
+    summary: 'boot the built image (or an installed disk) in QEMU and report pass/fail with boot timings',
+    load: () => import('./qemu-cmd.js'),
+  },
+  install: {
+    summary: 'write the image onto a USB stick or disk image that boots with BIOS and UEFI',
+    load: () => import('./install-cmd.js'),
+  },
+  update: {
+    summary: 'put a new build on an installed stick, keeping its layers and the previous generation',
+    load: () => import('./update-cmd.js'),
+  },
   unpack: { summary: 'apply base + layers into a directory, as the boot does (inspection, tests)', load: () => import('./unpack-cmd.js') },
   persist: { summary: 'on the running RAM system: choose changes and save them as a layer', load: () => import('./persist-cmd.js') },
   layers: { summary: 'list the layers in boot order: created, message, entries, sizes, state', load: () => import('./layers-cmd.js') },

@@ -1,17 +1,24 @@
-// `mkma qemu`: boot the built image and report (qemu/smoke.ts).
+// `mkma qemu`: boot the built image and report (qemu/smoke.ts), or an installed disk through
+// its firmware and GRUB (qemu/installed.ts).
 import { parse, printHelp, renderHelp, type CommandSpec } from './args.js';
 import { EXIT, UsageError } from '../lib/errors.js';
 import { createReporter } from '../lib/progress.js';
 
 export const SPEC = {
   name: 'qemu',
-  synopsis: '[--out DIR] [--timeout S] [--memory M] [--cpus N] [--fresh] [--interactive]',
+  synopsis: '[--out DIR [--fresh] | --disk IMG [--uefi]] [--timeout S] [--memory M] [--cpus N] [--interactive]',
   description: `Boots OUT/vmlinuz + OUT/initramfs.cpio.zst in QEMU with the images on a virtual disk
 (OUT/qemu/disk.img, made with mke2fs -d: nothing is mounted), reads the serial console and
 reports pass/fail with the boot phase timings. The disk keeps persistence layers written in
-the guest between runs unless --fresh.`,
+the guest between runs unless --fresh.
+
+With --disk, boots a disk image made by mkma install through its firmware and GRUB: SeaBIOS,
+or with --uefi OVMF (package ovmf; its variables are kept in IMG.efivars.fd). The console log
+is IMG.console.log.`,
   options: [
     { long: 'out', short: 'o', value: 'DIR', complete: 'dir', help: 'build output directory (default ./mkma-out)' },
+    { long: 'disk', value: 'IMG', complete: 'file', help: 'boot this installed disk image (mkma install) instead' },
+    { long: 'uefi', help: 'with --disk: UEFI firmware (OVMF) instead of BIOS (SeaBIOS)' },
     { long: 'timeout', value: 'S', help: 'give up after S seconds (default 600)' },
     { long: 'memory', value: 'M', help: 'guest memory in MiB (default 2048)' },
     { long: 'cpus', value: 'N', help: 'guest CPUs (default 2)' },
@@ -21,7 +28,7 @@ the guest between runs unless --fresh.`,
   ],
   sections: [['Environment', '  MKMA_QEMU_ACCEL=kvm|tcg   accelerator (default kvm where /dev/kvm works, else tcg)']],
   exitStatus: '0 booted to multi-user, 4 did not, 2 bad arguments, 3 missing tools.',
-  examples: ['mkma qemu --out mkma-out', 'mkma qemu --interactive --fresh'],
+  examples: ['mkma qemu --out mkma-out', 'mkma qemu --interactive --fresh', 'mkma qemu --disk stick.img --uefi'],
 } as const satisfies CommandSpec;
 
 export const HELP = renderHelp(SPEC);
@@ -36,18 +43,23 @@ function positiveInt(name: string, v: string | undefined, def: number): number {
 export async function run(argv: string[]): Promise<number> {
   const { values } = parse(SPEC, argv);
   if (values.help) return printHelp(HELP);
+  if (values.disk !== undefined && (values.out !== undefined || values.fresh))
+    throw new UsageError('qemu: --disk boots an installed disk: --out and --fresh do not apply');
+  if (values.uefi && values.disk === undefined) throw new UsageError('qemu: --uefi needs --disk IMG (a disk made by mkma install)');
   const reporter = createReporter({ quiet: !!values.quiet || !!values.json });
   const { smokeBoot, describeSmoke } = await import('../qemu/smoke.js');
-  const r = await smokeBoot({
-    out: values.out ?? 'mkma-out',
+  const common = {
     reporter,
     env: process.env,
     timeoutSec: positiveInt('timeout', values.timeout, values.interactive ? 0 : 600) || undefined,
     memoryMiB: positiveInt('memory', values.memory, 2048),
     cpus: positiveInt('cpus', values.cpus, 2),
-    fresh: !!values.fresh,
     interactive: !!values.interactive,
-  });
+  };
+  const r =
+    values.disk !== undefined
+      ? await (await import('../qemu/installed.js')).bootInstalledDisk({ ...common, disk: values.disk, uefi: !!values.uefi })
+      : await smokeBoot({ ...common, out: values.out ?? 'mkma-out', fresh: !!values.fresh });
   if (values.interactive) return EXIT.ok;
   if (values.json) {
     const { log: _log, ...rest } = r;

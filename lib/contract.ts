@@ -76,6 +76,12 @@ export const CMDLINE = {
   deviceTimeout: 'mkma_device_timeout',
   debug: 'mkma_debug',
   break: 'mkma_break',
+  /** the base image's file name in the images directory (default FILES.base): a stick's generations */
+  base: 'mkma_base',
+  /** `none`: boot the base without layers (recovery); issue 12's layer selection */
+  layers: 'mkma_layers',
+  /** the LUKS2 device holding the storage (UUID=…), unlocked at boot with a passphrase */
+  luks: 'mkma_luks',
 } as const;
 
 /**

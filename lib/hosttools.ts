@@ -1,4 +1,5 @@
 // Host tools mkma needs, and the Debian packages that provide them.
+import * as fs from 'node:fs';
 import { EnvironmentError } from './errors.js';
 import { runSync } from './run.js';
 
@@ -6,6 +7,8 @@ export interface HostTool {
   command: string;
   pkg: string;
   why: string;
+  /** a file that must exist instead of `command` on PATH (GRUB's platform directories, firmware) */
+  path?: string;
 }
 
 export const BUILD_TOOLS: HostTool[] = [
@@ -32,8 +35,32 @@ export function hasCommand(cmd: string): boolean {
   return runSync('/bin/sh', ['-c', `command -v "$1" >/dev/null 2>&1`, 'sh', cmd], { allowFailure: true }).ok;
 }
 
+/**
+ * `mkma install` and `mkma update`: partitioning, the two filesystems, GRUB for both firmware
+ * types. The ESP is written with mtools (no vfat mount: the host kernel may lack it), GRUB's
+ * images are made with grub-mkimage and set up with grub-bios-setup (grub-install would probe
+ * a mounted boot directory on the host); grub-bios-setup finds partition offsets through
+ * udevadm.
+ */
+export const INSTALL_TOOLS: HostTool[] = [
+  { command: 'sgdisk', pkg: 'gdisk', why: 'writes the GPT partition table' },
+  { command: 'partx', pkg: 'util-linux', why: 'makes the kernel read the new partition table' },
+  { command: 'losetup', pkg: 'mount', why: 'attaches a disk image file as a block device' },
+  { command: 'blkid', pkg: 'util-linux', why: 'reads filesystem UUIDs' },
+  { command: 'mkfs.vfat', pkg: 'dosfstools', why: 'makes the EFI system partition' },
+  { command: 'mcopy', pkg: 'mtools', why: 'writes the EFI system partition without mounting it' },
+  { command: 'mkfs.ext4', pkg: 'e2fsprogs', why: 'makes the data partition' },
+  { command: 'grub-mkimage', pkg: 'grub-common', why: "makes GRUB's boot images" },
+  { command: 'udevadm', pkg: 'udev', why: "lets grub-bios-setup find the target's partitions" },
+  { command: 'grub-bios-setup', path: '/usr/lib/grub/i386-pc/grub-bios-setup', pkg: 'grub-pc-bin', why: 'installs GRUB for BIOS' },
+  { command: 'GRUB x86_64-efi', path: '/usr/lib/grub/x86_64-efi/kernel.img', pkg: 'grub-efi-amd64-bin', why: 'GRUB for UEFI' },
+];
+
+/** `mkma install --encrypt`. */
+export const ENCRYPT_TOOLS: HostTool[] = [{ command: 'cryptsetup', pkg: 'cryptsetup-bin', why: 'encrypts the data partition (LUKS2)' }];
+
 export function missingTools(tools: HostTool[]): HostTool[] {
-  return tools.filter((t) => !hasCommand(t.command));
+  return tools.filter((t) => (t.path ? !fs.existsSync(t.path) : !hasCommand(t.command)));
 }
 
 export class MissingToolsError extends EnvironmentError {

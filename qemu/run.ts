@@ -35,20 +35,29 @@ export interface Disk {
   nbdSocket?: string;
 }
 
+/** UEFI firmware as two flash drives: the code (read-only) and a writable copy of the variables. */
+export interface Firmware {
+  code: string;
+  vars: string;
+}
+
 export interface QemuArgsOptions {
-  kernel: string;
-  initrd: string;
+  /** direct kernel boot; without it the firmware boots the first disk (an installed stick) */
+  kernel?: string;
+  initrd?: string;
   disks: Disk[];
-  /** kernel command line; console=ttyS0 is appended */
-  append: string;
+  /** kernel command line (direct kernel boot); console=ttyS0 is appended */
+  append?: string;
+  /** UEFI firmware; without it QEMU's own BIOS (SeaBIOS on x86) */
+  firmware?: Firmware;
   memoryMiB: number;
   cpus: number;
   accel: Accel;
   interactive: boolean;
   /** interactive only: where QEMU copies the console (chardev logfile=) */
   logPath?: string;
-  /** default q35 */
-  machine?: 'q35' | 'pc';
+  /** default q35 (qemu/machine.ts has the machine of each architecture) */
+  machine?: string;
   /** default: `host` under KVM, QEMU's default model under TCG (see cpuArgs) */
   cpu?: string;
 }
@@ -57,8 +66,13 @@ export interface BootOptions extends QemuArgsOptions {
   /** seconds before QEMU is killed; required (> 0) unless interactive, where 0 means none */
   timeoutSec: number;
   logPath: string;
-  successMarker?: string;
+  successMarker?: string | RegExp;
   failureMarkers?: ReadonlyArray<string | RegExp>;
+  /**
+   * Typed on the serial console, in order: each `send` once its `when` appeared after the
+   * previous one was sent (a prompt need not end its line: a passphrase prompt, GRUB's menu).
+   */
+  respond?: ReadonlyArray<{ when: string | RegExp; send: string }>;
   onLine?: (line: string) => void;
   /** after the success marker, wait for the guest to power off (so its disk writes are complete) instead of killing QEMU */
   waitForPoweroff?: boolean;
@@ -128,10 +142,16 @@ export function qemuArgs(o: QemuArgsOptions): string[] {
     '-nographic',
     // A guest reboot ends QEMU like a poweroff does: a test never boots twice.
     '-no-reboot',
-    '-kernel', o.kernel,
-    '-initrd', o.initrd,
-    '-append', kernelCommandLine(o.append),
   ];
+  if (o.kernel) args.push('-kernel', o.kernel, ...(o.initrd ? ['-initrd', o.initrd] : []), '-append', kernelCommandLine(o.append ?? ''));
+  if (o.firmware) {
+    args.push(
+      '-drive',
+      `if=pflash,format=raw,unit=0,readonly=on,file=${escapeOptionValue(o.firmware.code)}`,
+      '-drive',
+      `if=pflash,format=raw,unit=1,file=${escapeOptionValue(o.firmware.vars)}`,
+    );
+  }
   for (const d of o.disks) {
     const file = d.nbdSocket ? `nbd+unix:///?socket=${d.nbdSocket}` : d.path;
     args.push(
@@ -166,7 +186,15 @@ export function matchesMarker(line: string, marker: string | RegExp): boolean {
 }
 
 function checkInputs(o: BootOptions): void {
-  for (const [what, p] of [['kernel', o.kernel], ['initrd', o.initrd], ...o.disks.map((d) => ['disk', d.path])]) {
+  const files: Array<[string, string | undefined]> = [
+    ['kernel', o.kernel],
+    ['initrd', o.initrd],
+    ['firmware', o.firmware?.code],
+    ['firmware variables', o.firmware?.vars],
+    ...o.disks.map((d): [string, string] => ['disk', d.path]),
+  ];
+  for (const [what, p] of files) {
+    if (p === undefined) continue;
     if (!fs.statSync(p, { throwIfNoEntry: false })?.isFile()) throw new QemuError(`${what} ${p} does not exist or is not a file`);
   }
   if (!o.interactive && !(o.timeoutSec > 0)) throw new QemuError('a non-interactive boot needs timeoutSec > 0');
@@ -179,7 +207,8 @@ function checkInputs(o: BootOptions): void {
  */
 function spawnQemu(o: BootOptions, stdio: 'inherit' | 'pipe'): ChildProcess {
   const bin = o.qemuBinary ?? QEMU_BINARY;
-  return spawnTracked(bin, qemuArgs(o), { stdio: stdio === 'inherit' ? 'inherit' : ['ignore', 'pipe', 'pipe'] });
+  const stdin = o.respond?.length ? 'pipe' : 'ignore';
+  return spawnTracked(bin, qemuArgs(o), { stdio: stdio === 'inherit' ? 'inherit' : [stdin, 'pipe', 'pipe'] });
 }
 
 function spawnFailure(bin: string, e: NodeJS.ErrnoException): QemuError {
@@ -284,7 +313,7 @@ function bootCaptured(o: BootOptions): Promise<BootResult> {
         failure = `failure marker "${String(bad)}" on the console: ${line.trim()} (log: ${o.logPath})`;
         // Keep reading a moment: a panic's trace and the init's hint follow the marker.
         graceTimer = setTimeout(() => decide(false, failure!), o.failureGraceMs ?? 2000);
-      } else if (o.successMarker && !sawSuccess && line.includes(o.successMarker)) {
+      } else if (o.successMarker && !sawSuccess && matchesMarker(line, o.successMarker)) {
         sawSuccess = true;
         if (!o.waitForPoweroff) decide(true, `"${o.successMarker}" after ${elapsed().toFixed(1)}s`);
       }
@@ -301,8 +330,21 @@ function bootCaptured(o: BootOptions): Promise<BootResult> {
       decide(false, why, true);
     }, o.timeoutSec * 1000);
 
+    // what the console showed since the last answer was typed, for `respond`
+    const answers = [...(o.respond ?? [])];
+    let screen = '';
+    child.stdin?.on('error', () => {}); // QEMU gone: its exit tells
+    const answer = (chunk: string) => {
+      if (!answers.length) return;
+      screen = (screen + cleanConsoleLine(chunk)).slice(-8192);
+      if (!matchesMarker(screen, answers[0].when)) return;
+      child.stdin?.write(answers.shift()!.send);
+      screen = '';
+    };
+
     child.stdout!.setEncoding('utf8');
     child.stdout!.on('data', (chunk: string) => {
+      answer(chunk);
       const parts = (pending + chunk).split('\n');
       pending = parts.pop()!;
       for (const p of parts) onLine(p);

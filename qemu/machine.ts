@@ -1,0 +1,86 @@
+// The emulated machine and its firmware, per architecture, in one place: which QEMU, which
+// machine type, which console the kernel writes to, and which UEFI firmware boots an installed
+// disk (Debian's packages: ovmf for x86_64, qemu-efi-aarch64 for arm64). x86_64 also boots an
+// installed disk with QEMU's own SeaBIOS.
+import * as fs from 'node:fs';
+import { EnvironmentError } from '../lib/errors.js';
+import type { HostTool } from '../lib/hosttools.js';
+import type { Firmware } from './run.js';
+
+export type Arch = 'amd64' | 'arm64';
+
+export interface UefiFirmware {
+  /** the name people know it by, for messages */
+  name: string;
+  /** candidates for the code and the variables template, first found wins */
+  code: string[];
+  vars: string[];
+  pkg: string;
+}
+
+export interface MachineProfile {
+  arch: Arch;
+  qemuBinary: string;
+  qemuPackage: string;
+  machine: string;
+  /** the kernel's serial console */
+  console: string;
+  /** what boots a disk without UEFI (null: UEFI only) */
+  bios: string | null;
+  uefi: UefiFirmware;
+}
+
+export const MACHINES: Record<Arch, MachineProfile> = {
+  amd64: {
+    arch: 'amd64',
+    qemuBinary: 'qemu-system-x86_64',
+    qemuPackage: 'qemu-system-x86',
+    machine: 'q35',
+    console: 'ttyS0',
+    bios: 'SeaBIOS',
+    uefi: {
+      name: 'OVMF',
+      // the 4 MiB build (Debian 12's default); the 2 MiB one for older releases
+      code: ['/usr/share/OVMF/OVMF_CODE_4M.fd', '/usr/share/OVMF/OVMF_CODE.fd'],
+      vars: ['/usr/share/OVMF/OVMF_VARS_4M.fd', '/usr/share/OVMF/OVMF_VARS.fd'],
+      pkg: 'ovmf',
+    },
+  },
+  arm64: {
+    arch: 'arm64',
+    qemuBinary: 'qemu-system-aarch64',
+    qemuPackage: 'qemu-system-arm',
+    machine: 'virt',
+    console: 'ttyAMA0',
+    bios: null,
+    uefi: {
+      name: 'AAVMF',
+      code: ['/usr/share/AAVMF/AAVMF_CODE.fd'],
+      vars: ['/usr/share/AAVMF/AAVMF_VARS.fd'],
+      pkg: 'qemu-efi-aarch64',
+    },
+  },
+};
+
+/** Host tools for booting an installed disk of `arch`. */
+export function diskBootTools(arch: Arch, uefi: boolean): HostTool[] {
+  const m = MACHINES[arch];
+  const tools: HostTool[] = [{ command: m.qemuBinary, pkg: m.qemuPackage, why: 'boots the installed disk' }];
+  if (uefi) tools.push({ command: `${m.uefi.name} firmware`, path: m.uefi.code[0], pkg: m.uefi.pkg, why: 'UEFI firmware for QEMU' });
+  return tools;
+}
+
+/**
+ * The firmware for a UEFI boot of `disk`: the code as installed, and the variables in a
+ * writable copy next to the disk (`<disk>.efivars.fd`), made from the template the first time
+ * and kept, as a real machine keeps its NVRAM.
+ */
+export function uefiFirmwareFor(arch: Arch, disk: string): Firmware {
+  const u = MACHINES[arch].uefi;
+  const code = u.code.find((p) => fs.existsSync(p));
+  const template = u.vars.find((p) => fs.existsSync(p));
+  if (!code || !template) throw new EnvironmentError(`${u.name} (UEFI firmware for QEMU) is not installed: apt-get install ${u.pkg}`);
+  const vars = `${disk}.efivars.fd`;
+  if (!fs.existsSync(vars)) fs.copyFileSync(template, vars);
+  return { code, vars };
+}
