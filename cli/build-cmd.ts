@@ -133,6 +133,9 @@ export async function run(argv: string[]): Promise<number> {
   ];
   if (result.storage) {
     lines.push(`  (the images are on ${result.storage.source}, ${result.storage.fstype}, mounted at ${result.storage.mountpoint})`);
+    if (!result.storage.stable) {
+      lines.push(`  WARNING: no UUID of ${result.storage.source} could be read: a /dev name may change; find it with blkid and use UUID=…`);
+    }
     lines.push('', 'GRUB (e.g. /etc/grub.d/40_custom, then update-grub):', result.grub!, '', 'systemd-boot:', result.systemdBoot!);
   } else {
     lines.push('  (the output directory is not on a block device: copy the images to the boot disk and use its UUID)');

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { parseConfigText } from '../../config/load.js';
 import { baseExclude } from '../../builder/base.js';
 import { dpkgOptions, mmdebstrapArgs, packageSet, summarizeMmdebstrapError } from '../../builder/mmdebstrap.js';
-import { grubEntry, kernelCommandLine, systemdBootEntry, type StorageLocation } from '../../builder/bootentries.js';
+import { grubEntry, kernelCommandLine, stableDeviceName, systemdBootEntry, type StorageLocation } from '../../builder/bootentries.js';
 import { configure, setRootPassword, writeHostname } from '../../builder/configure.js';
 
 const config = (text = '') => parseConfigText(text, { file: null, env: {}, defaultHostname: 'buildhost' });
@@ -62,12 +62,32 @@ describe('base image excludes', () => {
 describe('boot entries', () => {
   const loc: StorageLocation = {
     device: 'UUID=1234-abcd',
+    stable: true,
     source: '/dev/nvme0n1p3',
     uuid: '1234-abcd',
     fstype: 'ext4',
     imagesPath: '/srv/mkma',
     mountpoint: '/',
   };
+  test('the device is named by UUID, else PARTUUID, else LABEL; a /dev name only as the last resort, and marked', () => {
+    expect(stableDeviceName({ source: '/dev/sda3', uuid: 'u-1', partuuid: 'p-1', label: 'L' })).toEqual({
+      device: 'UUID=u-1',
+      stable: true,
+    });
+    expect(stableDeviceName({ source: '/dev/sda3', uuid: null, partuuid: 'p-1', label: 'L' })).toEqual({
+      device: 'PARTUUID=p-1',
+      stable: true,
+    });
+    expect(stableDeviceName({ source: '/dev/sda3', label: 'MKMA' })).toEqual({ device: 'LABEL=MKMA', stable: true });
+    expect(stableDeviceName({ source: '/dev/sda3', label: 'my disk' })).toEqual({ device: '/dev/sda3', stable: false });
+    expect(stableDeviceName({ source: '/dev/vda' })).toEqual({ device: '/dev/vda', stable: false });
+  });
+  test('an entry whose device is a /dev name says so above it', () => {
+    const devName: StorageLocation = { ...loc, device: '/dev/vda', stable: false, uuid: null, source: '/dev/vda' };
+    expect(grubEntry('h', devName)).toMatch(/^# \/dev\/vda has no UUID, PARTUUID or LABEL .*\n# Find a steady one with `blkid \/dev\/vda`/);
+    expect(systemdBootEntry('h', devName)).toMatch(/^# \/dev\/vda has no UUID/);
+    expect(grubEntry('h', loc)).toMatch(/^menuentry/);
+  });
   test('kernel command line names device and images path', () => {
     expect(kernelCommandLine(loc)).toBe('mkma_storage_device=UUID=1234-abcd mkma_images_path=/srv/mkma');
   });
