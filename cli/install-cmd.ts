@@ -37,7 +37,10 @@ nor a regular file, and a target too small (the message says how much is needed)
   ],
   exitStatus: `0 installed, 1 failed, 2 refused or bad arguments (nothing written), 3 not root or
 missing tools.`,
-  examples: ['sudo mkma install /dev/sdb --out /srv/mkma', 'sudo mkma install stick.img --size 4G --yes && mkma qemu --disk stick.img --uefi'],
+  examples: [
+    'sudo mkma install /dev/sdb --out /srv/mkma',
+    'sudo mkma install stick.img --size 4G --yes && mkma qemu --disk stick.img --uefi',
+  ],
 } as const satisfies CommandSpec;
 
 export const HELP = renderHelp(SPEC);

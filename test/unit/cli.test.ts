@@ -30,11 +30,13 @@ describe('mkma --help', () => {
       'build',
       'completion',
       'config',
+      'install',
       'layers',
       'lint',
       'persist',
       'qemu',
       'unpack',
+      'update',
       'verify',
     ]);
   });
@@ -66,7 +68,7 @@ describe('errors', () => {
   test('an unknown command is a usage error (exit 2) naming the commands', async () => {
     expect(await main(['frobnicate'])).toBe(2);
     expect(err).toBe(
-      'mkma: unknown command "frobnicate"; commands: build, qemu, unpack, persist, layers, verify, lint, config, completion (mkma --help)\n',
+      'mkma: unknown command "frobnicate"; commands: build, qemu, install, update, unpack, persist, layers, verify, lint, config, completion (mkma --help)\n',
     );
   });
 
