@@ -226,7 +226,7 @@ describe('GRUB menu', () => {
       'mkma: web, recovery (no layers)',
     ]);
     expect(e[0].body).toMatch(/linux \/mkma\/web\/g3\/vmlinuz .*mkma_base=base\.g3\.cpio\.zst/);
-    expect(e[1].body).toMatch(/linux \/mkma\/web\/g2\/vmlinuz .*mkma_base=base\.g2\.cpio\.zst\n  initrd \/mkma\/web\/g2\/initramfs/);
+    expect(e[1].body).toMatch(/linux \/mkma\/web\/g2\/vmlinuz .*mkma_base=base\.g2\.cpio\.zst\n {2}initrd \/mkma\/web\/g2\/initramfs/);
     expect(e[2].body).toMatch(/g3\/vmlinuz .*mkma_layers=none/);
   });
 
