@@ -16,6 +16,8 @@ export interface StickSession {
   dataUuid: string;
   /** the LUKS container's UUID, when the data partition is encrypted */
   luksUuid?: string;
+  /** remounts the data filesystem read-write (a session opened read-only, once it knows it will write) */
+  writable(): void;
   /** flushes the ESP, unmounts, closes and detaches; idempotent */
   close(): void;
 }
@@ -25,8 +27,12 @@ export function openDisk(target: string): Disk {
   return fs.statSync(target).isBlockDevice() ? openBlockDevice(target) : attachImageFile(target);
 }
 
-/** Opens the stick on `disk` (which must carry mkma's layout) and mounts its data filesystem. */
-export function openStick(disk: Disk): StickSession {
+/**
+ * Opens the stick on `disk` (which must carry mkma's layout) and mounts its data filesystem;
+ * read-only until writable() when `readOnly` (even a read-write mount writes the superblock:
+ * an update that finds nothing to do leaves the stick's bytes as they were).
+ */
+export function openStick(disk: Disk, opts: { readOnly?: boolean } = {}): StickSession {
   const espNode = disk.partition(PARTITIONS.esp.number);
   const dataNode = disk.partition(PARTITIONS.data.number);
   const kind = probe(dataNode).TYPE;
@@ -37,7 +43,7 @@ export function openStick(disk: Disk): StickSession {
     throw new UsageError(`${disk.given}: the data partition ${dataNode} holds ${kind ?? 'no filesystem'}, not ext4: not an mkma stick`);
   const dataUuid = probe(dataNode).UUID;
   if (!dataUuid) throw new UsageError(`${disk.given}: the data filesystem on ${dataNode} has no UUID`);
-  const data = mountTemporary(dataNode, { fstype: 'ext4' });
+  const data = mountTemporary(dataNode, { fstype: 'ext4', readOnly: opts.readOnly });
   const esp = new Esp(espNode);
   let closed = false;
   return {
@@ -45,6 +51,9 @@ export function openStick(disk: Disk): StickSession {
     esp,
     data,
     dataUuid,
+    writable() {
+      if (opts.readOnly) runSync('mount', ['-o', 'remount,rw', data.dir]);
+    },
     close() {
       if (closed) return;
       closed = true;

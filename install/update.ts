@@ -114,7 +114,7 @@ export async function update(o: UpdateOptions): Promise<UpdateResult> {
   let s: StickSession | null = null;
   try {
     rereadPartitions(disk.node, 3);
-    s = openStick(disk);
+    s = openStick(disk, { readOnly: true });
     const state = readStick(s.esp, s.data.dir, { dataUuid: s.dataUuid, luksUuid: s.luksUuid });
     const h = hostState(state, hostname);
     const current = h?.generations[0];
@@ -137,6 +137,7 @@ export async function update(o: UpdateOptions): Promise<UpdateResult> {
       };
     }
     checkRoom(s, h, o.images);
+    s.writable();
 
     const previous = h.generations[1];
     if (previous) {
