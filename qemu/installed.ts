@@ -34,6 +34,8 @@ export interface DiskBootOptions {
   logPath?: string;
   /** typed on the console as prompts appear (GRUB's menu, a passphrase) */
   respond?: ReadonlyArray<{ when: string | RegExp; send: string }>;
+  /** every console line as it comes (a test timing the boot on the host's clock) */
+  onLine?: (line: string) => void;
 }
 
 export async function bootInstalledDisk(o: DiskBootOptions): Promise<SmokeResult> {
@@ -77,6 +79,7 @@ export async function bootInstalledDisk(o: DiskBootOptions): Promise<SmokeResult
       waitForPoweroff: !!o.testDataDir,
       respond: o.respond,
       onLine: (line) => {
+        o.onLine?.(line);
         if (/mkma\[[\d. ]+\]: phase |LAYER SKIPPED|FATAL|mkma: loading/.test(line)) stage.progress(line.replace(/^.*?(mkma[[:])/, '$1'));
       },
     });
