@@ -27,6 +27,7 @@ parse_cmdline() {
 	MKMA_IMAGES_PATH=/
 	MKMA_RAM_SIZE=$MKMA_DEFAULT_RAM_SIZE
 	MKMA_BREAK=
+	MKMA_BASE_NAME=$BASE_NAME
 	# nor may environment variables (the kernel passes unknown key=value parameters to init
 	# as such)
 	if uint "${MKMA_ALL_STORAGE_AFTER:-3}" 4; then MKMA_ALL_STORAGE_AFTER=$UINT; else MKMA_ALL_STORAGE_AFTER=3; fi
@@ -58,6 +59,14 @@ cmdline_param() {
 		else
 			warn "$1=${2-} is not a whole number of seconds: waiting ${MKMA_DEVICE_TIMEOUT}s"
 		fi
+		;;
+	"$KEY_BASE")
+		# a stick's generations (mkma install): base.g<N>.cpio.zst beside base.cpio.zst; a file
+		# name in the images directory, never a path
+		case ${2-} in
+		'' | .* | *[!A-Za-z0-9._-]*) warn "$1=${2-} is not a file name in the images directory: using $MKMA_BASE_NAME" ;;
+		*) MKMA_BASE_NAME=$2 ;;
+		esac
 		;;
 	"$KEY_DEBUG") cmdline_flag "$@" && MKMA_DEBUG=$FLAG ;;
 	"$KEY_BREAK") cmdline_flag "$@" && MKMA_BREAK=$FLAG ;;
@@ -223,8 +232,8 @@ mount_storage() {
 	fi
 	IMAGES="$STORAGE/${MKMA_IMAGES_PATH#/}"
 	IMAGES=${IMAGES%/}
-	if [ ! -f "$IMAGES/$BASE_NAME" ]; then
-		fatal "no base image at $MKMA_DEVICE:$MKMA_IMAGES_PATH/$BASE_NAME" \
+	if [ ! -f "$IMAGES/$MKMA_BASE_NAME" ]; then
+		fatal "no base image at $MKMA_DEVICE:$MKMA_IMAGES_PATH/$MKMA_BASE_NAME" \
 			"check $KEY_IMAGES_PATH=; that directory holds: $(cd "$IMAGES" 2>/dev/null && echo *)"
 		return 1
 	fi
@@ -259,16 +268,16 @@ unpack_all() {
 		return 1
 	fi
 	mkdir -p "$RT_LOWER" "$RT_UPPER" "$RT_WORK" "$RT_MERGED"
-	if ! read_manifest "$IMAGES/$BASE_NAME" "$MKMA_TMP/base.manifest"; then
-		fatal "base image $IMAGES/$BASE_NAME is unusable: $M_ERROR" "rebuild it with mkma build, or copy it again"
+	if ! read_manifest "$IMAGES/$MKMA_BASE_NAME" "$MKMA_TMP/base.manifest"; then
+		fatal "base image $IMAGES/$MKMA_BASE_NAME is unusable: $M_ERROR" "rebuild it with mkma build, or copy it again"
 		return 1
 	fi
 	check_space || return 1
 	uptime_cs
 	_t0=$UPTIME_CS
-	phase unpack-base "$((M_DATA_BYTES / 1048576)) MiB compressed, $((M_UNPACKED / 1048576)) MiB unpacked, $M_ENTRIES entries"
-	if ! unpack_base "$IMAGES/$BASE_NAME" "$RT_LOWER"; then
-		fatal "base image $IMAGES/$BASE_NAME could not be unpacked: $M_ERROR" \
+	phase unpack-base "$MKMA_BASE_NAME: $((M_DATA_BYTES / 1048576)) MiB compressed, $((M_UNPACKED / 1048576)) MiB unpacked, $M_ENTRIES entries"
+	if ! unpack_base "$IMAGES/$MKMA_BASE_NAME" "$RT_LOWER"; then
+		fatal "base image $IMAGES/$MKMA_BASE_NAME could not be unpacked: $M_ERROR" \
 			"out of memory? (see above); otherwise the image is damaged: rebuild or copy it again"
 		return 1
 	fi

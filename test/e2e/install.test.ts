@@ -91,6 +91,7 @@ describe('mkma install: one stick, BIOS then UEFI', () => {
     // through GRUB's menu, and the kernel found the data partition by its UUID
     expect(bios.log).toMatch(new RegExp(`mkma: loading ${installed.hostname}, generation 1`));
     expect(bios.log).toMatch(new RegExp(`MKMA-TEST-OUT: cmdline: .*mkma_storage_device=UUID=${installed.dataUuid} `));
+    expect(bios.log).toMatch(/phase unpack-base base\.g1\.cpio\.zst: /);
     expect(bios.log).toMatch(/MKMA-TEST-OUT: persist exit: 0/);
     const layers = dataFiles(`/images/${installed.hostname}`).filter((n) => n.startsWith('persistence.'));
     expect(layers).toHaveLength(1);

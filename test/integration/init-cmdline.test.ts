@@ -60,6 +60,7 @@ echo "device=[$MKMA_DEVICE] path=[$MKMA_IMAGES_PATH] ram=$MKMA_RAM_SIZE on_error
 # what boot does with them next: arithmetic must not abort the shell
 _deadline=$((5 + MKMA_DEVICE_TIMEOUT)) _all=$((5 + MKMA_ALL_STORAGE_AFTER))
 if storage_problem; then echo "problem: $PROBLEM"; fi
+echo "base=[$MKMA_BASE_NAME]"
 echo "alive $_deadline $_all"
 `;
   const parse = (cmdline: string, env: NodeJS.ProcessEnv = {}) => {
@@ -68,7 +69,8 @@ echo "alive $_deadline $_all"
     const warnings = [...out.matchAll(/^mkma\[[\d. ]+\]: WARNING (.*)$/gm)].map((m) => m[1]);
     const state = /^device=.*$/m.exec(out)?.[0] ?? '';
     const problem = /^problem: (.*)$/m.exec(out)?.[1] ?? null;
-    return { status: r.status, stderr: r.stderr.toString(), warnings, state, problem, alive: /^alive \d+ \d+$/m.test(out) };
+    const base = /^base=\[(.*)\]$/m.exec(out)?.[1];
+    return { status: r.status, stderr: r.stderr.toString(), warnings, state, problem, base, alive: /^alive \d+ \d+$/m.test(out) };
   };
 
   test('good values are taken, quoted ones too', () => {
@@ -78,6 +80,24 @@ echo "alive $_deadline $_all"
     expect(r.warnings).toEqual([]);
     expect(r.state).toBe('device=[LABEL=MKMA] path=[/my images] ram=75% on_error=halt timeout=7 all_after=3 debug=[1] break=[1]');
     expect(r.problem).toBeNull();
+    expect(r.alive).toBe(true);
+  });
+
+  test.each([
+    ['', [], 'base.cpio.zst'],
+    ['mkma_base=base.g2.cpio.zst', [], 'base.g2.cpio.zst'],
+    [
+      'mkma_base=../base.cpio.zst',
+      ['mkma_base=../base.cpio.zst is not a file name in the images directory: using base.cpio.zst'],
+      'base.cpio.zst',
+    ],
+    ['mkma_base=/etc/shadow', ['mkma_base=/etc/shadow is not a file name in the images directory: using base.cpio.zst'], 'base.cpio.zst'],
+    ['mkma_base=..', ['mkma_base=.. is not a file name in the images directory: using base.cpio.zst'], 'base.cpio.zst'],
+    ['mkma_base', ['mkma_base= is not a file name in the images directory: using base.cpio.zst'], 'base.cpio.zst'],
+  ])('the base a stick generation names: %s', (cmdline, warnings, base) => {
+    const r = parse(`mkma_storage_device=/dev/vda ${cmdline}`);
+    expect(r.warnings).toEqual(warnings);
+    expect(r.base).toBe(base);
     expect(r.alive).toBe(true);
   });
 
