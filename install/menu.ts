@@ -115,7 +115,7 @@ export function menuCfg(input: MenuInput): string {
         ),
       );
     }
-    // mkma_layers=none: the base alone, for a layer that breaks the boot (issue 12's init reads it)
+    // mkma_layers=none: the base alone (the init applies no layer), for a layer that breaks the boot
     out.push(entry(`mkma: ${h.hostname}, recovery (no layers)`, `mkma-${h.hostname}-recovery`, input, current, [`${CMDLINE.layers}=none`]));
     out.push('');
   }

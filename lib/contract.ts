@@ -78,7 +78,7 @@ export const CMDLINE = {
   break: 'mkma_break',
   /** the base image's file name in the images directory (default FILES.base): a stick's generations */
   base: 'mkma_base',
-  /** `none`: boot the base without layers (recovery); issue 12's layer selection */
+  /** `all` (default) or `none`: the base without layers (the recovery entry of a boot menu) */
   layers: 'mkma_layers',
   /** the LUKS2 device holding the storage (UUID=…), unlocked at boot with a passphrase */
   luks: 'mkma_luks',

@@ -28,6 +28,7 @@ parse_cmdline() {
 	MKMA_RAM_SIZE=$MKMA_DEFAULT_RAM_SIZE
 	MKMA_BREAK=
 	MKMA_BASE_NAME=$BASE_NAME
+	MKMA_LAYERS=all
 	# nor may environment variables (the kernel passes unknown key=value parameters to init
 	# as such)
 	if uint "${MKMA_ALL_STORAGE_AFTER:-3}" 4; then MKMA_ALL_STORAGE_AFTER=$UINT; else MKMA_ALL_STORAGE_AFTER=3; fi
@@ -66,6 +67,14 @@ cmdline_param() {
 		case ${2-} in
 		'' | .* | *[!A-Za-z0-9._-]*) warn "$1=${2-} is not a file name in the images directory: using $MKMA_BASE_NAME" ;;
 		*) MKMA_BASE_NAME=$2 ;;
+		esac
+		;;
+	"$KEY_LAYERS")
+		# all (default) or none: the base alone, the recovery entry of a boot menu (a layer that
+		# breaks the boot is left out without touching the storage)
+		case ${2-} in
+		all | none) MKMA_LAYERS=$2 ;;
+		*) warn "$1=${2-} is not all or none: applying $MKMA_LAYERS layers" ;;
 		esac
 		;;
 	"$KEY_DEBUG") cmdline_flag "$@" && MKMA_DEBUG=$FLAG ;;
@@ -288,8 +297,13 @@ unpack_all() {
 	# MB/s with one decimal, in integer arithmetic (no awk process at boot)
 	_rate=$((M_UNPACKED * 1000 / _d / 1048576))
 	phase base-unpacked "in $CENTI s, $((_rate / 10)).$((_rate % 10)) MB/s"
-	apply_layers "$IMAGES" "$RT_LOWER" "$ROOT/stage"
-	phase layers-done "$M_APPLIED applied, $M_SKIPPED skipped"
+	if [ "$MKMA_LAYERS" = none ]; then
+		log "$KEY_LAYERS=none: no persistence layer applied (the base alone)"
+		phase layers-done "0 applied, none asked for"
+	else
+		apply_layers "$IMAGES" "$RT_LOWER" "$ROOT/stage"
+		phase layers-done "$M_APPLIED applied, $M_SKIPPED skipped"
+	fi
 }
 
 mount_root() {

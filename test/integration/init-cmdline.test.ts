@@ -60,7 +60,7 @@ echo "device=[$MKMA_DEVICE] path=[$MKMA_IMAGES_PATH] ram=$MKMA_RAM_SIZE on_error
 # what boot does with them next: arithmetic must not abort the shell
 _deadline=$((5 + MKMA_DEVICE_TIMEOUT)) _all=$((5 + MKMA_ALL_STORAGE_AFTER))
 if storage_problem; then echo "problem: $PROBLEM"; fi
-echo "base=[$MKMA_BASE_NAME]"
+echo "base=[$MKMA_BASE_NAME] layers=[$MKMA_LAYERS]"
 echo "alive $_deadline $_all"
 `;
   const parse = (cmdline: string, env: NodeJS.ProcessEnv = {}) => {
@@ -69,8 +69,9 @@ echo "alive $_deadline $_all"
     const warnings = [...out.matchAll(/^mkma\[[\d. ]+\]: WARNING (.*)$/gm)].map((m) => m[1]);
     const state = /^device=.*$/m.exec(out)?.[0] ?? '';
     const problem = /^problem: (.*)$/m.exec(out)?.[1] ?? null;
-    const base = /^base=\[(.*)\]$/m.exec(out)?.[1];
-    return { status: r.status, stderr: r.stderr.toString(), warnings, state, problem, base, alive: /^alive \d+ \d+$/m.test(out) };
+    const base = /^base=\[(.*)\] layers=/m.exec(out)?.[1];
+    const layers = /^base=.* layers=\[(.*)\]$/m.exec(out)?.[1];
+    return { status: r.status, stderr: r.stderr.toString(), warnings, state, problem, base, layers, alive: /^alive \d+ \d+$/m.test(out) };
   };
 
   test('good values are taken, quoted ones too', () => {
@@ -98,6 +99,19 @@ echo "alive $_deadline $_all"
     const r = parse(`mkma_storage_device=/dev/vda ${cmdline}`);
     expect(r.warnings).toEqual(warnings);
     expect(r.base).toBe(base);
+    expect(r.alive).toBe(true);
+  });
+
+  test.each([
+    ['', [], 'all'],
+    ['mkma_layers=none', [], 'none'],
+    ['mkma_layers=all', [], 'all'],
+    ['mkma_layers=2', ['mkma_layers=2 is not all or none: applying all layers'], 'all'],
+    ['mkma_layers', ['mkma_layers= is not all or none: applying all layers'], 'all'],
+  ])('which layers: %s', (cmdline, warnings, layers) => {
+    const r = parse(`mkma_storage_device=/dev/vda ${cmdline}`);
+    expect(r.warnings).toEqual(warnings);
+    expect(r.layers).toBe(layers);
     expect(r.alive).toBe(true);
   });
 
