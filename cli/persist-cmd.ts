@@ -12,7 +12,7 @@ import {
 } from '../persist/model.js';
 import { appendRules, dpkgWarnings, loadRules, parsePattern, ruleDecider, rulesFromOverrides } from '../persist/rules.js';
 import { countSentence, layerCounts, type LayerCounts } from '../persist/counts.js';
-import { KIND_LEGEND, KIND_MARK } from '../persist/rows.js';
+import { KIND_LEGEND, KIND_MARK } from '../persist/kinds.js';
 import { scanUpper } from '../persist/scan.js';
 import type { Target } from '../persist/storage.js';
 import type { LayerPlan, WriteLayerResult } from '../persist/write.js';
