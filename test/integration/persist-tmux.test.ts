@@ -65,7 +65,8 @@ describe('mkma persist terminal UI in tmux (80x24)', () => {
 
     await keys('Enter');
     const confirm = await waitFor(/Save now\?/);
-    expect(confirm).toMatch(/entries +7 \(6 changes and the folders they need\)/);
+    expect(confirm).toMatch(/changes +6 saved/);
+    expect(confirm).toMatch(/entries +7 incl\. parent directories/);
     expect(confirm).toMatch(/left out +2 changes, 293 KiB/);
     await keys('y');
     const saved = await waitFor(/Press any key to exit/);
