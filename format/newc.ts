@@ -1,7 +1,7 @@
 // The cpio "newc" (SVR4, magic 070701) encoding: header writer and a streaming reader.
 //
 // Written here instead of using cpio-stream 1.4.3 (design card) because, measured on this
-// machine (shared/notes/libraries.md): it corrupts non-ASCII names both ways (name length
+// machine (docs/libraries.md): it corrupts non-ASCII names both ways (name length
 // counted in UTF-16 units), silently clamps sizes >= 4 GiB into a corrupt archive, has no
 // hardlink support, turns mtime 0 into "now" and stops at the first TRAILER!!!. mkma needs
 // byte-exact names (Debian ships non-UTF-8 test names, users have anything) and must refuse

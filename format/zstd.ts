@@ -1,6 +1,6 @@
 // zstd through Debian's `zstd` CLI: data in through a pipe, the frame out into a file.
 //
-// Not @mongodb-js/zstd (design card): measured here (shared/notes/libraries.md), 7.x and 2.x
+// Not @mongodb-js/zstd (design card): measured here (docs/libraries.md), 7.x and 2.x
 // fail to install without network access to their prebuild host, 1.2.2 ignores the level
 // argument, and every version is buffer-only: compressing a 221 MB tree in-process held
 // ~600 MB RSS, against a flat ~60 MB for the CLI stream. Node 20 has no zlib zstd. The CLI is
