@@ -34,11 +34,13 @@ export interface Walk {
   /** whole seconds */
   mtime: number[];
   target: Map<number, string>;
+  /** st_rdev, when the walk read it (mkma-scan; find cannot print it) */
+  rdev?: number[];
   errors: string[];
 }
 
 /** Collects a child's stderr; resolves with it when it exits with one of `okCodes`. */
-function collect(child: ChildProcess, what: string, okCodes: number[], onStdout: (b: Buffer) => void): Promise<string> {
+export function collect(child: ChildProcess, what: string, okCodes: number[], onStdout: (b: Buffer) => void): Promise<string> {
   let err = '';
   child.stderr!.setEncoding('utf8');
   child.stderr!.on('data', (d: string) => {
@@ -54,7 +56,7 @@ function collect(child: ChildProcess, what: string, okCodes: number[], onStdout:
   });
 }
 
-interface Cursor {
+export interface Cursor {
   buf: Buffer;
   p: number;
   end: number;
@@ -62,7 +64,7 @@ interface Cursor {
 const cur: Cursor = { buf: Buffer.alloc(0), p: 0, end: 0 };
 
 /** A number at the cursor; skips the rest of the field (the fraction of %T@) and the space. */
-function readNum(c: Cursor, base: number): number {
+export function readNum(c: Cursor, base: number): number {
   const { buf, end } = c;
   let p = c.p;
   let n = 0;
@@ -83,11 +85,8 @@ function readNum(c: Cursor, base: number): number {
 }
 
 /** Parses `find -printf STAT_FORMAT` output as it streams in. */
-export function walkUpper(
-  root: string,
-  onPath: (buf: Buffer, start: number, end: number) => void,
-): { done: Promise<Walk>; kill: () => void } {
-  const w: Walk = {
+export function emptyWalk(): Walk {
+  return {
     rel: [],
     type: [],
     dev: [],
@@ -101,6 +100,13 @@ export function walkUpper(
     target: new Map(),
     errors: [],
   };
+}
+
+export function walkUpper(
+  root: string,
+  onPath: (buf: Buffer, start: number, end: number) => void,
+): { done: Promise<Walk>; kill: () => void } {
+  const w = emptyWalk();
   // not runSync/run: the listing is parsed as it streams, and its paths go on to getfattr at once
   const child = spawnTracked('find', [root, '-xdev', '-mindepth', '1', '-printf', STAT_FORMAT], {
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -1,0 +1,148 @@
+// The upperdir walk by mkma-scan (init/unpack/mkma-scan.c, located by persist/scan-helper.ts):
+// the entries, every xattr and the lower tree's side in one process, parsed here as the records
+// stream in. Gives what the TypeScript walk gives (persist/walk.ts for the entries, getfattr
+// through format/xattrs.ts for the xattrs, persist/lower.ts's lookBelow for the lower tree), in
+// the same spelling, so that scan.ts classifies both the same way.
+import type { XattrRecord } from '../format/manifest.js';
+import { spawnTracked } from '../lib/run.js';
+import { DIFFERENT, SAME, S_IFMT, type Below } from './lower.js';
+import { collect, emptyWalk, readNum, TYPE_BY_IFMT, type Cursor, type Walk } from './walk.js';
+
+export interface NativeWalk {
+  w: Walk;
+  /** xattrs as getfattr -d -e base64 spells them, names sorted as getfattr sorts them */
+  records: XattrRecord[];
+  below: Below | null;
+}
+
+const byName = (a: [string, string], b: [string, string]) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0);
+
+/** Runs `helper [-l lower] root` and parses its records (format: the head of mkma-scan.c). */
+export function walkNative(helper: string, root: string, lower: string | null): { done: Promise<NativeWalk>; kill: () => void } {
+  const rdevs: number[] = [];
+  const w: Walk = { ...emptyWalk(), rdev: rdevs };
+  const records: XattrRecord[] = [];
+  // the lower side, column by column until the count is known
+  const looked: number[] = [];
+  const present: number[] = [];
+  const lmode: number[] = [];
+  const luid: number[] = [];
+  const lgid: number[] = [];
+  const lsize: number[] = [];
+  const lmtime: number[] = [];
+  const lrdev: number[] = [];
+  const same: number[] = [];
+  const cur: Cursor = { buf: Buffer.alloc(0), p: 0, end: 0 };
+
+  // not runSync/run: the records are parsed as they stream
+  const child = spawnTracked(helper, lower === null ? [root] : ['-l', lower, root], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, LC_ALL: 'C' },
+  });
+  let rest: Buffer | null = null;
+  const onData = (chunk: Buffer) => {
+    const buf = rest ? Buffer.concat([rest, chunk]) : chunk;
+    let pos = 0;
+    for (;;) {
+      const a = buf.indexOf(0, pos);
+      if (a < 0) break;
+      const b = buf.indexOf(0, a + 1);
+      if (b < 0) break;
+      const c = buf.indexOf(0, b + 1);
+      if (c < 0) break;
+      cur.buf = buf;
+      cur.p = pos;
+      cur.end = a;
+      const mode = readNum(cur, 8);
+      const dev = readNum(cur, 10);
+      const inoStart = cur.p;
+      readNum(cur, 10);
+      const inoEnd = cur.p - 1;
+      const nlink = readNum(cur, 10);
+      const uid = readNum(cur, 10);
+      const gid = readNum(cur, 10);
+      const size = readNum(cur, 10);
+      const mtime = readNum(cur, 10);
+      const rdev = readNum(cur, 10);
+      const nx = readNum(cur, 10);
+      // the xattrs follow the link target: the whole record must be here
+      let end = c;
+      for (let k = 0; k < 2 * nx && end >= 0; k++) end = buf.indexOf(0, end + 1);
+      if (end < 0) break;
+
+      const i = w.rel.length;
+      const type = TYPE_BY_IFMT[mode & S_IFMT] ?? 'file';
+      const rel = buf.toString('latin1', a + 1, b);
+      w.rel.push(rel);
+      w.type.push(type);
+      w.dev.push(dev);
+      w.nlink.push(nlink);
+      w.inode.push(nlink > 1 && type !== 'dir' ? `${dev}:${buf.toString('latin1', inoStart, inoEnd)}` : '');
+      w.mode.push(mode);
+      w.uid.push(uid);
+      w.gid.push(gid);
+      w.size.push(size);
+      w.mtime.push(mtime);
+      rdevs.push(rdev);
+      if (type === 'symlink') w.target.set(i, buf.toString('latin1', b + 1, c));
+
+      const l = buf[cur.p];
+      looked.push(l === 0x2d /* - */ ? 0 : 1);
+      present.push(l === 0x2d || l === 0x30 /* 0 */ ? 0 : 1);
+      if (present[i]) {
+        lmode.push(readNum(cur, 8));
+        luid.push(readNum(cur, 10));
+        lgid.push(readNum(cur, 10));
+        lsize.push(readNum(cur, 10));
+        lmtime.push(readNum(cur, 10) * 1000);
+        lrdev.push(readNum(cur, 10));
+        const cmp = buf[cur.p];
+        same.push(cmp === 0x73 /* s */ ? SAME : cmp === 0x64 /* d */ ? DIFFERENT : 0);
+      } else {
+        lmode.push(0);
+        luid.push(0);
+        lgid.push(0);
+        lsize.push(0);
+        lmtime.push(0);
+        lrdev.push(0);
+        same.push(0);
+      }
+
+      if (nx > 0) {
+        const attrs: Array<[string, string]> = [];
+        let p = c + 1;
+        for (let k = 0; k < nx; k++) {
+          const n = buf.indexOf(0, p);
+          const v = buf.indexOf(0, n + 1);
+          attrs.push([buf.toString('latin1', p, n), '0s' + Buffer.from(buf.toString('latin1', n + 1, v), 'hex').toString('base64')]);
+          p = v + 1;
+        }
+        if (attrs.length > 1) attrs.sort(byName);
+        records.push({ path: rel, attrs });
+      }
+      pos = end + 1;
+    }
+    rest = pos < buf.length ? Buffer.from(buf.subarray(pos)) : null;
+  };
+  // exit 1: entries that could not be read (live tree): reported, not fatal
+  const done = collect(child, `mkma-scan ${root}`, [0, 1], onData).then((err): NativeWalk => {
+    if (rest) throw new Error(`mkma-scan ${root}: its output ends inside a record`);
+    w.errors = err.split('\n').filter((line) => line.trim() !== '');
+    const below: Below | null =
+      lower === null
+        ? null
+        : {
+            looked: Uint8Array.from(looked),
+            present: Uint8Array.from(present),
+            mode: Uint32Array.from(lmode),
+            uid: Uint32Array.from(luid),
+            gid: Uint32Array.from(lgid),
+            size: Float64Array.from(lsize),
+            mtimeMs: Float64Array.from(lmtime),
+            rdev: Float64Array.from(lrdev),
+            same: Uint8Array.from(same),
+          };
+    return { w, records, below };
+  });
+  return { done, kill: () => child.kill('SIGKILL') };
+}
