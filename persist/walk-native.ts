@@ -22,16 +22,26 @@ export function walkNative(helper: string, root: string, lower: string | null): 
   const rdevs: number[] = [];
   const w: Walk = { ...emptyWalk(), rdev: rdevs };
   const records: XattrRecord[] = [];
-  // the lower side, column by column until the count is known
-  const looked: number[] = [];
-  const present: number[] = [];
-  const lmode: number[] = [];
-  const luid: number[] = [];
-  const lgid: number[] = [];
-  const lsize: number[] = [];
-  const lmtime: number[] = [];
-  const lrdev: number[] = [];
-  const same: number[] = [];
+  // the lower side, column by column in typed arrays grown as records come (no 100k-element
+  // arrays of numbers for the garbage collector)
+  let cap = 0;
+  let below: Below | null = null;
+  const grow = (need: number) => {
+    const old = below;
+    cap = Math.max(1024, need * 2);
+    below = {
+      looked: new Uint8Array(cap),
+      present: new Uint8Array(cap),
+      mode: new Uint32Array(cap),
+      uid: new Uint32Array(cap),
+      gid: new Uint32Array(cap),
+      size: new Float64Array(cap),
+      mtimeMs: new Float64Array(cap),
+      rdev: new Float64Array(cap),
+      same: new Uint8Array(cap),
+    };
+    if (old) for (const k of Object.keys(old) as Array<keyof Below>) below[k].set(old[k]);
+  };
   const cur: Cursor = { buf: Buffer.alloc(0), p: 0, end: 0 };
 
   // not runSync/run: the records are parsed as they stream
@@ -87,25 +97,21 @@ export function walkNative(helper: string, root: string, lower: string | null): 
       if (type === 'symlink') w.target.set(i, buf.toString('latin1', b + 1, c));
 
       const l = buf[cur.p];
-      looked.push(l === 0x2d /* - */ ? 0 : 1);
-      present.push(l === 0x2d || l === 0x30 /* 0 */ ? 0 : 1);
-      if (present[i]) {
-        lmode.push(readNum(cur, 8));
-        luid.push(readNum(cur, 10));
-        lgid.push(readNum(cur, 10));
-        lsize.push(readNum(cur, 10));
-        lmtime.push(readNum(cur, 10) * 1000);
-        lrdev.push(readNum(cur, 10));
-        const cmp = buf[cur.p];
-        same.push(cmp === 0x73 /* s */ ? SAME : cmp === 0x64 /* d */ ? DIFFERENT : 0);
-      } else {
-        lmode.push(0);
-        luid.push(0);
-        lgid.push(0);
-        lsize.push(0);
-        lmtime.push(0);
-        lrdev.push(0);
-        same.push(0);
+      if (lower !== null && l !== 0x2d /* "-": not looked up */) {
+        if (i >= cap) grow(i + 1);
+        const bl = below!;
+        bl.looked[i] = 1;
+        if (l !== 0x30 /* "0": nothing there */) {
+          bl.present[i] = 1;
+          bl.mode[i] = readNum(cur, 8);
+          bl.uid[i] = readNum(cur, 10);
+          bl.gid[i] = readNum(cur, 10);
+          bl.size[i] = readNum(cur, 10);
+          bl.mtimeMs[i] = readNum(cur, 10) * 1000;
+          bl.rdev[i] = readNum(cur, 10);
+          const cmp = buf[cur.p];
+          bl.same[i] = cmp === 0x73 /* s */ ? SAME : cmp === 0x64 /* d */ ? DIFFERENT : 0;
+        }
       }
 
       if (nx > 0) {
@@ -128,20 +134,7 @@ export function walkNative(helper: string, root: string, lower: string | null): 
   const done = collect(child, `mkma-scan ${root}`, [0, 1], onData).then((err): NativeWalk => {
     if (rest) throw new Error(`mkma-scan ${root}: its output ends inside a record`);
     w.errors = err.split('\n').filter((line) => line.trim() !== '');
-    const below: Below | null =
-      lower === null
-        ? null
-        : {
-            looked: Uint8Array.from(looked),
-            present: Uint8Array.from(present),
-            mode: Uint32Array.from(lmode),
-            uid: Uint32Array.from(luid),
-            gid: Uint32Array.from(lgid),
-            size: Float64Array.from(lsize),
-            mtimeMs: Float64Array.from(lmtime),
-            rdev: Float64Array.from(lrdev),
-            same: Uint8Array.from(same),
-          };
+    if (lower !== null && cap < w.rel.length) grow(w.rel.length);
     return { w, records, below };
   });
   return { done, kill: () => child.kill('SIGKILL') };
