@@ -40,7 +40,7 @@ export interface Walk {
 }
 
 /** Collects a child's stderr; resolves with it when it exits with one of `okCodes`. */
-export function collect(child: ChildProcess, what: string, okCodes: number[], onStdout: (b: Buffer) => void): Promise<string> {
+function collect(child: ChildProcess, what: string, okCodes: number[], onStdout: (b: Buffer) => void): Promise<string> {
   let err = '';
   child.stderr!.setEncoding('utf8');
   child.stderr!.on('data', (d: string) => {
@@ -84,7 +84,7 @@ export function readNum(c: Cursor, base: number): number {
   return neg ? -n : n;
 }
 
-/** Parses `find -printf STAT_FORMAT` output as it streams in. */
+/** A walk with no entries yet. */
 export function emptyWalk(): Walk {
   return {
     rel: [],
@@ -102,65 +102,80 @@ export function emptyWalk(): Walk {
   };
 }
 
+/**
+ * Runs `cmd` (LC_ALL=C) and hands its output to `record` as it streams: record(buf, pos) parses
+ * the record at pos and returns the position after it, or -1 while it is not all there yet.
+ * Resolves with its stderr when it exits 0 or 1 (entries that could not be read: reported, not
+ * fatal). Not runSync/run: the output is parsed as it comes.
+ */
+export function streamRecords(
+  cmd: string,
+  args: string[],
+  what: string,
+  record: (buf: Buffer, pos: number) => number,
+): { done: Promise<string>; kill: () => void } {
+  const child = spawnTracked(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
+  let rest: Buffer | null = null;
+  const onData = (chunk: Buffer) => {
+    const buf = rest ? Buffer.concat([rest, chunk]) : chunk;
+    let pos = 0;
+    for (let next = record(buf, pos); next >= 0; next = record(buf, pos)) pos = next;
+    rest = pos < buf.length ? Buffer.from(buf.subarray(pos)) : null;
+  };
+  const done = collect(child, what, [0, 1], onData).then((err) => {
+    if (rest) throw new Error(`${what}: its output ends inside a record`);
+    return err;
+  });
+  return { done, kill: () => child.kill('SIGKILL') };
+}
+
+/** Parses `find -printf STAT_FORMAT` output as it streams in. */
 export function walkUpper(
   root: string,
   onPath: (buf: Buffer, start: number, end: number) => void,
 ): { done: Promise<Walk>; kill: () => void } {
   const w = emptyWalk();
-  // not runSync/run: the listing is parsed as it streams, and its paths go on to getfattr at once
-  const child = spawnTracked('find', [root, '-xdev', '-mindepth', '1', '-printf', STAT_FORMAT], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, LC_ALL: 'C' },
-  });
-  let rest: Buffer | null = null;
-  const onData = (chunk: Buffer) => {
-    const buf = rest ? Buffer.concat([rest, chunk]) : chunk;
-    let pos = 0;
-    for (;;) {
-      const a = buf.indexOf(0, pos);
-      if (a < 0) break;
-      const b = buf.indexOf(0, a + 1);
-      if (b < 0) break;
-      const c = buf.indexOf(0, b + 1);
-      if (c < 0) break;
-      // the numbers, parsed in place: no strings for them
-      const t = TYPE_BY_LETTER[buf[pos]] ?? TYPE_BY_LETTER[0x66];
-      cur.buf = buf;
-      cur.p = pos + 2;
-      cur.end = a;
-      const dev = readNum(cur, 10);
-      const inoStart = cur.p;
-      readNum(cur, 10);
-      const inoEnd = cur.p - 1;
-      const nlink = readNum(cur, 10);
-      const perm = readNum(cur, 8);
-      const uid = readNum(cur, 10);
-      const gid = readNum(cur, 10);
-      const size = readNum(cur, 10);
-      const mtime = readNum(cur, 10);
-      const i = w.rel.length;
-      w.rel.push(buf.toString('latin1', a + 1, b));
-      w.type.push(t.type);
-      w.dev.push(dev);
-      w.nlink.push(nlink);
-      w.inode.push(nlink > 1 && t.type !== 'dir' ? `${dev}:${buf.toString('latin1', inoStart, inoEnd)}` : '');
-      w.mode.push(t.ifmt | perm);
-      w.uid.push(uid);
-      w.gid.push(gid);
-      w.size.push(size);
-      w.mtime.push(mtime);
-      if (t.type === 'symlink') w.target.set(i, buf.toString('latin1', b + 1, c));
-      onPath(buf, a + 1, b);
-      pos = c + 1;
-    }
-    rest = pos < buf.length ? Buffer.from(buf.subarray(pos)) : null;
+  const record = (buf: Buffer, pos: number): number => {
+    const a = buf.indexOf(0, pos);
+    const b = a < 0 ? -1 : buf.indexOf(0, a + 1);
+    const c = b < 0 ? -1 : buf.indexOf(0, b + 1);
+    if (c < 0) return -1;
+    // the numbers, parsed in place: no strings for them
+    const t = TYPE_BY_LETTER[buf[pos]] ?? TYPE_BY_LETTER[0x66];
+    cur.buf = buf;
+    cur.p = pos + 2;
+    cur.end = a;
+    const dev = readNum(cur, 10);
+    const inoStart = cur.p;
+    readNum(cur, 10);
+    const inoEnd = cur.p - 1;
+    const nlink = readNum(cur, 10);
+    const perm = readNum(cur, 8);
+    const uid = readNum(cur, 10);
+    const gid = readNum(cur, 10);
+    const size = readNum(cur, 10);
+    const mtime = readNum(cur, 10);
+    const i = w.rel.length;
+    w.rel.push(buf.toString('latin1', a + 1, b));
+    w.type.push(t.type);
+    w.dev.push(dev);
+    w.nlink.push(nlink);
+    w.inode.push(nlink > 1 && t.type !== 'dir' ? `${dev}:${buf.toString('latin1', inoStart, inoEnd)}` : '');
+    w.mode.push(t.ifmt | perm);
+    w.uid.push(uid);
+    w.gid.push(gid);
+    w.size.push(size);
+    w.mtime.push(mtime);
+    if (t.type === 'symlink') w.target.set(i, buf.toString('latin1', b + 1, c));
+    onPath(buf, a + 1, b);
+    return c + 1;
   };
-  // exit 1: a directory could not be read, or vanished (live tree): reported, not fatal
-  const done = collect(child, `find ${root}`, [0, 1], onData).then((err) => {
+  const s = streamRecords('find', [root, '-xdev', '-mindepth', '1', '-printf', STAT_FORMAT], `find ${root}`, record);
+  const done = s.done.then((err) => {
     w.errors = err.split('\n').filter((l) => l.trim() !== '');
     return w;
   });
-  return { done, kill: () => child.kill('SIGKILL') };
+  return { done, kill: s.kill };
 }
 
 /** Pre-order with siblings sorted by bytes: a stable order for the UI, the layer and the tests. */
