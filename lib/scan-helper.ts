@@ -61,14 +61,24 @@ export function buildScanHelper(opts: { cacheDir: string; static?: boolean }): S
     .slice(0, 16);
   const out = path.join(opts.cacheDir, `mkma-scan-${key}`);
   if (fs.existsSync(out) && scanHelperWorks(out)) return { path: out };
-  fs.mkdirSync(opts.cacheDir, { recursive: true, mode: 0o700 });
   const tmp = `${out}.tmp-${process.pid}`;
-  const cc = runSync('gcc', [...flags, '-o', tmp, source], { allowFailure: true });
-  if (!cc.ok || !scanHelperWorks(tmp)) {
-    fs.rmSync(tmp, { force: true });
-    const why = cc.ok ? 'the binary does not run' : cc.stderr.trim().split('\n').slice(-3).join(' / ');
-    return { path: null, reason: `cannot build mkma-scan: ${why}` };
+  try {
+    fs.mkdirSync(opts.cacheDir, { recursive: true, mode: 0o700 });
+    const cc = runSync('gcc', [...flags, '-o', tmp, source], { allowFailure: true });
+    if (!cc.ok || !scanHelperWorks(tmp)) {
+      const why = cc.ok ? 'the binary does not run' : cc.stderr.trim().split('\n').slice(-3).join(' / ');
+      return { path: null, reason: `cannot build mkma-scan: ${why}` };
+    }
+    fs.renameSync(tmp, out);
+    return { path: out };
+  } catch (e) {
+    // (not root: the cache under /run is root's) the scan goes on with the find walk
+    return { path: null, reason: `cannot build mkma-scan in ${opts.cacheDir}: ${(e as Error).message}` };
+  } finally {
+    try {
+      fs.rmSync(tmp, { force: true });
+    } catch {
+      // not ours to remove (the directory could not be written either)
+    }
   }
-  fs.renameSync(tmp, out);
-  return { path: out };
 }

@@ -29,6 +29,12 @@ describe('buildScanHelper', () => {
     expect(fs.statSync(b.path!).mtimeMs).toBe(mtime);
     expect(fs.readdirSync(cache).filter((f) => f.includes('.tmp-'))).toEqual([]);
   }, 60_000);
+
+  test('a cache it cannot write: no helper, a reason, no exception (the scan takes the find walk)', () => {
+    const r = buildScanHelper({ cacheDir: '/dev/null/cache' });
+    expect(r.path).toBeNull();
+    expect(r.reason).toMatch(/^cannot build mkma-scan in \/dev\/null\/cache: ENOTDIR/);
+  });
 });
 
 describe('installScanHelper (mkma build)', () => {
