@@ -182,13 +182,16 @@ export function walkUpper(
 export function preorder(w: Walk): { order: Int32Array; parent: Int32Array } {
   const n = w.rel.length;
   // find's output is pre-order already (each directory's subtree follows it), only siblings
-  // are in directory order: find each entry's parent with a stack, then sort each directory.
+  // are in directory order: find each entry's parent with a stack, then sort each directory
+  // (unless they are sorted already, as mkma-scan writes them).
   const parent = new Int32Array(n).fill(-1);
   const firstChild = new Int32Array(n).fill(-1);
   const nextSibling = new Int32Array(n).fill(-1);
   const lastChild = new Int32Array(n).fill(-1);
   const roots: number[] = [];
   const stack: number[] = [];
+  // mkma-scan lists each directory sorted: then the walk's order is the order wanted already
+  let sorted = true;
   for (let i = 0; i < n; i++) {
     const rel = w.rel[i];
     while (stack.length) {
@@ -198,10 +201,17 @@ export function preorder(w: Walk): { order: Int32Array; parent: Int32Array } {
     }
     const p = stack.length ? stack[stack.length - 1] : -1;
     parent[i] = p;
+    const prev = p < 0 ? (roots.length ? roots[roots.length - 1] : -1) : lastChild[p];
+    if (sorted && prev >= 0 && !(w.rel[prev] < rel)) sorted = false;
     if (p < 0) roots.push(i);
     else if (lastChild[p] < 0) firstChild[p] = lastChild[p] = i;
     else lastChild[p] = nextSibling[lastChild[p]] = i;
     if (w.type[i] === 'dir') stack.push(i);
+  }
+  if (sorted) {
+    const order = new Int32Array(n);
+    for (let i = 0; i < n; i++) order[i] = i;
+    return { order, parent };
   }
   // siblings share their parent's path: comparing whole paths compares their names
   const byName = (x: number, y: number) => {

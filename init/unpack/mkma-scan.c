@@ -9,7 +9,7 @@
  *   mkma-scan [-l LOWER] UPPERDIR > records
  *   mkma-scan -h
  *
- * One pass over UPPERDIR, pre-order, each directory's entries in directory order (as find):
+ * One pass over UPPERDIR, pre-order, each directory's entries sorted by name (by bytes):
  *   - getdents64 (readdir on a descriptor opened O_DIRECTORY|O_NOFOLLOW relative to its parent),
  *     fstatat(AT_SYMLINK_NOFOLLOW), readlinkat for symlinks;
  *   - llistxattr/lgetxattr by the bare name after fchdir() into the directory being read (there
@@ -101,7 +101,13 @@ static int same_bytes(int ufd, int lfd, const char *name, off_t size) {
 static const char hexd[] = "0123456789abcdef";
 static void entry(int dirfd, int lowerfd, const char *name, size_t pathlen);
 
-/* Lists the directory open at fd (path[0, pathlen)); lowerfd: the same directory below, or -1. Closes both. */
+static int byname(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/*
+ * Lists the directory open at fd (path[0, pathlen)), its entries sorted by name (strcmp: by
+ * bytes, the order the scan wants, so Node need not sort); lowerfd: the same directory below,
+ * or -1. Closes both.
+ */
 static void walk(int fd, int lowerfd, size_t pathlen) {
 	DIR *d = fdopendir(fd);
 	if (!d) {
@@ -110,16 +116,44 @@ static void walk(int fd, int lowerfd, size_t pathlen) {
 		if (lowerfd >= 0) close(lowerfd);
 		return;
 	}
-	if (fchdir(fd) < 0) {
-		warn_path(errno);
-		closedir(d);
-		if (lowerfd >= 0) close(lowerfd);
-		return;
-	}
+	/* the names first (one buffer, then pointers into it), sorted */
+	char *buf = NULL, **names = NULL;
+	size_t len = 0, cap = 0, count = 0;
 	struct dirent *e;
 	while ((errno = 0, e = readdir(d))) {
 		const char *n = e->d_name;
 		if (n[0] == '.' && (n[1] == 0 || (n[1] == '.' && n[2] == 0))) continue;
+		size_t nl = strlen(n) + 1;
+		if (len + nl > cap) {
+			cap = (len + nl) * 2 + 4096;
+			char *nb = realloc(buf, cap);
+			if (!nb) {
+				fputs("mkma-scan: out of memory\n", stderr);
+				exit(2);
+			}
+			buf = nb;
+		}
+		memcpy(buf + len, n, nl);
+		len += nl;
+		count++;
+	}
+	if (errno) warn_path(errno);
+	if (count) {
+		names = malloc(count * sizeof *names);
+		if (!names) {
+			fputs("mkma-scan: out of memory\n", stderr);
+			exit(2);
+		}
+		size_t k = 0;
+		for (size_t off = 0; off < len; off += strlen(buf + off) + 1) names[k++] = buf + off;
+		qsort(names, count, sizeof *names, byname);
+	}
+	if (count && fchdir(fd) < 0) {
+		warn_path(errno);
+		count = 0;
+	}
+	for (size_t k = 0; k < count; k++) {
+		const char *n = names[k];
 		size_t nl = strlen(n);
 		if (pathlen + 1 + nl + 1 > sizeof path) {
 			fprintf(stderr, "mkma-scan: '%s/%s': File name too long\n", path, n);
@@ -131,7 +165,8 @@ static void walk(int fd, int lowerfd, size_t pathlen) {
 		entry(fd, lowerfd, n, pathlen + 1 + nl);
 		path[pathlen] = 0;
 	}
-	if (errno) warn_path(errno);
+	free(names);
+	free(buf);
 	closedir(d);
 	if (lowerfd >= 0) close(lowerfd);
 }

@@ -263,6 +263,9 @@ describe('the native walk and the find walk give the same scan', () => {
       fs.mkdirSync(m('var/cache/a'));
       fs.writeFileSync(m('var/cache/a/new'), 'n');
       fs.writeFileSync(m('etc/new name\twith tab'), 'x');
+      // names with bytes above 0x7f sort after 'z' (by bytes, in both walks)
+      fs.writeFileSync(m('etc/\u00e9t\u00e9'), 'e');
+      fs.writeFileSync(m('etc/zz'), 'z');
       sh('setfattr', ['-n', 'user.note', '-v', 'hello', m('etc/keep')]);
       sh('setfattr', ['-n', 'user.empty', '-v', '', m('etc/keep')]);
       sh('setfacl', ['-m', 'u:nobody:r', m('etc/keep')]);
@@ -293,6 +296,8 @@ describe('the native walk and the find walk give the same scan', () => {
       'user.empty',
       'user.note',
     ]);
+    const etc = native.entries.filter((e) => e.path.startsWith('etc/')).map((e) => e.path);
+    expect(etc.slice(-2)).toEqual(['etc/zz', Buffer.from('etc/\u00e9t\u00e9').toString('latin1')]);
     expect(native.entries).toEqual(find.entries);
     expect(native.skipped).toEqual(find.skipped);
   });
