@@ -177,7 +177,11 @@ export class Inputs {
 
   /** An upperdir of ~100k entries (20k in --quick) for the scan figure: small files. */
   async bigUpper(): Promise<{ dir: string; entries: number }> {
-    const target = this.o.quick ? 20000 : 100000;
+    return this.sizedUpper(this.o.quick ? 20000 : 100000);
+  }
+
+  /** An upperdir of about `target` entries, small files (figures 4 and 7). */
+  async sizedUpper(target: number): Promise<{ dir: string; entries: number }> {
     const files = Math.round(target * 0.9);
     const spec: UpperSpec = {
       seed: 7,
@@ -192,7 +196,8 @@ export class Inputs {
       chmods: Math.round(target * 0.005),
       modify: Math.round(target * 0.005),
     };
-    const dir = await this.upper(this.o.quick ? 'big-quick' : 'big', [spec]);
+    const name = target === 100000 ? 'big' : target === 20000 ? 'big-quick' : `sized-${target}`;
+    const dir = await this.upper(name, [spec]);
     return { dir, entries: countEntries(dir) };
   }
 

@@ -80,7 +80,7 @@ export interface Below {
   same: Uint8Array;
 }
 export const SAME = 1;
-const DIFFERENT = 2;
+export const DIFFERENT = 2;
 
 /** What the classification reads of a lower path's lstat (columns in Below: 100k fs.Stats kept alive cost GC time). */
 export interface LowerStat {

@@ -3,11 +3,14 @@
 // container of changes.
 //
 // Speed (the upperdir of a busy machine holds 100k+ entries): no process is started per entry.
+// The walk, every xattr and the lower tree's side come from mkma-scan, one native process
+// (init/unpack/mkma-scan.c, persist/walk-native.ts; 1.6× of a bare find -printf against 3.6×
+// for the way below, docs/perf-research.md). Where it cannot be had (persist/scan-helper.ts):
 //   find -xdev -printf, parsed as it streams (persist/walk.ts)
 //   → each path, batched, into xargs getfattr -d (format/xattrs.ts): every xattr, overlayfs' own
 // then one lstat in the lower tree per entry whose parent exists there as a directory, while
-// getfattr works (persist/lower.ts). Nothing follows symlinks, and nothing descends into
-// another filesystem.
+// getfattr works (persist/lower.ts). Both give the same result. Nothing follows symlinks, and
+// nothing descends into another filesystem.
 import * as fs from 'node:fs';
 import type { XattrRecord } from '../format/manifest.js';
 import { decodeXattrValue, XattrReader } from '../format/xattrs.js';
@@ -25,7 +28,9 @@ import {
   type LowerStat,
 } from './lower.js';
 import type { ChangeEntry, ChangeKind, EntryType, ScanResult } from './model.js';
+import { scanHelper } from './scan-helper.js';
 import { preorder, TYPE_BY_IFMT, walkUpper, type Walk } from './walk.js';
+import { walkNative } from './walk-native.js';
 
 export const OVERLAY_XATTR_PREFIX = 'trusted.overlay.';
 
@@ -35,12 +40,55 @@ const NONE = Object.freeze([]) as unknown as Array<[string, string]>;
 const MOUNT_POINT_REASON = 'another filesystem is mounted here; its contents are not part of the overlay and are not saved';
 const SOCKET_REASON = 'a socket belongs to the program that listens on it; it cannot be saved';
 
+export interface ScanOptions {
+  /**
+   * 'native': mkma-scan (an error when it is not available); 'find': the TypeScript walk over
+   * find + getfattr; default: mkma-scan when it can be had (persist/scan-helper.ts), else find.
+   */
+  walker?: 'native' | 'find';
+}
+
+interface Source {
+  w: Walk;
+  records: XattrRecord[];
+  below: Below | null;
+  order: Int32Array;
+  parent: Int32Array;
+}
+
+/** The walk by mkma-scan: entries, xattrs and the lower side from one process. */
+async function nativeSource(helper: string, root: string, lower: string | null): Promise<Source> {
+  const walk = walkNative(helper, root, lower);
+  const r = await walk.done;
+  return { ...r, ...preorder(r.w) };
+}
+
+/** The walk by find, the xattrs by getfattr, the lower side looked up here. */
+async function findSource(root: string, dev: number, upperB: Buffer, lowerRoot: Buffer | null): Promise<Source> {
+  const xattrs = new XattrReader(root);
+  const walk = walkUpper(root, (buf, start, end) => xattrs.add(buf, start, end));
+  try {
+    const w = await walk.done;
+    // xargs starts getfattr once its command line is full or its input ends, so for all but
+    // big trees getfattr runs only now: the lower tree is looked at meanwhile (another core)
+    xattrs.end();
+    const { order, parent } = preorder(w);
+    const below = lowerRoot ? lookBelow(w, order, parent, dev, upperB, lowerRoot) : null;
+    const { records } = await xattrs.finish();
+    return { w, records, below, order, parent };
+  } catch (e) {
+    walk.kill();
+    xattrs.kill();
+    throw e;
+  }
+}
+
 /**
  * Scans `upper` (an overlayfs upperdir) against `lower` (the tree below it, or null when it is
  * not available: then everything that is not a whiteout or opaque directory counts as added).
  * Entries are in pre-order, siblings sorted by bytes; `mtime` is in whole seconds.
  */
-export async function scanUpper(upper: string, lower: string | null): Promise<ScanResult> {
+export async function scanUpper(upper: string, lower: string | null, opts: ScanOptions = {}): Promise<ScanResult> {
   const t0 = performance.now();
   const root = fs.realpathSync(upper);
   const rootSt = fs.lstatSync(root);
@@ -49,30 +97,15 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
   if (lowerRoot && !lstatQuiet(lowerRoot)?.isDirectory()) throw new Error(`lower tree ${lower} is not a directory`);
 
   const upperB = Buffer.from(root);
-  const xattrs = new XattrReader(root);
-  const walk = walkUpper(root, (buf, start, end) => xattrs.add(buf, start, end));
-  let w: Walk;
-  let records: XattrRecord[];
-  let order: Int32Array;
-  let parent: Int32Array;
-  let below: Below | null = null;
-  try {
-    w = await walk.done;
-    // xargs starts getfattr once its command line is full or its input ends, so for all but
-    // big trees getfattr runs only now: the lower tree is looked at meanwhile (another core)
-    xattrs.end();
-    ({ order, parent } = preorder(w));
-    if (lowerRoot) below = lookBelow(w, order, parent, rootSt.dev, upperB, lowerRoot);
-    ({ records } = await xattrs.finish());
-  } catch (e) {
-    walk.kill();
-    xattrs.kill();
-    throw e;
-  }
+  const helper = opts.walker === 'find' ? null : scanHelper().path;
+  if (opts.walker === 'native' && !helper) throw new Error(`mkma-scan is not available: ${scanHelper().reason}`);
+  const { w, records, below, order, parent } = helper
+    ? await nativeSource(helper, root, lower)
+    : await findSource(root, rootSt.dev, upperB, lowerRoot);
 
   const skipped: ScanResult['skipped'] = [];
   for (const line of w.errors) {
-    const m = /^find: '(.*)': (.*)$/.exec(line);
+    const m = /^(?:find|mkma-scan): '(.*)': (.*)$/.exec(line);
     const p = m && m[1].startsWith(root + '/') ? m[1].slice(root.length + 1) : '';
     skipped.push({ path: p, reason: m ? `cannot be read: ${m[2]}` : line });
   }
@@ -131,7 +164,7 @@ export async function scanUpper(upper: string, lower: string | null): Promise<Sc
     let size = type === 'file' || type === 'symlink' ? w.size[i] : 0;
     const target = type === 'symlink' ? (w.target.get(i) ?? '') : undefined;
     // find cannot print st_rdev: devices (whiteouts, mostly) are looked at here
-    const rdev = type === 'char' || type === 'block' ? (lstatQuiet(upperAbsOf(path))?.rdev ?? -1) : -1;
+    const rdev = type === 'char' || type === 'block' ? (w.rdev ? w.rdev[i] : (lstatQuiet(upperAbsOf(path))?.rdev ?? -1)) : -1;
 
     let lowerType: EntryType | undefined;
     if ((type === 'char' && rdev === 0) || (type === 'file' && w.size[i] === 0 && ov?.has('whiteout'))) {

@@ -34,6 +34,8 @@ export interface Walk {
   /** whole seconds */
   mtime: number[];
   target: Map<number, string>;
+  /** st_rdev, when the walk read it (mkma-scan; find cannot print it) */
+  rdev?: number[];
   errors: string[];
 }
 
@@ -54,7 +56,7 @@ function collect(child: ChildProcess, what: string, okCodes: number[], onStdout:
   });
 }
 
-interface Cursor {
+export interface Cursor {
   buf: Buffer;
   p: number;
   end: number;
@@ -62,7 +64,7 @@ interface Cursor {
 const cur: Cursor = { buf: Buffer.alloc(0), p: 0, end: 0 };
 
 /** A number at the cursor; skips the rest of the field (the fraction of %T@) and the space. */
-function readNum(c: Cursor, base: number): number {
+export function readNum(c: Cursor, base: number): number {
   const { buf, end } = c;
   let p = c.p;
   let n = 0;
@@ -82,12 +84,9 @@ function readNum(c: Cursor, base: number): number {
   return neg ? -n : n;
 }
 
-/** Parses `find -printf STAT_FORMAT` output as it streams in. */
-export function walkUpper(
-  root: string,
-  onPath: (buf: Buffer, start: number, end: number) => void,
-): { done: Promise<Walk>; kill: () => void } {
-  const w: Walk = {
+/** A walk with no entries yet. */
+export function emptyWalk(): Walk {
+  return {
     rel: [],
     type: [],
     dev: [],
@@ -101,73 +100,98 @@ export function walkUpper(
     target: new Map(),
     errors: [],
   };
-  // not runSync/run: the listing is parsed as it streams, and its paths go on to getfattr at once
-  const child = spawnTracked('find', [root, '-xdev', '-mindepth', '1', '-printf', STAT_FORMAT], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, LC_ALL: 'C' },
-  });
+}
+
+/**
+ * Runs `cmd` (LC_ALL=C) and hands its output to `record` as it streams: record(buf, pos) parses
+ * the record at pos and returns the position after it, or -1 while it is not all there yet.
+ * Resolves with its stderr when it exits 0 or 1 (entries that could not be read: reported, not
+ * fatal). Not runSync/run: the output is parsed as it comes.
+ */
+export function streamRecords(
+  cmd: string,
+  args: string[],
+  what: string,
+  record: (buf: Buffer, pos: number) => number,
+): { done: Promise<string>; kill: () => void } {
+  const child = spawnTracked(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
   let rest: Buffer | null = null;
   const onData = (chunk: Buffer) => {
     const buf = rest ? Buffer.concat([rest, chunk]) : chunk;
     let pos = 0;
-    for (;;) {
-      const a = buf.indexOf(0, pos);
-      if (a < 0) break;
-      const b = buf.indexOf(0, a + 1);
-      if (b < 0) break;
-      const c = buf.indexOf(0, b + 1);
-      if (c < 0) break;
-      // the numbers, parsed in place: no strings for them
-      const t = TYPE_BY_LETTER[buf[pos]] ?? TYPE_BY_LETTER[0x66];
-      cur.buf = buf;
-      cur.p = pos + 2;
-      cur.end = a;
-      const dev = readNum(cur, 10);
-      const inoStart = cur.p;
-      readNum(cur, 10);
-      const inoEnd = cur.p - 1;
-      const nlink = readNum(cur, 10);
-      const perm = readNum(cur, 8);
-      const uid = readNum(cur, 10);
-      const gid = readNum(cur, 10);
-      const size = readNum(cur, 10);
-      const mtime = readNum(cur, 10);
-      const i = w.rel.length;
-      w.rel.push(buf.toString('latin1', a + 1, b));
-      w.type.push(t.type);
-      w.dev.push(dev);
-      w.nlink.push(nlink);
-      w.inode.push(nlink > 1 && t.type !== 'dir' ? `${dev}:${buf.toString('latin1', inoStart, inoEnd)}` : '');
-      w.mode.push(t.ifmt | perm);
-      w.uid.push(uid);
-      w.gid.push(gid);
-      w.size.push(size);
-      w.mtime.push(mtime);
-      if (t.type === 'symlink') w.target.set(i, buf.toString('latin1', b + 1, c));
-      onPath(buf, a + 1, b);
-      pos = c + 1;
-    }
+    for (let next = record(buf, pos); next >= 0; next = record(buf, pos)) pos = next;
     rest = pos < buf.length ? Buffer.from(buf.subarray(pos)) : null;
   };
-  // exit 1: a directory could not be read, or vanished (live tree): reported, not fatal
-  const done = collect(child, `find ${root}`, [0, 1], onData).then((err) => {
+  const done = collect(child, what, [0, 1], onData).then((err) => {
+    if (rest) throw new Error(`${what}: its output ends inside a record`);
+    return err;
+  });
+  return { done, kill: () => child.kill('SIGKILL') };
+}
+
+/** Parses `find -printf STAT_FORMAT` output as it streams in. */
+export function walkUpper(
+  root: string,
+  onPath: (buf: Buffer, start: number, end: number) => void,
+): { done: Promise<Walk>; kill: () => void } {
+  const w = emptyWalk();
+  const record = (buf: Buffer, pos: number): number => {
+    const a = buf.indexOf(0, pos);
+    const b = a < 0 ? -1 : buf.indexOf(0, a + 1);
+    const c = b < 0 ? -1 : buf.indexOf(0, b + 1);
+    if (c < 0) return -1;
+    // the numbers, parsed in place: no strings for them
+    const t = TYPE_BY_LETTER[buf[pos]] ?? TYPE_BY_LETTER[0x66];
+    cur.buf = buf;
+    cur.p = pos + 2;
+    cur.end = a;
+    const dev = readNum(cur, 10);
+    const inoStart = cur.p;
+    readNum(cur, 10);
+    const inoEnd = cur.p - 1;
+    const nlink = readNum(cur, 10);
+    const perm = readNum(cur, 8);
+    const uid = readNum(cur, 10);
+    const gid = readNum(cur, 10);
+    const size = readNum(cur, 10);
+    const mtime = readNum(cur, 10);
+    const i = w.rel.length;
+    w.rel.push(buf.toString('latin1', a + 1, b));
+    w.type.push(t.type);
+    w.dev.push(dev);
+    w.nlink.push(nlink);
+    w.inode.push(nlink > 1 && t.type !== 'dir' ? `${dev}:${buf.toString('latin1', inoStart, inoEnd)}` : '');
+    w.mode.push(t.ifmt | perm);
+    w.uid.push(uid);
+    w.gid.push(gid);
+    w.size.push(size);
+    w.mtime.push(mtime);
+    if (t.type === 'symlink') w.target.set(i, buf.toString('latin1', b + 1, c));
+    onPath(buf, a + 1, b);
+    return c + 1;
+  };
+  const s = streamRecords('find', [root, '-xdev', '-mindepth', '1', '-printf', STAT_FORMAT], `find ${root}`, record);
+  const done = s.done.then((err) => {
     w.errors = err.split('\n').filter((l) => l.trim() !== '');
     return w;
   });
-  return { done, kill: () => child.kill('SIGKILL') };
+  return { done, kill: s.kill };
 }
 
 /** Pre-order with siblings sorted by bytes: a stable order for the UI, the layer and the tests. */
 export function preorder(w: Walk): { order: Int32Array; parent: Int32Array } {
   const n = w.rel.length;
   // find's output is pre-order already (each directory's subtree follows it), only siblings
-  // are in directory order: find each entry's parent with a stack, then sort each directory.
+  // are in directory order: find each entry's parent with a stack, then sort each directory
+  // (unless they are sorted already, as mkma-scan writes them).
   const parent = new Int32Array(n).fill(-1);
   const firstChild = new Int32Array(n).fill(-1);
   const nextSibling = new Int32Array(n).fill(-1);
   const lastChild = new Int32Array(n).fill(-1);
   const roots: number[] = [];
   const stack: number[] = [];
+  // mkma-scan lists each directory sorted: then the walk's order is the order wanted already
+  let sorted = true;
   for (let i = 0; i < n; i++) {
     const rel = w.rel[i];
     while (stack.length) {
@@ -177,10 +201,17 @@ export function preorder(w: Walk): { order: Int32Array; parent: Int32Array } {
     }
     const p = stack.length ? stack[stack.length - 1] : -1;
     parent[i] = p;
+    const prev = p < 0 ? (roots.length ? roots[roots.length - 1] : -1) : lastChild[p];
+    if (sorted && prev >= 0 && !(w.rel[prev] < rel)) sorted = false;
     if (p < 0) roots.push(i);
     else if (lastChild[p] < 0) firstChild[p] = lastChild[p] = i;
     else lastChild[p] = nextSibling[lastChild[p]] = i;
     if (w.type[i] === 'dir') stack.push(i);
+  }
+  if (sorted) {
+    const order = new Int32Array(n);
+    for (let i = 0; i < n; i++) order[i] = i;
+    return { order, parent };
   }
   // siblings share their parent's path: comparing whole paths compares their names
   const byName = (x: number, y: number) => {

@@ -1,6 +1,7 @@
 // The configure stage: three steps that edit the tree in place, each run only when its inputs
 // (the tree's lineage among them) changed — the kernel modules (--host-kernel, trimming), the
 // system settings (hostname, root password, fstab, the test hook) and mkma's own files.
+import * as path from 'node:path';
 import { formatBytes } from '../../lib/progress.js';
 import { configureInputs, configureSystem, installMkma } from '../configure.js';
 import {
@@ -12,6 +13,7 @@ import {
   trimModules,
   type KernelInfo,
 } from '../kernel.js';
+import { installScanHelper } from '../scan-helper.js';
 import { decide, digest, type Decision, type StageInputs } from '../stage.js';
 import { announce, report, type BuildContext } from './context.js';
 
@@ -61,7 +63,11 @@ export function configureStage(b: BuildContext): KernelInfo {
     configureSystem(c, chroot);
     did.push(`hostname ${c.hostname}`);
   }
-  if (runs('mkma install')) did.push(`mkma installed (${formatBytes(installMkma(chroot).bytes)})`);
+  if (runs('mkma install')) {
+    did.push(`mkma installed (${formatBytes(installMkma(chroot).bytes)})`);
+    const scan = installScanHelper(chroot, path.join(b.out, '.cache', 'scan'));
+    if (!scan.installed) b.reporter.warn(`mkma-scan not installed (${scan.reason}): mkma persist in the image scans with find, slower`);
+  }
   for (const [n, s] of steps) if (!s.run) did.push(`${n} reused`);
   report(b, 'configure', d, stage, d.run ? did.join(', ') : `reused (${did[0]})`);
   return kernel;

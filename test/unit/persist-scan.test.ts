@@ -114,12 +114,14 @@ beforeAll(() => {
   file(U, 'mnt/inside', 'not part of the upperdir');
 });
 
-describe('scanUpper on a hand-made upperdir', () => {
+// Both walks: mkma-scan (native) and the fallback over find + getfattr.
+describe.each(['native', 'find'] as const)('scanUpper on a hand-made upperdir (%s walk)', (walker) => {
+  const scan = (u: string, l: string | null) => scanUpper(u, l, { walker });
   let entries: ChangeEntry[];
   let byPath: Map<string, ChangeEntry>;
   let skipped: Array<{ path: string; reason: string }>;
   beforeAll(async () => {
-    const r = await scanUpper(U, L);
+    const r = await scan(U, L);
     entries = r.entries;
     skipped = r.skipped;
     byPath = new Map(entries.map((e) => [e.path, e]));
@@ -197,7 +199,7 @@ describe('scanUpper on a hand-made upperdir', () => {
     expect(byPath.get('h2')!.hardlinks).toEqual(['h1']);
     expect(byPath.get('etc/new')!.hardlinks).toEqual([]);
     fs.linkSync(path.join(U, 'etc/gone'), path.join(TMP, 'extra-link-to-whiteout'));
-    return scanUpper(U, L).then((r) => {
+    return scan(U, L).then((r) => {
       expect(r.entries.find((e) => e.path === 'etc/gone')!.hardlinks).toEqual([]);
       fs.unlinkSync(path.join(TMP, 'extra-link-to-whiteout'));
     });
@@ -214,13 +216,90 @@ describe('scanUpper on a hand-made upperdir', () => {
   });
 
   test('without a lower tree: everything but whiteouts and opaque directories is added', async () => {
-    const r = await scanUpper(U, null);
+    const r = await scan(U, null);
     const kinds = new Map(r.entries.map((e) => [e.path, e.kind]));
     expect(kinds.get('etc')).toBe('added');
     expect(kinds.get('etc/hostname')).toBe('added');
     expect(kinds.get('etc/gone')).toBe('deleted');
     expect(kinds.get('opq')).toBe('replaced');
     expect(r.entries.length).toBe(entries.length);
+  });
+});
+
+describe('the native walk and the find walk give the same scan', () => {
+  test('over the hand-made upperdir, with and without the lower tree', async () => {
+    for (const lower of [L, null]) {
+      const native = await scanUpper(U, lower, { walker: 'native' });
+      const find = await scanUpper(U, lower, { walker: 'find' });
+      expect(native.entries.length).toBeGreaterThan(30);
+      expect(native.entries).toEqual(find.entries);
+      expect(native.skipped).toEqual(find.skipped);
+      expect(native.stats.bytes).toBe(find.stats.bytes);
+    }
+  });
+
+  test('over a real overlayfs upperdir: whiteouts, opaque dirs, xattrs, caps, ACLs, links, devices', async () => {
+    const R = path.join(TMP, 'real');
+    const [lo, up, work, merged] = ['lower', 'upper', 'work', 'merged'].map((d) => path.join(R, d));
+    for (const d of [up, work, merged]) fs.mkdirSync(d, { recursive: true });
+    file(lo, 'etc/keep', 'k');
+    file(lo, 'etc/gone', 'g');
+    file(lo, 'etc/chmod', 'c');
+    file(lo, 'etc/same-size', 'abc');
+    file(lo, 'var/cache/a/1', '1');
+    file(lo, 'var/cache/a/2', '2');
+    file(lo, 'usr/bin/tool', 'tool');
+    dir(lo, 'srv/deep/er');
+    fs.symlinkSync('keep', path.join(lo, 'etc/lnk'));
+    // overlayfs keeps its own xattrs under trusted.overlay.* in the upperdir (as root), and
+    // replaces a removed-then-made directory by an opaque one, a removed file by a 0/0 device
+    sh('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lo},upperdir=${up},workdir=${work},redirect_dir=off,metacopy=off`, merged]);
+    try {
+      const m = (rel: string) => path.join(merged, rel);
+      fs.rmSync(m('etc/gone'));
+      fs.chmodSync(m('etc/chmod'), 0o600);
+      fs.writeFileSync(m('etc/same-size'), 'xyz');
+      fs.rmSync(m('var/cache/a'), { recursive: true });
+      fs.mkdirSync(m('var/cache/a'));
+      fs.writeFileSync(m('var/cache/a/new'), 'n');
+      fs.writeFileSync(m('etc/new name\twith tab'), 'x');
+      // names with bytes above 0x7f sort after 'z' (by bytes, in both walks)
+      fs.writeFileSync(m('etc/\u00e9t\u00e9'), 'e');
+      fs.writeFileSync(m('etc/zz'), 'z');
+      sh('setfattr', ['-n', 'user.note', '-v', 'hello', m('etc/keep')]);
+      sh('setfattr', ['-n', 'user.empty', '-v', '', m('etc/keep')]);
+      sh('setfacl', ['-m', 'u:nobody:r', m('etc/keep')]);
+      fs.copyFileSync(process.execPath, m('usr/bin/pinger'));
+      sh('setcap', ['cap_net_raw+ep', m('usr/bin/pinger')]);
+      fs.linkSync(m('usr/bin/pinger'), m('usr/bin/pinger2'));
+      fs.rmSync(m('etc/lnk'));
+      fs.symlinkSync('elsewhere', m('etc/lnk'));
+      sh('mknod', [m('srv/deep/er/null'), 'c', '1', '3']);
+      sh('mkfifo', [m('srv/deep/fifo')]);
+      fs.chownSync(m('srv/deep'), 1234, 5678);
+    } finally {
+      sh('umount', [merged]);
+    }
+    const native = await scanUpper(up, lo, { walker: 'native' });
+    const find = await scanUpper(up, lo, { walker: 'find' });
+    const kinds = new Map(native.entries.map((e) => [e.path, e.kind]));
+    // the upperdir is what a real overlay made of it, and both walks see it so
+    expect([kinds.get('etc/gone'), kinds.get('var/cache/a'), kinds.get('etc/chmod'), kinds.get('srv/deep')]).toEqual([
+      'deleted',
+      'replaced',
+      'metadata',
+      'metadata',
+    ]);
+    expect(native.entries.find((e) => e.path === 'usr/bin/pinger')!.xattrs.map(([n]) => n)).toEqual(['security.capability']);
+    expect(native.entries.find((e) => e.path === 'etc/keep')!.xattrs.map(([n]) => n)).toEqual([
+      'system.posix_acl_access',
+      'user.empty',
+      'user.note',
+    ]);
+    const etc = native.entries.filter((e) => e.path.startsWith('etc/')).map((e) => e.path);
+    expect(etc.slice(-2)).toEqual(['etc/zz', Buffer.from('etc/\u00e9t\u00e9').toString('latin1')]);
+    expect(native.entries).toEqual(find.entries);
+    expect(native.skipped).toEqual(find.skipped);
   });
 });
 
