@@ -1,16 +1,26 @@
 // `mkma layers`: the layers of the images directory in boot order, with what each manifest
 // says and (--verify) whether each one's data is intact (format/layer-info.ts).
 import { FILES } from '../lib/contract.js';
-import { EXIT } from '../lib/errors.js';
+import { EXIT, UsageError } from '../lib/errors.js';
 import { formatBytes } from '../lib/progress.js';
 import type { LayerInfo, LayersListing } from '../format/layer-info.js';
+import { didYouMean } from '../lib/suggest.js';
 import { padEnd, textWidth, truncateEnd } from '../persist/text.js';
-import { parse, printHelp, renderHelp, type CommandSpec } from './args.js';
+import { parse, printHelp, renderHelp, type CommandContext, type CommandSpec } from './args.js';
+import type { Command } from './commands.js';
 import { readImages, STORAGE_OPTIONS, verifyProgress } from './storage-target.js';
+
+/**
+ * `mkma layers SUBCOMMAND …`: one line per subcommand, each a module of its own (a
+ * CommandModule: SPEC, HELP, run) loaded only when it runs. Without a subcommand (or with an
+ * option first), `mkma layers` lists.
+ */
+export const SUBCOMMANDS: Record<string, Command> = {
+};
 
 export const SPEC = {
   name: 'layers',
-  synopsis: '[--verify] [--path DIR | --device DEV --path PATH] [--json]',
+  synopsis: '[SUBCOMMAND] [--verify] [--path DIR | --device DEV --path PATH] [--json]',
   description: `Lists the layers (${FILES.layerPrefix}*${FILES.layerSuffix}) of an images directory in boot order, the
 order the init applies them: for each its name, when it was created (UTC), the message given
 to mkma persist --message, its entries, its size compressed and unpacked (the RAM it takes),
@@ -26,6 +36,16 @@ as mkma persist finds them; the device is mounted read-only if nobody has it mou
     ...STORAGE_OPTIONS,
     { long: 'json', help: 'the list as JSON on stdout' },
   ],
+  // completion offers the subcommands (each has its own --help); run() dispatches them
+  positionals: { max: 0, complete: Object.keys(SUBCOMMANDS) },
+  sections: [
+    [
+      'Subcommands (mkma layers SUBCOMMAND --help for each one\'s options)',
+      Object.entries(SUBCOMMANDS)
+        .map(([name, c]) => `  ${name.padEnd(9)} ${c.summary}`)
+        .join('\n'),
+    ],
+  ],
   exitStatus: `0 listed (every layer readable, and intact with --verify), 1 a layer is damaged (it
 is named), 2 bad arguments, 3 the storage cannot be found or mounted.`,
   examples: ['mkma layers --path ./mkma-out', 'sudo mkma layers --verify', 'sudo mkma layers --json'],
@@ -33,7 +53,18 @@ is named), 2 bad arguments, 3 the storage cannot be found or mounted.`,
 
 export const HELP = renderHelp(SPEC);
 
-export async function run(argv: string[]): Promise<number> {
+export async function run(argv: string[], context: CommandContext): Promise<number> {
+  const sub = argv[0];
+  if (sub !== undefined && !sub.startsWith('-')) {
+    const c = SUBCOMMANDS[sub];
+    if (!c) {
+      const known = Object.keys(SUBCOMMANDS);
+      throw new UsageError(
+        `layers: unknown subcommand ${JSON.stringify(sub)}${didYouMean(sub, known)}; subcommands: ${known.join(', ')} (mkma layers --help)`,
+      );
+    }
+    return (await c.load()).run(argv.slice(1), context);
+  }
   const { values } = parse(SPEC, argv);
   if (values.help) return printHelp(HELP);
   const { describeLayers } = await import('../format/layer-info.js');
