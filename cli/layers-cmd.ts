@@ -1,6 +1,6 @@
 // `mkma layers`: the layers of the images directory in boot order, with what each manifest
 // says and (--verify) whether each one's data is intact (format/layer-info.ts).
-import { FILES } from '../lib/contract.js';
+import { FILES, RUNTIME } from '../lib/contract.js';
 import { EXIT, UsageError } from '../lib/errors.js';
 import { formatBytes } from '../lib/progress.js';
 import type { LayerInfo, LayersListing } from '../format/layer-info.js';
@@ -8,15 +8,14 @@ import { didYouMean } from '../lib/suggest.js';
 import { padEnd, textWidth, truncateEnd } from '../persist/text.js';
 import { parse, printHelp, renderHelp, type CommandContext, type CommandSpec } from './args.js';
 import type { Command } from './commands.js';
-import { readImages, STORAGE_OPTIONS, verifyProgress } from './storage-target.js';
+import { readIf, readImages, STORAGE_OPTIONS, verifyProgress } from './storage-target.js';
 
 /**
  * `mkma layers SUBCOMMAND …`: one line per subcommand, each a module of its own (a
  * CommandModule: SPEC, HELP, run) loaded only when it runs. Without a subcommand (or with an
  * option first), `mkma layers` lists.
  */
-export const SUBCOMMANDS: Record<string, Command> = {
-};
+export const SUBCOMMANDS: Record<string, Command> = {};
 
 export const SPEC = {
   name: 'layers',
@@ -24,7 +23,9 @@ export const SPEC = {
   description: `Lists the layers (${FILES.layerPrefix}*${FILES.layerSuffix}) of an images directory in boot order, the
 order the init applies them: for each its name, when it was created (UTC), the message given
 to mkma persist --message, its entries, its size compressed and unpacked (the RAM it takes),
-and its state (active: applied at every boot).
+and its state: active (applied at every boot), disabled, on trial (a new layer: applied while
+it has tries left; a boot that reaches multi-user marks it good), failed (no good boot in its
+tries: skipped), pinned (never pruned); on the booted system also "skipped at this boot" and why.
 
 A layer whose manifest cannot be read is marked DAMAGED (the boot skips it). --verify also
 checks each layer's data hash and shard table, as mkma verify does.
@@ -40,7 +41,7 @@ as mkma persist finds them; the device is mounted read-only if nobody has it mou
   positionals: { max: 0, complete: Object.keys(SUBCOMMANDS) },
   sections: [
     [
-      'Subcommands (mkma layers SUBCOMMAND --help for each one\'s options)',
+      "Subcommands (mkma layers SUBCOMMAND --help for each one's options)",
       Object.entries(SUBCOMMANDS)
         .map(([name, c]) => `  ${name.padEnd(9)} ${c.summary}`)
         .join('\n'),
@@ -67,11 +68,14 @@ export async function run(argv: string[], context: CommandContext): Promise<numb
   }
   const { values } = parse(SPEC, argv);
   if (values.help) return printHelp(HELP);
-  const { describeLayers } = await import('../format/layer-info.js');
+  const { describeLayers, parseBootRecord } = await import('../format/layer-info.js');
+  // on the booted system (no --path/--device): what the init did at this boot
+  const recordText = values.path === undefined && values.device === undefined ? readIf(RUNTIME.layersRecord) : undefined;
+  const record = recordText === undefined ? undefined : parseBootRecord(recordText);
   const { result: listing, where } = await readImages(values, async (dir, reporter, description) => {
-    if (!values.verify) return describeLayers(dir);
+    if (!values.verify) return describeLayers(dir, { record });
     const stage = reporter.stage('verify', description);
-    const l = await describeLayers(dir, { verify: true, ...verifyProgress(stage) });
+    const l = await describeLayers(dir, { verify: true, record, ...verifyProgress(stage) });
     stage.done(`${l.layers.length} layer(s), ${l.layers.filter((x) => x.problems.length).length} damaged`);
     return l;
   });
@@ -85,9 +89,20 @@ const showTime = (iso: string | null) => (iso ? iso.slice(0, 19).replace('T', ' 
 // eslint-disable-next-line no-control-regex -- control characters are what it replaces
 const showText = (s: string) => s.replace(/[\x00-\x1f\x7f-\x9f]/g, '?');
 
-function stateOf(l: LayerInfo): string {
-  if (l.problems.length) return `${l.state}, DAMAGED`;
-  return l.verified ? `${l.state}, verified` : l.state;
+/** "active", "on trial (2 tries left)", "failed (3 tries), pinned", "…, skipped at this boot: REASON" */
+export function stateOf(l: LayerInfo): string {
+  const words = [
+    l.state === 'trial'
+      ? `on trial (${l.triesLeft} ${l.triesLeft === 1 ? 'try' : 'tries'} left)`
+      : l.state === 'failed'
+        ? `failed (${l.triesDone} ${l.triesDone === 1 ? 'try' : 'tries'})`
+        : l.state,
+  ];
+  if (l.pinned) words.push('pinned');
+  if (l.problems.length) words.push('DAMAGED');
+  else if (l.verified) words.push('verified');
+  if (l.skippedAtBoot !== null) words.push(`skipped at this boot: ${showText(l.skippedAtBoot)}`);
+  return words.join(', ');
 }
 
 /**

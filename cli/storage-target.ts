@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import { createReporter, formatBytes, type Reporter, type Stage } from '../lib/progress.js';
 import { BOOT_ENV_PATH, resolveTarget, type Target } from '../persist/storage.js';
 
-function readIf(file: string): string | undefined {
+export function readIf(file: string): string | undefined {
   try {
     return fs.readFileSync(file, 'utf8');
   } catch {

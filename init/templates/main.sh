@@ -252,8 +252,8 @@ mount_storage() {
 # Reads the layers' manifests into its own file, so the base's M_* values are kept.
 check_space() {
 	_base_kind=$M_KIND _base_entries=$M_ENTRIES _base_unpacked=$M_UNPACKED _base_data=$M_DATA_BYTES
-	# shellcheck disable=SC2046 # layer names are [0-9A-Za-z._+-] (sort_layers)
-	layer_sizes "$IMAGES" $(sort_layers "$IMAGES")
+	# shellcheck disable=SC2046 # layer names are [0-9A-Za-z._+-@,] (layer_state)
+	layer_sizes "$IMAGES" $(boot_layers "$IMAGES")
 	M_KIND=$_base_kind M_ENTRIES=$_base_entries M_UNPACKED=$_base_unpacked M_DATA_BYTES=$_base_data
 	_need=$((M_UNPACKED + M_LAYERS_UNPACKED))
 	# free blocks and block size of the tmpfs, one process
