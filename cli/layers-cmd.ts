@@ -15,7 +15,25 @@ import { readIf, readImages, STORAGE_OPTIONS, verifyProgress } from './storage-t
  * CommandModule: SPEC, HELP, run) loaded only when it runs. Without a subcommand (or with an
  * option first), `mkma layers` lists.
  */
-export const SUBCOMMANDS: Record<string, Command> = {};
+export const SUBCOMMANDS: Record<string, Command> = {
+  disable: { summary: 'take a layer out of boot order, reversibly', load: async () => (await import('./layers-state-cmd.js')).disable },
+  enable: { summary: 'put a disabled layer back into boot order', load: async () => (await import('./layers-state-cmd.js')).enable },
+  rollback: {
+    summary: 'disable every layer after NAME (default: the newest one)',
+    load: async () => (await import('./layers-state-cmd.js')).rollback,
+  },
+  remove: { summary: 'delete a layer (asks first, unless --yes)', load: async () => (await import('./layers-remove-cmd.js')).remove },
+  prune: {
+    summary: 'remove disabled layers beyond --keep N [--newer-than DAYS], never pinned ones',
+    load: async () => (await import('./layers-remove-cmd.js')).prune,
+  },
+  pin: { summary: 'never prune a layer', load: async () => (await import('./layers-state-cmd.js')).pin },
+  unpin: { summary: 'let prune remove a layer again', load: async () => (await import('./layers-state-cmd.js')).unpin },
+  bless: {
+    summary: 'mark a layer on trial or failed good (--tries N: on trial again)',
+    load: async () => (await import('./layers-state-cmd.js')).blessCmd,
+  },
+};
 
 export const SPEC = {
   name: 'layers',
