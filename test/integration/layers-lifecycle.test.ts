@@ -5,7 +5,7 @@
 // system call: the lock, the fsyncs, the rename or unlink) and at moments spread over its
 // run, must leave images that unpack to the tree before or the tree after, and the next
 // command must work (the lock is free again).
-import { beforeAll, describe, expect, test } from '@jest/globals';
+import { beforeAll, describe, expect, jest, test } from '@jest/globals';
 import { spawnSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -17,6 +17,7 @@ import { MKMA, REPO } from '../helpers/paths.js';
 import { listTree, treePath } from '../helpers/tree.js';
 
 const tmp = useTempDir('layers-lifecycle');
+jest.setTimeout(60_000);
 const P = (s: string) => `persistence.${s}.cpio.zst`;
 
 function mkma(args: string[], input?: string) {
