@@ -168,6 +168,26 @@ boot_layers() {
 	cat "$MKMA_TMP/plan"
 }
 
+# count_tries: when a layer on trial is in $IMAGES, the storage ($STORAGE) is remounted
+# read-write for the plan's renames (plan_layers: one try spent, or failed), synced, and
+# remounted read-only, before anything is applied. A storage that cannot be written: said,
+# and the layers on trial are applied without counting.
+count_tries() {
+	[ "$MKMA_LAYERS" != none ] || return 0
+	set -- "$IMAGES/$LAYER_PREFIX"*"$STATE_SEPARATOR$STATE_TRIAL"-*"$LAYER_SUFFIX"
+	[ -e "$1" ] || return 0
+	[ ! -f "$MKMA_TMP/plan" ] || return 0
+	if mount -o remount,rw "$STORAGE" 2>"$MKMA_TMP/mount.err"; then
+		MKMA_COUNT_TRIES=1
+		boot_layers "$IMAGES" >/dev/null
+		sync
+		mount -o remount,ro "$STORAGE" 2>"$MKMA_TMP/mount.err" || warn "could not remount $DEVICE read-only: $(cat "$MKMA_TMP/mount.err")"
+	else
+		warn "cannot mount $DEVICE read-write to count the tries of layers on trial ($(cat "$MKMA_TMP/mount.err")): applying them without counting"
+	fi
+	MKMA_COUNT_TRIES=''
+}
+
 # plan_layers DIR: which layers this boot applies (printed, in order) and why each other one
 # is not (recorded): its state (disabled, failed), $KEY_LAYERS= (none, N: the first N
 # layers the states allow, until=ID: up to that layer), or another file with the same id.
