@@ -16,6 +16,10 @@ import { readIf, readImages, STORAGE_OPTIONS, verifyProgress } from './storage-t
  * option first), `mkma layers` lists.
  */
 export const SUBCOMMANDS: Record<string, Command> = {
+  show: {
+    summary: "a layer's changes against what lies below it; with PATH a diff",
+    load: async () => (await import('./layers-show-cmd.js')).show,
+  },
   disable: { summary: 'take a layer out of boot order, reversibly', load: async () => (await import('./layers-state-cmd.js')).disable },
   enable: { summary: 'put a disabled layer back into boot order', load: async () => (await import('./layers-state-cmd.js')).enable },
   rollback: {

@@ -112,6 +112,22 @@ describe('the commands on real images', () => {
     expect(layerFiles(dir)).toEqual([P('1@disabled,pinned'), P('3')]);
   });
 
+  test('show: the entries against what lies below; with PATH a unified diff', () => {
+    const dir = images();
+    const r = mkma(['show', '2', '--path', dir]);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toBe('M /etc/hostname\nA /etc/two\n');
+    const d = mkma(['show', P('2'), '/etc/hostname', '--path', dir]);
+    expect(d.stdout).toBe('M /etc/hostname  (modified)\n--- below/etc/hostname\n+++ 2/etc/hostname\n@@ -1 +1 @@\n-one\n+two\n');
+    // below a disabled layer 1: the base's hostname
+    expect(mkma(['disable', '1', '--path', dir]).status).toBe(0);
+    expect(mkma(['show', '2', '/etc/hostname', '--path', dir]).stdout).toMatch(/^-mkma\n\+two\n$/m);
+    const none = mkma(['show', '2', '/etc/passwd', '--path', dir]);
+    expect(none.status).toBe(2);
+    expect(none.stderr).toMatch(/layer 2 changes nothing at \/etc\/passwd/);
+  });
+
   test('remove: asks on a terminal, needs --yes without one; a name that is no layer is a usage error', () => {
     const dir = images();
     const no = mkma(['remove', '2', '--path', dir], '');
