@@ -6,16 +6,15 @@ import { formatBytes } from '../lib/progress.js';
 import type { LayerInfo, LayersListing } from '../format/layer-info.js';
 import { didYouMean } from '../lib/suggest.js';
 import { padEnd, textWidth, truncateEnd } from '../persist/text.js';
-import { parse, printHelp, renderHelp, type CommandContext, type CommandSpec } from './args.js';
-import type { Command } from './commands.js';
+import { parse, printHelp, renderHelp, type CommandContext, type CommandSpec, type Subcommand } from './args.js';
 import { readIf, readImages, STORAGE_OPTIONS, verifyProgress } from './storage-target.js';
 
 /**
  * `mkma layers SUBCOMMAND …`: one line per subcommand, each a module of its own (a
- * CommandModule: SPEC, HELP, run) loaded only when it runs. Without a subcommand (or with an
+ * SubcommandModule: SPEC, HELP, run) loaded only when it runs. Without a subcommand (or with an
  * option first), `mkma layers` lists.
  */
-export const SUBCOMMANDS: Record<string, Command> = {
+export const SUBCOMMANDS: Record<string, Subcommand> = {
   show: {
     summary: "a layer's changes against what lies below it; with PATH a diff",
     load: async () => (await import('./layers-show-cmd.js')).show,

@@ -5,8 +5,7 @@ import * as readline from 'node:readline/promises';
 import { EXIT, UsageError } from '../lib/errors.js';
 import { formatBytes } from '../lib/progress.js';
 import type { LayerName } from '../format/names.js';
-import { parse, printHelp, renderHelp, type CommandSpec } from './args.js';
-import type { CommandModule } from './commands.js';
+import { parse, printHelp, renderHelp, type CommandSpec, type SubcommandModule } from './args.js';
 import { changeImages, STORAGE_OPTIONS } from './storage-target.js';
 
 const WHERE = `On the booted system, without --path, the storage is the one the system booted from (as
@@ -40,7 +39,7 @@ async function confirm(question: string): Promise<boolean> {
   }
 }
 
-export const remove: CommandModule = {
+export const remove: SubcommandModule = {
   SPEC: REMOVE_SPEC,
   HELP: renderHelp(REMOVE_SPEC),
   async run(argv) {
@@ -104,7 +103,7 @@ export function pruneVictims(
   return disabled.filter((l) => !kept.has(l.id) && !(cutoff !== null && l.created !== null && Date.parse(l.created) >= cutoff));
 }
 
-export const prune: CommandModule = {
+export const prune: SubcommandModule = {
   SPEC: PRUNE_SPEC,
   HELP: renderHelp(PRUNE_SPEC),
   async run(argv) {

@@ -6,8 +6,7 @@ import * as path from 'node:path';
 import { EXIT, UsageError } from '../lib/errors.js';
 import { runSync } from '../lib/run.js';
 import { KIND_MARK, KIND_WORD } from '../persist/kinds.js';
-import { parse, printHelp, renderHelp, type CommandSpec } from './args.js';
-import type { CommandModule } from './commands.js';
+import { parse, printHelp, renderHelp, type CommandSpec, type SubcommandModule } from './args.js';
 import { readImages, STORAGE_OPTIONS } from './storage-target.js';
 
 const SPEC = {
@@ -38,7 +37,7 @@ const isText = (file: string) => {
   }
 };
 
-export const show: CommandModule = {
+export const show: SubcommandModule = {
   SPEC,
   HELP: renderHelp(SPEC),
   async run(argv) {

@@ -4,8 +4,7 @@
 import { LAYER_STATE, RUNTIME } from '../lib/contract.js';
 import { EXIT, UsageError } from '../lib/errors.js';
 import type { LayerName, LayerState } from '../format/names.js';
-import { parse, printHelp, renderHelp, type CommandSpec } from './args.js';
-import type { CommandModule } from './commands.js';
+import { parse, printHelp, renderHelp, type CommandSpec, type SubcommandModule } from './args.js';
 import { changeImages, readIf, STORAGE_OPTIONS } from './storage-target.js';
 
 export interface StateChange {
@@ -46,7 +45,7 @@ function stateCommand(
   transition: Transition,
   extra: CommandSpec['options'] = [],
   examples: string[] = [],
-): CommandModule {
+): SubcommandModule {
   const SPEC: CommandSpec = {
     name: `layers ${name}`,
     synopsis: `NAME [--path DIR | --device DEV --path PATH] [--json]`,
@@ -135,7 +134,7 @@ applied on trial (mkma-boot-good.service runs mkma layers bless --booted).`,
 );
 
 /** bless NAME, or bless --booted: the layers the init applied on trial at this boot. */
-export const blessCmd: CommandModule = {
+export const blessCmd: SubcommandModule = {
   SPEC: blessOne.SPEC,
   HELP: blessOne.HELP,
   async run(argv, context) {
@@ -143,10 +142,15 @@ export const blessCmd: CommandModule = {
     const { values, positionals } = parse(blessOne.SPEC!, argv);
     if (positionals.length) throw new UsageError('layers bless: --booted or NAME, not both');
     const { parseBootRecord } = await import('../format/layer-info.js');
+    const { parseLayerName } = await import('../format/names.js');
     const { layersIn, setLayerState } = await import('../format/layer-state.js');
     const text = readIf(RUNTIME.layersRecord);
     if (text === undefined) throw new UsageError(`layers bless --booted: no ${RUNTIME.layersRecord} (is this a system booted by mkma?)`);
     const record = parseBootRecord(text);
+    // nothing applied on trial at this boot (the usual case): nothing to mount or rename
+    if (![...record.values()].some((r) => r.applied && parseLayerName(r.name)?.status === 'trial')) {
+      return report(values as { json?: boolean }, 'this boot', [], 'bless');
+    }
     const { result, where } = await changeImages(values as { path?: string; device?: string; json?: boolean }, (dir) =>
       layersIn(dir)
         .filter((l) => l.status === 'trial' && record.get(l.id)?.applied)
@@ -175,7 +179,7 @@ ${WHERE}`,
   examples: ['sudo mkma layers rollback', 'sudo mkma layers rollback 20261122T021500Z', 'mkma layers rollback --path ./mkma-out --json'],
 };
 
-export const rollback: CommandModule = {
+export const rollback: SubcommandModule = {
   SPEC: ROLLBACK_SPEC,
   HELP: renderHelp(ROLLBACK_SPEC),
   async run(argv) {

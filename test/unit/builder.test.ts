@@ -1,5 +1,6 @@
 import { describe, expect, test } from '@jest/globals';
 import * as fs from 'node:fs';
+import { BOOT_GOOD_UNIT_NAME, installBootGoodUnit } from '../../builder/boot-good.js';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseConfigText } from '../../config/load.js';
@@ -127,6 +128,19 @@ describe('boot entries', () => {
     fs.rmSync(path.join(dir, 'persistence.3@trial-2-1.cpio.zst'));
     expect(previousGeneration(dir)).toBeNull();
     fs.rmSync(dir, { recursive: true });
+  });
+  test('the unit that marks a boot good: after multi-user, enabled, runs mkma layers bless --booted', () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), 'mkma-unit-'));
+    installBootGoodUnit(root);
+    installBootGoodUnit(root); // again: the same files
+    const unit = fs.readFileSync(path.join(root, 'etc/systemd/system', BOOT_GOOD_UNIT_NAME), 'utf8');
+    expect(unit).toMatch(/^After=multi-user\.target$/m);
+    expect(unit).toMatch(/^ExecStart=\/usr\/local\/bin\/mkma layers bless --booted --quiet$/m);
+    expect(unit).toMatch(/^ConditionPathExists=\/run\/mkma\/layers$/m);
+    expect(fs.readlinkSync(path.join(root, 'etc/systemd/system/multi-user.target.wants', BOOT_GOOD_UNIT_NAME))).toBe(
+      `/etc/systemd/system/${BOOT_GOOD_UNIT_NAME}`,
+    );
+    fs.rmSync(root, { recursive: true });
   });
   test('systemd-boot entry', () => {
     const e = systemdBootEntry('myhost', loc);
