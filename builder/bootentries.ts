@@ -7,6 +7,8 @@ import * as path from 'node:path';
 import { formatKernelParam } from '../lib/cmdline.js';
 import { CMDLINE } from '../lib/contract.js';
 import { runSync } from '../lib/run.js';
+import { bootLayers, listImages } from '../format/images.js';
+import { layerId } from '../format/names.js';
 
 export interface StorageLocation {
   /** value for mkma_storage_device= (UUID=…, PARTUUID=…, LABEL=…, or the device path as a last resort) */
@@ -69,13 +71,48 @@ export function unstableWarning(loc: StorageLocation): string {
   );
 }
 
-export function grubEntry(hostname: string, loc: StorageLocation): string {
+/** One boot menu entry of an image: the normal one, the recovery one, a previous generation. */
+export interface EntryVariant {
+  /** after "(RAM)" in the title */
+  title: string;
+  /** appended to the kernel command line */
+  params: string;
+}
+
+const NORMAL: EntryVariant = { title: '', params: '' };
+
+/**
+ * The entries `mkma build` prints: the normal one, a recovery one (mkma_layers=none: the base
+ * alone, whatever a layer broke) and, when the images directory has two or more layers a boot
+ * applies, the previous generation (mkma_layers=until=ID: every layer but the newest).
+ */
+export function entryVariants(previousId: string | null): EntryVariant[] {
+  return [
+    NORMAL,
+    { title: ' recovery, without layers', params: `${CMDLINE.layers}=none` },
+    ...(previousId ? [{ title: ` previous generation, layers up to ${previousId}`, params: `${CMDLINE.layers}=until=${previousId}` }] : []),
+  ];
+}
+
+/** The id of the next-to-newest layer a boot of `imagesDir` applies (the previous generation), or null. */
+export function previousGeneration(imagesDir: string): string | null {
+  const layers = bootLayers(listImages(imagesDir));
+  return layers.length >= 2 ? layerId(layers[layers.length - 2]) : null;
+}
+
+export function grubEntries(hostname: string, loc: StorageLocation, previousId: string | null): string {
+  return entryVariants(previousId)
+    .map((v, i) => grubEntry(hostname, i === 0 ? loc : { ...loc, stable: true }, v))
+    .join('\n');
+}
+
+export function grubEntry(hostname: string, loc: StorageLocation, v: EntryVariant = NORMAL): string {
   const search = loc.uuid ? `\tsearch --no-floppy --fs-uuid --set=root ${loc.uuid}\n` : '';
   return (
     (loc.stable ? '' : unstableWarning(loc)) +
-    `menuentry "mkma: ${hostname} (RAM)" {\n` +
+    `menuentry "mkma: ${hostname} (RAM)${v.title ? `:${v.title}` : ''}" {\n` +
     search +
-    `\tlinux ${loc.imagesPath}/vmlinuz ${kernelCommandLine(loc)}\n` +
+    `\tlinux ${loc.imagesPath}/vmlinuz ${kernelCommandLine(loc)}${v.params ? ` ${v.params}` : ''}\n` +
     `\tinitrd ${loc.imagesPath}/initramfs.cpio.zst\n` +
     `}`
   );

@@ -1,5 +1,6 @@
 // Stage 2: configure the bootstrapped tree. Everything here edits files directly (no chroot
 // exec), so it is idempotent, fast, and works for foreign-architecture images too.
+import { installBootGoodUnit } from './boot-good.js';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -261,6 +262,7 @@ export function installMkma(chroot: string): { bytes: number } {
   fs.mkdirSync(path.dirname(bin), { recursive: true });
   fs.rmSync(bin, { force: true });
   fs.symlinkSync('/usr/lib/mkma/app/bin/mkma.js', bin);
+  installBootGoodUnit(chroot);
   return { bytes };
 }
 

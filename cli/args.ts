@@ -56,6 +56,23 @@ export interface CommandContext {
   commands(): Promise<DescribedCommand[]>;
 }
 
+/**
+ * What a subcommand module exports (`mkma layers SUBCOMMAND`, cli/layers-cmd.ts SUBCOMMANDS):
+ * the shape of cli/commands.ts' CommandModule, here so that a command's table of subcommands
+ * does not import the table of commands that loads it.
+ */
+export interface SubcommandModule {
+  HELP: string;
+  SPEC?: CommandSpec;
+  run(argv: string[], context: CommandContext): Promise<number>;
+}
+
+/** A line of a table of subcommands: one line of help, and the module, loaded when it runs. */
+export interface Subcommand {
+  summary: string;
+  load(): Promise<SubcommandModule>;
+}
+
 /** The options every command takes; a command may describe one of them in its own words. */
 export const COMMON_OPTIONS: readonly OptionSpec[] = [
   { long: 'quiet', short: 'q', help: 'no progress output (warnings and errors still show)' },

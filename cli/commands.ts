@@ -51,7 +51,7 @@ export const KERNEL_PARAMETERS: Array<[string, string]> = [
   [`${CMDLINE.ramSize}=SIZE`, 'size of the RAM filesystem (default 50%)'],
   [`${CMDLINE.onError}=shell|reboot|halt`, 'what to do when boot cannot continue (default shell)'],
   [`${CMDLINE.deviceTimeout}=SECONDS`, 'how long to wait for the storage device (default 30)'],
-  [`${CMDLINE.layers}=all|none`, 'none: the base alone, without persistence layers (recovery)'],
+  [`${CMDLINE.layers}=all|none|N|until=ID`, 'none: the base alone (recovery); N: the first N layers; until=ID: up to that layer'],
   [`${CMDLINE.base}=FILE`, 'the base image file in the images directory (default base.cpio.zst)'],
   [CMDLINE.debug, 'verbose boot log'],
   [CMDLINE.break, 'a shell just before switch_root'],

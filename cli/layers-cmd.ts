@@ -1,20 +1,52 @@
 // `mkma layers`: the layers of the images directory in boot order, with what each manifest
 // says and (--verify) whether each one's data is intact (format/layer-info.ts).
-import { FILES } from '../lib/contract.js';
-import { EXIT } from '../lib/errors.js';
+import { FILES, RUNTIME } from '../lib/contract.js';
+import { EXIT, UsageError } from '../lib/errors.js';
 import { formatBytes } from '../lib/progress.js';
 import type { LayerInfo, LayersListing } from '../format/layer-info.js';
+import { didYouMean } from '../lib/suggest.js';
 import { padEnd, textWidth, truncateEnd } from '../persist/text.js';
-import { parse, printHelp, renderHelp, type CommandSpec } from './args.js';
-import { readImages, STORAGE_OPTIONS, verifyProgress } from './storage-target.js';
+import { parse, printHelp, renderHelp, type CommandContext, type CommandSpec, type Subcommand } from './args.js';
+import { readIf, readImages, STORAGE_OPTIONS, verifyProgress } from './storage-target.js';
+
+/**
+ * `mkma layers SUBCOMMAND …`: one line per subcommand, each a module of its own (a
+ * SubcommandModule: SPEC, HELP, run) loaded only when it runs. Without a subcommand (or with an
+ * option first), `mkma layers` lists.
+ */
+export const SUBCOMMANDS: Record<string, Subcommand> = {
+  show: {
+    summary: "a layer's changes against what lies below it; with PATH a diff",
+    load: async () => (await import('./layers-show-cmd.js')).show,
+  },
+  disable: { summary: 'take a layer out of boot order, reversibly', load: async () => (await import('./layers-state-cmd.js')).disable },
+  enable: { summary: 'put a disabled layer back into boot order', load: async () => (await import('./layers-state-cmd.js')).enable },
+  rollback: {
+    summary: 'disable every layer after NAME (default: the newest one)',
+    load: async () => (await import('./layers-state-cmd.js')).rollback,
+  },
+  remove: { summary: 'delete a layer (asks first, unless --yes)', load: async () => (await import('./layers-remove-cmd.js')).remove },
+  prune: {
+    summary: 'remove disabled layers beyond --keep N [--newer-than DAYS], never pinned ones',
+    load: async () => (await import('./layers-remove-cmd.js')).prune,
+  },
+  pin: { summary: 'never prune a layer', load: async () => (await import('./layers-state-cmd.js')).pin },
+  unpin: { summary: 'let prune remove a layer again', load: async () => (await import('./layers-state-cmd.js')).unpin },
+  bless: {
+    summary: 'mark a layer on trial or failed good (--tries N: on trial again)',
+    load: async () => (await import('./layers-state-cmd.js')).blessCmd,
+  },
+};
 
 export const SPEC = {
   name: 'layers',
-  synopsis: '[--verify] [--path DIR | --device DEV --path PATH] [--json]',
+  synopsis: '[SUBCOMMAND] [--verify] [--path DIR | --device DEV --path PATH] [--json]',
   description: `Lists the layers (${FILES.layerPrefix}*${FILES.layerSuffix}) of an images directory in boot order, the
 order the init applies them: for each its name, when it was created (UTC), the message given
 to mkma persist --message, its entries, its size compressed and unpacked (the RAM it takes),
-and its state (active: applied at every boot).
+and its state: active (applied at every boot), disabled, on trial (a new layer: applied while
+it has tries left; a boot that reaches multi-user marks it good), failed (no good boot in its
+tries: skipped), pinned (never pruned); on the booted system also "skipped at this boot" and why.
 
 A layer whose manifest cannot be read is marked DAMAGED (the boot skips it). --verify also
 checks each layer's data hash and shard table, as mkma verify does.
@@ -26,6 +58,16 @@ as mkma persist finds them; the device is mounted read-only if nobody has it mou
     ...STORAGE_OPTIONS,
     { long: 'json', help: 'the list as JSON on stdout' },
   ],
+  // completion offers the subcommands (each has its own --help); run() dispatches them
+  positionals: { max: 0, complete: Object.keys(SUBCOMMANDS) },
+  sections: [
+    [
+      "Subcommands (mkma layers SUBCOMMAND --help for each one's options)",
+      Object.entries(SUBCOMMANDS)
+        .map(([name, c]) => `  ${name.padEnd(9)} ${c.summary}`)
+        .join('\n'),
+    ],
+  ],
   exitStatus: `0 listed (every layer readable, and intact with --verify), 1 a layer is damaged (it
 is named), 2 bad arguments, 3 the storage cannot be found or mounted.`,
   examples: ['mkma layers --path ./mkma-out', 'sudo mkma layers --verify', 'sudo mkma layers --json'],
@@ -33,14 +75,28 @@ is named), 2 bad arguments, 3 the storage cannot be found or mounted.`,
 
 export const HELP = renderHelp(SPEC);
 
-export async function run(argv: string[]): Promise<number> {
+export async function run(argv: string[], context: CommandContext): Promise<number> {
+  const sub = argv[0];
+  if (sub !== undefined && !sub.startsWith('-')) {
+    const c = SUBCOMMANDS[sub];
+    if (!c) {
+      const known = Object.keys(SUBCOMMANDS);
+      throw new UsageError(
+        `layers: unknown subcommand ${JSON.stringify(sub)}${didYouMean(sub, known)}; subcommands: ${known.join(', ')} (mkma layers --help)`,
+      );
+    }
+    return (await c.load()).run(argv.slice(1), context);
+  }
   const { values } = parse(SPEC, argv);
   if (values.help) return printHelp(HELP);
-  const { describeLayers } = await import('../format/layer-info.js');
+  const { describeLayers, parseBootRecord } = await import('../format/layer-info.js');
+  // on the booted system (no --path/--device): what the init did at this boot
+  const recordText = values.path === undefined && values.device === undefined ? readIf(RUNTIME.layersRecord) : undefined;
+  const record = recordText === undefined ? undefined : parseBootRecord(recordText);
   const { result: listing, where } = await readImages(values, async (dir, reporter, description) => {
-    if (!values.verify) return describeLayers(dir);
+    if (!values.verify) return describeLayers(dir, { record });
     const stage = reporter.stage('verify', description);
-    const l = await describeLayers(dir, { verify: true, ...verifyProgress(stage) });
+    const l = await describeLayers(dir, { verify: true, record, ...verifyProgress(stage) });
     stage.done(`${l.layers.length} layer(s), ${l.layers.filter((x) => x.problems.length).length} damaged`);
     return l;
   });
@@ -54,9 +110,20 @@ const showTime = (iso: string | null) => (iso ? iso.slice(0, 19).replace('T', ' 
 // eslint-disable-next-line no-control-regex -- control characters are what it replaces
 const showText = (s: string) => s.replace(/[\x00-\x1f\x7f-\x9f]/g, '?');
 
-function stateOf(l: LayerInfo): string {
-  if (l.problems.length) return `${l.state}, DAMAGED`;
-  return l.verified ? `${l.state}, verified` : l.state;
+/** "active", "on trial (2 tries left)", "failed (3 tries), pinned", "…, skipped at this boot: REASON" */
+export function stateOf(l: LayerInfo): string {
+  const words = [
+    l.state === 'trial'
+      ? `on trial (${l.triesLeft} ${l.triesLeft === 1 ? 'try' : 'tries'} left)`
+      : l.state === 'failed'
+        ? `failed (${l.triesDone} ${l.triesDone === 1 ? 'try' : 'tries'})`
+        : l.state,
+  ];
+  if (l.pinned) words.push('pinned');
+  if (l.problems.length) words.push('DAMAGED');
+  else if (l.verified) words.push('verified');
+  if (l.skippedAtBoot !== null) words.push(`skipped at this boot: ${showText(l.skippedAtBoot)}`);
+  return words.join(', ');
 }
 
 /**

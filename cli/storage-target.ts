@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import { createReporter, formatBytes, type Reporter, type Stage } from '../lib/progress.js';
 import { BOOT_ENV_PATH, resolveTarget, type Target } from '../persist/storage.js';
 
-function readIf(file: string): string | undefined {
+export function readIf(file: string): string | undefined {
   try {
     return fs.readFileSync(file, 'utf8');
   } catch {
@@ -78,4 +78,29 @@ export function verifyProgress(stage: Stage): {
         stage.progress(`${current}: ${formatBytes(done)} of ${formatBytes(total)} (${Math.floor((done / total) * 100)}%)`);
     },
   };
+}
+
+/**
+ * Runs `work` on the images directory the options name, found for writing (the device is
+ * mounted read-write only meanwhile), with persist's lock held (persist/write.ts acquireLock:
+ * one change at a time, a persist included); releases both after, whatever happens.
+ */
+export async function changeImages<T>(
+  values: { device?: string; path?: string; quiet?: boolean; json?: boolean },
+  work: (imagesDir: string, reporter: Reporter, where: string) => Promise<T> | T,
+): Promise<{ result: T; where: string }> {
+  const reporter = createReporter({ quiet: !!values.quiet || !!values.json });
+  const target = storageTarget(values);
+  try {
+    for (const w of target.warnings) reporter.warn(w);
+    const { acquireLock } = await import('../persist/write.js');
+    const unlock = acquireLock(target.imagesDir);
+    try {
+      return { result: await work(target.imagesDir, reporter, target.description), where: target.description };
+    } finally {
+      unlock();
+    }
+  } finally {
+    target.release();
+  }
 }

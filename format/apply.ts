@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { UNPACK_EXIT, UNPACK_PROTOCOL } from '../lib/contract.js';
 import { runSync } from '../lib/run.js';
 import { escapeXattrPath, isSafeRel, type Manifest, type XattrRecord } from './manifest.js';
-import { listImages } from './images.js';
+import { bootLayers, listImages } from './images.js';
 import { BASE_NAME } from './names.js';
 import { extractImage, readManifest, setDirMeta, type ExtractProgress } from './reader.js';
 
@@ -166,7 +166,8 @@ export async function unpackImages(
   fs.mkdirSync(into, { recursive: true });
   // a FIFO or a directory named like a layer: never opened (a FIFO would block)
   const listing = listImages(imagesDir);
-  const layers = listing.layers;
+  // disabled and failed layers are not applied, as at boot (their names say so)
+  const layers = bootLayers(listing);
   const ignored = listing.ignored.map((i) => i.name);
   const warnings = listing.ignored.map((i) => `ignoring ${i.name}: ${i.reason}`);
   const stage = path.join(path.dirname(path.resolve(into)), `.${path.basename(into)}.mkma-stage`);

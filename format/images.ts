@@ -3,16 +3,16 @@
 // sort_layers is its shell sibling), and the files named like layers that are never applied.
 // One listing for `mkma unpack` (format/apply.ts), `mkma verify` and `mkma layers`.
 import * as fs from 'node:fs';
-import { LAYER_PREFIX, sortLayerNames } from './names.js';
+import { appliedAtBoot, LAYER_PREFIX, layerId, parseLayerName, sortLayerNames } from './names.js';
 import { notRegularFiles } from './reader.js';
 
 export interface IgnoredImage {
   name: string;
-  reason: 'not a regular file' | 'not a layer name';
+  reason: 'not a regular file' | 'not a layer name' | 'another file holds the same layer';
 }
 
 export interface ImagesListing {
-  /** layer file names in boot order (regular files only) */
+  /** layer file names in boot order (regular files only), whatever their state */
   layers: string[];
   /** entries that start like a layer but are never applied, with why */
   ignored: IgnoredImage[];
@@ -23,9 +23,27 @@ export function listImages(imagesDir: string): ImagesListing {
   const all = fs.readdirSync(imagesDir);
   const named = sortLayerNames(all);
   const odd = new Set(notRegularFiles(imagesDir, named));
-  const layers = named.filter((n) => !odd.has(n));
+  // the same id under two names (copied by hand: a rename never makes two) counts once, as
+  // the init's plan_layers does
+  const ids = new Set<string>();
+  const twice = new Set<string>();
+  for (const n of named) {
+    if (odd.has(n)) continue;
+    const id = layerId(n)!;
+    if (ids.has(id)) twice.add(n);
+    ids.add(id);
+  }
+  const layers = named.filter((n) => !odd.has(n) && !twice.has(n));
   const ignored = all
     .filter((n) => n.startsWith(LAYER_PREFIX) && !layers.includes(n))
-    .map((name): IgnoredImage => ({ name, reason: odd.has(name) ? 'not a regular file' : 'not a layer name' }));
+    .map((name): IgnoredImage => ({
+      name,
+      reason: odd.has(name) ? 'not a regular file' : twice.has(name) ? 'another file holds the same layer' : 'not a layer name',
+    }));
   return { layers, ignored };
+}
+
+/** The layers a boot applies, in order (format/names.ts appliedAtBoot: before the init counts a try). */
+export function bootLayers(listing: ImagesListing): string[] {
+  return listing.layers.filter((n) => appliedAtBoot(parseLayerName(n)!));
 }

@@ -1,24 +1,45 @@
 // What `mkma layers` shows of each layer: its place in boot order, its state, and what its
 // manifest says (created, message, entries, sizes); with `verify`, format/verify.ts's verdict.
 //
-// State: every layer the boot applies is `active` (the only state so far). The states to come
-// (disabled, on trial, failed, skipped at this boot) extend LayerState: the first three are
-// read from the file name (format/names.ts), the last from what the init records in /run.
+// State: read from the file name (format/names.ts: active, disabled, on trial with its tries,
+// failed, pinned); on the booted system also what the init recorded at this boot
+// (RUNTIME.layersRecord: applied, or skipped and why).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ManifestError } from './manifest.js';
 import { listImages, type IgnoredImage } from './images.js';
-import { createdFromName } from './names.js';
+import { createdFromName, parseLayerName, type LayerStatus } from './names.js';
 import { readManifest } from './reader.js';
 import { verifyImage, type ImageProblem, type VerifyProgress } from './verify.js';
 
-export type LayerState = 'active';
+/** What the init did with a layer at this boot (RUNTIME.layersRecord), by layer id. */
+export type BootRecord = Map<string, { applied: boolean; name: string; reason: string }>;
+
+/** The init's record: lines `applied NAME` / `skipped NAME REASON` (init/templates/layer-common.sh record). */
+export function parseBootRecord(text: string): BootRecord {
+  const out: BootRecord = new Map();
+  for (const line of text.split('\n')) {
+    const m = /^(applied|skipped) (\S+)(?: (.*))?$/.exec(line);
+    const id = m && parseLayerName(m[2])?.id;
+    if (m && id) out.set(id, { applied: m[1] === 'applied', name: m[2], reason: m[3] ?? '' });
+  }
+  return out;
+}
 
 export interface LayerInfo {
   /** 1 for the layer applied first */
   position: number;
   name: string;
-  state: LayerState;
+  /** the name without prefix, state and suffix: what the commands and mkma_layers=until= take */
+  id: string;
+  state: LayerStatus;
+  pinned: boolean;
+  /** on trial: boots left; failed: 0 */
+  triesLeft: number;
+  /** on trial, failed: boots with it that were not marked good */
+  triesDone: number;
+  /** on the booted system: why the init did not apply it at this boot (null: applied, or not known) */
+  skippedAtBoot: string | null;
   /** UTC, ISO 8601: the manifest's `created`, else the time in the name; null when neither */
   created: string | null;
   /** `mkma persist --message` ("" when none) */
@@ -48,7 +69,13 @@ const ISO_UTC_RE = /^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-
  */
 export async function describeLayers(
   imagesDir: string,
-  opts: { verify?: boolean; onFile?: (name: string, index: number, count: number) => void; onProgress?: VerifyProgress } = {},
+  opts: {
+    verify?: boolean;
+    onFile?: (name: string, index: number, count: number) => void;
+    onProgress?: VerifyProgress;
+    /** the init's record of this boot (parseBootRecord), on the booted system */
+    record?: BootRecord;
+  } = {},
 ): Promise<LayersListing> {
   const { layers, ignored } = listImages(imagesDir);
   const out: LayerInfo[] = [];
@@ -72,10 +99,17 @@ export async function describeLayers(
       }
     }
     const created = manifest && ISO_UTC_RE.test(manifest.created) ? manifest.created : createdFromName(name);
+    const st = parseLayerName(name)!;
+    const rec = opts.record?.get(st.id);
     out.push({
       position: i + 1,
       name,
-      state: 'active',
+      id: st.id,
+      state: st.status,
+      pinned: st.pinned,
+      triesLeft: st.triesLeft,
+      triesDone: st.triesDone,
+      skippedAtBoot: rec && !rec.applied ? rec.reason : null,
       created,
       message: manifest?.message ?? '',
       entries: manifest?.entries ?? null,

@@ -4,7 +4,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CMDLINE, FILES, FORMAT, RUNTIME, UNPACK_EXIT, UNPACK_PROTOCOL } from '../lib/contract.js';
+import { CMDLINE, FILES, FORMAT, LAYER_STATE, RUNTIME, UNPACK_EXIT, UNPACK_PROTOCOL } from '../lib/contract.js';
 
 /** The boot contract (lib/contract.ts) as one value: generators take it as a parameter so that
  * a test can generate with a changed one and see the change in the shell and in the C. */
@@ -15,9 +15,10 @@ export interface BootContract {
   CMDLINE: Record<keyof typeof CMDLINE, string>;
   UNPACK_PROTOCOL: Record<keyof typeof UNPACK_PROTOCOL, string>;
   UNPACK_EXIT: Record<keyof typeof UNPACK_EXIT, number>;
+  LAYER_STATE: Record<keyof typeof LAYER_STATE, string | number>;
 }
 
-export const BOOT_CONTRACT: BootContract = { FILES, FORMAT, RUNTIME, CMDLINE, UNPACK_PROTOCOL, UNPACK_EXIT };
+export const BOOT_CONTRACT: BootContract = { FILES, FORMAT, RUNTIME, CMDLINE, UNPACK_PROTOCOL, UNPACK_EXIT, LAYER_STATE };
 
 /** Which layer code the init carries: mkma-unpack's (the initramfs has it) or busybox cpio's. */
 export type Extractor = 'native' | 'busybox';
@@ -53,7 +54,8 @@ const prefixed = (prefix: string, o: Record<string, string | number>) =>
 /**
  * The boot contract (lib/contract.ts) as shell variables: the format's constants under their
  * historic names (and all of them as FMT_*), the runtime paths as RT_*, the command line keys
- * as KEY_*, mkma-unpack's protocol words and exit statuses as UNPACK_* / UNPACK_EXIT_*.
+ * as KEY_*, mkma-unpack's protocol words and exit statuses as UNPACK_* / UNPACK_EXIT_*, the
+ * words of a layer's state in its name as STATE_*.
  */
 export function shellConstants(c: BootContract = BOOT_CONTRACT): Record<string, string | number> {
   const tag = String(c.FORMAT.footerTag);
@@ -70,6 +72,7 @@ export function shellConstants(c: BootContract = BOOT_CONTRACT): Record<string, 
     ...prefixed('KEY_', c.CMDLINE),
     ...prefixed('UNPACK_', c.UNPACK_PROTOCOL),
     ...prefixed('UNPACK_EXIT_', c.UNPACK_EXIT),
+    ...prefixed('STATE_', c.LAYER_STATE),
   };
 }
 

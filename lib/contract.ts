@@ -16,6 +16,27 @@ export const FILES = {
   layerSuffix: '.cpio.zst',
 } as const;
 
+/**
+ * A layer's state, in its file name (docs/FORMAT.md "Layer names and states"):
+ * `persistence.ID[@STATE].cpio.zst`, STATE = `disabled` | `trial-LEFT-DONE` | `failed-DONE`,
+ * optionally followed by `,pinned` (or `pinned` alone). No STATE: active. Changed only by
+ * rename(2), so a crash leaves the old name or the new one.
+ */
+export const LAYER_STATE = {
+  /** between the layer's id and its state (never in an id, so natural order ignores the state) */
+  separator: '@',
+  /** between the status and `pinned` */
+  flagSeparator: ',',
+  disabled: 'disabled',
+  trial: 'trial',
+  failed: 'failed',
+  pinned: 'pinned',
+  /** tries a new layer of mkma persist gets before a boot with it must have been good */
+  tries: 3,
+  /** most tries a layer can be given (one digit in the name) */
+  maxTries: 9,
+} as const;
+
 /** The image format (docs/FORMAT.md; format/manifest.ts reads and writes it). */
 export const FORMAT = {
   manifestVersion: 1,
@@ -63,6 +84,8 @@ export const RUNTIME = {
   bootEnv: '/overlay/boot.env',
   /** the init's scratch directory (a tmpfs, moved into the new root with /run) */
   initTmp: '/run/mkma',
+  /** what the init applied and skipped at this boot, and why: lines `applied NAME` / `skipped NAME REASON` */
+  layersRecord: '/run/mkma/layers',
   /** where the init mounts the storage device (read-only, unmounted before switch_root) */
   storageMount: '/mnt/storage',
 } as const;

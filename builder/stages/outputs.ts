@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { describeConfig } from '../../config/load.js';
 import { BUILD_INFO_NAME } from '../../format/names.js';
 import { fsyncDir } from '../../format/writer.js';
-import { findStorage, grubEntry, kernelCommandLine, systemdBootEntry, type StorageLocation } from '../bootentries.js';
+import { findStorage, grubEntries, kernelCommandLine, previousGeneration, systemdBootEntry, type StorageLocation } from '../bootentries.js';
 import type { KernelInfo } from '../kernel.js';
 import { statOutput, type StageReport } from '../stage.js';
 import { SECRET_FILE_MODE, type BuildContext, type Output } from './context.js';
@@ -94,7 +94,7 @@ export function outputsStage(b: BuildContext, kernel: KernelInfo, bootstrapReuse
     initramfsModules: made.initramfs.details.modules,
     storage,
     cmdline,
-    grub: storage ? grubEntry(c.hostname, storage) : null,
+    grub: storage ? grubEntries(c.hostname, storage, previousGeneration(out)) : null,
     systemdBoot: storage ? systemdBootEntry(c.hostname, storage) : null,
     timings: b.reporter.timings,
   };

@@ -462,13 +462,13 @@ apply_layer() {
 	return 0
 }
 
-# apply_layers DIR TREE STAGE: every layer of DIR (sort_layers) onto TREE, in order; a
+# apply_layers DIR TREE STAGE: the layers of DIR this boot applies (boot_layers) onto TREE, in order; a
 # phase line per applied layer, "LAYER SKIPPED NAME: reason" for the others. Sets
 # M_APPLIED and M_SKIPPED.
 apply_layers() {
 	M_APPLIED=0
 	M_SKIPPED=0
-	for _l in $(sort_layers "$1"); do
+	for _l in $(boot_layers "$1"); do
 		if apply_layer "$1/$_l" "$2" "$3"; then
 			layer_applied "$_l" "$M_ENTRIES" "$M_REMOVED"
 		else

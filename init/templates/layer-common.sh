@@ -48,41 +48,102 @@ parents_are_dirs() {
 	done
 }
 
+# record WORD NAME [REASON]: what this boot did with a layer, for `mkma layers` (MKMA_RECORD:
+# /run/mkma/layers in the init; lines "applied NAME" / "skipped NAME REASON").
+record() {
+	printf '%s\n' "$*" >>"${MKMA_RECORD:-$MKMA_TMP/layers}"
+}
+
 layer_applied() {
 	phase layer-applied "$1 ($2 entries, $3 removed)"
+	record applied "$1"
 	M_APPLIED=$((M_APPLIED + 1))
 }
 
 # Loud: on the console and in the kernel log, so that it is noticed after boot.
 layer_skipped() {
 	log "LAYER SKIPPED $1: $2"
+	record skipped "$1" "$2"
 	M_SKIPPED=$((M_SKIPPED + 1))
 }
 
-# sort_layers DIR: layer file names in natural order (format/names.ts: naturalKey), one per
-# line. Names outside the layer pattern are not layers, and neither is anything but a
-# regular file (a FIFO would block whoever opens it): both are reported, not applied.
+# layer_state NAME: a layer's file name read (format/names.ts parseLayerName, docs/FORMAT.md
+# "Layer names and states"): persistence.ID[@STATE].cpio.zst into L_ID, L_STATUS (active,
+# disabled, trial, failed), L_LEFT and L_DONE (tries left and made), L_PINNED (1 or empty).
+# Status 1: not a layer name (an unknown state included: never applied).
+layer_state() {
+	case $1 in "$LAYER_PREFIX"*"$LAYER_SUFFIX") ;; *) return 1 ;; esac
+	L_ID=${1#"$LAYER_PREFIX"}
+	L_ID=${L_ID%"$LAYER_SUFFIX"}
+	L_STATUS=active L_LEFT=0 L_DONE=0 L_PINNED=''
+	case $L_ID in
+	*"$STATE_SEPARATOR"*)
+		_st=${L_ID#*"$STATE_SEPARATOR"}
+		L_ID=${L_ID%%"$STATE_SEPARATOR"*}
+		case $_st in
+		"$STATE_PINNED") _st=$STATE_PINNED L_PINNED=1 ;;
+		*"$STATE_FLAG_SEPARATOR$STATE_PINNED")
+			_st=${_st%"$STATE_FLAG_SEPARATOR$STATE_PINNED"} L_PINNED=1
+			[ "$_st" = "$STATE_PINNED" ] && return 1
+			;;
+		esac
+		case $_st in
+		"$STATE_PINNED") ;;
+		"$STATE_DISABLED") L_STATUS=disabled ;;
+		"$STATE_TRIAL"-[0-9]-[0-9])
+			_st=${_st#"$STATE_TRIAL"-}
+			L_STATUS=trial L_LEFT=${_st%-*} L_DONE=${_st#*-}
+			;;
+		"$STATE_FAILED"-[0-9]) L_STATUS=failed L_DONE=${_st#"$STATE_FAILED"-} ;;
+		*) return 1 ;;
+		esac
+		;;
+	esac
+	case $L_ID in
+	'' | [!0-9A-Za-z]* | *[!0-9A-Za-z._+-]*) return 1 ;;
+	esac
+	return 0
+}
+
+# layer_name ID STATUS LEFT DONE PINNED: the file name of a layer in that state, in L_NAME
+# (format/names.ts layerFileName).
+layer_name() {
+	case $2 in
+	disabled) _st=$STATE_DISABLED ;;
+	trial) _st="$STATE_TRIAL-$3-$4" ;;
+	failed) _st="$STATE_FAILED-$4" ;;
+	*) _st='' ;;
+	esac
+	if [ -n "$5" ]; then _st="${_st:+$_st$STATE_FLAG_SEPARATOR}$STATE_PINNED"; fi
+	L_NAME="$LAYER_PREFIX$1${_st:+$STATE_SEPARATOR$_st}$LAYER_SUFFIX"
+}
+
+# rename_layer DIR OLD NEW: rename(2), atomic: a crash leaves OLD or NEW. Never over an
+# existing file. (The caller syncs before anything relies on it.)
+rename_layer() {
+	if [ -e "$1/$3" ] || [ -L "$1/$3" ]; then
+		warn "cannot rename $2 to $3: $3 exists" >&2
+		return 1
+	fi
+	mv "$1/$2" "$1/$3" 2>"$MKMA_TMP/mv.err" && return 0
+	warn "cannot rename $2 to $3: $(cat "$MKMA_TMP/mv.err")" >&2
+	return 1
+}
+
+# sort_layers DIR: layer file names in natural order of their ids (format/names.ts: naturalKey;
+# the state after the id does not move a layer), one per line, whatever their state. Names
+# outside the layer pattern are not layers, and neither is anything but a regular file (a FIFO
+# would block whoever opens it): both are reported, not applied.
 sort_layers() {
 	# no layers (a fresh machine): no awk/sort/cut processes
 	set -- "$1" "$1"/"$LAYER_PREFIX"*"$LAYER_SUFFIX"
 	[ -e "$2" ] || [ -L "$2" ] || return 0
 	for _f in "$1"/"$LAYER_PREFIX"*"$LAYER_SUFFIX"; do
 		_n=${_f##*/}
-		_id=${_n#"$LAYER_PREFIX"}
-		_id=${_id%"$LAYER_SUFFIX"}
-		case $_id in
-		[0-9A-Za-z]*) ;;
-		*)
+		if ! layer_state "$_n"; then
 			warn "ignoring $_n: not a layer name" >&2
 			continue
-			;;
-		esac
-		case $_id in
-		*[!0-9A-Za-z._+-]*)
-			warn "ignoring $_n: not a layer name" >&2
-			continue
-			;;
-		esac
+		fi
 		if [ ! -f "$_f" ]; then
 			warn "ignoring $_n: not a regular file" >&2
 			continue
@@ -90,11 +151,117 @@ sort_layers() {
 		printf '%s\n' "$_n"
 	done | awk '{
 		key = ""; s = substr($0, length(P) + 1); s = substr(s, 1, length(s) - length(S))
+		i = index(s, A); if (i) s = substr(s, 1, i - 1)
 		while (match(s, /[0-9]+/)) {
 			d = substr(s, RSTART, RLENGTH); sub(/^0+/, "", d); if (d == "") d = "0"
 			while (length(d) < 20) d = "0" d
 			key = key substr(s, 1, RSTART - 1) d; s = substr(s, RSTART + RLENGTH)
 		}
 		print key s "\t" $0
-	}' P="$LAYER_PREFIX" S="$LAYER_SUFFIX" | sort | cut -f 2
+	}' P="$LAYER_PREFIX" S="$LAYER_SUFFIX" A="$STATE_SEPARATOR" | sort | cut -f 2
+}
+
+# boot_layers DIR: the layers this boot applies, in order, one per line: decided once
+# (plan_layers: its renames happen once) and kept in $MKMA_TMP/plan.
+boot_layers() {
+	[ -f "$MKMA_TMP/plan" ] || plan_layers "$1" >"$MKMA_TMP/plan"
+	cat "$MKMA_TMP/plan"
+}
+
+# count_tries: when a layer on trial is in $IMAGES, the storage ($STORAGE) is remounted
+# read-write for the plan's renames (plan_layers: one try spent, or failed), synced, and
+# remounted read-only, before anything is applied. A storage that cannot be written: said,
+# and the layers on trial are applied without counting.
+count_tries() {
+	[ "$MKMA_LAYERS" != none ] || return 0
+	set -- "$IMAGES/$LAYER_PREFIX"*"$STATE_SEPARATOR$STATE_TRIAL"-*"$LAYER_SUFFIX"
+	[ -e "$1" ] || return 0
+	[ ! -f "$MKMA_TMP/plan" ] || return 0
+	if mount -o remount,rw "$STORAGE" 2>"$MKMA_TMP/mount.err"; then
+		MKMA_COUNT_TRIES=1
+		boot_layers "$IMAGES" >/dev/null
+		sync
+		mount -o remount,ro "$STORAGE" 2>"$MKMA_TMP/mount.err" || warn "could not remount $DEVICE read-only: $(cat "$MKMA_TMP/mount.err")"
+	else
+		warn "cannot mount $DEVICE read-write to count the tries of layers on trial ($(cat "$MKMA_TMP/mount.err")): applying them without counting"
+	fi
+	MKMA_COUNT_TRIES=''
+}
+
+# plan_layers DIR: which layers this boot applies (printed, in order) and why each other one
+# is not (recorded): its state (disabled, failed), $KEY_LAYERS= (none, N: the first N
+# layers the states allow, until=ID: up to that layer), or another file with the same id.
+# With MKMA_COUNT_TRIES=1 (the init, the storage briefly read-write) a layer on trial spends
+# a try first: renamed to one try fewer and applied, or, with none left (no boot with it was
+# marked good), to failed and skipped. Without (a read-only storage, mkma-apply), nothing is
+# renamed: a layer with tries left is applied, one without is skipped.
+plan_layers() {
+	_pdir=$1 _k=0 _seen=' ' _cut='' _mode=${MKMA_LAYERS:-all}
+	_layers=$(sort_layers "$_pdir")
+	case $_mode in
+	none) _cut="$KEY_LAYERS=none" ;;
+	until=*)
+		_found=''
+		for _n in $_layers; do
+			layer_state "$_n" && [ "$L_ID" = "${_mode#until=}" ] && _found=1
+		done
+		if [ -z "$_found" ]; then
+			warn "$KEY_LAYERS=$_mode: no such layer: booting the base alone" >&2
+			_cut="$KEY_LAYERS=$_mode: no such layer"
+		fi
+		;;
+	esac
+	for _n in $_layers; do
+		layer_state "$_n"
+		case $_seen in
+		*" $L_ID "*)
+			layer_skipped "$_n" "another file holds the same layer" >&2
+			continue
+			;;
+		esac
+		_seen="$_seen$L_ID "
+		if [ -n "$_cut" ]; then
+			record skipped "$_n" "$_cut"
+			continue
+		fi
+		[ "$_mode" = "until=$L_ID" ] && _cut="after $KEY_LAYERS=$_mode"
+		case $L_STATUS in
+		disabled)
+			record skipped "$_n" disabled
+			continue
+			;;
+		failed)
+			record skipped "$_n" "failed ($L_DONE tries)"
+			continue
+			;;
+		trial)
+			if [ "$L_LEFT" -eq 0 ]; then
+				layer_name "$L_ID" failed 0 "$L_DONE" "$L_PINNED"
+				if [ -n "${MKMA_COUNT_TRIES:-}" ] && rename_layer "$_pdir" "$_n" "$L_NAME"; then
+					log >&2 "LAYER FAILED $L_ID: no boot with it was marked good in $L_DONE tries: skipped from now on (mkma layers bless $L_ID to accept it)"
+					_n=$L_NAME
+				fi
+				record skipped "$_n" "failed ($L_DONE tries)"
+				continue
+			fi
+			;;
+		esac
+		case $_mode in
+		[0-9]*)
+			if [ "$_k" -ge "$_mode" ]; then
+				record skipped "$_n" "beyond $KEY_LAYERS=$_mode"
+				continue
+			fi
+			;;
+		esac
+		_k=$((_k + 1))
+		if [ "$L_STATUS" = trial ] && [ -n "${MKMA_COUNT_TRIES:-}" ]; then
+			layer_name "$L_ID" trial $((L_LEFT - 1)) $((L_DONE + 1)) "$L_PINNED"
+			if rename_layer "$_pdir" "$_n" "$L_NAME"; then
+				log >&2 "layer $L_ID on trial: try $((L_DONE + 1)) of $((L_LEFT + L_DONE))"
+				_n=$L_NAME
+			fi
+		fi
+		printf '%s\n' "$_n"
+	done
 }

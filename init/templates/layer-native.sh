@@ -54,7 +54,7 @@ unpack_base() {
 	return 0
 }
 
-# apply_layers DIR TREE STAGE: every layer of DIR (sort_layers) onto TREE, in order, by
+# apply_layers DIR TREE STAGE: the layers of DIR this boot applies (boot_layers) onto TREE, in order, by
 # `mkma-unpack -l` (one process: the shell's merge would start processes per entry). A
 # phase line per applied layer, "LAYER SKIPPED NAME: reason" for the others; sets M_APPLIED
 # and M_SKIPPED. When mkma-unpack ends without a result line for some layer (it crashed or
@@ -66,8 +66,8 @@ apply_layers() {
 	M_APPLIED=0
 	M_SKIPPED=0
 	_dir=$1 _tree=$2 _stage=$3
-	# shellcheck disable=SC2046 # layer names are [0-9A-Za-z._+-] (sort_layers)
-	set -- $(sort_layers "$_dir")
+	# shellcheck disable=SC2046 # layer names are [0-9A-Za-z._+-@,] (layer_state)
+	set -- $(boot_layers "$_dir")
 	while [ $# -gt 0 ]; do
 		_n=$#
 		for _l; do set -- "$@" "$_dir/$_l"; shift; done

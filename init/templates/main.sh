@@ -6,6 +6,7 @@
 STORAGE=$RT_STORAGE_MOUNT
 ROOT=$RT_OVERLAY
 MKMA_TMP=$RT_INIT_TMP
+MKMA_RECORD=$RT_LAYERS_RECORD
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 
 mount_pseudo() {
@@ -70,11 +71,20 @@ cmdline_param() {
 		esac
 		;;
 	"$KEY_LAYERS")
-		# all (default) or none: the base alone, the recovery entry of a boot menu (a layer that
-		# breaks the boot is left out without touching the storage)
+		# all (default); none: the base alone, the recovery entry of a boot menu (a layer that
+		# breaks the boot is left out without touching the storage); N: the first N layers;
+		# until=ID (or a layer's file name): up to that layer (plan_layers in layer-common.sh)
 		case ${2-} in
 		all | none) MKMA_LAYERS=$2 ;;
-		*) warn "$1=${2-} is not all or none: applying $MKMA_LAYERS layers" ;;
+		[0-9] | [0-9][0-9] | [0-9][0-9][0-9]) uint "$2" 3 && MKMA_LAYERS=$UINT ;;
+		until=?*)
+			if layer_state "${2#until=}" || layer_state "$LAYER_PREFIX${2#until=}$LAYER_SUFFIX"; then
+				MKMA_LAYERS="until=$L_ID"
+			else
+				warn "$1=$2: ${2#until=} is not a layer name: applying $MKMA_LAYERS layers"
+			fi
+			;;
+		*) warn "$1=${2-} is not all, none, a number of layers or until=NAME: applying $MKMA_LAYERS layers" ;;
 		esac
 		;;
 	"$KEY_DEBUG") cmdline_flag "$@" && MKMA_DEBUG=$FLAG ;;
@@ -252,8 +262,8 @@ mount_storage() {
 # Reads the layers' manifests into its own file, so the base's M_* values are kept.
 check_space() {
 	_base_kind=$M_KIND _base_entries=$M_ENTRIES _base_unpacked=$M_UNPACKED _base_data=$M_DATA_BYTES
-	# shellcheck disable=SC2046 # layer names are [0-9A-Za-z._+-] (sort_layers)
-	layer_sizes "$IMAGES" $(sort_layers "$IMAGES")
+	# shellcheck disable=SC2046 # layer names are [0-9A-Za-z._+-@,] (layer_state)
+	layer_sizes "$IMAGES" $(boot_layers "$IMAGES")
 	M_KIND=$_base_kind M_ENTRIES=$_base_entries M_UNPACKED=$_base_unpacked M_DATA_BYTES=$_base_data
 	_need=$((M_UNPACKED + M_LAYERS_UNPACKED))
 	# free blocks and block size of the tmpfs, one process
@@ -281,6 +291,7 @@ unpack_all() {
 		fatal "base image $IMAGES/$MKMA_BASE_NAME is unusable: $M_ERROR" "rebuild it with mkma build, or copy it again"
 		return 1
 	fi
+	count_tries
 	check_space || return 1
 	uptime_cs
 	_t0=$UPTIME_CS
@@ -297,13 +308,9 @@ unpack_all() {
 	# MB/s with one decimal, in integer arithmetic (no awk process at boot)
 	_rate=$((M_UNPACKED * 1000 / _d / 1048576))
 	phase base-unpacked "in $CENTI s, $((_rate / 10)).$((_rate % 10)) MB/s"
-	if [ "$MKMA_LAYERS" = none ]; then
-		log "$KEY_LAYERS=none: no persistence layer applied (the base alone)"
-		phase layers-done "0 applied, none asked for"
-	else
-		apply_layers "$IMAGES" "$RT_LOWER" "$ROOT/stage"
-		phase layers-done "$M_APPLIED applied, $M_SKIPPED skipped"
-	fi
+	[ "$MKMA_LAYERS" = none ] && log "$KEY_LAYERS=none: no persistence layer applied (the base alone)"
+	apply_layers "$IMAGES" "$RT_LOWER" "$ROOT/stage"
+	phase layers-done "$M_APPLIED applied, $M_SKIPPED skipped"
 }
 
 mount_root() {

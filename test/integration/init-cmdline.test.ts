@@ -106,8 +106,13 @@ echo "alive $_deadline $_all"
     ['', [], 'all'],
     ['mkma_layers=none', [], 'none'],
     ['mkma_layers=all', [], 'all'],
-    ['mkma_layers=2', ['mkma_layers=2 is not all or none: applying all layers'], 'all'],
-    ['mkma_layers', ['mkma_layers= is not all or none: applying all layers'], 'all'],
+    ['mkma_layers=2', [], '2'],
+    ['mkma_layers=until=20261122T021500Z', [], 'until=20261122T021500Z'],
+    ['mkma_layers=until=persistence.7@disabled.cpio.zst', [], 'until=7'],
+    ['mkma_layers=until=../x', ['mkma_layers=until=../x: ../x is not a layer name: applying all layers'], 'all'],
+    ['mkma_layers=-1', ['mkma_layers=-1 is not all, none, a number of layers or until=NAME: applying all layers'], 'all'],
+    ['mkma_layers=1000', ['mkma_layers=1000 is not all, none, a number of layers or until=NAME: applying all layers'], 'all'],
+    ['mkma_layers', ['mkma_layers= is not all, none, a number of layers or until=NAME: applying all layers'], 'all'],
   ])('which layers: %s', (cmdline, warnings, layers) => {
     const r = parse(`mkma_storage_device=/dev/vda ${cmdline}`);
     expect(r.warnings).toEqual(warnings);

@@ -68,7 +68,12 @@ describe('mkma layers', () => {
     expect(first).toEqual({
       position: 1,
       name: OLD2,
+      id: '2',
       state: 'active',
+      pinned: false,
+      triesLeft: 0,
+      triesDone: 0,
+      skippedAtBoot: null,
       created: '2026-01-01T00:00:00Z',
       message: 'first',
       entries: expect.any(Number),

@@ -1,11 +1,20 @@
 import { describe, expect, test } from '@jest/globals';
 import * as fs from 'node:fs';
+import { BOOT_GOOD_UNIT_NAME, installBootGoodUnit } from '../../builder/boot-good.js';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseConfigText } from '../../config/load.js';
 import { baseExclude } from '../../builder/base.js';
 import { dpkgOptions, mmdebstrapArgs, packageSet, summarizeMmdebstrapError } from '../../builder/mmdebstrap.js';
-import { grubEntry, kernelCommandLine, stableDeviceName, systemdBootEntry, type StorageLocation } from '../../builder/bootentries.js';
+import {
+  grubEntries,
+  grubEntry,
+  kernelCommandLine,
+  previousGeneration,
+  stableDeviceName,
+  systemdBootEntry,
+  type StorageLocation,
+} from '../../builder/bootentries.js';
 import { configure, setRootPassword, writeHostname } from '../../builder/configure.js';
 
 const config = (text = '') => parseConfigText(text, { file: null, env: {}, defaultHostname: 'buildhost' });
@@ -97,6 +106,41 @@ describe('boot entries', () => {
         '\tlinux /srv/mkma/vmlinuz mkma_storage_device=UUID=1234-abcd mkma_images_path=/srv/mkma\n' +
         '\tinitrd /srv/mkma/initramfs.cpio.zst\n}',
     );
+  });
+  test('GRUB: the normal entry, a recovery entry without layers, and the previous generation', () => {
+    const entries = grubEntries('myhost', loc, '20261122T021500Z');
+    expect(entries.match(/^menuentry "[^"]*"/gm)).toEqual([
+      'menuentry "mkma: myhost (RAM)"',
+      'menuentry "mkma: myhost (RAM): recovery, without layers"',
+      'menuentry "mkma: myhost (RAM): previous generation, layers up to 20261122T021500Z"',
+    ]);
+    expect(entries).toMatch(
+      /\tlinux \/srv\/mkma\/vmlinuz mkma_storage_device=UUID=1234-abcd mkma_images_path=\/srv\/mkma mkma_layers=none\n/,
+    );
+    expect(entries).toMatch(/ mkma_layers=until=20261122T021500Z\n/);
+    expect(grubEntries('myhost', loc, null).match(/^menuentry/gm)).toHaveLength(2);
+    // the previous generation: every layer a boot applies but the newest
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mkma-gen-'));
+    for (const n of ['base', 'persistence.1', 'persistence.2@disabled', 'persistence.3@trial-2-1', 'persistence.4'])
+      fs.writeFileSync(path.join(dir, `${n}.cpio.zst`), '');
+    expect(previousGeneration(dir)).toBe('3');
+    fs.rmSync(path.join(dir, 'persistence.1.cpio.zst'));
+    fs.rmSync(path.join(dir, 'persistence.3@trial-2-1.cpio.zst'));
+    expect(previousGeneration(dir)).toBeNull();
+    fs.rmSync(dir, { recursive: true });
+  });
+  test('the unit that marks a boot good: after multi-user, enabled, runs mkma layers bless --booted', () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), 'mkma-unit-'));
+    installBootGoodUnit(root);
+    installBootGoodUnit(root); // again: the same files
+    const unit = fs.readFileSync(path.join(root, 'etc/systemd/system', BOOT_GOOD_UNIT_NAME), 'utf8');
+    expect(unit).toMatch(/^After=multi-user\.target$/m);
+    expect(unit).toMatch(/^ExecStart=\/usr\/local\/bin\/mkma layers bless --booted --quiet$/m);
+    expect(unit).toMatch(/^ConditionPathExists=\/run\/mkma\/layers$/m);
+    expect(fs.readlinkSync(path.join(root, 'etc/systemd/system/multi-user.target.wants', BOOT_GOOD_UNIT_NAME))).toBe(
+      `/etc/systemd/system/${BOOT_GOOD_UNIT_NAME}`,
+    );
+    fs.rmSync(root, { recursive: true });
   });
   test('systemd-boot entry', () => {
     const e = systemdBootEntry('myhost', loc);

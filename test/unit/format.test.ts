@@ -598,7 +598,7 @@ describe('layer order', () => {
     ]) {
       expect(names).toContain(n);
     }
-    expect(expected.length).toBe(19);
+    expect(expected.length).toBe(23);
   });
 
   test('sortLayerNames gives the expected natural order', () => {

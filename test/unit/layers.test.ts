@@ -22,7 +22,12 @@ describe('createdFromName', () => {
 const layer = (position: number, over: Partial<LayerInfo> = {}): LayerInfo => ({
   position,
   name: `persistence.${position}.cpio.zst`,
+  id: String(position),
   state: 'active',
+  pinned: false,
+  triesLeft: 0,
+  triesDone: 0,
+  skippedAtBoot: null,
   created: '2026-11-22T02:15:00Z',
   message: '',
   entries: 12,
