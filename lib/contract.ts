@@ -63,6 +63,8 @@ export const RUNTIME = {
   bootEnv: '/overlay/boot.env',
   /** the init's scratch directory (a tmpfs, moved into the new root with /run) */
   initTmp: '/run/mkma',
+  /** what `mkma persist` saved in this boot, per upperdir (persist/saved.ts): a virtual layer below it */
+  savedThisBoot: '/run/mkma/saved',
   /** where the init mounts the storage device (read-only, unmounted before switch_root) */
   storageMount: '/mnt/storage',
 } as const;

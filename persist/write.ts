@@ -79,9 +79,14 @@ export function planLayer(scan: ScanResult, include: (e: ChangeEntry) => boolean
  * writes nothing (an empty layer would cost a file and a boot step for no change) and says
  * why: `changes` is the count of changes found, `leftOutBy` what left them out.
  */
-export function nothingToSave(plan: Pick<LayerPlan, 'changes'>, changes: number, leftOutBy: 'the rules' | 'your choices'): string | null {
+export function nothingToSave(
+  plan: Pick<LayerPlan, 'changes'>,
+  changes: number,
+  leftOutBy: 'the rules' | 'your choices',
+  since = 'boot',
+): string | null {
   if (plan.changes > 0) return null;
-  return changes === 0 ? 'no changes since boot' : `${changes} change(s), all left out by ${leftOutBy}`;
+  return changes === 0 ? `no changes since ${since}` : `${changes} change(s), all left out by ${leftOutBy}`;
 }
 
 // ---------------------------------------------------------------------------------------------
