@@ -34,6 +34,7 @@ is named), 2 bad arguments, 3 the storage cannot be found or mounted.`,
 export const HELP = renderHelp(SPEC);
 
 export async function run(argv: string[]): Promise<number> {
+  if (argv[0] === 'compact') return (await import('./layers-compact-cmd.js')).run(argv.slice(1));
   const { values } = parse(SPEC, argv);
   if (values.help) return printHelp(HELP);
   const { describeLayers } = await import('../format/layer-info.js');

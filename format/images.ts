@@ -3,12 +3,13 @@
 // sort_layers is its shell sibling), and the files named like layers that are never applied.
 // One listing for `mkma unpack` (format/apply.ts), `mkma verify` and `mkma layers`.
 import * as fs from 'node:fs';
+import { supersededLayers } from './compacted.js';
 import { LAYER_PREFIX, sortLayerNames } from './names.js';
 import { notRegularFiles } from './reader.js';
 
 export interface IgnoredImage {
   name: string;
-  reason: 'not a regular file' | 'not a layer name';
+  reason: 'not a regular file' | 'not a layer name' | `superseded by ${string}`;
 }
 
 export interface ImagesListing {
@@ -23,9 +24,15 @@ export function listImages(imagesDir: string): ImagesListing {
   const all = fs.readdirSync(imagesDir);
   const named = sortLayerNames(all);
   const odd = new Set(notRegularFiles(imagesDir, named));
-  const layers = named.filter((n) => !odd.has(n));
+  const regular = named.filter((n) => !odd.has(n));
+  // left by a compaction interrupted after its commit point (format/compacted.ts)
+  const superseded = supersededLayers(regular);
+  const layers = regular.filter((n) => !superseded.has(n));
   const ignored = all
     .filter((n) => n.startsWith(LAYER_PREFIX) && !layers.includes(n))
-    .map((name): IgnoredImage => ({ name, reason: odd.has(name) ? 'not a regular file' : 'not a layer name' }));
+    .map((name): IgnoredImage => ({
+      name,
+      reason: odd.has(name) ? 'not a regular file' : superseded.has(name) ? `superseded by ${superseded.get(name)!}` : 'not a layer name',
+    }));
   return { layers, ignored };
 }

@@ -14,6 +14,8 @@ export const FILES = {
   buildInfo: 'mkma.json',
   layerPrefix: 'persistence.',
   layerSuffix: '.cpio.zst',
+  /** persistence.<LAST>+from+<FIRST>.cpio.zst: a compacted layer, superseding FIRST..LAST (format/compacted.ts) */
+  compactMark: '+from+',
 } as const;
 
 /** The image format (docs/FORMAT.md; format/manifest.ts reads and writes it). */

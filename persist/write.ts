@@ -200,6 +200,10 @@ export interface WriteLayerOptions {
   signal?: AbortSignal;
   /** zstd frames compressed at once (default: the writer's) */
   jobs?: number;
+  /** the layer's file name (default: pickLayerName), e.g. a compacted layer's (format/compacted.ts) */
+  fileName?: string;
+  /** the caller holds the images directory's lock already (acquireLock) */
+  lockHeld?: boolean;
 }
 
 export interface WriteLayerResult {
@@ -301,7 +305,7 @@ type StatLike = Pick<fs.Stats, 'mode' | 'uid' | 'gid' | 'size' | 'mtimeMs' | 'nl
 export async function writeLayer(opts: WriteLayerOptions): Promise<WriteLayerResult> {
   const plan = opts.plan ?? planLayer(opts.scan, opts.include);
   if (plan.changes === 0) throw new NothingToSaveError('nothing to save: no change is chosen (no layer was written)');
-  const release = acquireLock(opts.imagesDir);
+  const release = opts.lockHeld ? () => {} : acquireLock(opts.imagesDir);
   let writer: ArchiveWriter | null = null;
   try {
     const cleaned = removeStaleTemporaries(opts.imagesDir);
@@ -316,7 +320,7 @@ export async function writeLayer(opts: WriteLayerOptions): Promise<WriteLayerRes
       );
     }
     const now = opts.now ?? new Date();
-    const finalPath = path.join(opts.imagesDir, pickLayerName(opts.imagesDir, now));
+    const finalPath = path.join(opts.imagesDir, opts.fileName ?? pickLayerName(opts.imagesDir, now));
     writer = new ArchiveWriter(finalPath, {
       kind: 'layer',
       level: opts.level,
