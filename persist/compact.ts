@@ -24,7 +24,7 @@ import * as path from 'node:path';
 import { FILES, ZSTD_LEVEL } from '../lib/contract.js';
 import { onCleanup } from '../lib/cleanup.js';
 import { MkmaError, UsageError } from '../lib/errors.js';
-import type { Reporter } from '../lib/progress.js';
+import { formatBytes, type Reporter } from '../lib/progress.js';
 import { runSync } from '../lib/run.js';
 import { applyLayer, applyLayersNative, unpackImages, type ApplyReport } from '../format/apply.js';
 import { compactedName } from '../format/compacted.js';
@@ -210,7 +210,7 @@ async function compactLocked(o: CompactOptions, cleaned: string[]): Promise<Comp
       onProgress: (p) => stage.count({ entries: p.entries, bytes: p.bytesIn }, { entries: plan.write.length }),
       onWarning: (m) => reporter.warn(m),
     });
-    stage.done(`${r.entries} entries, ${r.bytesOut} bytes`);
+    stage.done(`${r.entries} entries, ${formatBytes(r.bytesOut)}`);
     // committed: the old layers are superseded; now they go
     for (const l of range) fs.rmSync(path.join(imagesDir, l));
     fsyncDir(imagesDir);
@@ -271,7 +271,7 @@ export async function foldIntoBase(o: Omit<CompactOptions, 'range' | 'message'>)
         message: base.message,
         onProgress: (p) => stage.count({ entries: p.entries, bytes: p.bytesIn }),
       });
-      stage.done(`${r.manifest.entries} entries, ${r.fileBytes} bytes`);
+      stage.done(`${r.manifest.entries} entries, ${formatBytes(r.fileBytes)}`);
       fs.rmSync(path.join(imagesDir, layer));
       fsyncDir(imagesDir);
       return { folded, baseBytesBefore, baseBytesAfter: r.fileBytes, cleaned };

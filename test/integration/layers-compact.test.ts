@@ -73,7 +73,7 @@ afterAll(() => {
 });
 
 describe('property: compacting 5 random layers keeps the tree', () => {
-  const SEEDS = Array.from({ length: Number(process.env.MKMA_PROPERTY_CASES ?? 6) }, (_, i) => 2000 + i);
+  const SEEDS = Array.from({ length: Number(process.env.MKMA_PROPERTY_CASES ?? 3) }, (_, i) => 2000 + i);
   test.each(SEEDS)(
     'seed %i',
     async (seed) => {
@@ -187,9 +187,9 @@ describe('crash tests: SIGKILL at 10+ moments', () => {
   let before: Record<string, string>;
 
   beforeAll(async () => {
-    // a stack whose compaction takes a while: ~24 MB base, 5 layers of ~4 MB of changes each
+    // a stack whose compaction takes a couple of seconds: ~5 MB base, 5 layers of ~1 MB each
     const src = path.join(dir, 'src');
-    for (let i = 0; i < 24; i++) mkfile(src, `srv/base/f${i}`, crypto.randomBytes(768 << 10).toString('base64'));
+    for (let i = 0; i < 24; i++) mkfile(src, `srv/base/f${i}`, crypto.randomBytes(160 << 10).toString('base64'));
     fs.mkdirSync(pristine, { recursive: true });
     await packTree(src, path.join(pristine, 'base.cpio.zst'), { kind: 'base', level: 3 });
     for (let l = 1; l <= 5; l++) {
@@ -198,7 +198,7 @@ describe('crash tests: SIGKILL at 10+ moments', () => {
         {
           name: layerName(String(l)),
           upper: (u) => {
-            for (let i = 0; i < 5; i++) mkfile(u, `srv/base/f${l * 3 + i}`, crypto.randomBytes(600 << 10).toString('base64'));
+            for (let i = 0; i < 5; i++) mkfile(u, `srv/base/f${l * 3 + i}`, crypto.randomBytes(160 << 10).toString('base64'));
             mkfile(u, `srv/l${l}/new`, `layer ${l}\n`);
           },
           deleted: l > 1 ? [`srv/l${l - 1}/new`, `srv/base/f${20 + l}`] : [],
@@ -241,15 +241,21 @@ describe('crash tests: SIGKILL at 10+ moments', () => {
       const t = performance.now();
       const full = cli([...args]);
       const ms = performance.now() - t;
-      expect(full.stderr).toBe('');
+      expect(full.stderr).toMatch(/==> write: /); // progress, with its stages
+      expect(full.stderr).not.toMatch(/warning/i);
       expect(full.status).toBe(0);
       expect(await treeOf(images, path.join(dir, 'tree'))).toEqual(before);
       const seen: string[] = [];
-      const KILLS = 12;
-      for (let i = 0; i < KILLS; i++) seen.push(await killAt([...args], Math.round(150 + (i * (ms - 150)) / (KILLS - 1))));
-      // and the run after the last kill recovers: it completes on what the kill left
+      // a run killed under the test is faster than the timed one (which waits for node to start
+      // and exit): kill within the first 80% of it, more times than needed
+      const KILLS = 13;
+      for (let i = 0; i < KILLS; i++) seen.push(await killAt([...args], Math.round(100 + (i * (ms * 0.8 - 100)) / (KILLS - 1))));
+      // and the run after the last kill recovers: it removes what the kill left and completes
+      // (or, when the killed run had committed, finds one layer: nothing to compact, exit 2)
       const again = cli([...args, '-q']);
-      expect(again.status).toBe(0);
+      expect([0, 2]).toContain(again.status);
+      expect(fs.readdirSync(images).filter((n) => n.startsWith('.'))).toEqual([]);
+      expect(layersIn(images).length).toBeLessThanOrEqual(1);
       expect(await treeOf(images, path.join(dir, 'tree'))).toEqual(before);
       process.stderr.write(`${what}: full run ${ms.toFixed(0)} ms\n${seen.join('\n')}\n`);
       expect(seen.filter((s) => s.includes('killed')).length).toBeGreaterThanOrEqual(10);
