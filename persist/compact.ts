@@ -31,6 +31,7 @@ import { compactedName } from '../format/compacted.js';
 import { listImages } from '../format/images.js';
 import { packTree } from '../format/pack.js';
 import { readManifest } from '../format/reader.js';
+import { fsyncDir } from '../format/writer.js';
 import { scanUpper } from './scan.js';
 import { acquireLock, planLayer, removeStaleTemporaries, writeLayer } from './write.js';
 
@@ -61,15 +62,6 @@ export interface CompactResult {
 }
 
 const BASE_TEMP_RE = new RegExp(`^\\.${FILES.base.replace(/\./g, '\\.')}\\.tmp-\\d+(?:-[0-9a-f]+)?$`);
-
-function fsyncDir(dir: string): void {
-  const fd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
 
 /** What an interrupted compaction left (call with the lock held): superseded layers, temporaries. */
 export function finishInterrupted(imagesDir: string): string[] {
