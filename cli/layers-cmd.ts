@@ -36,6 +36,10 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
     summary: 'mark a layer on trial or failed good (--tries N: on trial again)',
     load: async () => (await import('./layers-state-cmd.js')).blessCmd,
   },
+  compact: {
+    summary: 'merge consecutive layers into one equivalent layer (--into-base: into a new base)',
+    load: async () => await import('./layers-compact-cmd.js'),
+  },
 };
 
 export const SPEC = {

@@ -14,6 +14,7 @@ import { appendRules, dpkgWarnings, loadRules, parsePattern, ruleDecider, rulesF
 import { countSentence, layerCounts, type LayerCounts } from '../persist/counts.js';
 import { KIND_LEGEND, KIND_MARK } from '../persist/kinds.js';
 import { scanUpper } from '../persist/scan.js';
+import { applySaved, checkSavedRecord, readSavedRecord, recordSave, signaturesBefore, type SavedRecord } from '../persist/saved.js';
 import type { Target } from '../persist/storage.js';
 import type { LayerPlan, WriteLayerResult } from '../persist/write.js';
 import { interceptSignals } from '../lib/cleanup.js';
@@ -193,18 +194,74 @@ export async function run(argv: string[]): Promise<number> {
   // The writer's modules load while find and getfattr work (the scan mostly waits for them).
   const writeModule = dryRun ? null : import('../persist/write.js');
   writeModule?.catch(() => {}); // a failure is reported where it is awaited
-  const scan = await scanUpper(upper, lower);
-  stage.done(`${scan.stats.entries} entries, ${formatBytes(scan.stats.bytes)}`);
+  // What earlier saves of this boot wrote (persist/saved.ts), checked first against the images
+  // it is saved to (the storage is then resolved before the scan; not for a dry run).
+  let record = readSavedRecord(upper);
+  let early: Target | null = null;
+  if (record && !dryRun) {
+    early = storageTarget(values);
+    try {
+      record = checkSavedRecord(upper, early.imagesDir);
+    } catch (e) {
+      early.release();
+      throw e;
+    }
+  }
+  try {
+    const scan = applySaved(await scanUpper(upper, lower), record);
+    stage.done(`${scan.stats.entries} entries, ${formatBytes(scan.stats.bytes)}`);
+    return await afterScan({
+      scan,
+      record,
+      early,
+      upper,
+      lower,
+      rules,
+      rulesFile,
+      values,
+      level,
+      reporter,
+      writeModule,
+      dryRun,
+      yes,
+      json,
+    });
+  } finally {
+    early?.release();
+  }
+}
+
+/** "the last save (NAME)" when this boot saved before, else "boot" */
+const sinceWhat = (record: SavedRecord | null) => (record ? `the last save (${record.layers[record.layers.length - 1]})` : 'boot');
+
+async function afterScan(o: {
+  scan: ScanResult;
+  record: SavedRecord | null;
+  early: Target | null;
+  upper: string;
+  lower: string | null;
+  rules: Rule[];
+  rulesFile: string;
+  values: { device?: string; path?: string; message?: string };
+  level: { level: number; from: string } | null;
+  reporter: Reporter;
+  writeModule: Promise<typeof import('../persist/write.js')> | null;
+  dryRun: boolean;
+  yes: boolean;
+  json: boolean;
+}): Promise<number> {
+  const { scan, record, upper, lower, rules, rulesFile, values, level, reporter, writeModule, dryRun, yes, json } = o;
   const decideRule = ruleDecider(rules);
 
   if (!yes && !dryRun) {
     // nothing changed at all: no UI to choose from nothing (changes left out by the rules are
     // shown in the UI: the owner may include them there)
     if (!scan.entries.some((e) => e.kind !== 'container')) {
-      process.stdout.write(`mkma: nothing to save (no changes since boot)\n`);
+      process.stdout.write(`mkma: nothing to save (no changes since ${sinceWhat(record)})\n`);
       return EXIT.ok;
     }
-    return runTui({ scan, decideRule, upper, lower, rulesFile, rules, values, level });
+    o.early?.release(); // not mounted while the UI is shown
+    return runTui({ scan, record, decideRule, upper, lower, rulesFile, rules, values, level });
   }
 
   const decisions = scan.entries.map(decideRule);
@@ -225,7 +282,7 @@ export async function run(argv: string[]): Promise<number> {
   const include = (e: ChangeEntry) => includedSet.has(e);
   const { nothingToSave, planLayer, writeLayer } = await writeModule!;
   const plan = planLayer(scan, include);
-  const nothing = nothingToSave(plan, totals.changes, 'the rules');
+  const nothing = nothingToSave(plan, totals.changes, 'the rules', sinceWhat(record));
   if (nothing) {
     if (json)
       process.stdout.write(
@@ -235,12 +292,13 @@ export async function run(argv: string[]): Promise<number> {
     else process.stdout.write(`mkma: nothing to save (${nothing})\n`);
     return EXIT.ok;
   }
-  const target = storageTarget(values);
+  const target = o.early ?? storageTarget(values);
   let result: WriteLayerResult;
   let lv: { level: number; from: string };
   try {
     for (const w of target.warnings) reporter.warn(w);
     lv = layerLevel(level, target.imagesDir);
+    const before = signaturesBefore(upper, plan);
     // statsFromScan: the scan is a moment old, its lstat data is the files' (no second lstat of each)
     result = await writeWithSignals(reporter, writeLayer, {
       scan,
@@ -253,6 +311,7 @@ export async function run(argv: string[]): Promise<number> {
       levelFrom: lv.from,
       message: values.message,
     });
+    recordSave(upper, record, path.basename(result.file), plan, before);
   } finally {
     target.release();
   }
@@ -375,6 +434,7 @@ function printDryRun(scan: ScanResult, decisions: Decision[], totals: Totals, wa
 
 async function runTui(o: {
   scan: ScanResult;
+  record: SavedRecord | null;
   decideRule: (e: ChangeEntry) => Decision;
   upper: string;
   lower: string | null;
@@ -393,7 +453,7 @@ async function runTui(o: {
   const outcome = await runPersistTui({
     scan: o.scan,
     decideRule: o.decideRule,
-    rescan: async () => (latest = await scanUpper(o.upper, o.lower)),
+    rescan: async () => (latest = applySaved(await scanUpper(o.upper, o.lower), o.record)),
     watchPath: o.upper,
     rulesFile: o.rulesFile,
     saveRules: (lines) => appendRules(o.rulesFile, lines, `added by mkma persist on ${new Date().toISOString()}`),
@@ -402,7 +462,11 @@ async function runTui(o: {
       // resolved (and released) again when writing; a problem that stops the write shows here first
       try {
         const t = storageTarget(o.values);
-        t.release();
+        try {
+          checkSavedRecord(o.upper, t.imagesDir);
+        } finally {
+          t.release();
+        }
         return t.warnings;
       } catch (e) {
         return [`cannot save there: ${(e as Error).message}`];
@@ -411,6 +475,11 @@ async function runTui(o: {
     onConfirm: async (include, plan) => {
       const target = storageTarget(o.values);
       try {
+        // the UI showed the changes since the saves o.record names: they must still be there
+        const now = checkSavedRecord(o.upper, target.imagesDir);
+        if (now?.layers.join() !== o.record?.layers.join())
+          throw new MkmaError('the layers saved earlier in this boot changed while the list was shown: quit and run mkma persist again');
+        const before = signaturesBefore(o.upper, plan);
         const r = await writeLayer({
           upper: o.upper,
           scan: latest,
@@ -420,6 +489,7 @@ async function runTui(o: {
           level: layerLevel(o.level, target.imagesDir).level,
           message: o.values.message,
         });
+        recordSave(o.upper, o.record, path.basename(r.file), plan, before);
         return { file: r.file, counts: layerCounts(plan), bytesOut: r.bytesOut };
       } finally {
         target.release();

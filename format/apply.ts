@@ -159,6 +159,8 @@ export async function unpackImages(
   onLayer?: (r: ApplyReport) => void,
   unpacker?: string | null,
   onBaseProgress?: ExtractProgress,
+  /** these layers (file names, in boot order) instead of every active one */
+  only?: string[],
 ): Promise<UnpackReport> {
   const basePath = path.join(imagesDir, BASE_NAME);
   const manifest = readManifest(basePath);
@@ -167,7 +169,7 @@ export async function unpackImages(
   // a FIFO or a directory named like a layer: never opened (a FIFO would block)
   const listing = listImages(imagesDir);
   // disabled and failed layers are not applied, as at boot (their names say so)
-  const layers = bootLayers(listing);
+  const layers = only ?? bootLayers(listing);
   const ignored = listing.ignored.map((i) => i.name);
   const warnings = listing.ignored.map((i) => `ignoring ${i.name}: ${i.reason}`);
   const stage = path.join(path.dirname(path.resolve(into)), `.${path.basename(into)}.mkma-stage`);
@@ -212,7 +214,7 @@ function unpackBaseNative(bin: string, basePath: string, into: string): string[]
  * partly applied when its "merge" line came, else not at all; the rest are applied by a new
  * run, as the init does (init/templates/layer-native.sh).
  */
-function applyLayersNative(
+export function applyLayersNative(
   bin: string,
   into: string,
   stage: string,

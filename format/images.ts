@@ -3,12 +3,13 @@
 // sort_layers is its shell sibling), and the files named like layers that are never applied.
 // One listing for `mkma unpack` (format/apply.ts), `mkma verify` and `mkma layers`.
 import * as fs from 'node:fs';
+import { supersededLayers } from './compacted.js';
 import { appliedAtBoot, LAYER_PREFIX, layerId, parseLayerName, sortLayerNames } from './names.js';
 import { notRegularFiles } from './reader.js';
 
 export interface IgnoredImage {
   name: string;
-  reason: 'not a regular file' | 'not a layer name' | 'another file holds the same layer';
+  reason: 'not a regular file' | 'not a layer name' | 'another file holds the same layer' | `superseded by ${string}`;
 }
 
 export interface ImagesListing {
@@ -23,22 +24,31 @@ export function listImages(imagesDir: string): ImagesListing {
   const all = fs.readdirSync(imagesDir);
   const named = sortLayerNames(all);
   const odd = new Set(notRegularFiles(imagesDir, named));
+  const regular = named.filter((n) => !odd.has(n));
+  // left by a compaction interrupted after its commit point (format/compacted.ts)
+  const superseded = supersededLayers(regular);
   // the same id under two names (copied by hand: a rename never makes two) counts once, as
   // the init's plan_layers does
   const ids = new Set<string>();
   const twice = new Set<string>();
-  for (const n of named) {
-    if (odd.has(n)) continue;
+  for (const n of regular) {
+    if (superseded.has(n)) continue;
     const id = layerId(n)!;
     if (ids.has(id)) twice.add(n);
     ids.add(id);
   }
-  const layers = named.filter((n) => !odd.has(n) && !twice.has(n));
+  const layers = regular.filter((n) => !superseded.has(n) && !twice.has(n));
   const ignored = all
     .filter((n) => n.startsWith(LAYER_PREFIX) && !layers.includes(n))
     .map((name): IgnoredImage => ({
       name,
-      reason: odd.has(name) ? 'not a regular file' : twice.has(name) ? 'another file holds the same layer' : 'not a layer name',
+      reason: odd.has(name)
+        ? 'not a regular file'
+        : superseded.has(name)
+          ? `superseded by ${superseded.get(name)!}`
+          : twice.has(name)
+            ? 'another file holds the same layer'
+            : 'not a layer name',
     }));
   return { layers, ignored };
 }

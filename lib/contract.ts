@@ -14,6 +14,8 @@ export const FILES = {
   buildInfo: 'mkma.json',
   layerPrefix: 'persistence.',
   layerSuffix: '.cpio.zst',
+  /** persistence.<LAST>+from+<FIRST>.cpio.zst: a compacted layer, superseding FIRST..LAST (format/compacted.ts) */
+  compactMark: '+from+',
 } as const;
 
 /**
@@ -86,6 +88,8 @@ export const RUNTIME = {
   initTmp: '/run/mkma',
   /** what the init applied and skipped at this boot, and why: lines `applied NAME` / `skipped NAME REASON` */
   layersRecord: '/run/mkma/layers',
+  /** what `mkma persist` saved in this boot, per upperdir (persist/saved.ts): a virtual layer below it */
+  savedThisBoot: '/run/mkma/saved',
   /** where the init mounts the storage device (read-only, unmounted before switch_root) */
   storageMount: '/mnt/storage',
 } as const;

@@ -79,9 +79,14 @@ export function planLayer(scan: ScanResult, include: (e: ChangeEntry) => boolean
  * writes nothing (an empty layer would cost a file and a boot step for no change) and says
  * why: `changes` is the count of changes found, `leftOutBy` what left them out.
  */
-export function nothingToSave(plan: Pick<LayerPlan, 'changes'>, changes: number, leftOutBy: 'the rules' | 'your choices'): string | null {
+export function nothingToSave(
+  plan: Pick<LayerPlan, 'changes'>,
+  changes: number,
+  leftOutBy: 'the rules' | 'your choices',
+  since = 'boot',
+): string | null {
   if (plan.changes > 0) return null;
-  return changes === 0 ? 'no changes since boot' : `${changes} change(s), all left out by ${leftOutBy}`;
+  return changes === 0 ? `no changes since ${since}` : `${changes} change(s), all left out by ${leftOutBy}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -195,6 +200,10 @@ export interface WriteLayerOptions {
   signal?: AbortSignal;
   /** zstd frames compressed at once (default: the writer's) */
   jobs?: number;
+  /** the layer's file name (default: pickLayerName), e.g. a compacted layer's (format/compacted.ts) */
+  fileName?: string;
+  /** the caller holds the images directory's lock already (acquireLock) */
+  lockHeld?: boolean;
 }
 
 export interface WriteLayerResult {
@@ -296,7 +305,7 @@ type StatLike = Pick<fs.Stats, 'mode' | 'uid' | 'gid' | 'size' | 'mtimeMs' | 'nl
 export async function writeLayer(opts: WriteLayerOptions): Promise<WriteLayerResult> {
   const plan = opts.plan ?? planLayer(opts.scan, opts.include);
   if (plan.changes === 0) throw new NothingToSaveError('nothing to save: no change is chosen (no layer was written)');
-  const release = acquireLock(opts.imagesDir);
+  const release = opts.lockHeld ? () => {} : acquireLock(opts.imagesDir);
   let writer: ArchiveWriter | null = null;
   try {
     const cleaned = removeStaleTemporaries(opts.imagesDir);
@@ -311,7 +320,7 @@ export async function writeLayer(opts: WriteLayerOptions): Promise<WriteLayerRes
       );
     }
     const now = opts.now ?? new Date();
-    const finalPath = path.join(opts.imagesDir, pickLayerName(opts.imagesDir, now));
+    const finalPath = path.join(opts.imagesDir, opts.fileName ?? pickLayerName(opts.imagesDir, now));
     writer = new ArchiveWriter(finalPath, {
       kind: 'layer',
       level: opts.level,

@@ -133,7 +133,9 @@ rename_layer() {
 # sort_layers DIR: layer file names in natural order of their ids (format/names.ts: naturalKey;
 # the state after the id does not move a layer), one per line, whatever their state. Names
 # outside the layer pattern are not layers, and neither is anything but a regular file (a FIFO
-# would block whoever opens it): both are reported, not applied.
+# would block whoever opens it): both are reported, not applied. A layer superseded by a
+# compacted one (format/compacted.ts: its range within the compacted layer's LAST+from+FIRST)
+# is reported and left out.
 sort_layers() {
 	# no layers (a fresh machine): no awk/sort/cut processes
 	set -- "$1" "$1"/"$LAYER_PREFIX"*"$LAYER_SUFFIX"
@@ -149,16 +151,43 @@ sort_layers() {
 			continue
 		fi
 		printf '%s\n' "$_n"
-	done | awk '{
-		key = ""; s = substr($0, length(P) + 1); s = substr(s, 1, length(s) - length(S))
-		i = index(s, A); if (i) s = substr(s, 1, i - 1)
+	done | awk '
+	function nkey(s,   key, d) {
+		key = ""
 		while (match(s, /[0-9]+/)) {
 			d = substr(s, RSTART, RLENGTH); sub(/^0+/, "", d); if (d == "") d = "0"
 			while (length(d) < 20) d = "0" d
 			key = key substr(s, 1, RSTART - 1) d; s = substr(s, RSTART + RLENGTH)
 		}
-		print key s "\t" $0
-	}' P="$LAYER_PREFIX" S="$LAYER_SUFFIX" A="$STATE_SEPARATOR" | sort | cut -f 2
+		return key s
+	}
+	{
+		id = substr($0, length(P) + 1); id = substr(id, 1, length(id) - length(S))
+		i = index(id, A); if (i) id = substr(id, 1, i - 1)
+		lo = id; hi = id; c = 0; at = index(id, M)
+		if (at > 1 && at + length(M) <= length(id)) {
+			rest = substr(id, at + length(M))
+			if (index(rest, M) == 0) { hi = substr(id, 1, at - 1); lo = rest; c = 1 }
+		}
+		print nkey(id) "\t" nkey(lo) "\t" nkey(hi) "\t" c "\t" $0
+	}' P="$LAYER_PREFIX" S="$LAYER_SUFFIX" M="$COMPACT_MARK" A="$STATE_SEPARATOR" | sort | awk -F '\t' '
+	{ n++; lo[n] = $2 ""; hi[n] = $3 ""; c[n] = $4; name[n] = $5 }
+	END {
+		for (i = 1; i <= n; i++) {
+			s = 0
+			for (j = 1; j <= n && !s; j++)
+				if (j != i && c[j] == 1 && (lo[j] "") <= (lo[i] "") && (hi[i] "") <= (hi[j] "")) s = j
+			if (s) print "\t" name[i] "\t" name[s]; else print name[i]
+		}
+	}' | while IFS= read -r _l; do
+		case $_l in
+		"	"*)
+			_l=${_l#"	"}
+			warn "ignoring ${_l%%"	"*}: superseded by ${_l#*"	"} (a compaction was interrupted after its new layer was complete)" >&2
+			;;
+		*) printf '%s\n' "$_l" ;;
+		esac
+	done
 }
 
 # boot_layers DIR: the layers this boot applies, in order, one per line: decided once

@@ -96,7 +96,7 @@ function change(r: ReturnType<typeof rng>, m: Model, upper: string, touched: Set
 }
 
 /** Writes images/base.cpio.zst and a few random layers under dir; returns the images directory. */
-export async function randomStack(seed: number, dir: string): Promise<string> {
+export async function randomStack(seed: number, dir: string, layerCount?: number): Promise<string> {
   const r = rng(seed);
   const images = path.join(dir, 'images');
   const scratch = path.join(dir, 'scratch');
@@ -109,7 +109,8 @@ export async function randomStack(seed: number, dir: string): Promise<string> {
   const touched = new Set<string>();
   for (let i = 0; i < 25; i++) change(r, model, baseRoot, touched, [], [], 0);
   await packTree(baseRoot, path.join(images, 'base.cpio.zst'), { kind: 'base', level: 3, shardBytes: 4096 });
-  const layers = 2 + r.int(4);
+  const drawn = 2 + r.int(4);
+  const layers = layerCount ?? drawn;
   for (let l = 1; l <= layers; l++) {
     const del: string[] = [];
     const opq: string[] = [];

@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { packTree } from '../../format/pack.js';
 import { extractImage, readManifest } from '../../format/reader.js';
+import { savedRecordPath } from '../../persist/saved.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const WORK = fs.mkdtempSync(path.join(tmpdir(), 'mkma-persist-crash-'));
@@ -18,7 +19,10 @@ const U = path.join(WORK, 'upper');
 const FILES = 30;
 const LEVEL = '9';
 
-afterAll(() => fs.rmSync(WORK, { recursive: true, force: true }));
+afterAll(() => {
+  fs.rmSync(savedRecordPath(U), { force: true });
+  fs.rmSync(WORK, { recursive: true, force: true });
+});
 
 /** The CLI as users run it: `node bin/mkma.js persist …` */
 function cliArgv(args: string[]): string[] {
@@ -51,6 +55,9 @@ async function assertComplete(name: string): Promise<void> {
 }
 
 function runToEnd(): { status: number | null; stderr: string; ms: number } {
+  // a first save of the upperdir each time (a killed run may have recorded its layer as saved
+  // in this boot: persist/saved.ts)
+  fs.rmSync(savedRecordPath(U), { force: true });
   const t = performance.now();
   const r = spawnSync(process.execPath, cliArgv(ARGS), { encoding: 'utf8', timeout: 120_000 });
   return { status: r.status, stderr: r.stderr, ms: performance.now() - t };

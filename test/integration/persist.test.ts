@@ -15,6 +15,7 @@ import { unpackImages } from '../../format/apply.js';
 import { packTree } from '../../format/pack.js';
 import { readManifest } from '../../format/reader.js';
 import { scanUpper } from '../../persist/scan.js';
+import { savedRecordPath } from '../../persist/saved.js';
 import { resolveTarget } from '../../persist/storage.js';
 import { pickLayerName, writeLayer } from '../../persist/write.js';
 import { describeTree } from '../helpers/tree.js';
@@ -54,6 +55,10 @@ function cliArgv(args: string[]): string[] {
   return [path.join(REPO, 'bin/mkma.js'), 'persist', ...args];
 }
 function persist(args: string[]): SpawnSyncReturns<string> {
+  // every call here is a first save of its upperdir: what a save records for the next one in
+  // the same boot (persist/saved.ts) is test/integration/persist-twice.test.ts's subject
+  const u = args.indexOf('--upper');
+  if (u >= 0 && fs.existsSync(args[u + 1])) fs.rmSync(savedRecordPath(args[u + 1]), { force: true });
   return spawnSync(process.execPath, cliArgv(args), { encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'], timeout: 120_000 });
 }
 const lastLine = (text: string) => text.trimEnd().split('\n').pop();
