@@ -1,0 +1,23 @@
+// A stand-in for what `mkma build` writes (base, kernel, initramfs, mkma.json with their sizes
+// and sha256s), for the install/update tests that boot nothing: random bytes of small sizes.
+import { createHash, randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+/** A build's output directory with stand-in files of the given sizes. */
+export function fakeBuild(dir: string, hostname: string, seed: string): string {
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  const files = {
+    base: ['base.cpio.zst', Buffer.concat([Buffer.from(seed), randomBytes(300_000)])],
+    kernel: ['vmlinuz', randomBytes(200_000)],
+    initramfs: ['initramfs.cpio.zst', randomBytes(100_000)],
+  } as const;
+  const outputs: Record<string, { bytes: number; sha256: string }> = {};
+  for (const [key, [name, bytes]] of Object.entries(files)) {
+    fs.writeFileSync(path.join(dir, name), bytes);
+    outputs[key] = { bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') };
+  }
+  fs.writeFileSync(path.join(dir, 'mkma.json'), JSON.stringify({ hostname, kernelVersion: '6.1.0-test', mkmaVersion: 'test', outputs }));
+  return dir;
+}
