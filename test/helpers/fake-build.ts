@@ -5,11 +5,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 /** A build's output directory with stand-in files of the given sizes. */
-export function fakeBuild(dir: string, hostname: string, seed: string): string {
+/** `base`: a real base image's bytes instead of random ones (tests that read its manifest). */
+export function fakeBuild(dir: string, hostname: string, seed: string, base?: Buffer): string {
   fs.rmSync(dir, { recursive: true, force: true });
   fs.mkdirSync(dir, { recursive: true });
   const files = {
-    base: ['base.cpio.zst', Buffer.concat([Buffer.from(seed), randomBytes(300_000)])],
+    base: ['base.cpio.zst', base ?? Buffer.concat([Buffer.from(seed), randomBytes(300_000)])],
     kernel: ['vmlinuz', randomBytes(200_000)],
     initramfs: ['initramfs.cpio.zst', randomBytes(100_000)],
   } as const;
