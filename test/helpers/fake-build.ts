@@ -1,5 +1,6 @@
 // A stand-in for what `mkma build` writes (base, kernel, initramfs, mkma.json with their sizes
 // and sha256s), for the install/update tests that boot nothing: random bytes of small sizes.
+import { afterAll, beforeAll } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -21,4 +22,15 @@ export function fakeBuild(dir: string, hostname: string, seed: string, base?: Bu
   }
   fs.writeFileSync(path.join(dir, 'mkma.json'), JSON.stringify({ hostname, kernelVersion: '6.1.0-test', mkmaVersion: 'test', outputs }));
   return dir;
+}
+
+/** A fresh directory for the test file's work (kept with MKMA_KEEP_TMP=1). */
+export function useScratchDir(dir: string): void {
+  beforeAll(() => {
+    fs.rmSync(dir, { recursive: true, force: true });
+    fs.mkdirSync(dir, { recursive: true });
+  });
+  afterAll(() => {
+    if (!process.env.MKMA_KEEP_TMP) fs.rmSync(dir, { recursive: true, force: true });
+  });
 }

@@ -3,7 +3,7 @@
 // persist --path recording the directory's base, mkma layers showing it, and mkma update
 // warning about the layers of a stick written on another base than the new one (naming them,
 // keeping them), with one quiet line for layers of unknown base.
-import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { describe, expect, test } from '@jest/globals';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -12,7 +12,7 @@ import { readManifest } from '../../format/reader.js';
 import { generateApplyScript } from '../../init/generate.js';
 import { parsePartitionTable } from '../../install/layout.js';
 import { BUSYBOX, makeBusyboxBin } from '../fixtures/layers.js';
-import { fakeBuild } from '../helpers/fake-build.js';
+import { fakeBuild, useScratchDir } from '../helpers/fake-build.js';
 import { put } from '../helpers/files.js';
 import { MKMA, WORK } from '../helpers/paths.js';
 
@@ -36,13 +36,7 @@ async function makeLayer(file: string, baseDataSha256?: string): Promise<void> {
   await packTree(up, file, { kind: 'layer', level: 3, baseDataSha256 });
 }
 
-beforeAll(() => {
-  fs.rmSync(TMP, { recursive: true, force: true });
-  fs.mkdirSync(TMP, { recursive: true });
-});
-afterAll(() => {
-  if (!process.env.MKMA_KEEP_TMP) fs.rmSync(TMP, { recursive: true, force: true });
-});
+useScratchDir(TMP);
 
 describe('the base a layer is written on', () => {
   test("the init's image_data_sha256 (under busybox) reads the base's data_sha256 from its manifest; nothing for a non-image", async () => {

@@ -4,13 +4,13 @@
 // keeping the layers and the previous generation, and every refusal with its exit status and
 // the target's bytes unchanged. The images are small stand-ins: GRUB boots nothing here (the
 // e2e test boots a real one).
-import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { beforeAll, describe, expect, test } from '@jest/globals';
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parsePartitionTable, type PartitionRow } from '../../install/layout.js';
-import { fakeBuild } from '../helpers/fake-build.js';
+import { fakeBuild, useScratchDir } from '../helpers/fake-build.js';
 import { MKMA, WORK } from '../helpers/paths.js';
 
 const TMP = path.join(WORK, 'install-it');
@@ -58,13 +58,7 @@ function fingerprint(file: string): string {
   return `${createHash('sha256').update(fs.readFileSync(file)).digest('hex')} ${st.mtimeMs} ${st.size}`;
 }
 
-beforeAll(() => {
-  fs.rmSync(TMP, { recursive: true, force: true });
-  fs.mkdirSync(TMP, { recursive: true });
-});
-afterAll(() => {
-  if (!process.env.MKMA_KEEP_TMP) fs.rmSync(TMP, { recursive: true, force: true });
-});
+useScratchDir(TMP);
 
 describe('mkma install onto a disk image file', () => {
   const img = path.join(TMP, 'stick.img');
