@@ -48,9 +48,11 @@ export const SPEC = {
   description: `Lists the layers (${FILES.layerPrefix}*${FILES.layerSuffix}) of an images directory in boot order, the
 order the init applies them: for each its name, when it was created (UTC), the message given
 to mkma persist --message, its entries, its size compressed and unpacked (the RAM it takes),
-and its state: active (applied at every boot), disabled, on trial (a new layer: applied while
-it has tries left; a boot that reaches multi-user marks it good), failed (no good boot in its
-tries: skipped), pinned (never pruned); on the booted system also "skipped at this boot" and why.
+and its state: active (applied at every boot), disabled, on trial (applied while it has tries
+left, see bless --tries; a boot that reaches multi-user marks it good), failed (no good boot in
+its tries: skipped), pinned (never pruned); on the booted system also "skipped at this boot"
+and why; and the base it was written on (the first 12 digits of that base's data_sha256;
+"(other)" when it is not the directory's base.cpio.zst, "unknown" for layers of an older mkma).
 
 A layer whose manifest cannot be read is marked DAMAGED (the boot skips it). --verify also
 checks each layer's data hash and shard table, as mkma verify does.
@@ -130,6 +132,12 @@ export function stateOf(l: LayerInfo): string {
   return words.join(', ');
 }
 
+/** The base a layer was written on, short; "(other)" when it is not the directory's base. */
+export function baseOf(l: Pick<LayerInfo, 'baseDataSha256'>, current: string | null): string {
+  if (!l.baseDataSha256) return 'unknown';
+  return l.baseDataSha256.slice(0, 12) + (current && current !== l.baseDataSha256 ? ' (other)' : '');
+}
+
 /**
  * The table: one row per layer in boot order, the message last (cut to `width` columns on a
  * terminal), then the problems of damaged layers and the files the boot ignores.
@@ -137,7 +145,7 @@ export function stateOf(l: LayerInfo): string {
 export function formatLayers(listing: LayersListing, where: string, width?: number): string {
   const { layers } = listing;
   if (!layers.length) return `no layers in ${where} (the base alone boots)\n`;
-  const header = ['#', 'NAME', 'CREATED (UTC)', 'ENTRIES', 'SIZE', 'UNPACKED', 'STATE', 'MESSAGE'];
+  const header = ['#', 'NAME', 'CREATED (UTC)', 'ENTRIES', 'SIZE', 'UNPACKED', 'STATE', 'BASE', 'MESSAGE'];
   const rows = layers.map((l) => [
     String(l.position),
     l.name,
@@ -146,6 +154,7 @@ export function formatLayers(listing: LayersListing, where: string, width?: numb
     formatBytes(l.fileBytes),
     l.unpackedBytes === null ? '-' : formatBytes(l.unpackedBytes),
     stateOf(l),
+    baseOf(l, listing.baseDataSha256),
     showText(l.message),
   ]);
   const right = new Set([0, 3, 4, 5]);
@@ -164,6 +173,13 @@ export function formatLayers(listing: LayersListing, where: string, width?: numb
   const fileBytes = layers.reduce((n, l) => n + l.fileBytes, 0);
   const unpacked = layers.reduce((n, l) => n + (l.unpackedBytes ?? 0), 0);
   out.push(`${layers.length} layer(s): ${formatBytes(fileBytes)} on the storage, ${formatBytes(unpacked)} in RAM; in ${where}`);
+  const other = layers.filter((l) => listing.baseDataSha256 && l.baseDataSha256 && l.baseDataSha256 !== listing.baseDataSha256);
+  if (other.length) {
+    out.push(
+      `${other.length} layer(s) written on another base than ${FILES.base} (${listing.baseDataSha256!.slice(0, 12)}): ` +
+        'they still apply, but what they change may differ on this base',
+    );
+  }
   for (const l of layers) for (const p of l.problems) out.push(`DAMAGED ${l.name}: ${p.part}: ${p.message}`);
   for (const i of listing.ignored) out.push(`ignored ${i.name} (${i.reason}: the boot does not apply it)`);
   return out.join('\n') + '\n';

@@ -24,7 +24,7 @@ import { FILES, ZSTD_LEVEL } from '../lib/contract.js';
 import { readManifest } from '../format/reader.js';
 import * as path from 'node:path';
 import { createReporter, formatBytes, type Reporter } from '../lib/progress.js';
-import { DEVICE_OPTION, storageTarget } from './storage-target.js';
+import { baseUnder, DEVICE_OPTION, storageTarget } from './storage-target.js';
 
 export const SPEC = {
   name: 'persist',
@@ -310,6 +310,7 @@ async function afterScan(o: {
       level: lv.level,
       levelFrom: lv.from,
       message: values.message,
+      baseDataSha256: baseUnder(values, target),
     });
     recordSave(upper, record, path.basename(result.file), plan, before);
   } finally {
@@ -344,6 +345,7 @@ async function writeWithSignals(
     /** where the level came from, for the progress line */
     levelFrom: string;
     message?: string;
+    baseDataSha256?: string;
   },
 ): Promise<WriteLayerResult> {
   // Ctrl-C or SIGTERM while writing: the writer stops and removes its partial file, and the
@@ -488,6 +490,7 @@ async function runTui(o: {
           imagesDir: target.imagesDir,
           level: layerLevel(o.level, target.imagesDir).level,
           message: o.values.message,
+          baseDataSha256: baseUnder(o.values, target),
         });
         recordSave(o.upper, o.record, path.basename(r.file), plan, before);
         return { file: r.file, counts: layerCounts(plan), bytesOut: r.bytesOut };

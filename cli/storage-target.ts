@@ -3,6 +3,7 @@
 // exactly as `mkma persist` finds it (persist/storage.ts).
 import * as fs from 'node:fs';
 import { createReporter, formatBytes, type Reporter, type Stage } from '../lib/progress.js';
+import { baseOfNewLayer } from '../persist/base-identity.js';
 import { BOOT_ENV_PATH, resolveTarget, type Target } from '../persist/storage.js';
 
 export function readIf(file: string): string | undefined {
@@ -22,6 +23,11 @@ export function storageTarget(values: { device?: string; path?: string }, readOn
     bootEnv: readIf(BOOT_ENV_PATH),
     readOnly,
   });
+}
+
+/** The base a layer written into `target` goes on (its data_sha256), when known: persist/base-identity.ts. */
+export function baseUnder(values: { device?: string; path?: string }, target: Target): string | undefined {
+  return baseOfNewLayer({ device: values.device, path: values.path, bootEnv: readIf(BOOT_ENV_PATH), imagesDir: target.imagesDir });
 }
 
 /** --device: the storage device (every command that finds the storage). */

@@ -12,6 +12,8 @@ mkma install) as the new generation of its hostname, and keeps that hostname's l
 generation it replaces stays as "previous", with its own menu entry; the one before that is
 removed. The menu is the switch: a power cut at any moment leaves a menu whose entries all
 boot. Other hostnames on the stick are not touched. An unchanged build writes nothing.
+Layers written on another base than the new one (their manifests record it) are named in a
+warning and kept.
 
 HOSTNAME, when given, must be the build's (a check that the right image goes to the right place).`,
   positionals: { max: 2, complete: 'file' },
@@ -50,7 +52,8 @@ export async function run(argv: string[]): Promise<number> {
   else if (r.updated) {
     process.stdout.write(
       `mkma: ${r.hostname} on ${r.target} is now generation ${r.generation} (previous: ${r.previous}), ` +
-        `${r.layers.length} layer(s) kept, in ${r.durationSec.toFixed(1)} s\n`,
+        `${r.layers.length} layer(s) kept${r.layersOnOtherBase.length ? ` (${r.layersOnOtherBase.length} written on another base)` : ''}, ` +
+        `in ${r.durationSec.toFixed(1)} s\n`,
     );
   }
   return EXIT.ok;

@@ -6,7 +6,8 @@
 // (RUNTIME.layersRecord: applied, or skipped and why).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ManifestError } from './manifest.js';
+import { FILES } from '../lib/contract.js';
+import { ManifestError, SHA256_RE } from './manifest.js';
 import { listImages, type IgnoredImage } from './images.js';
 import { createdFromName, parseLayerName, type LayerStatus } from './names.js';
 import { readManifest } from './reader.js';
@@ -50,6 +51,8 @@ export interface LayerInfo {
   fileBytes: number;
   /** space the layer takes in RAM (the manifest's unpacked_bytes); null when unreadable */
   unpackedBytes: number | null;
+  /** the data_sha256 of the base it was written on (manifest base_data_sha256); null: unknown (older mkma) */
+  baseDataSha256: string | null;
   /** was the data hash checked (`verify`)? */
   verified: boolean;
   /** what is wrong with the layer: its manifest always, its shards and data when verified */
@@ -58,7 +61,23 @@ export interface LayerInfo {
 
 export interface LayersListing {
   layers: LayerInfo[];
+  /** the data_sha256 of the directory's base.cpio.zst; null when it has none readable */
+  baseDataSha256: string | null;
   ignored: IgnoredImage[];
+}
+
+/**
+ * The data_sha256 of an image file's manifest, or undefined when it has none readable: what
+ * identifies a base (a layer's manifest names the base it was written on by it).
+ */
+export function imageDataSha256(file: string): string | undefined {
+  try {
+    const sha = readManifest(file).dataSha256;
+    return SHA256_RE.test(sha) ? sha : undefined;
+  } catch (e) {
+    if (e instanceof ManifestError || (e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
 }
 
 const ISO_UTC_RE = /^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?Z$/;
@@ -115,9 +134,10 @@ export async function describeLayers(
       entries: manifest?.entries ?? null,
       fileBytes,
       unpackedBytes: manifest?.unpackedBytes ?? null,
+      baseDataSha256: manifest?.baseDataSha256 ?? null,
       verified: !!opts.verify,
       problems,
     });
   }
-  return { layers: out, ignored };
+  return { layers: out, baseDataSha256: imageDataSha256(path.join(imagesDir, FILES.base)) ?? null, ignored };
 }

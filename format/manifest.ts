@@ -21,6 +21,7 @@
 //   unpacked_bytes N                (space the tree needs in a tmpfs, 4 KiB pages)
 //   data_bytes N                    (bytes of DATA; with the file size it detects truncation)
 //   data_sha256 HEX                 (of DATA; boot relies on the zstd checksums)
+//   base_data_sha256 HEX            (layers: the data_sha256 of the base they were written on)
 //   shard OFFSET LENGTH             (one per zstd frame, offsets into DATA)
 //   opaque PATH                     (layers: directory replaced; drop what lower layers had)
 //   delete PATH                     (layers: path deleted; drop it from lower layers)
@@ -61,6 +62,12 @@ export interface Manifest {
   unpackedBytes: number;
   dataBytes: number;
   dataSha256: string;
+  /**
+   * Layers: the data_sha256 of the base the system ran on when the layer was written (absent
+   * in layers of older mkma, or when it was not known). Informational: `mkma update` warns
+   * when a stick's layers were written on another base than the new one.
+   */
+  baseDataSha256?: string;
   shards: Array<{ offset: number; length: number }>;
   opaque: string[];
   deleted: string[];
@@ -70,6 +77,8 @@ export interface Manifest {
 }
 
 export class ManifestError extends MkmaError {}
+
+export const SHA256_RE = /^[0-9a-f]{64}$/;
 
 /**
  * Paths are stored as raw bytes (latin1 strings here); two spellings, one per reader:
@@ -154,6 +163,7 @@ export function serializeManifestBody(m: Manifest): Buffer {
     `unpacked_bytes ${m.unpackedBytes}`,
     `data_bytes ${m.dataBytes}`,
     `data_sha256 ${m.dataSha256}`,
+    ...(m.baseDataSha256 !== undefined ? [`base_data_sha256 ${m.baseDataSha256}`] : []),
     ...m.shards.map((s) => `shard ${s.offset} ${s.length}`),
     ...m.opaque.map((p) => `opaque ${escapePath(p)}`),
     ...m.deleted.map((p) => `delete ${escapePath(p)}`),
@@ -330,6 +340,10 @@ export function parseManifestBody(body: Buffer): Manifest {
         break;
       case 'data_sha256':
         m.dataSha256 = value;
+        break;
+      case 'base_data_sha256':
+        // informational: anything but a sha256 is ignored, never a reason to refuse the layer
+        if (SHA256_RE.test(value)) m.baseDataSha256 = value;
         break;
       case 'shard': {
         const [o, l, ...more] = value.split(' ');

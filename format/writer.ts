@@ -23,6 +23,8 @@ export interface WriterOptions {
   /** shards compressed at once (each by a single-threaded zstd) */
   jobs?: number;
   message?: string;
+  /** layers: the data_sha256 of the base they were written on (manifest `base_data_sha256`) */
+  baseDataSha256?: string;
   /** file mode of the final file (default 0644) */
   mode?: number;
   created?: Date;
@@ -285,6 +287,7 @@ export class ArchiveWriter {
       unpackedBytes: this.unpackedBytes,
       dataBytes: this.dataBytes,
       dataSha256: this.hash.digest('hex'),
+      ...(this.opts.baseDataSha256 ? { baseDataSha256: this.opts.baseDataSha256 } : {}),
       shards: this.shards,
       opaque: this.opaque,
       deleted: this.deleted,

@@ -17,8 +17,14 @@
 // either the old or the new one (grub.cfg falls back to menu.cfg.new while the rename is
 // incomplete), and both name complete generations; during 4, base.cpio.zst is N's or N+1's.
 // So a power cut at any moment leaves at least one complete set that the menu boots.
+//
+// Layers written on another base than the new one are named in a warning (each layer's
+// manifest records its base: base_data_sha256), and kept.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { imageDataSha256 } from '../format/layer-info.js';
+import { ManifestError } from '../format/manifest.js';
+import { readManifest } from '../format/reader.js';
 import { UsageError } from '../lib/errors.js';
 import { INSTALL_TOOLS, requireTools } from '../lib/hosttools.js';
 import { formatBytes, type Reporter } from '../lib/progress.js';
@@ -51,6 +57,10 @@ export interface UpdateResult {
   previous: number | null;
   /** the layers kept (all of the hostname's) */
   layers: string[];
+  /** those written on another base than the new one (warned about; kept all the same) */
+  layersOnOtherBase: string[];
+  /** those whose base is not known (written by an older mkma, or unreadable) */
+  layersOfUnknownBase: string[];
   durationSec: number;
 }
 
@@ -86,6 +96,45 @@ function checkRoom(s: StickSession, h: HostState, images: BuiltImages): void {
       `update: the data partition of ${s.disk.given} has ${formatBytes(dataFree)} for the new base, which needs ${formatBytes(dataNeed)}`,
     );
   }
+}
+
+/**
+ * Which layers were written on another base than the new one (their manifests' base_data_sha256
+ * against the new base's data_sha256): a warning naming them, as their changes were made
+ * against files the new base may have changed. They are kept all the same: the user decides.
+ * Layers without the field (older mkma) get one line, not a warning each.
+ */
+export function compareLayerBases(
+  hostDir: string,
+  layers: string[],
+  newBase: string,
+  reporter: Pick<Reporter, 'info' | 'warn'>,
+): { layersOnOtherBase: string[]; layersOfUnknownBase: string[] } {
+  const target = imageDataSha256(newBase);
+  const unknown: string[] = [];
+  const other: string[] = [];
+  for (const name of layers) {
+    let written: string | undefined;
+    try {
+      written = readManifest(path.join(hostDir, name)).baseDataSha256;
+    } catch (e) {
+      if (!(e instanceof ManifestError)) throw e;
+    }
+    if (!written || !target) unknown.push(name);
+    else if (written !== target) other.push(name);
+  }
+  if (!target && layers.length) {
+    reporter.info(`the new base has no readable manifest: whether the ${layers.length} layer(s) were written on it is not known`);
+  } else if (unknown.length) {
+    reporter.info(`${unknown.length} layer(s) of unknown base (written by an older mkma): ${unknown.join(', ')}`);
+  }
+  if (other.length) {
+    reporter.warn(
+      `${other.length} layer(s) were written on another base than the new one: ${other.join(', ')}. They are kept and ` +
+        "applied on the new base; check that what they change still fits it (mkma layers shows each one's base)",
+    );
+  }
+  return { layersOnOtherBase: other, layersOfUnknownBase: unknown };
 }
 
 /** The state without a hostname's previous generation (what the menu shows while it is removed). */
@@ -133,10 +182,13 @@ export async function update(o: UpdateOptions): Promise<UpdateResult> {
         generation: current.generation,
         previous: h.generations[1]?.generation ?? null,
         layers: h.layers,
+        layersOnOtherBase: [],
+        layersOfUnknownBase: [],
         durationSec: (performance.now() - started) / 1000,
       };
     }
     checkRoom(s, h, o.images);
+    const bases = compareLayerBases(path.join(s.data.dir, DATA_IMAGES_DIR, hostname), h.layers, o.images.base, o.reporter);
     s.writable();
 
     const previous = h.generations[1];
@@ -170,6 +222,7 @@ export async function update(o: UpdateOptions): Promise<UpdateResult> {
       generation: next,
       previous: current.generation,
       layers: h.layers,
+      ...bases,
       durationSec: (performance.now() - started) / 1000,
     };
   } finally {

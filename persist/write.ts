@@ -193,6 +193,8 @@ export interface WriteLayerOptions {
   imagesDir: string;
   level: number;
   message?: string;
+  /** the data_sha256 of the base the layer is written on (persist/base-identity.ts), when known */
+  baseDataSha256?: string;
   now?: Date;
   onProgress?: (p: WriterProgress) => void;
   onWarning?: (msg: string) => void;
@@ -327,6 +329,7 @@ export async function writeLayer(opts: WriteLayerOptions): Promise<WriteLayerRes
       mode: 0o600,
       created: now,
       message: opts.message,
+      baseDataSha256: opts.baseDataSha256,
       onProgress: opts.onProgress,
       onWarning: opts.onWarning,
       ...(opts.jobs ? { jobs: opts.jobs } : {}),

@@ -14,6 +14,17 @@ is_number() {
 	return 0
 }
 
+# image_data_sha256 FILE: prints the data_sha256 of FILE's manifest (nothing when it has none).
+# The base's is written to boot.env: `mkma persist` records it in each layer as the base the
+# layer was written on (docs/FORMAT.md, base_data_sha256). Only the manifest is read (tail).
+image_data_sha256() {
+	_f=$(tail -c "$FOOTER_SIZE" "$1" 2>/dev/null) || return 0
+	case $_f in "$FOOTER_TAG"*) ;; *) return 0 ;; esac
+	_n=${_f#"$FOOTER_TAG"}
+	uint "${_n##* }" 9 || return 0
+	tail -c $((UINT + FOOTER_SIZE)) "$1" | head -c "$UINT" | sed -n 's/^data_sha256 \([0-9a-f]\{64\}\)$/\1/p' | head -n 1
+}
+
 # decode ESCAPED: sets DECODED to the raw path (\0ooo escapes, see escapePath in
 # format/manifest.ts). A variable, not output: $(...) would strip a trailing newline.
 decode() {

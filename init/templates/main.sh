@@ -328,7 +328,8 @@ mount_root() {
 	mount --bind "$ROOT" "$RT_MERGED$RT_OVERLAY"
 	# Where the images came from, for `mkma persist` (it also reads /proc/cmdline). The values
 	# hold no control characters (storage_problem): one line each.
-	printf 'device=%s\nimages_path=%s\n' "$MKMA_DEVICE" "$MKMA_IMAGES_PATH" >"$RT_BOOT_ENV"
+	printf 'device=%s\nimages_path=%s\nbase_data_sha256=%s\n' "$MKMA_DEVICE" "$MKMA_IMAGES_PATH" \
+		"$(image_data_sha256 "$IMAGES/$MKMA_BASE_NAME")" >"$RT_BOOT_ENV"
 	umount "$STORAGE" 2>/dev/null || warn "could not unmount the storage device"
 }
 

@@ -4,12 +4,13 @@
 // keeping the layers and the previous generation, and every refusal with its exit status and
 // the target's bytes unchanged. The images are small stand-ins: GRUB boots nothing here (the
 // e2e test boots a real one).
-import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { beforeAll, describe, expect, test } from '@jest/globals';
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parsePartitionTable, type PartitionRow } from '../../install/layout.js';
+import { fakeBuild, useScratchDir } from '../helpers/fake-build.js';
 import { MKMA, WORK } from '../helpers/paths.js';
 
 const TMP = path.join(WORK, 'install-it');
@@ -23,24 +24,6 @@ function sh(cmd: string, args: string[]): string {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
   return r.stdout;
-}
-
-/** A build's output directory with stand-in files of the given sizes. */
-function fakeBuild(dir: string, hostname: string, seed: string): string {
-  fs.rmSync(dir, { recursive: true, force: true });
-  fs.mkdirSync(dir, { recursive: true });
-  const files = {
-    base: ['base.cpio.zst', Buffer.concat([Buffer.from(seed), randomBytes(300_000)])],
-    kernel: ['vmlinuz', randomBytes(200_000)],
-    initramfs: ['initramfs.cpio.zst', randomBytes(100_000)],
-  } as const;
-  const outputs: Record<string, { bytes: number; sha256: string }> = {};
-  for (const [key, [name, bytes]] of Object.entries(files)) {
-    fs.writeFileSync(path.join(dir, name), bytes);
-    outputs[key] = { bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') };
-  }
-  fs.writeFileSync(path.join(dir, 'mkma.json'), JSON.stringify({ hostname, kernelVersion: '6.1.0-test', mkmaVersion: 'test', outputs }));
-  return dir;
 }
 
 const table = (img: string): PartitionRow[] => parsePartitionTable(sh('sgdisk', ['--print', img]));
@@ -75,13 +58,7 @@ function fingerprint(file: string): string {
   return `${createHash('sha256').update(fs.readFileSync(file)).digest('hex')} ${st.mtimeMs} ${st.size}`;
 }
 
-beforeAll(() => {
-  fs.rmSync(TMP, { recursive: true, force: true });
-  fs.mkdirSync(TMP, { recursive: true });
-});
-afterAll(() => {
-  if (!process.env.MKMA_KEEP_TMP) fs.rmSync(TMP, { recursive: true, force: true });
-});
+useScratchDir(TMP);
 
 describe('mkma install onto a disk image file', () => {
   const img = path.join(TMP, 'stick.img');

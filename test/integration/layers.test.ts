@@ -42,7 +42,7 @@ describe('mkma layers', () => {
     expect(r.status).toBe(0);
     expect(r.stderr).toBe('');
     const lines = r.stdout.trimEnd().split('\n');
-    expect(lines[0]).toMatch(/^# {2}NAME +CREATED \(UTC\) +ENTRIES +SIZE +UNPACKED +STATE +MESSAGE$/);
+    expect(lines[0]).toMatch(/^# {2}NAME +CREATED \(UTC\) +ENTRIES +SIZE +UNPACKED +STATE +BASE +MESSAGE$/);
     const rows = lines.slice(1, 5).map((l) => l.split(/ {2,}/));
     expect(rows.map((c) => c.slice(0, 3))).toEqual([
       ['1', OLD2, '2026-01-01 00:00:00'],
@@ -52,7 +52,9 @@ describe('mkma layers', () => {
     ]);
     expect(rows.map((c) => c[6])).toEqual(['active', 'active', 'active', 'active']);
     // the message as given; a control character shown as '?'
-    expect(rows.map((c) => c[7] ?? '')).toEqual(['first', 'tab?here', '', 'après nginx ✓']);
+    // packed without a base (format/pack.ts, as mkma build does not): no base recorded
+    expect(rows.map((c) => c[7])).toEqual(['unknown', 'unknown', 'unknown', 'unknown']);
+    expect(rows.map((c) => c[8] ?? '')).toEqual(['first', 'tab?here', '', 'après nginx ✓']);
     expect(lines[5]).toMatch(/^4 layer\(s\): .* on the storage, .* in RAM; in /);
     expect(lines).toHaveLength(6);
     // the same order as the init's (one rule: format/names.ts)
@@ -79,9 +81,12 @@ describe('mkma layers', () => {
       entries: expect.any(Number),
       fileBytes: fs.statSync(path.join(images, OLD2)).size,
       unpackedBytes: expect.any(Number),
+      baseDataSha256: null,
       verified: false,
       problems: [],
     });
+    // the directory's base, what each layer's BASE is compared with
+    expect(out.baseDataSha256).toMatch(/^[0-9a-f]{64}$/);
     // ".", etc, etc/a
     expect(first.entries).toBe(3);
     expect(out.layers[1].unpackedBytes).toBeGreaterThan(300_000);

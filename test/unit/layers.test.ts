@@ -6,6 +6,8 @@ import type { LayerInfo } from '../../format/layer-info.js';
 import { formatLayers } from '../../cli/layers-cmd.js';
 import { formatVerify } from '../../cli/verify-cmd.js';
 import { textWidth } from '../../persist/text.js';
+import { parseManifestBody, serializeManifestBody, type Manifest } from '../../format/manifest.js';
+import { baseFromBootEnv, baseOfNewLayer } from '../../persist/base-identity.js';
 
 describe('createdFromName', () => {
   test('the time of the names mkma persist gives, and null for any other name', () => {
@@ -33,6 +35,7 @@ const layer = (position: number, over: Partial<LayerInfo> = {}): LayerInfo => ({
   entries: 12,
   fileBytes: 2048,
   unpackedBytes: 40960,
+  baseDataSha256: null,
   verified: false,
   problems: [],
   ...over,
@@ -43,6 +46,7 @@ describe('formatLayers', () => {
     const text = formatLayers(
       {
         layers: [layer(1, { message: '日本語のメッセージ' }), layer(10, { message: 'x'.repeat(200), entries: 123456 })],
+        baseDataSha256: null,
         ignored: [],
       },
       '/srv/images',
@@ -61,6 +65,7 @@ describe('formatLayers', () => {
     const text = formatLayers(
       {
         layers: [layer(1, { verified: true }), layer(2, { verified: true, problems: [{ part: 'data', message: 'data hash mismatch' }] })],
+        baseDataSha256: null,
         ignored: [{ name: 'persistence.x y.cpio.zst', reason: 'not a layer name' }],
       },
       'D',
@@ -69,6 +74,61 @@ describe('formatLayers', () => {
     expect(text).toContain('active, DAMAGED');
     expect(text).toContain('DAMAGED persistence.2.cpio.zst: data: data hash mismatch\n');
     expect(text).toContain('ignored persistence.x y.cpio.zst (not a layer name: the boot does not apply it)\n');
+  });
+});
+
+describe('the base each layer was written on', () => {
+  const A = 'a'.repeat(64);
+  const B = 'b'.repeat(64);
+  test('its first 12 digits; "(other)" when not the directory\'s base; "unknown" without the field; one line for the others', () => {
+    const text = formatLayers(
+      { layers: [layer(1), layer(2, { baseDataSha256: A }), layer(3, { baseDataSha256: B })], baseDataSha256: A, ignored: [] },
+      'D',
+    );
+    const rows = text.split('\n').map((l) => l.split(/ {2,}/));
+    expect(rows[0][7]).toBe('BASE');
+    expect(rows.slice(1, 4).map((r) => r[7])).toEqual(['unknown', 'aaaaaaaaaaaa', 'bbbbbbbbbbbb (other)']);
+    expect(text).toContain(
+      '1 layer(s) written on another base than base.cpio.zst (aaaaaaaaaaaa): they still apply, but what they change may differ on this base\n',
+    );
+    // no base in the directory: nothing to compare with, no warning
+    const alone = formatLayers({ layers: [layer(1, { baseDataSha256: B })], baseDataSha256: null, ignored: [] }, 'D');
+    expect(alone).toContain('bbbbbbbbbbbb');
+    expect(alone).not.toContain('other');
+  });
+});
+
+describe('base_data_sha256 in the manifest, and where persist takes it from', () => {
+  const A = 'a'.repeat(64);
+  const manifest: Manifest = {
+    kind: 'layer',
+    created: '2026-11-22T02:15:00Z',
+    message: '',
+    entries: 1,
+    unpackedBytes: 4096,
+    dataBytes: 10,
+    dataSha256: 'c'.repeat(64),
+    shards: [],
+    opaque: [],
+    deleted: [],
+    xattrs: [],
+  };
+  test('written after data_sha256 when known, read back; absent stays absent; a bad value is ignored', () => {
+    const body = serializeManifestBody({ ...manifest, baseDataSha256: A });
+    expect(body.toString()).toContain(`data_sha256 ${'c'.repeat(64)}\nbase_data_sha256 ${A}\n`);
+    expect(parseManifestBody(body).baseDataSha256).toBe(A);
+    expect(serializeManifestBody(manifest).toString()).not.toContain('base_data_sha256');
+    expect(parseManifestBody(serializeManifestBody(manifest))).toEqual(manifest);
+    const bad = Buffer.from(serializeManifestBody(manifest).toString().replace('%xattrs', 'base_data_sha256 XYZ\n%xattrs'));
+    expect(parseManifestBody(bad).baseDataSha256).toBeUndefined();
+  });
+  test("booted: the init's boot.env; with --path or --device: the directory's base (none here)", () => {
+    const env = `device=UUID=1\nimages_path=/images/a\nbase_data_sha256=${A}\n`;
+    expect(baseFromBootEnv(env)).toBe(A);
+    expect(baseFromBootEnv('device=UUID=1\nbase_data_sha256=\n')).toBeUndefined();
+    expect(baseFromBootEnv(undefined)).toBeUndefined();
+    expect(baseOfNewLayer({ bootEnv: env, imagesDir: '/nonexistent' })).toBe(A);
+    expect(baseOfNewLayer({ path: '/nonexistent', bootEnv: env, imagesDir: '/nonexistent' })).toBeUndefined();
   });
 });
 
