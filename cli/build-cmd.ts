@@ -45,6 +45,13 @@ defaults; the build says which it used (mkma config shows every value and where 
 in it, in order of file name; repeat for more, applied in argument order.
 Unchanged presets come from the cache in DIR/.cache (see "Presets" in README)`,
     },
+    {
+      long: 'arch',
+      value: 'ARCH',
+      complete: ['amd64', 'arm64'],
+      help: `Debian architecture of the image (beats \`architecture\` in the config): amd64, or arm64
+bootstrapped through qemu-user (packages qemu-user-static binfmt-support)`,
+    },
     { long: 'rebuild', help: 'bootstrap again even if the configuration is unchanged (clears the cache)' },
     { long: 'host-kernel', help: "use this machine's /boot/vmlinuz-$(uname -r) and its modules" },
     { long: 'install-deps', help: 'apt-get install missing host tools first' },
