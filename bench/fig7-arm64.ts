@@ -7,10 +7,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BASE_NAME, INITRAMFS_NAME, KERNEL_NAME } from '../format/names.js';
-import { makeImagesDisk } from '../qemu/disk.js';
 import { MACHINES } from '../qemu/machine.js';
 import { bootQemu, MULTI_USER_MARKER, phaseTimings } from '../qemu/run.js';
 import { imageArch } from '../qemu/smoke.js';
+import { baseDisk } from './fig3-boot.js';
 import type { Figure } from './figure.js';
 import type { Inputs } from './inputs.js';
 import { ratioRow, skippedRow, type Row } from './report.js';
@@ -19,8 +19,6 @@ import { CACHE, HarnessError, log, REPO, rmrf } from './util.js';
 
 export const ARM64_IMAGE_ENV = 'MKMA_BENCH_ARM64_IMAGE';
 const DEFAULT_IMAGE = path.join(REPO, '.test-work', 'arm64', 'image');
-const LABEL = 'MKMA';
-const IMAGES_PATH = '/mkma';
 
 export const figure: Figure = {
   id: 7,
@@ -40,15 +38,7 @@ export const figure: Figure = {
     rmrf(work);
     fs.mkdirSync(path.join(work, 'images'), { recursive: true });
     fs.copyFileSync(path.join(image, BASE_NAME), path.join(work, 'images', BASE_NAME));
-    const diskPath = path.join(work, 'disk.img');
-    await makeImagesDisk({
-      diskPath,
-      imagesDir: path.join(work, 'images'),
-      label: LABEL,
-      fresh: true,
-      files: [BASE_NAME],
-      imagesPath: IMAGES_PATH,
-    });
+    const { diskPath, append } = await baseDisk(work);
     const init: number[] = [];
     const multiUser: number[] = [];
     const runs = inp.runs(3, 1);
@@ -58,7 +48,7 @@ export const figure: Figure = {
         kernel: path.join(image, KERNEL_NAME),
         initrd: path.join(image, INITRAMFS_NAME),
         disks: [{ path: diskPath, readonly: true }],
-        append: `mkma_storage_device=LABEL=${LABEL} mkma_images_path=${IMAGES_PATH} mkma_test`,
+        append,
         memoryMiB: 2048,
         cpus: 2,
         accel: 'tcg',
