@@ -45,6 +45,12 @@ export const BINFMT_DIR = '/proc/sys/fs/binfmt_misc';
 /** Debian's packages: the static emulators (registered with the F flag), and the registration service. */
 export const BINFMT_PACKAGES = ['qemu-user-static', 'binfmt-support'];
 
+/** Host packages a build for `arch` needs besides the native ones: qemu-user with its registration, the cross compiler. */
+export function foreignHostPackages(arch: string): string[] {
+  const f = FOREIGN_ARCHES[arch];
+  return isForeign(arch) && f ? [...BINFMT_PACKAGES, `gcc-${f.triplet}`] : [];
+}
+
 export class BinfmtError extends EnvironmentError {}
 
 export interface BinfmtCheckOptions {

@@ -89,7 +89,11 @@ export async function run(argv: string[]): Promise<number> {
   const { config, found, presets } = buildInputsFromArgs(values, positionals[0]);
   const reporter = createReporter({ quiet: !!values.quiet || !!values.json });
   reporter.info(`configuration: ${found.file ?? 'none'} (${found.how})`);
-  if (values['install-deps']) installTools(tools, (s) => reporter.info(s), FAST_BOOT_PACKAGES);
+  if (values['install-deps']) {
+    // another architecture: qemu-user and the cross compiler (libzstd-dev:ARCH needs dpkg --add-architecture: not done for the user)
+    const { foreignHostPackages } = await import('../builder/foreign.js');
+    installTools(tools, (s) => reporter.info(s), [...FAST_BOOT_PACKAGES, ...foreignHostPackages(config.architecture)]);
+  }
   requireTools(tools);
   const { build } = await import('../builder/build.js');
   const out = values.out ?? 'mkma-out';

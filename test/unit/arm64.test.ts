@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { BinfmtError, checkBinfmt, foreignEnv, FOREIGN_ARCHES } from '../../builder/foreign.js';
+import { BinfmtError, checkBinfmt, foreignEnv, foreignHostPackages, FOREIGN_ARCHES } from '../../builder/foreign.js';
 import { readElfInfo } from '../../builder/elf.js';
 import { buildUnpacker, unpackerToolchain } from '../../builder/unpacker.js';
 import { resolveConfig } from '../../config/load.js';
@@ -104,6 +104,12 @@ describe('the bootstrap environment', () => {
     if (hostArch() !== 'arm64') expect(foreignEnv('arm64')).toEqual({ QEMU_CPU: 'cortex-a72' });
     expect(foreignEnv(hostArch())).toEqual({});
     expect(FOREIGN_ARCHES.arm64.cpu).toBe('cortex-a72');
+  });
+
+  test('--install-deps for arm64 adds qemu-user-static, binfmt-support and the cross compiler', () => {
+    if (hostArch() !== 'arm64')
+      expect(foreignHostPackages('arm64')).toEqual(['qemu-user-static', 'binfmt-support', 'gcc-aarch64-linux-gnu']);
+    expect(foreignHostPackages(hostArch())).toEqual([]);
   });
 });
 
