@@ -1,4 +1,4 @@
-// Figure 7: the arm64 image's boot phases (issue 16), info rows: init start → switch_root and
+// Figure 8: the arm64 image's boot phases (issue 16), info rows: init start → switch_root and
 // kernel → multi-user, in qemu-system-aarch64 -M virt -cpu max,pauth=off under TCG, as
 // `mkma qemu` boots it. Opt-in by what exists: it boots an arm64 image that is already built
 // (MKMA_BENCH_ARM64_IMAGE, default .test-work/arm64/image, which test/e2e/arm64.test.ts makes)
@@ -21,7 +21,7 @@ export const ARM64_IMAGE_ENV = 'MKMA_BENCH_ARM64_IMAGE';
 const DEFAULT_IMAGE = path.join(REPO, '.test-work', 'arm64', 'image');
 
 export const figure: Figure = {
-  id: 7,
+  id: 8,
   title: 'arm64 boot phases (QEMU aarch64, TCG; info, needs a built arm64 image)',
   async run(inp: Inputs): Promise<Row[]> {
     const image = process.env[ARM64_IMAGE_ENV] || DEFAULT_IMAGE;
@@ -29,8 +29,8 @@ export const figure: Figure = {
     if (!have || imageArch(image) !== 'arm64') {
       const how = `no arm64 image in ${image}: make one with mkma build --arch arm64 --config test/fixtures/test-image-arm64.toml --out ${image} (or set ${ARM64_IMAGE_ENV})`;
       return [
-        skippedRow(7, '7.init', 'arm64 boot: init start → switch_root', how),
-        skippedRow(7, '7.multi-user', 'arm64 boot: kernel → multi-user', how),
+        skippedRow(8, '8.init', 'arm64 boot: init start → switch_root', how),
+        skippedRow(8, '8.multi-user', 'arm64 boot: kernel → multi-user', how),
       ];
     }
     const m = MACHINES.arm64;
@@ -72,8 +72,8 @@ export const figure: Figure = {
     const note = `qemu-system-aarch64 -M virt -cpu ${m.tcgCpu}, TCG, 2048 MiB, 2 vCPUs, guest uptimes; extractor: ${extractor}`;
     return [
       ratioRow({
-        figure: 7,
-        id: '7.init',
+        figure: 8,
+        id: '8.init',
         what: 'arm64 boot: init start → switch_root',
         unit: 'ms',
         mkma: median(init),
@@ -84,8 +84,8 @@ export const figure: Figure = {
         samples: { mkma: init },
       }),
       ratioRow({
-        figure: 7,
-        id: '7.multi-user',
+        figure: 8,
+        id: '8.multi-user',
         what: 'arm64 boot: kernel → multi-user',
         unit: 'ms',
         mkma: multiUser.length ? median(multiUser) : null,
