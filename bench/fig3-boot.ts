@@ -102,6 +102,20 @@ function makeReferenceInitramfs(real: string, out: string, work: string): { init
   return { init };
 }
 
+/** The boot benchmarks' storage: a fresh disk labelled MKMA with WORK/images' base, and the command line that finds it. */
+export async function baseDisk(work: string): Promise<{ diskPath: string; append: string }> {
+  const diskPath = path.join(work, 'disk.img');
+  await makeImagesDisk({
+    diskPath,
+    imagesDir: path.join(work, 'images'),
+    label: LABEL,
+    fresh: true,
+    files: [BASE_NAME],
+    imagesPath: IMAGES_PATH,
+  });
+  return { diskPath, append: `mkma_storage_device=LABEL=${LABEL} mkma_images_path=${IMAGES_PATH} mkma_test` };
+}
+
 interface BootSample extends Sample {
   timings: PhaseTimings;
   wallSec: number;
@@ -126,16 +140,7 @@ export const figure: Figure = {
       .split('\n')
       .some((l) => /(^|\/)mkma-unpack$/.test(l));
 
-    const diskPath = path.join(work, 'disk.img');
-    await makeImagesDisk({
-      diskPath,
-      imagesDir: path.join(work, 'images'),
-      label: LABEL,
-      fresh: true,
-      files: [BASE_NAME],
-      imagesPath: IMAGES_PATH,
-    });
-    const append = `mkma_storage_device=LABEL=${LABEL} mkma_images_path=${IMAGES_PATH} mkma_test`;
+    const { diskPath, append } = await baseDisk(work);
 
     const boot = async (initrd: string, name: string, round: number): Promise<BootSample> => {
       const logPath = path.join(work, `console-${name}-${round + 1}.log`);

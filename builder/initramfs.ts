@@ -9,7 +9,7 @@ import { generateInit } from '../init/generate.js';
 import { libraryClosure } from './elf.js';
 import { decompressModule, moduleClosure, moduleName, storageDrivers, type StorageDriver } from './kernel-modules.js';
 import type { KernelInfo } from './kernel.js';
-import { buildUnpacker, UNPACKER_HOST_PACKAGES, UNPACKER_INITRAMFS_PATH, type UnpackerResult } from './unpacker.js';
+import { buildUnpacker, UNPACKER_INITRAMFS_PATH, type UnpackerResult } from './unpacker.js';
 import { MkmaError } from '../lib/errors.js';
 import { runSync } from '../lib/run.js';
 
@@ -143,6 +143,7 @@ export function prepareInitramfs(
     deviceTimeoutSec: 30,
     version: opts.version,
     extractor: unpacker.path ? 'native' : 'busybox',
+    fallbackReason: unpacker.reason,
   });
   const unpackerHash = unpacker.path ? createHash('sha256').update(fs.readFileSync(unpacker.path)).digest('hex') : 'none';
   return { plan, init, unpacker, unpackerHash };
@@ -173,10 +174,7 @@ export async function buildInitramfs(opts: InitramfsOptions, prepared?: Initramf
     fs.copyFileSync(unpacker.path, path.join(staging, UNPACKER_INITRAMFS_PATH));
     fs.chmodSync(path.join(staging, UNPACKER_INITRAMFS_PATH), 0o755);
   } else {
-    opts.onWarning(
-      `mkma-unpack not built (${unpacker.reason}): the image boots with busybox cpio, slower. ` +
-        `For a faster boot: apt-get install ${UNPACKER_HOST_PACKAGES.join(' ')}`,
-    );
+    opts.onWarning(`mkma-unpack not built (${unpacker.reason}): the image boots with busybox cpio, slower`);
   }
 
   const plan = prep.plan;

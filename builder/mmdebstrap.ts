@@ -1,10 +1,10 @@
 // The Debian root filesystem, by mmdebstrap (Debian's own tool): its arguments for a
 // configuration, and the run itself (builder/stages/bootstrap.ts decides when).
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import type { Config } from '../config/types.js';
 import { MkmaError } from '../lib/errors.js';
-import { runSync, spawnTracked } from '../lib/run.js';
+import { spawnTracked } from '../lib/run.js';
+import { checkBinfmt, foreignEnv, isForeign } from './foreign.js';
 
 /** What every image needs to boot to systemd, and what mkma's own initramfs takes from it. */
 export const BASE_PACKAGES = [
@@ -76,23 +76,6 @@ export function summarizeMmdebstrapError(output: string): string {
   return `mmdebstrap failed:\n  ${text}${hint ? `\n  (${hint})` : ''}`;
 }
 
-function hostArch(): string {
-  return (
-    (
-      { x64: 'amd64', arm64: 'arm64', ia32: 'i386', arm: 'armhf', ppc64: 'ppc64el', s390x: 's390x', riscv64: 'riscv64' } as Record<
-        string,
-        string
-      >
-    )[os.arch()] ?? os.arch()
-  );
-}
-
-/** Foreign-architecture bootstraps run through qemu-user via binfmt_misc. */
-function ensureBinfmt(): void {
-  if (fs.existsSync('/proc/sys/fs/binfmt_misc/status')) return;
-  runSync('mount', ['-t', 'binfmt_misc', 'binfmt_misc', '/proc/sys/fs/binfmt_misc'], { allowFailure: true });
-}
-
 /**
  * Bootstraps `c` into `target` (a new directory: the caller renames it into place only when
  * mmdebstrap succeeded, so a failed bootstrap never destroys the previous tree). mmdebstrap's
@@ -100,11 +83,16 @@ function ensureBinfmt(): void {
  */
 export async function mmdebstrap(c: Config, target: string, onProgress: (line: string) => void): Promise<void> {
   fs.rmSync(target, { recursive: true, force: true });
-  if (c.architecture !== hostArch()) ensureBinfmt();
+  // another architecture: its maintainer scripts run through qemu-user (builder/foreign.ts)
+  if (isForeign(c.architecture)) checkBinfmt(c.architecture);
   const output: string[] = [];
   const code = await new Promise<number | null>((resolve, reject) => {
     // not runSync/run: its lines are progress, read as they come
-    const child = spawnTracked('mmdebstrap', mmdebstrapArgs(c, target), { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawnTracked('mmdebstrap', mmdebstrapArgs(c, target), {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      // the user's own QEMU_CPU wins
+      env: { ...foreignEnv(c.architecture), ...process.env },
+    });
     const onData = (d: Buffer) => {
       for (const line of d.toString().split('\n')) {
         if (!line.trim()) continue;

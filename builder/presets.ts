@@ -134,6 +134,8 @@ export interface RunPresetOptions {
   logFile?: string;
   /** for tests: answers to the failure menu instead of the terminal */
   ask?: (question: string) => Promise<string>;
+  /** what the chroot's commands need to run the image's programs: QEMU_CPU for a foreign image (builder/foreign.ts) */
+  emulation?: Record<string, string>;
 }
 
 /** Applies one preset to the tree at `root`. Resolves 'skipped' when the user chose to skip it. */
@@ -173,7 +175,7 @@ export async function runPreset(o: RunPresetOptions): Promise<'ran' | 'skipped'>
         }
         return 'ran' as const;
       },
-      { env: p.env },
+      { env: { ...o.emulation, ...p.env } },
     );
     if (outcome === 'skipped') return outcome;
     for (const hook of p.hooks) await runHook(p, hook, o.root, onLine, o.logFile);

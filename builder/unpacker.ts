@@ -1,7 +1,8 @@
 // mkma-unpack, the initramfs's fast extractor (init/unpack/mkma-unpack.c): compiled on the
-// host into a static binary, cached. Optional by design: when it cannot be built (another
-// architecture, no compiler, no static libzstd) the caller warns and the build emits the
-// init's busybox variant of the layer code (init/generate.ts, Extractor 'busybox').
+// host into a static binary (natively, or with Debian's cross compiler for a foreign image),
+// cached. Optional by design: when it cannot be built (no compiler, no static libzstd) the
+// caller warns, naming what to install, and the build emits the init's busybox variant of the
+// layer code (init/generate.ts, Extractor 'busybox').
 //
 // The C source has no constants of its own: the boot contract (lib/contract.ts) is generated
 // into a header (init/generate.ts: contractHeader) and compiled in with `-include`.
@@ -11,6 +12,9 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BOOT_CONTRACT, contractHeader, type BootContract } from '../init/generate.js';
 import { runSync, type RunResult } from '../lib/run.js';
+import { readElfInfo } from './elf.js';
+import { hostArch } from '../lib/arch.js';
+import { FOREIGN_ARCHES } from './foreign.js';
 
 /** Debian packages the host needs to build it (gcc, the static libc, the static libzstd). */
 export const UNPACKER_HOST_PACKAGES = ['gcc', 'libc6-dev', 'libzstd-dev'];
@@ -66,29 +70,63 @@ export function writeContractHeader(dir: string, contract: BootContract = BOOT_C
   return file;
 }
 
+/** How mkma-unpack is compiled for an architecture: the compiler and what provides it and its libraries. */
+export interface UnpackerToolchain {
+  cc: string;
+  /** Debian packages that provide the compiler, the static libc and the static libzstd */
+  packages: string[];
+  /** a foreign target: the ELF machine the binary must have (readElfInfo's e_machine) */
+  machine?: number;
+}
+
+const ELF_MACHINE: Record<string, number> = { amd64: 62, arm64: 183, riscv64: 243 };
+
+/**
+ * The host's gcc for a native build. For a foreign image, Debian's cross compiler
+ * (gcc-aarch64-linux-gnu, which brings the static libc as libc6-dev-arm64-cross) with the
+ * target's static libzstd from Debian's multiarch package (libzstd-dev:arm64, after
+ * `dpkg --add-architecture arm64`), which the cross linker finds on its multiarch path
+ * /usr/lib/aarch64-linux-gnu. Chosen over building zstd's decoder from source (mkma would then
+ * carry and update a copy of zstd) and over compiling inside the target chroot (gcc and
+ * libzstd-dev would have to be installed into the image, or a second tree bootstrapped, and
+ * compiled under qemu-user). The result is checked like the native one (docs/arm64-research.md:
+ * a static cross build extracts the same tree as the native one).
+ */
+export function unpackerToolchain(arch: string, host: string): UnpackerToolchain | null {
+  if (arch === host) return { cc: 'gcc', packages: UNPACKER_HOST_PACKAGES };
+  const f = FOREIGN_ARCHES[arch];
+  if (!f) return null;
+  return {
+    cc: `${f.triplet}-gcc`,
+    packages: [`gcc-${f.triplet.replace(/_/g, '-')}`, `libzstd-dev:${arch}`],
+    machine: ELF_MACHINE[arch],
+  };
+}
+
 /**
  * Builds (or takes from cacheDir) the static mkma-unpack for the image's architecture `arch`
- * (a Debian architecture name, e.g. amd64; default: the host's, for use on this machine).
- * Only native builds: a cross compiler and a foreign libzstd.a are not worth it for an
- * optional speed-up. `contract` is for tests that change the boot contract.
+ * (a Debian architecture name, e.g. amd64; default: the host's, for use on this machine):
+ * natively or with Debian's cross compiler (unpackerToolchain). `contract` is for tests that
+ * change the boot contract; `host` for tests that pretend another host.
  */
-export function buildUnpacker(opts: { cacheDir: string; arch?: string; contract?: BootContract }): UnpackerResult {
-  const dpkg = tryRun('dpkg', ['--print-architecture']);
-  if (!dpkg.ok) return { path: null, reason: `cannot tell the host architecture (dpkg --print-architecture: ${dpkg.err || 'failed'})` };
-  const arch = opts.arch ?? dpkg.out;
-  if (dpkg.out !== arch) {
-    return { path: null, reason: `the image is ${arch} but the host is ${dpkg.out} (mkma-unpack is only built natively)` };
-  }
-  const gcc = tryRun('gcc', ['-dumpfullversion', '-dumpversion']);
-  if (!gcc.ok)
-    return { path: null, reason: `gcc is not available (${gcc.err || 'failed'}; apt-get install ${UNPACKER_HOST_PACKAGES.join(' ')})` };
-  const gccVersion = (tryRun('gcc', ['--version']).out.split('\n')[0] || gcc.out).trim();
+export function buildUnpacker(opts: { cacheDir: string; arch?: string; contract?: BootContract; host?: string }): UnpackerResult {
+  const host = opts.host ?? hostArch();
+  const arch = opts.arch ?? host;
+  const tc = unpackerToolchain(arch, host);
+  if (!tc) return { path: null, reason: `mkma cannot compile mkma-unpack for ${arch} on this ${host} host` };
+  const foreign = tc.machine !== undefined ? ` for ${arch}` : '';
+  const multiarch = foreign ? `, after dpkg --add-architecture ${arch} && apt-get update` : '';
+  const install = (what: string): UnpackerResult => ({
+    path: null,
+    reason: `${what} (apt-get install ${tc.packages.join(' ')}${multiarch})`,
+  });
+  const gcc = tryRun(tc.cc, ['-dumpfullversion', '-dumpversion']);
+  if (!gcc.ok) return install(`${tc.cc} is not available: ${gcc.err || 'failed'}`);
+  const gccVersion = (tryRun(tc.cc, ['--version']).out.split('\n')[0] || gcc.out).trim();
   for (const lib of ['libzstd.a', 'libc.a']) {
     // gcc prints the bare name back when it cannot find the file
-    const found = tryRun('gcc', [`-print-file-name=${lib}`]).out;
-    if (!path.isAbsolute(found) || !fs.existsSync(found)) {
-      return { path: null, reason: `${lib} is not installed (apt-get install ${UNPACKER_HOST_PACKAGES.join(' ')})` };
-    }
+    const found = tryRun(tc.cc, [`-print-file-name=${lib}`]).out;
+    if (!path.isAbsolute(found) || !fs.existsSync(found)) return install(`${lib}${foreign} is not installed`);
   }
 
   let source: string;
@@ -109,19 +147,33 @@ export function buildUnpacker(opts: { cacheDir: string; arch?: string; contract?
   fs.mkdirSync(opts.cacheDir, { recursive: true });
   const headerFile = writeContractHeader(opts.cacheDir, opts.contract);
   const tmp = `${out}.tmp-${process.pid}`;
-  const cc = tryRun('gcc', [...UNPACKER_CFLAGS, '-include', headerFile, '-o', tmp, source, ...UNPACKER_LIBS]);
+  const cc = tryRun(tc.cc, [...UNPACKER_CFLAGS, '-include', headerFile, '-o', tmp, source, ...UNPACKER_LIBS]);
   if (!cc.ok) {
     fs.rmSync(tmp, { force: true });
-    return { path: null, reason: `gcc failed to build mkma-unpack: ${lastLine(cc.err) || 'no message'}` };
+    return { path: null, reason: `${tc.cc} failed to build mkma-unpack: ${lastLine(cc.err) || 'no message'}` };
   }
-  // A quick sanity run: the binary must start and know its usage.
-  const probe = tryRun(tmp, ['-h']);
-  if (!probe.ok || !probe.out.includes('usage: mkma-unpack')) {
+  const bad = checkBinary(tmp, tc);
+  if (bad) {
     fs.rmSync(tmp, { force: true });
-    return { path: null, reason: `the freshly built mkma-unpack does not run: ${probe.err || probe.out || 'no output'}` };
+    return { path: null, reason: bad };
   }
   fs.renameSync(tmp, out);
   return { path: out };
+}
+
+/**
+ * The freshly built binary must be a static executable of the target and start: natively, or
+ * for a foreign target through qemu-user (binfmt_misc, which the foreign bootstrap required).
+ */
+function checkBinary(file: string, tc: UnpackerToolchain): string | null {
+  const elf = readElfInfo(file);
+  if (!elf || elf.interp !== null) return `the freshly built mkma-unpack is not a static executable (${tc.cc})`;
+  if (tc.machine !== undefined && elf.machine !== tc.machine)
+    return `the freshly built mkma-unpack is for ELF machine ${elf.machine}, not ${tc.machine} (${tc.cc})`;
+  const probe = tryRun(file, ['-h']);
+  if (!probe.ok || !probe.out.includes('usage: mkma-unpack'))
+    return `the freshly built mkma-unpack does not run${tc.machine !== undefined ? ' under qemu-user' : ''}: ${probe.err || probe.out || 'no output'}`;
+  return null;
 }
 
 function isExecutable(p: string): boolean {

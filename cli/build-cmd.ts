@@ -45,6 +45,13 @@ defaults; the build says which it used (mkma config shows every value and where 
 in it, in order of file name; repeat for more, applied in argument order.
 Unchanged presets come from the cache in DIR/.cache (see "Presets" in README)`,
     },
+    {
+      long: 'arch',
+      value: 'ARCH',
+      complete: ['amd64', 'arm64'],
+      help: `Debian architecture of the image (beats \`architecture\` in the config): amd64, or arm64
+bootstrapped through qemu-user (packages qemu-user-static binfmt-support)`,
+    },
     { long: 'rebuild', help: 'bootstrap again even if the configuration is unchanged (clears the cache)' },
     { long: 'host-kernel', help: "use this machine's /boot/vmlinuz-$(uname -r) and its modules" },
     { long: 'install-deps', help: 'apt-get install missing host tools first' },
@@ -82,7 +89,11 @@ export async function run(argv: string[]): Promise<number> {
   const { config, found, presets } = buildInputsFromArgs(values, positionals[0]);
   const reporter = createReporter({ quiet: !!values.quiet || !!values.json });
   reporter.info(`configuration: ${found.file ?? 'none'} (${found.how})`);
-  if (values['install-deps']) installTools(tools, (s) => reporter.info(s), FAST_BOOT_PACKAGES);
+  if (values['install-deps']) {
+    // another architecture: qemu-user and the cross compiler (libzstd-dev:ARCH needs dpkg --add-architecture: not done for the user)
+    const { foreignHostPackages } = await import('../builder/foreign.js');
+    installTools(tools, (s) => reporter.info(s), [...FAST_BOOT_PACKAGES, ...foreignHostPackages(config.architecture)]);
+  }
   requireTools(tools);
   const { build } = await import('../builder/build.js');
   const out = values.out ?? 'mkma-out';

@@ -3,7 +3,10 @@
 import * as os from 'node:os';
 import { loadBuildInputs, type BuildInputs } from '../config/inputs.js';
 
-export function buildInputsFromArgs(values: { config?: string; preset?: string[] }, hostname: string | undefined): BuildInputs {
+export function buildInputsFromArgs(
+  values: { config?: string; preset?: string[]; arch?: string },
+  hostname: string | undefined,
+): BuildInputs {
   return loadBuildInputs({
     given: values.config,
     cwd: process.cwd(),
@@ -11,5 +14,6 @@ export function buildInputsFromArgs(values: { config?: string; preset?: string[]
     hostname,
     defaultHostname: os.hostname(),
     presetArgs: values.preset ?? [],
+    overrides: values.arch !== undefined ? { architecture: values.arch } : undefined,
   });
 }

@@ -26,12 +26,20 @@ export function loadBuildInputs(o: {
   hostname?: string;
   defaultHostname: string;
   presetArgs: string[];
+  /** settings from the command line (--arch), by TOML key */
+  overrides?: Record<string, string>;
 }): BuildInputs {
   const found = findConfigFile({ given: o.given, cwd: o.cwd });
   const problems: ConfigError[] = [];
   let resolved: ResolvedConfig | null = null;
   try {
-    resolved = loadResolvedConfig({ file: found.file, env: o.env, hostname: o.hostname, defaultHostname: o.defaultHostname });
+    resolved = loadResolvedConfig({
+      file: found.file,
+      env: o.env,
+      hostname: o.hostname,
+      defaultHostname: o.defaultHostname,
+      overrides: o.overrides,
+    });
   } catch (e) {
     if (e instanceof ConfigErrors) problems.push(...e.problems);
     else if (e instanceof ConfigError) problems.push(e);

@@ -37,6 +37,8 @@ interface ParseOptions {
   hostname?: string;
   /** used when neither the file nor the command line names a hostname */
   defaultHostname: string;
+  /** settings given on the command line (`mkma build --arch arm64`), by TOML key: beat file and environment */
+  overrides?: Record<string, string>;
 }
 
 /** Several problems at once (a mkma.toml, presets): one UsageError that lists them all. */
@@ -128,6 +130,18 @@ export function resolveConfig(text: string, opts: ParseOptions): ResolvedConfig 
     origins[s.key] = { from: 'environment', variable: s.env! };
   }
 
+  for (const [key, value] of Object.entries(opts.overrides ?? {})) {
+    const problem = valueProblem(BY_KEY.get(key)!, value);
+    if (problem) problems.push(new ConfigError(`${keyed(key, problem)} (given on the command line)`, { file: null, key, line: null }));
+    else {
+      raw.set(key, value);
+      origins[key] = { from: 'command line' };
+    }
+  }
+  // the kernel package follows the architecture unless one was chosen
+  if (origins[SCHEMA.kernelPackage.key].from === 'default')
+    raw.set(SCHEMA.kernelPackage.key, defaultKernelPackage(String(raw.get(SCHEMA.architecture.key))));
+
   if (opts.hostname !== undefined) {
     const problem = hostnameProblem(opts.hostname);
     if (problem)
@@ -162,6 +176,14 @@ export function resolveConfig(text: string, opts: ParseOptions): ResolvedConfig 
     config[s.field] = s.toConfig ? s.toConfig(v) : v;
   }
   return { config: config as unknown as Config, origins };
+}
+
+/** Debian's generic kernel of an architecture (its metapackage: linux-image-amd64, -arm64, -riscv64). */
+export function defaultKernelPackage(arch: string): string {
+  return (
+    ({ i386: 'linux-image-686-pae', armhf: 'linux-image-armmp-lpae', armel: 'linux-image-marvell' } as Record<string, string>)[arch] ??
+    `linux-image-${arch}`
+  );
 }
 
 /** Reads and parses a config file; without `file`, defaults + env + arguments only. */

@@ -144,7 +144,7 @@ export const SCHEMA: { [F in keyof Fields]: Setting<Fields[F]> } = {
     key: 'kernel_package',
     type: { kind: 'string', check: packageName },
     default: 'linux-image-amd64',
-    help: 'Kernel image package installed into the image.',
+    help: "Kernel image package installed into the image; when not set, Debian's kernel for `architecture` (linux-image-arm64 for arm64).",
   },
   kernelModules: {
     key: 'kernel_modules',

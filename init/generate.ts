@@ -116,6 +116,16 @@ export interface InitOptions {
   version: string;
   /** the layer code: 'native' (default) when the initramfs carries mkma-unpack, else 'busybox' */
   extractor?: Extractor;
+  /** why mkma-unpack could not be built (busybox only): the boot report says it */
+  fallbackReason?: string;
+}
+
+/** EXTRACTOR: what unpacks the images, for the unpack-base phase line (the boot report shows it). */
+function extractorConstant(o: InitOptions): string {
+  const busybox = (o.extractor ?? 'native') === 'busybox';
+  const text = busybox ? `busybox cpio${o.fallbackReason ? ` (mkma-unpack not built: ${o.fallbackReason})` : ''}` : 'mkma-unpack';
+  // eslint-disable-next-line no-control-regex -- a reason with a newline must not break the line
+  return `EXTRACTOR=${shQuote(text.replace(/[\x00-\x1f]/g, ' '))}`;
 }
 
 /** A modules.alias glob as a `case` pattern: glob characters stay, anything else is escaped. */
@@ -160,6 +170,7 @@ export function generateInit(o: InitOptions): string {
     storageMatchFunction(o.modules.storageByDevice ?? []),
     template('lib.sh'),
     ...layerTemplates(o.extractor ?? 'native'),
+    extractorConstant(o),
     template('main.sh'),
     'boot',
     '',

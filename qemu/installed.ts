@@ -8,6 +8,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Reporter } from '../lib/progress.js';
+import { hostArch } from '../lib/arch.js';
 import { requireTools } from '../lib/hosttools.js';
 import { pickAccel } from './accel.js';
 import { makeDataDisk } from './disk.js';
@@ -46,7 +47,8 @@ export async function bootInstalledDisk(o: DiskBootOptions): Promise<SmokeResult
   if (!fs.statSync(disk, { throwIfNoEntry: false })?.isFile())
     throw new Error(`${o.disk} is not a disk image file (mkma install ${o.disk} --size 4G makes one)`);
   if (!o.uefi && !machine.bios) throw new Error(`${arch} has no BIOS: boot it with --uefi`);
-  const accel = pickAccel(o.env);
+  // another architecture than the host's is emulated
+  const accel = arch === hostArch() ? pickAccel(o.env) : 'tcg';
   const disks: Disk[] = [{ path: disk }];
   if (o.testDataDir) {
     const dataDisk = `${disk}.test-data.img`;
@@ -69,11 +71,12 @@ export async function bootInstalledDisk(o: DiskBootOptions): Promise<SmokeResult
       firmware,
       machine: machine.machine,
       qemuBinary: machine.qemuBinary,
+      cpu: accel === 'tcg' ? machine.tcgCpu : undefined,
       memoryMiB,
       cpus,
       accel,
       interactive: !!o.interactive,
-      timeoutSec: o.timeoutSec ?? (o.interactive ? 0 : 600),
+      timeoutSec: o.timeoutSec ?? (o.interactive ? 0 : 600 * machine.timeoutScale),
       logPath,
       successMarker: o.interactive ? undefined : o.testDataDir ? TEST_DONE_MARKER : MULTI_USER_RE,
       waitForPoweroff: !!o.testDataDir,

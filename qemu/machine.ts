@@ -3,11 +3,15 @@
 // disk (Debian's packages: ovmf for x86_64, qemu-efi-aarch64 for arm64). x86_64 also boots an
 // installed disk with QEMU's own SeaBIOS.
 import * as fs from 'node:fs';
-import { EnvironmentError } from '../lib/errors.js';
+import { EnvironmentError, UsageError } from '../lib/errors.js';
 import type { HostTool } from '../lib/hosttools.js';
 import type { Firmware } from './run.js';
 
 export type Arch = 'amd64' | 'arm64';
+
+export function isArch(a: string): a is Arch {
+  return Object.hasOwn(MACHINES, a);
+}
 
 export interface UefiFirmware {
   /** the name people know it by, for messages */
@@ -28,6 +32,10 @@ export interface MachineProfile {
   /** what boots a disk without UEFI (null: UEFI only) */
   bios: string | null;
   uefi: UefiFirmware;
+  /** -cpu under TCG (undefined: QEMU's default for the machine) */
+  tcgCpu?: string;
+  /** boot time limits are multiplied by this (the emulation is that much slower than amd64's TCG) */
+  timeoutScale: number;
 }
 
 export const MACHINES: Record<Arch, MachineProfile> = {
@@ -38,6 +46,7 @@ export const MACHINES: Record<Arch, MachineProfile> = {
     machine: 'q35',
     console: 'ttyS0',
     bios: 'SeaBIOS',
+    timeoutScale: 1,
     uefi: {
       name: 'OVMF',
       // the 4 MiB build (Debian 12's default); the 2 MiB one for older releases
@@ -53,6 +62,14 @@ export const MACHINES: Record<Arch, MachineProfile> = {
     machine: 'virt',
     console: 'ttyAMA0',
     bios: null,
+    // `max` without pointer authentication: trixie's arm64 code is full of PAC instructions,
+    // and `max` emulates them with the QARMA5 cipher, costly under TCG. Measured to
+    // multi-user (docs/arm64-research.md): max 174.3 s, max,pauth-impdef=on 79.8 s,
+    // cortex-a72 76.9 s, neoverse-n1 57.9 s, max,pauth=off 44.4 s; under `max` systemd even
+    // timed out waiting for ttyAMA0.
+    tcgCpu: 'max,pauth=off',
+    // the best arm64 boot took 2.1x the amd64 one; 3 leaves room for a loaded CI machine
+    timeoutScale: 3,
     uefi: {
       name: 'AAVMF',
       code: ['/usr/share/AAVMF/AAVMF_CODE.fd'],
@@ -61,6 +78,12 @@ export const MACHINES: Record<Arch, MachineProfile> = {
     },
   },
 };
+
+/** The machine for an image's architecture (mkma.json's), or a UsageError naming those mkma boots. */
+export function machineFor(arch: string): MachineProfile {
+  if (!isArch(arch)) throw new UsageError(`mkma qemu boots ${Object.keys(MACHINES).join(' and ')} images, not ${arch}`);
+  return MACHINES[arch];
+}
 
 /** Host tools for booting an installed disk of `arch`. */
 export function diskBootTools(arch: Arch, uefi: boolean): HostTool[] {

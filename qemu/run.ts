@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Accel } from './accel.js';
 import { MkmaError } from '../lib/errors.js';
+import { packageFor } from '../lib/packages.js';
 import { spawnTracked } from '../lib/run.js';
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
@@ -46,7 +47,7 @@ export interface QemuArgsOptions {
   kernel?: string;
   initrd?: string;
   disks: Disk[];
-  /** kernel command line (direct kernel boot); console=ttyS0 is appended */
+  /** kernel command line (direct kernel boot); console=ttyS0 (or `console`) is appended */
   append?: string;
   /** UEFI firmware; without it QEMU's own BIOS (SeaBIOS on x86) */
   firmware?: Firmware;
@@ -60,6 +61,8 @@ export interface QemuArgsOptions {
   machine?: string;
   /** default: `host` under KVM, QEMU's default model under TCG (see cpuArgs) */
   cpu?: string;
+  /** the kernel's serial console (default ttyS0; qemu/machine.ts has each machine's) */
+  console?: string;
 }
 
 export interface BootOptions extends QemuArgsOptions {
@@ -121,9 +124,9 @@ export function accelArg(accel: Accel, cpus: number): string {
   return accel === 'tcg' && cpus > 1 ? 'tcg,thread=multi' : accel;
 }
 
-export function kernelCommandLine(append: string): string {
+export function kernelCommandLine(append: string, console = 'ttyS0'): string {
   // The last console= is /dev/console, so the init's and systemd's output reach the serial port.
-  return `${append.trim()} console=ttyS0`.trim();
+  return `${append.trim()} console=${console}`.trim();
 }
 
 export function qemuArgs(o: QemuArgsOptions): string[] {
@@ -143,7 +146,8 @@ export function qemuArgs(o: QemuArgsOptions): string[] {
     // A guest reboot ends QEMU like a poweroff does: a test never boots twice.
     '-no-reboot',
   ];
-  if (o.kernel) args.push('-kernel', o.kernel, ...(o.initrd ? ['-initrd', o.initrd] : []), '-append', kernelCommandLine(o.append ?? ''));
+  if (o.kernel)
+    args.push('-kernel', o.kernel, ...(o.initrd ? ['-initrd', o.initrd] : []), '-append', kernelCommandLine(o.append ?? '', o.console));
   if (o.firmware) {
     args.push(
       '-drive',
@@ -212,7 +216,9 @@ function spawnQemu(o: BootOptions, stdio: 'inherit' | 'pipe'): ChildProcess {
 }
 
 function spawnFailure(bin: string, e: NodeJS.ErrnoException): QemuError {
-  return new QemuError(e.code === 'ENOENT' ? `${bin} not found (apt-get install qemu-system-x86)` : `cannot start ${bin}: ${e.message}`);
+  return new QemuError(
+    e.code === 'ENOENT' ? `${bin} not found (apt-get install ${packageFor(bin) ?? 'qemu-system'})` : `cannot start ${bin}: ${e.message}`,
+  );
 }
 
 export async function bootQemu(o: BootOptions): Promise<BootResult> {

@@ -3,15 +3,19 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Reporter } from '../lib/progress.js';
-import { BASE_NAME, INITRAMFS_NAME, KERNEL_NAME, layerId } from '../format/names.js';
-import { QEMU_TOOLS, requireTools } from '../lib/hosttools.js';
+import { BASE_NAME, BUILD_INFO_NAME, INITRAMFS_NAME, KERNEL_NAME, layerId } from '../format/names.js';
+import { hostArch } from '../lib/arch.js';
+import { QEMU_TOOLS, requireTools, type HostTool } from '../lib/hosttools.js';
 import { ACCEL_ENV, pickAccel, type Accel } from './accel.js';
 import { makeDataDisk, makeImagesDisk } from './disk.js';
+import { machineFor, MACHINES, type Arch, type MachineProfile } from './machine.js';
 import { bootQemu, formatTimings, MULTI_USER_MARKER, phaseTimings, TEST_DONE_MARKER, type BootResult, type PhaseTimings } from './run.js';
 
 export const DISK_LABEL = 'MKMA';
 export const IMAGES_PATH = '/mkma';
 export const TEST_DATA_LABEL = 'MKMA-TEST';
+/** a boot's time limit on amd64, scaled per architecture (qemu/machine.ts timeoutScale) */
+export const SMOKE_TIMEOUT_SEC = 600;
 
 export interface SmokeOptions {
   out: string;
@@ -30,6 +34,8 @@ export interface SmokeOptions {
   append?: string;
   /** where the console log goes (default OUT/qemu/console.log) */
   logPath?: string;
+  /** the image's architecture (default: mkma.json's, else amd64) */
+  arch?: Arch;
 }
 
 export interface SmokeResult {
@@ -56,7 +62,13 @@ export async function chooseAccel(
   initrd: string,
   workDir: string,
   reporter: Reporter,
+  arch: Arch = 'amd64',
 ): Promise<Accel> {
+  // another architecture than the host's is emulated, whatever /dev/kvm offers
+  if (arch !== hostArch()) {
+    if (env[ACCEL_ENV]?.trim() === 'kvm') reporter.warn(`${ACCEL_ENV}=kvm: a ${arch} guest on this ${hostArch()} host runs under TCG`);
+    return 'tcg';
+  }
   const picked = pickAccel(env);
   if (picked === 'tcg' || env[ACCEL_ENV]?.trim()) return picked;
   if (kvmVerdict === null) {
@@ -87,9 +99,29 @@ function imageFiles(dir: string): string[] {
     .sort();
 }
 
+/** The architecture OUT's image was built for: mkma.json's configuration (amd64 when it does not say). */
+export function imageArch(out: string): Arch {
+  let info: { config?: { architecture?: unknown } };
+  try {
+    info = JSON.parse(fs.readFileSync(path.join(out, BUILD_INFO_NAME), 'utf8'));
+  } catch {
+    return 'amd64';
+  }
+  return machineFor(String(info.config?.architecture ?? 'amd64')).arch;
+}
+
+/** QEMU_TOOLS with the emulator of `m` in place of the x86 one. */
+export function smokeTools(m: MachineProfile): HostTool[] {
+  return [
+    { command: m.qemuBinary, pkg: m.qemuPackage, why: 'boots the image for the smoke test' },
+    ...QEMU_TOOLS.filter((t) => !t.command.startsWith('qemu-system-')),
+  ];
+}
+
 export async function smokeBoot(o: SmokeOptions): Promise<SmokeResult> {
-  requireTools(QEMU_TOOLS);
   const out = path.resolve(o.out);
+  const machine = MACHINES[o.arch ?? imageArch(out)];
+  requireTools(smokeTools(machine));
   const kernel = path.join(out, KERNEL_NAME);
   const initrd = path.join(out, INITRAMFS_NAME);
   for (const f of [kernel, initrd, path.join(o.imagesDir ?? out, BASE_NAME)]) {
@@ -98,7 +130,7 @@ export async function smokeBoot(o: SmokeOptions): Promise<SmokeResult> {
   // root's only: its disks hold the base (/etc/shadow) and the layers the guest saves
   const work = path.join(out, 'qemu');
   fs.mkdirSync(work, { recursive: true, mode: 0o700 });
-  const accel = await chooseAccel(o.env, kernel, initrd, work, o.reporter);
+  const accel = await chooseAccel(o.env, kernel, initrd, work, o.reporter, machine.arch);
 
   const diskPath = path.join(work, 'disk.img');
   const imagesDir = path.resolve(o.imagesDir ?? out);
@@ -128,7 +160,10 @@ export async function smokeBoot(o: SmokeOptions): Promise<SmokeResult> {
   ]
     .filter(Boolean)
     .join(' ');
-  const stage = o.reporter.stage('qemu', `${accel.toUpperCase()}, ${o.memoryMiB ?? 2048} MiB, ${o.cpus ?? 2} CPUs, console log ${logPath}`);
+  const stage = o.reporter.stage(
+    'qemu',
+    `${machine.arch} ${machine.machine}, ${accel.toUpperCase()}, ${o.memoryMiB ?? 2048} MiB, ${o.cpus ?? 2} CPUs, console log ${logPath}`,
+  );
   let r: BootResult;
   try {
     r = await bootQemu({
@@ -139,8 +174,12 @@ export async function smokeBoot(o: SmokeOptions): Promise<SmokeResult> {
       memoryMiB: o.memoryMiB ?? 2048,
       cpus: o.cpus ?? 2,
       accel,
+      machine: machine.machine,
+      qemuBinary: machine.qemuBinary,
+      console: machine.console,
+      cpu: accel === 'tcg' ? machine.tcgCpu : undefined,
       interactive: !!o.interactive,
-      timeoutSec: o.timeoutSec ?? (o.interactive ? 0 : 600),
+      timeoutSec: o.timeoutSec ?? (o.interactive ? 0 : SMOKE_TIMEOUT_SEC * machine.timeoutScale),
       logPath,
       // with a test script, wait until it is done and the guest has powered off (its writes are on the disk)
       successMarker: o.interactive ? undefined : o.testDataDir ? TEST_DONE_MARKER : MULTI_USER_MARKER,

@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Preset } from '../../config/preset.js';
 import { configureSystem } from '../configure.js';
+import { checkBinfmt, foreignEnv, isForeign } from '../foreign.js';
 import { runPreset, type AptState } from '../presets.js';
 import { decide } from '../stage.js';
 import type { BuildContext } from './context.js';
@@ -66,6 +67,7 @@ export async function presetsStage(b: BuildContext): Promise<void> {
       apt,
       aptLists: snapshots.aptLists,
       logFile,
+      emulation: emulationFor(b.config.architecture),
     });
     stage.done(outcome);
     b.reports.push({ stage: name, status: outcome, reason: d.reason });
@@ -77,4 +79,10 @@ export async function presetsStage(b: BuildContext): Promise<void> {
   if (presets.length && b.tree.touched) configureSystem(b.config, b.chroot);
   // only the states a change to one of these presets restarts from are kept
   snapshots.prune(chain.keys.slice(0, presets.length));
+}
+
+/** A foreign image's presets run its programs through qemu-user: checked before each (builder/foreign.ts). */
+function emulationFor(arch: string): Record<string, string> {
+  if (isForeign(arch)) checkBinfmt(arch);
+  return foreignEnv(arch);
 }

@@ -295,7 +295,7 @@ unpack_all() {
 	check_space || return 1
 	uptime_cs
 	_t0=$UPTIME_CS
-	phase unpack-base "$MKMA_BASE_NAME: $((M_DATA_BYTES / 1048576)) MiB compressed, $((M_UNPACKED / 1048576)) MiB unpacked, $M_ENTRIES entries"
+	phase unpack-base "$MKMA_BASE_NAME: $((M_DATA_BYTES / 1048576)) MiB compressed, $((M_UNPACKED / 1048576)) MiB unpacked, $M_ENTRIES entries, with $EXTRACTOR"
 	if ! unpack_base "$IMAGES/$MKMA_BASE_NAME" "$RT_LOWER"; then
 		fatal "base image $IMAGES/$MKMA_BASE_NAME could not be unpacked: $M_ERROR" \
 			"out of memory? (see above); otherwise the image is damaged: rebuild or copy it again"
