@@ -60,6 +60,8 @@ export interface QemuArgsOptions {
   machine?: string;
   /** default: `host` under KVM, QEMU's default model under TCG (see cpuArgs) */
   cpu?: string;
+  /** more QEMU options, after mkma's own (e.g. a NIC with a host port forward) */
+  extraArgs?: string[];
 }
 
 export interface BootOptions extends QemuArgsOptions {
@@ -169,7 +171,7 @@ export function qemuArgs(o: QemuArgsOptions): string[] {
     args.push('-serial', 'stdio');
   }
   // No monitor of its own: it would otherwise take stdio under -nographic.
-  args.push('-monitor', 'none');
+  args.push('-monitor', 'none', ...(o.extraArgs ?? []));
   return args;
 }
 

@@ -30,6 +30,8 @@ export interface SmokeOptions {
   append?: string;
   /** where the console log goes (default OUT/qemu/console.log) */
   logPath?: string;
+  /** more QEMU options (qemu/run.ts QemuArgsOptions.extraArgs) */
+  extraArgs?: string[];
 }
 
 export interface SmokeResult {
@@ -139,6 +141,7 @@ export async function smokeBoot(o: SmokeOptions): Promise<SmokeResult> {
       memoryMiB: o.memoryMiB ?? 2048,
       cpus: o.cpus ?? 2,
       accel,
+      extraArgs: o.extraArgs,
       interactive: !!o.interactive,
       timeoutSec: o.timeoutSec ?? (o.interactive ? 0 : 600),
       logPath,
