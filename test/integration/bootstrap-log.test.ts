@@ -1,6 +1,7 @@
-// The bootstrap's steps and its log, with a fake mmdebstrap on PATH that prints what the real
-// one prints with --verbose (test/fixtures/mmdebstrap-verbose.txt, from mmdebstrap 1.3.5 and
-// apt 3.0) and exits as told. The real bootstrap's log is checked by test/e2e/build.test.ts.
+// The bootstrap's steps and its log, with a fake mmdebstrap on PATH that prints lines in the
+// form the real one prints with --verbose (test/fixtures/mmdebstrap-verbose.txt: mmdebstrap
+// 1.3.5's "I:" phases, apt's and dpkg's lines, shortened) and exits as told. The real
+// bootstrap's log is checked by test/e2e/build.test.ts.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
