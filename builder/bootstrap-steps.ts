@@ -34,10 +34,11 @@ export class BootstrapSteps {
     }
     const success = /^I: success in ([\d.]+) seconds/.exec(l);
     if (success) return { done: Number(success[1]) };
-    // apt's plan: "12 upgraded, 85 newly installed, 0 to remove and 0 not upgraded."
-    const plan = /^\d+ upgraded, (\d+) newly installed/.exec(l);
+    // apt's plan: "0 upgraded, 85 newly installed, 0 to remove and 0 not upgraded." (apt 2, the
+    // host's on bookworm), "  Upgrading: 0, Installing: 85, Removing: 0, Not Upgrading: 0" (apt 3)
+    const plan = /^\d+ upgraded, (\d+) newly installed|^\s*Upgrading: \d+, Installing: (\d+)/.exec(l);
     if (plan) {
-      this.total = Number(plan[1]);
+      this.total = Number(plan[1] ?? plan[2]);
       return null;
     }
     const of = () => (this.total ? ` of ${this.total}` : '');
