@@ -2,12 +2,15 @@
 // steps — its own phases, announced by its "I:" lines — and the progress within a step: the
 // packages fetched, unpacked or set up so far, of how many when apt said so.
 
+const DOWNLOAD = 'downloading packages';
+const ESSENTIAL = 'installing the essential packages';
+
 /** mmdebstrap's phases (mmdebstrap 1.x `info` texts) and the step each one is shown as. */
 const PHASES: Array<[RegExp, string]> = [
   [/^I: running apt-get update/, 'updating the package lists'],
-  [/^I: downloading packages with apt/, 'downloading packages'],
+  [/^I: downloading packages with apt/, DOWNLOAD],
   [/^I: extracting archives/, 'extracting the essential packages'],
-  [/^I: installing essential packages/, 'installing the essential packages'],
+  [/^I: installing essential packages/, ESSENTIAL],
   [/^I: installing remaining packages inside the chroot/, 'installing the remaining packages'],
   [/^I: cleaning package lists and apt cache/, 'cleaning the package lists and apt cache'],
 ];
@@ -20,6 +23,8 @@ export class BootstrapSteps {
   readonly steps: string[] = [];
   private total = 0;
   private fetched = 0;
+  /** fetched in the download step */
+  private downloaded = 0;
   private unpacked = 0;
   private setUp = 0;
 
@@ -28,7 +33,11 @@ export class BootstrapSteps {
     for (const [re, step] of PHASES) {
       if (re.test(l)) {
         this.steps.push(step);
-        this.total = this.fetched = this.unpacked = this.setUp = 0;
+        // the essential packages are installed by dpkg, which names no total: they are what
+        // the download step fetched
+        this.total = step === ESSENTIAL ? this.downloaded : 0;
+        if (step === DOWNLOAD) this.downloaded = 0;
+        this.fetched = this.unpacked = this.setUp = 0;
         return { step };
       }
     }
@@ -47,14 +56,16 @@ export class BootstrapSteps {
     const get = /^Get:\d+ \S+ \S+ \S+ (\S+) \S+ \S+ \[([^\]]+)\]$/.exec(l);
     if (get) {
       this.fetched++;
+      this.downloaded++;
       return { progress: `${this.fetched}${of()} fetched: ${get[1]} (${get[2]})` };
     }
-    const unpack = /^Unpacking (\S+)/.exec(l);
+    const unpack = /^Unpacking ([^\s:]+)/.exec(l);
+    // (dpkg names a package with its architecture, "libc6:amd64", where it may have several)
     if (unpack) {
       this.unpacked++;
       return { progress: `${this.unpacked}${of()} unpacked: ${unpack[1]}` };
     }
-    const setUp = /^Setting up (\S+)/.exec(l);
+    const setUp = /^Setting up ([^\s:]+)/.exec(l);
     if (setUp) {
       this.setUp++;
       return { progress: `${this.setUp}${of()} set up: ${setUp[1]}` };
