@@ -121,7 +121,7 @@ describe('the shipped presets boot (console + ssh-server, QEMU TCG, user network
         'echo "ssh-done: $(cat /tmp/mkma-ssh-done 2>/dev/null || echo never)"',
         'echo "hostkey: $(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)"',
         'echo "hostkeys-unit: $(systemctl is-active mkma-ssh-host-keys.service)"',
-        'echo "locale: $(cat /etc/default/locale)"',
+        'echo "locale: $(grep ^LANG= /etc/default/locale)"',
         'echo "editor: $(readlink -f /etc/alternatives/editor)"',
       ].join('\n') + '\n',
     );
