@@ -1,9 +1,11 @@
 // The Debian root filesystem, by mmdebstrap (Debian's own tool): its arguments for a
 // configuration, and the run itself (builder/stages/bootstrap.ts decides when).
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import type { Config } from '../config/types.js';
 import { MkmaError } from '../lib/errors.js';
-import { spawnTracked } from '../lib/run.js';
+import { run } from '../lib/run.js';
+import { BootstrapSteps, lastLines } from './bootstrap-steps.js';
 import { checkBinfmt, foreignEnv, isForeign } from './foreign.js';
 
 /** What every image needs to boot to systemd, and what mkma's own initramfs takes from it. */
@@ -76,38 +78,55 @@ export function summarizeMmdebstrapError(output: string): string {
   return `mmdebstrap failed:\n  ${text}${hint ? `\n  (${hint})` : ''}`;
 }
 
+/** What a bootstrap shows and keeps: its steps, the progress within them, the full log. */
+export interface BootstrapOutput {
+  /** the full output goes here (mode 0600: it names the image's packages and users' files) */
+  logFile: string;
+  onStep: (step: string) => void;
+  onProgress: (text: string) => void;
+}
+
+/** mmdebstrap's lines that the error quotes from its log */
+const ERROR_TAIL = 8;
+
 /**
  * Bootstraps `c` into `target` (a new directory: the caller renames it into place only when
- * mmdebstrap succeeded, so a failed bootstrap never destroys the previous tree). mmdebstrap's
- * "I:" lines go to `onProgress`.
+ * mmdebstrap succeeded, so a failed bootstrap never destroys the previous tree). mmdebstrap
+ * runs with --verbose: apt's and dpkg's own lines go to the log, and give the progress within
+ * its steps (builder/bootstrap-steps.ts).
  */
-export async function mmdebstrap(c: Config, target: string, onProgress: (line: string) => void): Promise<void> {
+export async function mmdebstrap(c: Config, target: string, o: BootstrapOutput): Promise<void> {
   fs.rmSync(target, { recursive: true, force: true });
   // another architecture: its maintainer scripts run through qemu-user (builder/foreign.ts)
   if (isForeign(c.architecture)) checkBinfmt(c.architecture);
-  const output: string[] = [];
-  const code = await new Promise<number | null>((resolve, reject) => {
-    // not runSync/run: its lines are progress, read as they come
-    const child = spawnTracked('mmdebstrap', mmdebstrapArgs(c, target), {
-      stdio: ['ignore', 'pipe', 'pipe'],
+  fs.mkdirSync(path.dirname(o.logFile), { recursive: true, mode: 0o700 });
+  fs.rmSync(o.logFile, { force: true });
+  const log = fs.openSync(o.logFile, 'w', 0o600);
+  const steps = new BootstrapSteps();
+  const tail: string[] = [];
+  let r;
+  try {
+    r = await run('mmdebstrap', ['--verbose', ...mmdebstrapArgs(c, target)], {
+      allowFailure: true,
       // the user's own QEMU_CPU wins
       env: { ...foreignEnv(c.architecture), ...process.env },
+      onLine: (line) => {
+        fs.writeSync(log, line + '\n');
+        tail.push(line);
+        if (tail.length > 400) tail.shift();
+        const e = steps.line(line);
+        if (e && 'step' in e) o.onStep(e.step);
+        else if (e && 'progress' in e) o.onProgress(e.progress);
+      },
     });
-    const onData = (d: Buffer) => {
-      for (const line of d.toString().split('\n')) {
-        if (!line.trim()) continue;
-        output.push(line);
-        if (output.length > 400) output.shift();
-        if (line.startsWith('I: ')) onProgress(line.slice(3));
-      }
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', onData);
-    child.on('error', (e) => reject(new BootstrapError(`cannot run mmdebstrap (apt-get install mmdebstrap): ${e.message}`)));
-    child.on('close', resolve);
-  });
-  if (code !== 0) {
+  } finally {
+    fs.closeSync(log);
+  }
+  if (!r.ok) {
     fs.rmSync(target, { recursive: true, force: true });
-    throw new BootstrapError(summarizeMmdebstrapError(output.join('\n')));
+    const last = lastLines(tail, ERROR_TAIL).map((l) => `    ${l}`);
+    throw new BootstrapError(
+      `${summarizeMmdebstrapError(tail.join('\n'))}\n  last lines of its output:\n${last.join('\n')}\n  full log: ${o.logFile}`,
+    );
   }
 }

@@ -5,6 +5,7 @@
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { TomlValue } from 'smol-toml';
 import { closest, ConfigError, describe as describeValue, parseTomlDocument, valueProblem } from './load.js';
 import { DEBIAN_PACKAGE_RE, type Setting } from './schema.js';
@@ -345,15 +346,47 @@ function expandVars(s: string, preset: Preset, undeclared: (name: string) => voi
   return missing ? UNSET : out;
 }
 
+/** The presets shipped with mkma (presets/ in a checkout and in the npm package). */
+export function shippedPresetsDir(): string | null {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  // config/ in the sources (tests), dist/config installed
+  for (const c of [path.join(here, '..', 'presets'), path.join(here, '..', '..', 'presets')]) if (isDir(c)) return c;
+  return null;
+}
+
+export function shippedPresets(): string[] {
+  const dir = shippedPresetsDir();
+  return dir
+    ? fs
+        .readdirSync(dir)
+        .filter((n) => isDir(path.join(dir, n)))
+        .sort()
+    : [];
+}
+
+/**
+ * A PATH argument as a path: a bare name that is no file here but one of the shipped presets
+ * (`--preset console`) stands for that preset's directory, wherever mkma is installed.
+ */
+function resolvePresetArg(arg: string): string {
+  if (fs.existsSync(arg) || arg.includes('/') || !shippedPresets().includes(arg)) return arg;
+  return path.join(shippedPresetsDir()!, arg);
+}
+
 /** The files a PATH argument stands for: itself, or a directory's *.toml in C-locale order. */
 export function expandPresetPaths(args: string[]): string[] {
   const files: string[] = [];
-  for (const arg of args) {
+  for (const given of args) {
+    const arg = resolvePresetArg(given);
     let st: fs.Stats;
     try {
       st = fs.statSync(arg);
     } catch {
-      throw new ConfigError('cannot read the preset: no such file or directory', { file: arg, key: null, line: null });
+      const shipped = shippedPresets();
+      throw new ConfigError(
+        `cannot read the preset: no such file or directory${shipped.length ? ` (mkma's own presets: ${shipped.join(', ')})` : ''}`,
+        { file: arg, key: null, line: null },
+      );
     }
     if (st.isDirectory()) {
       const names = fs

@@ -2,6 +2,8 @@
 // terminal (rewritten in place), a line every few seconds otherwise (CI logs stay readable).
 export interface Stage {
   progress(text: string): void;
+  /** A step of the stage worth a line of its own, on a terminal and in a log alike. */
+  step(text: string): void;
   /**
    * Work measured in bytes and entries: what is done of the total (when known), the
    * percentage and the time left, e.g. `41 MiB of 84 MiB (49%), 5210 of 10512 entries, 0:05 left`.
@@ -78,6 +80,13 @@ export function createReporter(opts: { quiet: boolean; stream?: NodeJS.WriteStre
       return {
         count(d, total = {}, bytesLabel) {
           this.progress(describeCount(d, total, (performance.now() - t0) / 1000, bytesLabel));
+        },
+        step(text) {
+          if (live) write('\r\x1b[K');
+          live = false;
+          write(`    ${text}\n`);
+          // the step's own progress may follow at once
+          lastPrint = 0;
         },
         progress(p) {
           const now = performance.now();

@@ -63,6 +63,8 @@ export interface QemuArgsOptions {
   cpu?: string;
   /** the kernel's serial console (default ttyS0; qemu/machine.ts has each machine's) */
   console?: string;
+  /** more QEMU options, after mkma's own (e.g. a NIC with a host port forward) */
+  extraArgs?: string[];
 }
 
 export interface BootOptions extends QemuArgsOptions {
@@ -173,7 +175,7 @@ export function qemuArgs(o: QemuArgsOptions): string[] {
     args.push('-serial', 'stdio');
   }
   // No monitor of its own: it would otherwise take stdio under -nographic.
-  args.push('-monitor', 'none');
+  args.push('-monitor', 'none', ...(o.extraArgs ?? []));
   return args;
 }
 

@@ -36,6 +36,8 @@ export interface SmokeOptions {
   logPath?: string;
   /** the image's architecture (default: mkma.json's, else amd64) */
   arch?: Arch;
+  /** more QEMU options (qemu/run.ts QemuArgsOptions.extraArgs) */
+  extraArgs?: string[];
 }
 
 export interface SmokeResult {
@@ -178,6 +180,7 @@ export async function smokeBoot(o: SmokeOptions): Promise<SmokeResult> {
       qemuBinary: machine.qemuBinary,
       console: machine.console,
       cpu: accel === 'tcg' ? machine.tcgCpu : undefined,
+      extraArgs: o.extraArgs,
       interactive: !!o.interactive,
       timeoutSec: o.timeoutSec ?? (o.interactive ? 0 : SMOKE_TIMEOUT_SEC * machine.timeoutScale),
       logPath,

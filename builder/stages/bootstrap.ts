@@ -30,6 +30,7 @@ export async function bootstrapStage(b: BuildContext): Promise<boolean> {
         : `reusing OUT/chroot${chain.start > 0 ? ` (with the presets up to ${b.presets[chain.start - 1].name})` : ''}`,
   });
   const stage = announce(b, BOOTSTRAP, d, `mmdebstrap ${c.suite} (${c.variant}, ${c.architecture}) from ${c.mirror}`);
+  let logFile = '';
   if (d.run) {
     // after --rebuild every snapshot derives from the tree being replaced
     if (b.rebuild) b.snapshots.clear();
@@ -37,7 +38,9 @@ export async function bootstrapStage(b: BuildContext): Promise<boolean> {
     // nothing of an interrupted run may stay mounted in a tree that is replaced
     unmountUnder(b.chroot);
     const fresh = path.join(b.out, 'chroot.new');
-    await mmdebstrap(c, fresh, (line) => stage.progress(line));
+    // 00-: before the presets' logs (stages/presets.ts), in the order of the build
+    logFile = path.join(b.snapshots.logs, '00-bootstrap.log');
+    await mmdebstrap(c, fresh, { logFile, onStep: (s) => stage.step(s), onProgress: (p) => stage.progress(p) });
     records.treeChanging(true);
     fs.rmSync(b.chroot, { recursive: true, force: true });
     fs.renameSync(fresh, b.chroot);
@@ -49,7 +52,7 @@ export async function bootstrapStage(b: BuildContext): Promise<boolean> {
     b.snapshots.restore(chain.keys[chain.start], () => records.treeChanging(true));
     records.treeHolds(chain.keys[chain.start]);
   }
-  report(b, BOOTSTRAP, d, stage, d.run ? 'fresh bootstrap' : 'reused');
+  report(b, BOOTSTRAP, d, stage, d.run ? `fresh bootstrap, mmdebstrap's full output in ${logFile}` : 'reused');
 
   // What happened to the tree decides whether the configure steps, which edit it in place,
   // hold: a new lineage makes them all run again.

@@ -4,6 +4,7 @@ import { describe, expect, test } from '@jest/globals';
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { BootstrapSteps } from '../../builder/bootstrap-steps.js';
 import { readManifest } from '../../format/reader.js';
 import { IMAGE_OUT, MKMA, TEST_CONFIG } from '../helpers/paths.js';
 
@@ -36,6 +37,24 @@ describe('mkma build (minimal test image)', () => {
     expect(mode(path.join(IMAGE_OUT, '.cache'))).toBe(0o700);
     // the initramfs (busybox, modules, the init) and the kernel hold nothing secret
     expect(mode(initrd) & 0o004).toBe(0o004);
+  });
+
+  test("the real mmdebstrap's full output is in OUT/.cache/logs/00-bootstrap.log (0600), with each of its steps", () => {
+    const log = path.join(IMAGE_OUT, '.cache/logs/00-bootstrap.log');
+    const result = JSON.parse(fs.readFileSync(path.join(IMAGE_OUT, 'build-result.json'), 'utf8')) as {
+      stages: Array<{ stage: string; status: string }>;
+    };
+    const bootstrapped = result.stages.find((s) => s.stage === 'bootstrap')?.status === 'ran';
+    // a tree reused from an older mkma's cache may have no log; a bootstrap of this run must
+    if (!bootstrapped && !fs.existsSync(log)) return;
+    expect(fs.statSync(log).mode & 0o777).toBe(0o600);
+    const text = fs.readFileSync(log, 'utf8');
+    // apt's and dpkg's own lines (mmdebstrap --verbose), and mmdebstrap's phases as BootstrapSteps reads them
+    expect(text).toMatch(/^Setting up systemd /m);
+    expect(text).toMatch(/^I: success in [\d.]+ seconds$/m);
+    const steps = new BootstrapSteps();
+    for (const l of text.split('\n')) steps.line(l);
+    expect(steps.steps).toEqual(expect.arrayContaining(['downloading packages', 'installing the remaining packages']));
   });
 
   test('zstd -t accepts both images', () => {

@@ -12,7 +12,7 @@ import { PresetError, runPreset } from '../../builder/presets.js';
 import { MKMA, REPO, TEST_CONFIG, WORK } from '../helpers/paths.js';
 
 const mounted = (dir: string) => mountsUnder(fs.realpathSync(dir));
-const stage = { progress: () => {}, count: () => {}, done: () => 0 };
+const stage = { progress: () => {}, step: () => {}, count: () => {}, done: () => 0 };
 
 /** A root with bash and a few coreutils (and their libraries): enough for chroot scripts. */
 function minimalRoot(dir: string): void {

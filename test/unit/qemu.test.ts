@@ -91,6 +91,12 @@ describe('qemuArgs', () => {
     expect(opt(qemuArgs({ ...base, cpu: 'max' }), '-cpu')).toBe('max');
   });
 
+  test("extra options (a NIC with a host port forward) come after mkma's own", () => {
+    const nic = ['-nic', 'user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2222-:22'];
+    expect(qemuArgs({ ...base, extraArgs: nic }).slice(-4)).toEqual(['-monitor', 'none', ...nic]);
+    expect(qemuArgs(base)).not.toContain('-nic');
+  });
+
   test('console=ttyS0 comes last on the kernel command line', () => {
     expect(opt(qemuArgs(base), '-append')).toBe('mkma_storage_device=LABEL=MKMA mkma_images_path=/mkma quiet console=ttyS0');
     expect(opt(qemuArgs({ ...base, append: '' }), '-append')).toBe('console=ttyS0');
