@@ -33,6 +33,8 @@ export interface Config {
   installMkma: boolean;
   /** default size of the RAM filesystem (tmpfs size= value: "50%", "4G"); mkma_ram_size= overrides */
   ramSize: string;
+  /** systemd settings for a RAM boot (builder/boot-tuning.ts); false leaves the tree as Debian made it */
+  bootTuning: boolean;
   /** the file the configuration came from, if any (for error messages) */
   source: string | null;
 }

@@ -35,6 +35,7 @@ const DEFAULTS: Config = {
   slim: true,
   installMkma: true,
   ramSize: '50%',
+  bootTuning: true,
   source: 'mkma.toml',
 };
 
@@ -84,6 +85,7 @@ root_password = "$y$j9T$abc/def$ghi.jkl"
 slim = false
 install_mkma = false
 ram_size = "4G"
+boot_tuning = false
 `;
     expect(parse(text)).toEqual({
       hostname: 'kiosk-1.example.org',
@@ -101,6 +103,7 @@ ram_size = "4G"
       slim: false,
       installMkma: false,
       ramSize: '4G',
+      bootTuning: false,
       source: 'mkma.toml',
     });
   });
@@ -428,6 +431,7 @@ describe('describeConfig', () => {
       slim: true,
       install_mkma: true,
       ram_size: '50%',
+      boot_tuning: true,
       source: 'mkma.toml',
     });
     expect(JSON.parse(JSON.stringify(d))).toEqual(d);
