@@ -32,7 +32,8 @@ export const MASKED_GENERATORS = [
 ];
 
 export const JOURNALD_DROPIN = 'etc/systemd/journald.conf.d/50-mkma-ram.conf';
-export const JOURNALD_CONF = '# mkma (boot_tuning): the journal in RAM once, in /run, not copied to /var/log/journal\n[Journal]\nStorage=volatile\n';
+export const JOURNALD_CONF =
+  '# mkma (boot_tuning): the journal in RAM once, in /run, not copied to /var/log/journal\n[Journal]\nStorage=volatile\n';
 
 /** The stamp systemd-update-done writes, for a /usr with this mtime. */
 export function updatedStamp(usrMtimeNs: bigint): string {
