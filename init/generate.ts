@@ -65,6 +65,7 @@ export function shellConstants(c: BootContract = BOOT_CONTRACT): Record<string, 
     LAYER_PREFIX: c.FILES.layerPrefix,
     LAYER_SUFFIX: c.FILES.layerSuffix,
     BASE_NAME: c.FILES.base,
+    ...prefixed('FILE_', c.FILES),
     ...prefixed('FMT_', c.FORMAT),
     ...prefixed('RT_', c.RUNTIME),
     ...prefixed('KEY_', c.CMDLINE),
@@ -112,6 +113,8 @@ export interface InitOptions {
   version: string;
   /** the layer code: 'native' (default) when the initramfs carries mkma-unpack, else 'busybox' */
   extractor?: Extractor;
+  /** how the base is stored (base_format): cpio (default), erofs or squashfs (init/templates/base-image.sh) */
+  baseFormat?: 'cpio' | 'erofs' | 'squashfs';
 }
 
 /** A modules.alias glob as a `case` pattern: glob characters stay, anything else is escaped. */
@@ -151,11 +154,13 @@ export function generateInit(o: InitOptions): string {
       MKMA_MODULES_OVERLAY: o.modules.overlay.join(' '),
       MKMA_DEFAULT_RAM_SIZE: o.defaultRamSize,
       MKMA_DEVICE_TIMEOUT: o.deviceTimeoutSec,
+      MKMA_BASE_FORMAT: o.baseFormat ?? 'cpio',
     }),
     filesystemModulesFunction(o.modules.filesystems),
     storageMatchFunction(o.modules.storageByDevice ?? []),
     template('lib.sh'),
     ...layerTemplates(o.extractor ?? 'native'),
+    template('base-image.sh'),
     template('main.sh'),
     'boot',
     '',

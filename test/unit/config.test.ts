@@ -36,6 +36,7 @@ const DEFAULTS: Config = {
   installMkma: true,
   ramSize: '50%',
   bootTuning: true,
+  baseFormat: 'cpio',
   source: 'mkma.toml',
 };
 
@@ -86,6 +87,7 @@ slim = false
 install_mkma = false
 ram_size = "4G"
 boot_tuning = false
+base_format = "erofs"
 `;
     expect(parse(text)).toEqual({
       hostname: 'kiosk-1.example.org',
@@ -104,6 +106,7 @@ boot_tuning = false
       installMkma: false,
       ramSize: '4G',
       bootTuning: false,
+      baseFormat: 'erofs',
       source: 'mkma.toml',
     });
   });
@@ -432,6 +435,7 @@ describe('describeConfig', () => {
       install_mkma: true,
       ram_size: '50%',
       boot_tuning: true,
+      base_format: 'cpio',
       source: 'mkma.toml',
     });
     expect(JSON.parse(JSON.stringify(d))).toEqual(d);
