@@ -5,6 +5,7 @@
 // failed build leaves the previous good outputs untouched.
 import * as fs from 'node:fs';
 import { bootstrapStage } from './stages/bootstrap.js';
+import { baseImageStage } from './stages/base-image.js';
 import { configureStage } from './stages/configure.js';
 import { openBuild, type BuildOptions } from './stages/context.js';
 import { initramfsStage } from './stages/initramfs.js';
@@ -26,9 +27,10 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
     // the tree is final for this build: a new stamp if it changed
     b.tree.commit();
     const base = await packBaseStage(b);
+    const baseImage = await baseImageStage(b, base);
     const initramfs = await initramfsStage(b, kernel);
     const vmlinuz = kernelStage(b, kernel);
-    return outputsStage(b, kernel, reused, { base, initramfs, kernel: vmlinuz });
+    return outputsStage(b, kernel, reused, { base, initramfs, kernel: vmlinuz, baseImage });
   } finally {
     fs.rmSync(b.staging, { recursive: true, force: true });
   }

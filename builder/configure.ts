@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Config, RootPasswordPolicy } from '../config/types.js';
+import { applyBootTuning, BOOT_TUNING_CONTENTS, removeBootTuning } from './boot-tuning.js';
 
 /** Writes only when the content differs: a reused tree keeps its mtimes, so images repeat. */
 function writeIfChanged(file: string, content: string, mode?: number): void {
@@ -279,6 +280,7 @@ export function configureInputs(c: Config): Record<string, string> {
     hostname: c.hostname,
     'root password': createHash('sha256').update(JSON.stringify(c.rootPassword)).digest('hex'),
     'test hook': createHash('sha256').update(`${TEST_UNIT}\0${TEST_SCRIPT}\0${FSTAB}`).digest('hex'),
+    'boot tuning': c.bootTuning ? createHash('sha256').update(BOOT_TUNING_CONTENTS).digest('hex') : 'off',
   };
 }
 
@@ -293,6 +295,9 @@ export function configureSystem(c: Config, chroot: string): void {
   // The distribution initrd symlinks point at files that never exist in an mkma image.
   for (const l of ['initrd.img', 'initrd.img.old']) fs.rmSync(path.join(chroot, l), { force: true });
   installTestHook(chroot);
+  // last: the needs-update stamps carry /usr's mtime as the presets left it
+  if (c.bootTuning) applyBootTuning(chroot);
+  else removeBootTuning(chroot);
 }
 
 export function configure(c: Config, chroot: string): ConfigureReport {

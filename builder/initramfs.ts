@@ -114,6 +114,8 @@ export interface InitramfsOptions {
   arch: string;
   cacheDir: string;
   onWarning: (w: string) => void;
+  /** base_format: the init mounts base.erofs / base.squashfs instead of unpacking (init/templates/base-image.sh) */
+  baseFormat?: 'cpio' | 'erofs' | 'squashfs';
 }
 
 /** What the initramfs is made of besides files copied from the tree: resolved before building. */
@@ -132,7 +134,7 @@ export interface InitramfsPrep {
  * existing initramfs is still the one these inputs make.
  */
 export function prepareInitramfs(
-  opts: Pick<InitramfsOptions, 'kernel' | 'wantedModules' | 'requiredModules' | 'ramSize' | 'version' | 'arch' | 'cacheDir'>,
+  opts: Pick<InitramfsOptions, 'kernel' | 'wantedModules' | 'requiredModules' | 'ramSize' | 'version' | 'arch' | 'cacheDir' | 'baseFormat'>,
 ): InitramfsPrep {
   const plan = planModules(opts.kernel, opts.wantedModules, opts.requiredModules);
   const unpacker = buildUnpacker({ cacheDir: opts.cacheDir, arch: opts.arch });
@@ -144,6 +146,7 @@ export function prepareInitramfs(
     version: opts.version,
     extractor: unpacker.path ? 'native' : 'busybox',
     fallbackReason: unpacker.reason,
+    baseFormat: opts.baseFormat,
   });
   const unpackerHash = unpacker.path ? createHash('sha256').update(fs.readFileSync(unpacker.path)).digest('hex') : 'none';
   return { plan, init, unpacker, unpackerHash };

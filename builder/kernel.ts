@@ -147,6 +147,9 @@ export const INITRAMFS_MODULE_GROUPS = {
     vfat: ['vfat', 'nls_cp437', 'nls_iso8859_1', 'nls_utf8'],
     exfat: ['exfat', 'nls_utf8'],
     btrfs: ['btrfs'],
+    // base_format = erofs / squashfs: the base image, mounted through a loop device
+    erofs: ['loop', 'erofs'],
+    squashfs: ['loop', 'squashfs'],
   } as Record<string, string[]>,
   overlay: ['overlay'],
 };

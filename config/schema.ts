@@ -195,6 +195,21 @@ export const SCHEMA: { [F in keyof Fields]: Setting<Fields[F]> } = {
     affectsTree: false,
     help: 'Size of the RAM filesystem ("50%" of RAM, or e.g. "4G"); mkma_ram_size= on the kernel command line overrides.',
   },
+  bootTuning: {
+    key: 'boot_tuning',
+    type: { kind: 'boolean' },
+    default: true,
+    // applied by configure on every build (builder/boot-tuning.ts)
+    affectsTree: false,
+    help: 'systemd settings for a RAM boot: needs-update stamps (no ldconfig/catalog/sysusers at each boot), an empty /etc/machine-id, no GPT/hibernate/TPM2/offline-update generators, the journal in /run only. false: the tree as Debian made it.',
+  },
+  baseFormat: {
+    key: 'base_format',
+    type: { kind: 'enum', values: ['cpio', 'erofs', 'squashfs'] },
+    default: 'cpio',
+    affectsTree: false,
+    help: '"cpio": the init unpacks base.cpio.zst into RAM. "erofs" / "squashfs": the build also writes base.erofs / base.squashfs, which the init copies into RAM and mounts as the lowest layer (no unpack, less RAM); squashfs refuses a base with POSIX ACLs.',
+  },
 };
 
 export type Field = keyof Fields;

@@ -3,6 +3,8 @@
 
 export type RootPasswordPolicy = { kind: 'locked' } | { kind: 'empty' } | { kind: 'hash'; hash: string };
 
+export type BaseFormat = 'cpio' | 'erofs' | 'squashfs';
+
 export interface Config {
   /** hostname of the image (CLI argument, else `hostname` key, else the build host's) */
   hostname: string;
@@ -33,6 +35,10 @@ export interface Config {
   installMkma: boolean;
   /** default size of the RAM filesystem (tmpfs size= value: "50%", "4G"); mkma_ram_size= overrides */
   ramSize: string;
+  /** systemd settings for a RAM boot (builder/boot-tuning.ts); false leaves the tree as Debian made it */
+  bootTuning: boolean;
+  /** how the base is stored: a cpio archive unpacked at boot, or also a read-only filesystem image mounted from RAM */
+  baseFormat: BaseFormat;
   /** the file the configuration came from, if any (for error messages) */
   source: string | null;
 }

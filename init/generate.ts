@@ -68,6 +68,7 @@ export function shellConstants(c: BootContract = BOOT_CONTRACT): Record<string, 
     LAYER_SUFFIX: c.FILES.layerSuffix,
     COMPACT_MARK: c.FILES.compactMark,
     BASE_NAME: c.FILES.base,
+    ...prefixed('FILE_', c.FILES),
     ...prefixed('FMT_', c.FORMAT),
     ...prefixed('RT_', c.RUNTIME),
     ...prefixed('KEY_', c.CMDLINE),
@@ -118,6 +119,8 @@ export interface InitOptions {
   extractor?: Extractor;
   /** why mkma-unpack could not be built (busybox only): the boot report says it */
   fallbackReason?: string;
+  /** how the base is stored (base_format): cpio (default), erofs or squashfs (init/templates/base-image.sh) */
+  baseFormat?: 'cpio' | 'erofs' | 'squashfs';
 }
 
 /** EXTRACTOR: what unpacks the images, for the unpack-base phase line (the boot report shows it). */
@@ -165,12 +168,14 @@ export function generateInit(o: InitOptions): string {
       MKMA_MODULES_OVERLAY: o.modules.overlay.join(' '),
       MKMA_DEFAULT_RAM_SIZE: o.defaultRamSize,
       MKMA_DEVICE_TIMEOUT: o.deviceTimeoutSec,
+      MKMA_BASE_FORMAT: o.baseFormat ?? 'cpio',
     }),
     filesystemModulesFunction(o.modules.filesystems),
     storageMatchFunction(o.modules.storageByDevice ?? []),
     template('lib.sh'),
     ...layerTemplates(o.extractor ?? 'native'),
     extractorConstant(o),
+    template('base-image.sh'),
     template('main.sh'),
     'boot',
     '',

@@ -9,6 +9,9 @@
 /** File names in an images directory (format/names.ts orders the layers). */
 export const FILES = {
   base: 'base.cpio.zst',
+  /** the base as a read-only filesystem image (base_format = erofs / squashfs), beside the cpio */
+  baseErofs: 'base.erofs',
+  baseSquashfs: 'base.squashfs',
   initramfs: 'initramfs.cpio.zst',
   kernel: 'vmlinuz',
   buildInfo: 'mkma.json',

@@ -1,5 +1,6 @@
 // The smoke boot behind `mkma qemu` and MKMA_QEMU_TEST=1: images on a virtual disk, boot,
 // read the console, pass/fail with the boot phase timings.
+import { FILES } from '../lib/contract.js';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Reporter } from '../lib/progress.js';
@@ -95,10 +96,13 @@ export async function chooseAccel(
 }
 
 function imageFiles(dir: string): string[] {
-  return fs
-    .readdirSync(dir)
-    .filter((n) => n === BASE_NAME || layerId(n) !== null)
-    .sort();
+  return (
+    fs
+      .readdirSync(dir)
+      // base.erofs / base.squashfs: a build with base_format erofs / squashfs boots from it
+      .filter((n) => n === BASE_NAME || n === FILES.baseErofs || n === FILES.baseSquashfs || layerId(n) !== null)
+      .sort()
+  );
 }
 
 /** The architecture OUT's image was built for: mkma.json's configuration (amd64 when it does not say). */

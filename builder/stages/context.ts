@@ -106,7 +106,7 @@ export interface BuildContext {
 
 /** A file stage's result, to be put in place and recorded. */
 export interface Output<D extends Record<string, unknown> = Record<string, unknown>> {
-  key: 'base' | 'initramfs' | 'kernel';
+  key: 'base' | 'initramfs' | 'kernel' | 'baseImage';
   /** the stage's name in the record */
   stage: string;
   /** its file name in OUT */

@@ -24,6 +24,7 @@ export async function initramfsStage(b: BuildContext, kernel: KernelInfo): Promi
     wantedModules: INITRAMFS_MODULE_GROUPS,
     requiredModules: c.initramfsModules,
     ramSize: c.ramSize,
+    baseFormat: c.baseFormat,
     version: b.version,
     arch: c.architecture,
     cacheDir: path.join(b.out, '.cache', 'unpacker'),

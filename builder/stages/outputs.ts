@@ -32,7 +32,13 @@ export interface BuildResult {
   stages: StageReport[];
   /** snapshots kept in OUT/.cache for preset rebuilds, and their size */
   cache: { snapshots: number; bytes: number };
-  outputs: { base: OutputInfo & { unpackedBytes: number; entries: number }; initramfs: OutputInfo; kernel: OutputInfo };
+  outputs: {
+    base: OutputInfo & { unpackedBytes: number; entries: number };
+    /** base_format erofs / squashfs: the base as a filesystem image, beside the cpio */
+    baseImage?: OutputInfo & { format: string };
+    initramfs: OutputInfo;
+    kernel: OutputInfo;
+  };
   initramfsModules: string[];
   storage: StorageLocation | null;
   cmdline: string;
@@ -61,11 +67,12 @@ export interface MadeOutputs {
   base: Output<BaseDetails>;
   initramfs: Output<InitramfsDetails>;
   kernel: Output;
+  baseImage?: Output | null;
 }
 
 export function outputsStage(b: BuildContext, kernel: KernelInfo, bootstrapReused: boolean, made: MadeOutputs): BuildResult {
   const { config: c, out, staging, records } = b;
-  const all = [made.base, made.initramfs, made.kernel];
+  const all = [made.base, made.initramfs, made.kernel, ...(made.baseImage ? [made.baseImage] : [])];
   // a file made now: its size and hash from staging; a reused one: from the record
   const info = (o: Output): OutputInfo => {
     if (o.decision.run) {
@@ -88,6 +95,7 @@ export function outputsStage(b: BuildContext, kernel: KernelInfo, bootstrapReuse
     cache: b.snapshots.usage(),
     outputs: {
       base: { ...infos.base, ...made.base.details },
+      ...(made.baseImage ? { baseImage: { ...infos.baseImage, format: c.baseFormat } } : {}),
       initramfs: infos.initramfs,
       kernel: infos.kernel,
     },

@@ -287,6 +287,7 @@ unpack_all() {
 		return 1
 	fi
 	mkdir -p "$RT_LOWER" "$RT_UPPER" "$RT_WORK" "$RT_MERGED"
+	[ "$MKMA_BASE_FORMAT" = cpio ] || { unpack_all_image; return; } # base-image.sh
 	if ! read_manifest "$IMAGES/$MKMA_BASE_NAME" "$MKMA_TMP/base.manifest"; then
 		fatal "base image $IMAGES/$MKMA_BASE_NAME is unusable: $M_ERROR" "rebuild it with mkma build, or copy it again"
 		return 1
@@ -319,13 +320,14 @@ mount_root() {
 	# redirect_dir/metacopy off: the upperdir stays self-describing, so `mkma persist` can
 	# save it as a plain layer.
 	if ! mount -t overlay overlay \
-		-o "lowerdir=$RT_LOWER,upperdir=$RT_UPPER,workdir=$RT_WORK,redirect_dir=off,metacopy=off" \
+		-o "lowerdir=${MKMA_LOWERDIR:-$RT_LOWER},upperdir=$RT_UPPER,workdir=$RT_WORK,redirect_dir=off,metacopy=off" \
 		"$RT_MERGED" 2>"$MKMA_TMP/mount.err"; then
 		fatal "cannot mount overlayfs: $(cat "$MKMA_TMP/mount.err")" "is the overlay module in the initramfs?"
 		return 1
 	fi
 	mkdir -p "$RT_MERGED$RT_OVERLAY"
-	mount --bind "$ROOT" "$RT_MERGED$RT_OVERLAY"
+	# rbind: with base_format erofs/squashfs the image and the base view are mounts inside it
+	mount -o rbind "$ROOT" "$RT_MERGED$RT_OVERLAY"
 	# Where the images came from, for `mkma persist` (it also reads /proc/cmdline). The values
 	# hold no control characters (storage_problem): one line each.
 	printf 'device=%s\nimages_path=%s\nbase_data_sha256=%s\n' "$MKMA_DEVICE" "$MKMA_IMAGES_PATH" \

@@ -35,6 +35,8 @@ const DEFAULTS: Config = {
   slim: true,
   installMkma: true,
   ramSize: '50%',
+  bootTuning: true,
+  baseFormat: 'cpio',
   source: 'mkma.toml',
 };
 
@@ -84,6 +86,8 @@ root_password = "$y$j9T$abc/def$ghi.jkl"
 slim = false
 install_mkma = false
 ram_size = "4G"
+boot_tuning = false
+base_format = "erofs"
 `;
     expect(parse(text)).toEqual({
       hostname: 'kiosk-1.example.org',
@@ -101,6 +105,8 @@ ram_size = "4G"
       slim: false,
       installMkma: false,
       ramSize: '4G',
+      bootTuning: false,
+      baseFormat: 'erofs',
       source: 'mkma.toml',
     });
   });
@@ -428,6 +434,8 @@ describe('describeConfig', () => {
       slim: true,
       install_mkma: true,
       ram_size: '50%',
+      boot_tuning: true,
+      base_format: 'cpio',
       source: 'mkma.toml',
     });
     expect(JSON.parse(JSON.stringify(d))).toEqual(d);
