@@ -128,7 +128,11 @@ export function layerNameFor(date: Date, suffix = '', st: LayerState = ACTIVE): 
   return layerFileName(stamp + suffix, st);
 }
 
-/** The state of a new layer from mkma persist: on trial, LAYER_STATE.tries boots to prove itself. */
+/**
+ * The state a new layer of mkma persist is meant to start in: on trial, LAYER_STATE.tries boots
+ * to prove itself. Not used by persist yet (it writes active layers) until boot assessment has
+ * its QEMU test; `mkma layers bless NAME --tries N` puts a layer on trial by hand.
+ */
 export const NEW_LAYER_STATE: LayerState = { status: 'trial', pinned: false, triesLeft: S.tries, triesDone: 0 };
 
 /**
