@@ -19,7 +19,7 @@ import { listImages } from '../../format/images.js';
 import { packTree } from '../../format/pack.js';
 import { readManifest } from '../../format/reader.js';
 import { randomStack } from '../conformance/random.js';
-import { layerName, mkfile, writeLayer as writeFixtureLayer } from '../fixtures/layers.js';
+import { layerFunctions, layerName, mkfile, writeLayer as writeFixtureLayer } from '../fixtures/layers.js';
 import { describeTree } from '../helpers/tree.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -143,11 +143,8 @@ describe('the commit point', () => {
     expect(listing.ignored.map((i) => i.reason)).toEqual(Array(3).fill('superseded by persistence.3+from+1.cpio.zst'));
     expect(await treeOf(images, path.join(dir, 'tree'))).toEqual(before);
     // the init's listing agrees (its sort_layers, under busybox)
-    const script = [
-      'LAYER_PREFIX=persistence.; LAYER_SUFFIX=.cpio.zst; COMPACT_MARK=+from+; warn() { echo "W: $*"; }',
-      /^sort_layers\(\) \{[\s\S]*?\n\}/m.exec(fs.readFileSync(path.join(REPO, 'init/templates/layer-common.sh'), 'utf8'))![0],
-      'sort_layers "$1"',
-    ].join('\n');
+    // the init's constants and layer code as generated (sort_layers reads each name's state too)
+    const script = [layerFunctions(), 'warn() { echo "W: $*"; }', 'sort_layers "$1"'].join('\n');
     const sh = spawnSync('busybox', ['sh', '-c', script, 'sh', images], { encoding: 'utf8' });
     expect(sh.stdout.split('\n').filter(Boolean)).toEqual(['persistence.3+from+1.cpio.zst', layers[3]]);
     expect(sh.stderr.match(/^W: ignoring \S+: superseded by persistence\.3\+from\+1\.cpio\.zst/gm)).toHaveLength(3);
