@@ -66,10 +66,7 @@ unpack_all_image() {
 		phase layers-done "$M_APPLIED applied, $M_SKIPPED skipped"
 	fi
 	# the view persist compares with; needs two lower layers, hence the empty middle's presence
-	if ! mount -t overlay overlay -o "ro,lowerdir=$MKMA_MIDDLE:$MKMA_IMAGE_MNT" "$RT_LOWER" 2>"$MKMA_TMP/mount.err"; then
-		fatal "cannot mount the base view: $(cat "$MKMA_TMP/mount.err")" "is the overlay module in the initramfs?"
-		return 1
-	fi
+	mount_overlay "the base view" "$RT_LOWER" "$MKMA_MIDDLE:$MKMA_IMAGE_MNT" || return 1
 	MKMA_LOWERDIR=$MKMA_MIDDLE:$MKMA_IMAGE_MNT
 }
 
@@ -78,12 +75,7 @@ unpack_all_image() {
 apply_layers_middle() {
 	# shellcheck disable=SC2086
 	load_modules $MKMA_MODULES_OVERLAY
-	if ! mount -t overlay overlay \
-		-o "lowerdir=$MKMA_IMAGE_MNT,upperdir=$MKMA_MIDDLE,workdir=$ROOT/mwork,redirect_dir=off,metacopy=off" \
-		"$RT_LOWER" 2>"$MKMA_TMP/mount.err"; then
-		fatal "cannot mount the overlay for the layers: $(cat "$MKMA_TMP/mount.err")" "is the overlay module in the initramfs?"
-		return 1
-	fi
+	mount_overlay "the overlay for the layers" "$RT_LOWER" "$MKMA_IMAGE_MNT" "$MKMA_MIDDLE" "$ROOT/mwork" || return 1
 	apply_layers "$IMAGES" "$RT_LOWER" "$RT_LOWER/.mkma-stage"
 	rm -rf "$RT_LOWER"/.mkma-stage.*
 	umount "$RT_LOWER"

@@ -167,6 +167,21 @@ uint() {
 	[ ${#UINT} -le "$2" ]
 }
 
+# mount_overlay WHAT TARGET LOWER [UPPER WORK]: an overlayfs on TARGET, or a fatal error naming
+# WHAT. With UPPER: writable, with redirect_dir and metacopy off, so the upperdir stays
+# self-describing (`mkma persist` saves it as a plain layer; base_format's middle directory
+# holds plain whiteouts). Without: a read-only view of LOWER.
+mount_overlay() {
+	if [ $# -ge 5 ]; then
+		_ov="lowerdir=$3,upperdir=$4,workdir=$5,redirect_dir=off,metacopy=off"
+	else
+		_ov="ro,lowerdir=$3"
+	fi
+	mount -t overlay overlay -o "$_ov" "$2" 2>"$MKMA_TMP/mount.err" && return 0
+	fatal "cannot mount $1: $(cat "$MKMA_TMP/mount.err")" "is the overlay module in the initramfs?"
+	return 1
+}
+
 # fatal WHAT HINT: an essential step failed; say what and what to check, then act on
 # mkma_on_error (shell|reboot|halt).
 fatal() {

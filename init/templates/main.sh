@@ -317,14 +317,7 @@ unpack_all() {
 mount_root() {
 	# shellcheck disable=SC2086
 	load_modules $MKMA_MODULES_OVERLAY
-	# redirect_dir/metacopy off: the upperdir stays self-describing, so `mkma persist` can
-	# save it as a plain layer.
-	if ! mount -t overlay overlay \
-		-o "lowerdir=${MKMA_LOWERDIR:-$RT_LOWER},upperdir=$RT_UPPER,workdir=$RT_WORK,redirect_dir=off,metacopy=off" \
-		"$RT_MERGED" 2>"$MKMA_TMP/mount.err"; then
-		fatal "cannot mount overlayfs: $(cat "$MKMA_TMP/mount.err")" "is the overlay module in the initramfs?"
-		return 1
-	fi
+	mount_overlay overlayfs "$RT_MERGED" "${MKMA_LOWERDIR:-$RT_LOWER}" "$RT_UPPER" "$RT_WORK" || return 1
 	mkdir -p "$RT_MERGED$RT_OVERLAY"
 	# rbind: with base_format erofs/squashfs the image and the base view are mounts inside it
 	mount -o rbind "$ROOT" "$RT_MERGED$RT_OVERLAY"
