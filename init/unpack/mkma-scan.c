@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -109,9 +110,16 @@ static int byname(const void *a, const void *b) { return strcmp(*(char *const *)
  * or -1. Closes both.
  */
 static void walk(int fd, int lowerfd, size_t pathlen) {
-	DIR *d = fdopendir(fd);
+	/*
+	 * The directory stays open (as fd) while its subdirectories are walked, but its readdir
+	 * stream does not: the names are read first, then the stream (and its ~32 KiB buffer) is
+	 * closed, so a deep tree costs one descriptor per level on each side and no buffers.
+	 */
+	int dfd = dup(fd);
+	DIR *d = dfd < 0 ? NULL : fdopendir(dfd);
 	if (!d) {
 		warn_path(errno);
+		if (dfd >= 0) close(dfd);
 		close(fd);
 		if (lowerfd >= 0) close(lowerfd);
 		return;
@@ -138,6 +146,7 @@ static void walk(int fd, int lowerfd, size_t pathlen) {
 		count++;
 	}
 	if (errno) warn_path(errno);
+	closedir(d);
 	if (count) {
 		names = malloc(count * sizeof *names);
 		if (!names) {
@@ -167,7 +176,7 @@ static void walk(int fd, int lowerfd, size_t pathlen) {
 	}
 	free(names);
 	free(buf);
-	closedir(d);
+	close(fd);
 	if (lowerfd >= 0) close(lowerfd);
 }
 
@@ -278,6 +287,17 @@ int main(int argc, char **argv) {
 	memcpy(path, argv[1], l);
 	path[l] = 0;
 	rootlen = l;
+	/*
+	 * Two descriptors per directory level (upper and lower) are open at the deepest point. The
+	 * soft limit is often 1024 (systemd's default for services and logins), which made trees
+	 * deeper than ~500 levels report "Too many open files"; the hard limit (524288 by default
+	 * under systemd) covers any path that fits in `path`.
+	 */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
 	int fd = open(path, OPEN_DIR);
 	struct stat st;
 	if (fd < 0 || fstat(fd, &st) < 0) {

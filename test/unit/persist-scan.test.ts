@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import type { ChangeEntry } from '../../persist/model.js';
+import { scanHelper } from '../../persist/scan-helper.js';
 import { scanUpper } from '../../persist/scan.js';
 
 const TMP = fs.mkdtempSync(path.join(tmpdir(), 'mkma-scan-'));
@@ -300,6 +301,29 @@ describe('the native walk and the find walk give the same scan', () => {
     expect(etc.slice(-2)).toEqual(['etc/zz', Buffer.from('etc/\u00e9t\u00e9').toString('latin1')]);
     expect(native.entries).toEqual(find.entries);
     expect(native.skipped).toEqual(find.skipped);
+  });
+
+  test('a tree deeper than the soft descriptor limit allows at two per level is walked whole', async () => {
+    // 600 levels on both sides need ~1,200 descriptors; a soft limit of 256 (1024 is systemd's
+    // default) used to end the walk at ~125 levels with "Too many open files"
+    const D = path.join(TMP, 'deep');
+    for (const side of ['u', 'l']) {
+      const p = path.join(D, side, ...Array<string>(600).fill('d'));
+      fs.mkdirSync(p, { recursive: true });
+      fs.writeFileSync(path.join(p, 'f'), side);
+    }
+    const helper = scanHelper().path;
+    expect(helper).not.toBeNull();
+    const r = spawnSync('sh', ['-c', 'ulimit -Sn 256 && exec "$0" -l "$1" "$2"', helper!, path.join(D, 'l'), path.join(D, 'u')], {
+      maxBuffer: 1 << 26,
+    });
+    expect(r.stderr.toString()).toBe('');
+    expect(r.status).toBe(0);
+    const headers = r.stdout
+      .toString('latin1')
+      .split('\0')
+      .filter((f) => /^40755 /.test(f));
+    expect(headers).toHaveLength(600);
   });
 });
 
