@@ -175,11 +175,14 @@ const comparable = (t: string) => {
   return d;
 };
 
-async function checkStack(images: string, dir: string, format: 'erofs' | 'squashfs'): Promise<void> {
+type Side = 'native' | 'busybox' | 'ts';
+const ALL_SIDES: readonly Side[] = ['native', 'busybox', 'ts'];
+
+async function checkStack(images: string, dir: string, format: 'erofs' | 'squashfs', sides = ALL_SIDES): Promise<void> {
   const ref = await cpioTree(images, dir);
   const imageFile = await makeImage(images, dir, format);
   const refTree = comparable(ref.tree);
-  for (const side of ['native', 'busybox', 'ts'] as const) {
+  for (const side of sides) {
     const root = path.join(dir, side);
     const o = side === 'ts' ? await runTs(format, images, imageFile, root) : runInit(side, format, images, imageFile, root);
     expect({ side, layers: Object.keys(o.layers).sort() }).toEqual({ side, layers: Object.keys(ref.layers).sort() });
@@ -199,11 +202,14 @@ async function checkStack(images: string, dir: string, format: 'erofs' | 'squash
   }
 }
 
-// deep-tree (1000 nested directories) is left out: applied through the overlay it did not finish
-// within 300 s on the host (not investigated yet; the native merge opens every level beneath the
-// root, and each lookup goes through overlayfs). docs/perf-research.md says so.
-const SLOW_THROUGH_OVERLAY = new Set(['deep-tree']);
-const CASES = corpus('/VICTIM').filter((c) => !c.baseRefused && !c.fallbackDiffers && !SLOW_THROUGH_OVERLAY.has(c.name));
+// deep-tree (1000 nested directories) runs without the busybox fallback: busybox `cpio -i -d`
+// makes every entry's leading directories by a stat of each prefix of its path, so its cost is
+// cubic in the depth, and through overlayfs (a permission check on both the overlay and the real
+// inode per component) that took 390 s of the 1000-level case on the host (perf: link_path_walk,
+// ovl_permission, inode_permission under busybox cpio). The fallback only runs when mkma-unpack
+// cannot; the conformance corpus still runs deep-tree through it in cpio mode.
+const SIDES_FOR: Record<string, readonly Side[]> = { 'deep-tree': ['native', 'ts'] };
+const CASES = corpus('/VICTIM').filter((c) => !c.baseRefused && !c.fallbackDiffers);
 
 describe.each(CASES.map((c) => [c.name] as const))('whiteout mode (erofs) equals cpio mode: %s', (name) => {
   test('native init, busybox init and TypeScript apply, viewed through overlayfs', async () => {
@@ -216,7 +222,7 @@ describe.each(CASES.map((c) => [c.name] as const))('whiteout mode (erofs) equals
       if (l.image === 'fifo' || l.image === 'directory') continue;
       writeRawImage(path.join(images, l.name), l.image);
     }
-    await checkStack(images, dir, 'erofs');
+    await checkStack(images, dir, 'erofs', SIDES_FOR[name]);
   }, 300_000);
 });
 
