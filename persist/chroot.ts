@@ -20,7 +20,7 @@ import { unpackImages, type ApplyReport } from '../format/apply.js';
 import { parseGetfattrDump } from '../format/xattrs.js';
 import type { ChangeEntry, ScanResult } from './model.js';
 import { scanUpper } from './scan.js';
-import { stopProcessesIn, workArea } from './workarea.js';
+import { staleWarning, stopProcessesIn, workArea } from './workarea.js';
 
 export interface ImageTree {
   /** the merged view: the root the session works in */
@@ -94,7 +94,7 @@ export async function chrootSession<T>(
 ): Promise<T> {
   const { imagesDir, reporter } = o;
   const work = workArea(o.workBase ?? os.tmpdir(), 'chroot');
-  for (const s of work.stale) reporter.info(`    removed ${s} (left by a killed mkma ${/mkma-work-([a-z]+)-/.exec(s)?.[1]})`);
+  for (const s of work.stale) reporter.warn(staleWarning(s));
   try {
     const lower = path.join(work.dir, 'lower');
     const upper = path.join(work.dir, 'upper');

@@ -136,6 +136,11 @@ export function removeStaleWorkAreas(base: string): string[] {
   return removed;
 }
 
+/** What a removed stale work area is called in a warning. */
+export function staleWarning(dir: string): string {
+  return `removed ${dir} (left by a killed mkma ${NAME_RE.exec(path.basename(dir))?.[1] ?? 'run'})`;
+}
+
 /**
  * A new work area under `base` for `kind` (e.g. "compact"), with a tmpfs mounted on it.
  * `stale`: what earlier, killed runs left under `base` and this call removed first (paths).
