@@ -66,82 +66,98 @@ function makeBin(dir: string): { bin: string; busybox: string; unpacker: string 
   return { bin, busybox, unpacker };
 }
 
-interface ApplySample extends Sample {
+export interface ApplySample extends Sample {
   /** layer-applied phase lines printed */
   applied: number;
   digest?: string;
+}
+
+/**
+ * The inputs of figure 5 (20 small layers, and the same content as one layer) and its timed
+ * run of the init's layer code onto the unpacked base; figure 9 measures compacted layers with it.
+ */
+export async function layerApplyHarness(inp: Inputs): Promise<{
+  images20: string;
+  images1: string;
+  apply: (images: string, check: boolean) => Promise<ApplySample>;
+  /** what applied the layers: "mkma-unpack", or why not */
+  unpacker: () => string;
+}> {
+  const q = inp.o.quick;
+  const specs = Array.from({ length: LAYERS }, (_, i) => layerSpec(i, q));
+  const uppers: string[] = [];
+  for (let i = 0; i < LAYERS; i++) uppers.push(await inp.upper(`layers${q ? '-quick' : ''}/u${String(i).padStart(2, '0')}`, [specs[i]]));
+  const merged = await inp.upper(`layers${q ? '-quick' : ''}/merged`, specs);
+  const images20 = await inp.imagesDir(`layers20${q ? '-quick' : ''}`, uppers, `20 ${JSON.stringify(specs)}`);
+  const images1 = await inp.imagesDir(`layers1${q ? '-quick' : ''}`, [merged], `1 ${JSON.stringify(specs)}`);
+  const imagesBase = await inp.imagesDir('base-only', [], 'base');
+
+  const work = path.join(CACHE, 'apply');
+  fs.mkdirSync(work, { recursive: true });
+  const { bin, busybox, unpacker: built } = makeBin(work);
+  let unpacker = built;
+  // the init's layer code of the variant a build would pick: native with mkma-unpack
+  const scripts = { native: path.join(work, 'mkma-apply'), busybox: path.join(work, 'mkma-apply-busybox') };
+  fs.writeFileSync(scripts.native, generateApplyScript('native'), { mode: 0o755 });
+  fs.writeFileSync(scripts.busybox, generateApplyScript('busybox'), { mode: 0o755 });
+  const scratch = inp.scratch('apply');
+
+  // One run: the base unpacked into a fresh tmpfs (not timed), then the layers applied by
+  // the init's own code, `mkma-apply --layers-only` (sort_layers + apply_layers + a phase
+  // line per layer): timed as a whole by the harness, with millisecond resolution (the
+  // phase lines' uptime has 10 ms, as much as one small layer costs).
+  const apply = (images: string, check: boolean) =>
+    withTmpfs(
+      scratch,
+      async (t): Promise<ApplySample> => {
+        const script = unpacker === 'mkma-unpack' ? scripts.native : scripts.busybox;
+        const tree = path.join(t, 'tree');
+        fs.mkdirSync(tree);
+        await runTimed(busybox, ['sh', script, imagesBase, tree], { env: { PATH: bin, LC_ALL: 'C' }, cwd: t });
+        const r = await runTimed(busybox, ['sh', script, '--layers-only', images, tree], {
+          env: { PATH: bin, LC_ALL: 'C' },
+          cwd: t,
+          okCodes: [0, 3],
+        });
+        if (r.code === 3)
+          throw new HarnessError(
+            `mkma-apply skipped a layer: ${(r.stdout + r.stderr)
+              .split('\n')
+              .filter((l) => /SKIPPED/.test(l))
+              .join('; ')}`,
+          );
+        const applied = r.stdout.split('\n').filter((l) => PHASE_LINE_RE.exec(l)?.[2] === 'layer-applied').length;
+        const digest = check
+          ? sh('bash', [
+              '-c',
+              `set -o pipefail; cd ${shQuote(tree)} && find . -printf '%P %y %s %m %U %G %l\\n' | LC_ALL=C sort | sha256sum`,
+            ]).split(' ')[0]
+          : undefined;
+        return { value: r.ms, applied, digest };
+      },
+      '4G',
+    );
+
+  // a broken mkma-unpack is reported in the note, and the figure measured without it
+  if (unpacker === 'mkma-unpack') {
+    try {
+      await apply(images1, false);
+    } catch (e) {
+      log(`  mkma-unpack failed (${(e as Error).message.split('\n')[0]}); measuring without it`);
+      rmrf(path.join(bin, 'mkma-unpack'));
+      unpacker = `mkma-unpack was built but failed, not used: ${(e as Error).message.split('\n')[0].slice(0, 200)}`;
+    }
+  }
+
+  return { images20, images1, apply, unpacker: () => unpacker };
 }
 
 export const figure: Figure = {
   id: 5,
   title: '20 small layers vs one',
   async run(inp: Inputs): Promise<Row[]> {
-    const q = inp.o.quick;
-    const specs = Array.from({ length: LAYERS }, (_, i) => layerSpec(i, q));
-    const uppers: string[] = [];
-    for (let i = 0; i < LAYERS; i++) uppers.push(await inp.upper(`layers${q ? '-quick' : ''}/u${String(i).padStart(2, '0')}`, [specs[i]]));
-    const merged = await inp.upper(`layers${q ? '-quick' : ''}/merged`, specs);
-    const images20 = await inp.imagesDir(`layers20${q ? '-quick' : ''}`, uppers, `20 ${JSON.stringify(specs)}`);
-    const images1 = await inp.imagesDir(`layers1${q ? '-quick' : ''}`, [merged], `1 ${JSON.stringify(specs)}`);
-    const imagesBase = await inp.imagesDir('base-only', [], 'base');
-
-    const work = path.join(CACHE, 'apply');
-    fs.mkdirSync(work, { recursive: true });
-    const { bin, busybox, unpacker: built } = makeBin(work);
-    let unpacker = built;
-    // the init's layer code of the variant a build would pick: native with mkma-unpack
-    const scripts = { native: path.join(work, 'mkma-apply'), busybox: path.join(work, 'mkma-apply-busybox') };
-    fs.writeFileSync(scripts.native, generateApplyScript('native'), { mode: 0o755 });
-    fs.writeFileSync(scripts.busybox, generateApplyScript('busybox'), { mode: 0o755 });
-    const scratch = inp.scratch('apply');
-
-    // One run: the base unpacked into a fresh tmpfs (not timed), then the layers applied by
-    // the init's own code, `mkma-apply --layers-only` (sort_layers + apply_layers + a phase
-    // line per layer): timed as a whole by the harness, with millisecond resolution (the
-    // phase lines' uptime has 10 ms, as much as one small layer costs).
-    const apply = (images: string, check: boolean) =>
-      withTmpfs(
-        scratch,
-        async (t): Promise<ApplySample> => {
-          const script = unpacker === 'mkma-unpack' ? scripts.native : scripts.busybox;
-          const tree = path.join(t, 'tree');
-          fs.mkdirSync(tree);
-          await runTimed(busybox, ['sh', script, imagesBase, tree], { env: { PATH: bin, LC_ALL: 'C' }, cwd: t });
-          const r = await runTimed(busybox, ['sh', script, '--layers-only', images, tree], {
-            env: { PATH: bin, LC_ALL: 'C' },
-            cwd: t,
-            okCodes: [0, 3],
-          });
-          if (r.code === 3)
-            throw new HarnessError(
-              `mkma-apply skipped a layer: ${(r.stdout + r.stderr)
-                .split('\n')
-                .filter((l) => /SKIPPED/.test(l))
-                .join('; ')}`,
-            );
-          const applied = r.stdout.split('\n').filter((l) => PHASE_LINE_RE.exec(l)?.[2] === 'layer-applied').length;
-          const digest = check
-            ? sh('bash', [
-                '-c',
-                `set -o pipefail; cd ${shQuote(tree)} && find . -printf '%P %y %s %m %U %G %l\\n' | LC_ALL=C sort | sha256sum`,
-              ]).split(' ')[0]
-            : undefined;
-          return { value: r.ms, applied, digest };
-        },
-        '4G',
-      );
-
-    // a broken mkma-unpack is reported in the note, and the figure measured without it
-    if (unpacker === 'mkma-unpack') {
-      try {
-        await apply(images1, false);
-      } catch (e) {
-        log(`  mkma-unpack failed (${(e as Error).message.split('\n')[0]}); measuring without it`);
-        rmrf(path.join(bin, 'mkma-unpack'));
-        unpacker = `mkma-unpack was built but failed, not used: ${(e as Error).message.split('\n')[0].slice(0, 200)}`;
-      }
-    }
-
+    const { images20, images1, apply, unpacker: extractor } = await layerApplyHarness(inp);
+    const unpacker = extractor();
     const runs = inp.runs(5);
     const [l20, l1] = await interleave<ApplySample>(
       [

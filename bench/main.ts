@@ -18,12 +18,13 @@ import { figure as fig5 } from './fig5-layers.js';
 import { figure as fig6 } from './fig6-build.js';
 import { figure as fig7 } from './fig7-growth.js';
 import { figure as fig8 } from './fig8-arm64.js';
+import { figure as fig9 } from './fig9-lifecycle.js';
 import type { Figure } from './figure.js';
 import { Inputs } from './inputs.js';
 import { errorRow, formatTable, machineFacts, writeResults, type Row } from './report.js';
 import { CACHE, cleanStaleMounts, log } from './util.js';
 
-const FIGURES: Figure[] = [fig1, fig2, fig3, fig4, fig5, fig6, fig7, fig8];
+const FIGURES: Figure[] = [fig1, fig2, fig3, fig4, fig5, fig6, fig7, fig8, fig9];
 
 const HELP = `Usage: npm run bench -- [options]
 

@@ -27,7 +27,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
   },
   remove: { summary: 'delete a layer (asks first, unless --yes)', load: async () => (await import('./layers-remove-cmd.js')).remove },
   prune: {
-    summary: 'remove disabled layers beyond --keep N [--newer-than DAYS], never pinned ones',
+    summary: 'remove disabled and failed layers beyond --keep N [--newer-than DAYS], never pinned ones',
     load: async () => (await import('./layers-remove-cmd.js')).prune,
   },
   pin: { summary: 'never prune a layer', load: async () => (await import('./layers-state-cmd.js')).pin },

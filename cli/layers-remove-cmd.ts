@@ -68,14 +68,15 @@ export const remove: SubcommandModule = {
 const PRUNE_SPEC = {
   name: 'layers prune',
   synopsis: '--keep N [--newer-than DAYS] [--dry-run] [--path DIR | --device DEV --path PATH] [--json]',
-  description: `Removes disabled layers beyond a rule: the N newest disabled layers are kept, and with
---newer-than those created less than DAYS days ago too. Pinned layers (mkma layers pin) are
-never removed, nor any layer in boot order (active, on trial) or failed.
+  description: `Removes disabled and failed layers beyond a rule: the N newest of them are kept, and with
+--newer-than those created less than DAYS days ago too. A failed layer (no good boot in its
+tries) is not applied any more, like a disabled one: it counts among them. Pinned layers
+(mkma layers pin) are never removed, nor any layer in boot order (active, on trial).
 
 ${WHERE}`,
   options: [
-    { long: 'keep', value: 'N', help: 'disabled layers to keep, the newest (0: none)' },
-    { long: 'newer-than', value: 'DAYS', help: 'also keep disabled layers created less than DAYS days ago' },
+    { long: 'keep', value: 'N', help: 'disabled or failed layers to keep, the newest (0: none)' },
+    { long: 'newer-than', value: 'DAYS', help: 'also keep those created less than DAYS days ago' },
     { long: 'dry-run', help: 'say what would be removed, remove nothing' },
     ...STORAGE_OPTIONS,
     { long: 'json', help: 'what was removed as JSON on stdout' },
@@ -90,14 +91,15 @@ const wholeNumber = (opt: string, v: string | undefined): number | undefined => 
   return Number(v);
 };
 
-/** The disabled, unpinned layers that the rule does not keep, oldest first. */
+/** The disabled and failed unpinned layers that the rule does not keep, oldest first. */
 export function pruneVictims(
   layers: Array<LayerName & { created: string | null }>,
   keep: number,
   newerThanDays: number | undefined,
   now: Date,
 ): LayerName[] {
-  const disabled = layers.filter((l) => l.status === 'disabled' && !l.pinned);
+  // a failed layer is out of boot order as a disabled one is (only bless brings it back)
+  const disabled = layers.filter((l) => (l.status === 'disabled' || l.status === 'failed') && !l.pinned);
   const kept = new Set(disabled.slice(Math.max(0, disabled.length - keep)).map((l) => l.id));
   const cutoff = newerThanDays === undefined ? null : now.getTime() - newerThanDays * 86_400_000;
   return disabled.filter((l) => !kept.has(l.id) && !(cutoff !== null && l.created !== null && Date.parse(l.created) >= cutoff));
@@ -110,7 +112,7 @@ export const prune: SubcommandModule = {
     const { values } = parse(PRUNE_SPEC, argv);
     if (values.help) return printHelp(prune.HELP);
     const keep = wholeNumber('keep', values.keep);
-    if (keep === undefined) throw new UsageError('layers prune: how many disabled layers to keep? (--keep N)');
+    if (keep === undefined) throw new UsageError('layers prune: how many disabled or failed layers to keep? (--keep N)');
     const days = wholeNumber('newer-than', values['newer-than']);
     const { describeLayers } = await import('../format/layer-info.js');
     const { layersIn, removeLayerFile } = await import('../format/layer-state.js');

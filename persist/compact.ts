@@ -18,11 +18,12 @@
 // then), then removes that one layer: applying a layer a second time onto a tree that already
 // holds it changes nothing (its removals are recreated by its own merge), so base' + layer and
 // base' are the same tree in the moment between.
+// A compaction killed with SIGKILL cannot unmount its work area: the next compaction (or mkma
+// chroot) removes it first and says so (persist/workarea.ts).
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { FILES, ZSTD_LEVEL } from '../lib/contract.js';
-import { onCleanup } from '../lib/cleanup.js';
 import { MkmaError, UsageError } from '../lib/errors.js';
 import { formatBytes, type Reporter } from '../lib/progress.js';
 import { runSync } from '../lib/run.js';
@@ -35,6 +36,7 @@ import { readManifest } from '../format/reader.js';
 import { fsyncDir } from '../format/writer.js';
 import { scanUpper } from './scan.js';
 import { acquireLock, planLayer, removeStaleTemporaries, writeLayer } from './write.js';
+import { removeStaleWorkAreas, staleWarning, workArea } from './workarea.js';
 
 export interface CompactOptions {
   imagesDir: string;
@@ -107,22 +109,17 @@ function mount(args: string[]): void {
   runSync('mount', args);
 }
 
-/** A private tmpfs for the trees (an overlay's upperdir cannot be on the root overlay of a booted mkma). */
-function workArea(base: string): { dir: string; done: () => void } {
-  const dir = fs.mkdtempSync(path.join(base, 'mkma-compact-'));
-  mount(['-t', 'tmpfs', '-o', 'mode=0700', 'tmpfs', dir]);
-  const cleanup = () => {
-    for (const m of [path.join(dir, 'merged'), dir]) runSync('umount', ['-l', m], { allowFailure: true });
-    fs.rmSync(dir, { recursive: true, force: true });
-  };
-  const release = onCleanup(`unmount ${dir}`, cleanup);
-  return {
-    dir,
-    done: () => {
-      release();
-      cleanup();
-    },
-  };
+/**
+ * What killed compactions and chroot sessions left in the work areas' directory (their tmpfs and
+ * mounts: SIGKILL cannot be cleaned up after), removed first and reported (persist/workarea.ts).
+ */
+function removeStaleWork(o: Pick<CompactOptions, 'workBase' | 'reporter'>): void {
+  for (const s of removeStaleWorkAreas(o.workBase ?? os.tmpdir())) o.reporter.warn(staleWarning(s));
+}
+
+/** A private tmpfs for the trees (persist/workarea.ts). */
+function compactArea(o: Pick<CompactOptions, 'workBase'>) {
+  return workArea(o.workBase ?? os.tmpdir(), 'compact');
 }
 
 function refuseSkipped(reports: ApplyReport[]): void {
@@ -135,7 +132,8 @@ function refuseSkipped(reports: ApplyReport[]): void {
   }
 }
 
-function baseLevel(imagesDir: string): number {
+/** The zstd level the base was built with (what a new layer is written at), else the default. */
+export function baseLevel(imagesDir: string): number {
   try {
     return readManifest(path.join(imagesDir, FILES.base)).zstdLevel ?? ZSTD_LEVEL.default;
   } catch {
@@ -171,7 +169,7 @@ async function compactLocked(o: CompactOptions, cleaned: string[]): Promise<Comp
   refuseUndecided(layers.slice(0, end));
   if (range.length < 2) throw new UsageError(`compact: ${range.length} layer(s) in the range: nothing to compact (it takes two or more)`);
   const bytesBefore = range.reduce((n, l) => n + fs.statSync(path.join(imagesDir, l)).size, 0);
-  const work = workArea(o.workBase ?? os.tmpdir());
+  const work = compactArea(o);
   try {
     const below = path.join(work.dir, 'below');
     const upper = path.join(work.dir, 'upper');
@@ -234,6 +232,7 @@ export async function compactLayers(o: CompactOptions): Promise<CompactResult> {
   const release = acquireLock(o.imagesDir);
   try {
     const cleaned = finishInterrupted(o.imagesDir);
+    removeStaleWork(o);
     return await compactLocked(o, cleaned);
   } finally {
     release();
@@ -254,6 +253,7 @@ export async function foldIntoBase(o: Omit<CompactOptions, 'range' | 'message'>)
   const release = acquireLock(imagesDir);
   try {
     const cleaned = finishInterrupted(imagesDir);
+    removeStaleWork(o);
     const basePath = path.join(imagesDir, FILES.base);
     const baseBytesBefore = fs.statSync(basePath).size;
     let layers = listImages(imagesDir).layers;
@@ -266,7 +266,7 @@ export async function foldIntoBase(o: Omit<CompactOptions, 'range' | 'message'>)
     }
     const [layer] = layers;
     const base = readManifest(basePath);
-    const work = workArea(o.workBase ?? os.tmpdir());
+    const work = compactArea(o);
     try {
       const tree = path.join(work.dir, 'tree');
       let stage = reporter.stage('unpack', `base + ${layer}`);

@@ -5,7 +5,9 @@
 // - the commit point: superseded layers left by an interrupted compaction are ignored by
 //   `mkma unpack` and by the init's sort_layers, and removed by the next compaction;
 // - crash tests: compact and --into-base killed with SIGKILL at 10+ moments each leave a set of
-//   images that unpacks to the same tree as before, and a compaction run after it succeeds.
+//   images that unpacks to the same tree as before, and a compaction run after it succeeds and
+//   removes the mounts and work areas the killed runs left (SIGKILL cannot be cleaned up after),
+//   saying so.
 // Runs as root (tmpfs and overlay mounts).
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { spawn, spawnSync } from 'node:child_process';
@@ -48,13 +50,17 @@ async function treeOf(images: string, into: string): Promise<Record<string, stri
   return d;
 }
 
-/** Mounts a killed compaction left under WORKBASE (its tmpfs, its overlay). */
-function unmountLeftovers(): number {
-  const mounts = fs
+/** Mount points under `dir` (/proc/self/mountinfo). */
+const mountsUnder = (dir: string) =>
+  fs
     .readFileSync('/proc/self/mountinfo', 'utf8')
     .split('\n')
     .map((l) => l.split(' ')[4])
-    .filter((m) => m && m.startsWith(WORKBASE + '/'));
+    .filter((m) => m && m.startsWith(dir + '/'));
+
+/** Mounts a killed compaction left under WORKBASE (its tmpfs, its overlay), after the tests. */
+function unmountLeftovers(): number {
+  const mounts = mountsUnder(WORKBASE);
   for (const m of mounts.reverse()) spawnSync('umount', ['-l', m]);
   for (const d of fs.readdirSync(WORKBASE)) fs.rmSync(path.join(WORKBASE, d), { recursive: true, force: true });
   return mounts.length;
@@ -224,7 +230,8 @@ describe('crash tests: SIGKILL at 10+ moments', () => {
     const seen = fs.readdirSync(images).filter((n) => n !== 'base.cpio.zst');
     child.kill('SIGKILL');
     const code = await exited;
-    const leftMounts = unmountLeftovers();
+    // what a SIGKILLed run leaves mounted stays: the next run must remove it (checked below)
+    const leftMounts = mountsUnder(WORKBASE).length;
     expect(await treeOf(images, path.join(dir, 'tree'))).toEqual(before);
     return `${delay} ms: ${code === 0 ? 'finished' : 'killed'}, saw ${JSON.stringify(seen.filter((n) => !isLayer(n) || n.includes('+')))}, ${leftMounts} mount(s) left`;
   }
@@ -248,9 +255,15 @@ describe('crash tests: SIGKILL at 10+ moments', () => {
       const KILLS = 13;
       for (let i = 0; i < KILLS; i++) seen.push(await killAt([...args], Math.round(100 + (i * (ms * 0.8 - 100)) / (KILLS - 1))));
       // and the run after the last kill recovers: it removes what the kill left and completes
-      // (or, when the killed run had committed, finds one layer: nothing to compact, exit 2)
+      // (or, when the killed run had committed, finds one layer: nothing to compact, exit 2);
+      // the work areas (tmpfs, overlay) the killed runs left are removed by it, and it says so
+      const left = fs.readdirSync(WORKBASE);
+      expect(seen.some((s) => !s.endsWith(' 0 mount(s) left'))).toBe(true);
       const again = cli([...args, '-q']);
       expect([0, 2]).toContain(again.status);
+      for (const l of left) expect(again.stderr).toContain(`removed ${path.join(WORKBASE, l)} (left by a killed mkma compact)`);
+      expect(mountsUnder(WORKBASE)).toEqual([]);
+      expect(fs.readdirSync(WORKBASE)).toEqual([]);
       expect(fs.readdirSync(images).filter((n) => n.startsWith('.'))).toEqual([]);
       expect(layersIn(images).length).toBeLessThanOrEqual(1);
       expect(await treeOf(images, path.join(dir, 'tree'))).toEqual(before);

@@ -1,10 +1,11 @@
 // `mkma layers disable|enable|rollback|remove|prune|pin|unpin|bless` on real images (the
 // writer's), as users run them (bin/mkma.js --path), and what `mkma unpack` then gives; and
-// the crash tests: each of disable, enable and remove killed with SIGKILL at every point where
-// it touches the images directory (strace injects the signal at the entry of the N-th such
-// system call: the lock, the fsyncs, the rename or unlink) and at moments spread over its
-// run, must leave images that unpack to the tree before or the tree after, and the next
-// command must work (the lock is free again).
+// the crash tests: each of disable, enable, rollback (of two layers) and remove killed with
+// SIGKILL at every point where it touches the images directory (strace injects the signal at
+// the entry of the N-th such system call: the lock, the fsyncs, the renames or unlink) must
+// leave images that unpack to the tree before or the tree after (for the rollback also the
+// rollback to the later point, its layers being disabled newest first), and the next command
+// must work (the lock is free again).
 import { beforeAll, describe, expect, jest, test } from '@jest/globals';
 import { spawnSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
@@ -112,6 +113,21 @@ describe('the commands on real images', () => {
     expect(layerFiles(dir)).toEqual([P('1@disabled,pinned'), P('3')]);
   });
 
+  test('prune: failed layers count with the disabled ones (the newest kept), a pinned one never', () => {
+    const dir = images();
+    fs.renameSync(path.join(dir, P('1')), path.join(dir, P('1@failed-3')));
+    fs.renameSync(path.join(dir, P('2')), path.join(dir, P('2@disabled')));
+    fs.renameSync(path.join(dir, P('3')), path.join(dir, P('3@failed-3,pinned')));
+    let p = mkma(['prune', '--keep', '1', '--path', dir, '--json']);
+    expect(p.status).toBe(0);
+    // 1 (failed) and 2 (disabled) are beyond the rule's reach; 2 is the newest of them: kept
+    expect(JSON.parse(p.stdout).removed.map((x: { id: string }) => x.id)).toEqual(['1']);
+    expect(layerFiles(dir)).toEqual([P('2@disabled'), P('3@failed-3,pinned')]);
+    p = mkma(['prune', '--keep', '0', '--path', dir]);
+    expect(p.stdout).toMatch(/^removed 2 \(persistence\.2@disabled\.cpio\.zst, /);
+    expect(layerFiles(dir)).toEqual([P('3@failed-3,pinned')]);
+  });
+
   test('show: the entries against what lies below; with PATH a unified diff', () => {
     const dir = images();
     const r = mkma(['show', '2', '--path', dir]);
@@ -146,10 +162,14 @@ describe('the commands on real images', () => {
 
 /**
  * strace's options that trace exactly the system calls on the images directory, its lock and
- * layer 2's file under either name: the points where a kill can fall between two steps.
+ * the files of layers 2 and 3 under either name (a rollback renames both): the points where a
+ * kill can fall between two steps.
  */
 const onImages = (dir: string) =>
-  [dir, path.join(dir, '.mkma-persist.lock'), path.join(dir, P('2')), path.join(dir, P('2@disabled'))].flatMap((p) => ['-P', p]);
+  [dir, path.join(dir, '.mkma-persist.lock'), ...['2', '2@disabled', '3', '3@disabled'].map((id) => path.join(dir, P(id)))].flatMap((p) => [
+    '-P',
+    p,
+  ]);
 
 /** Runs `mkma layers ARGS --path DIR` under strace, killed (SIGKILL) at the entry of a point (its k-th `syscall`); its exit status. */
 function killedAt(dir: string, args: string[], point: Point): number | null {
@@ -194,8 +214,11 @@ function pointsOf(dir: string, args: string[]): Point[] {
 }
 
 describe('SIGKILL at every point: the images unpack to the tree before or after, and the next command works', () => {
-  const cases: Array<{ what: string; prepare: (dir: string) => void; args: string[]; redo: string[] }> = [
+  // `between`: a command whose result is also a consistent state a kill may leave (rollback
+  // disables newest first: a kill between two renames leaves a rollback to a later point)
+  const cases: Array<{ what: string; prepare: (dir: string) => void; args: string[]; redo: string[]; between?: string[] }> = [
     { what: 'disable', prepare: () => {}, args: ['disable', '2'], redo: ['disable', '2'] },
+    { what: 'rollback 1', prepare: () => {}, args: ['rollback', '1'], redo: ['rollback', '1'], between: ['rollback', '2'] },
     {
       what: 'enable',
       prepare: (dir) => fs.renameSync(path.join(dir, P('2')), path.join(dir, P('2@disabled'))),
@@ -214,6 +237,13 @@ describe('SIGKILL at every point: the images unpack to the tree before or after,
         const points = pointsOf(probe, c.args);
         const after = await tree(probe);
         expect(after).not.toEqual(before);
+        let between: string[] | null = null;
+        if (c.between) {
+          const b = images();
+          c.prepare(b);
+          expect(mkma([...c.between, '--path', b]).status).toBe(0);
+          between = await tree(b);
+        }
         // every point the run has (at least 10: else the test would prove little)
         expect(points.length).toBeGreaterThanOrEqual(10);
         const outcomes = new Set<string>();
@@ -224,10 +254,10 @@ describe('SIGKILL at every point: the images unpack to the tree before or after,
           const status = killedAt(dir, c.args, point);
           expect(status).not.toBe(0);
           const t = await tree(dir);
-          const which =
-            JSON.stringify(t) === JSON.stringify(before) ? 'before' : JSON.stringify(t) === JSON.stringify(after) ? 'after' : 'MIXED';
+          const same = (x: string[] | null) => x !== null && JSON.stringify(t) === JSON.stringify(x);
+          const which = same(before) ? 'before' : same(after) ? 'after' : same(between) ? 'between' : 'MIXED';
           expect(`${c.what} killed at point ${n}: ${which}`).toBe(
-            `${c.what} killed at point ${n}: ${which === 'MIXED' ? 'before or after' : which}`,
+            `${c.what} killed at point ${n}: ${which === 'MIXED' ? `before${between ? ', between' : ''} or after` : which}`,
           );
           outcomes.add(which);
           // the next run completes the change (or finds it done), the dead run's lock is no
@@ -239,8 +269,9 @@ describe('SIGKILL at every point: the images unpack to the tree before or after,
           }
           fs.rmSync(dir, { recursive: true, force: true });
         }
-        // both outcomes were seen: the kills fell on both sides of the rename/unlink
-        expect([...outcomes].sort()).toEqual(['after', 'before']);
+        // both outcomes were seen: the kills fell on both sides of the rename/unlink (and between
+        // the renames of a rollback of two layers)
+        expect([...outcomes].sort()).toEqual(between ? ['after', 'before', 'between'] : ['after', 'before']);
       },
       600_000,
     );
