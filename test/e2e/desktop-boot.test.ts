@@ -10,8 +10,8 @@ import { afterAll, describe, expect, test } from '@jest/globals';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { createReporter } from '../../lib/progress.js';
-import { describeSmoke, smokeBoot, type SmokeResult } from '../../qemu/smoke.js';
+import { describeSmoke, type SmokeResult } from '../../qemu/smoke.js';
+import { sleep, startGuestBoot } from '../helpers/guest-boot.js';
 import { MKMA, REPO, TEST_CONFIG, WORK } from '../helpers/paths.js';
 import { ppmStats, qmp, qmpSocketReady } from '../helpers/qmp.js';
 
@@ -21,8 +21,6 @@ const USER = 'mkmadesk';
 // `openssl passwd -6 -salt mkmadesk mkma`: the user's password is "mkma"
 const PASSWORD = '$6$mkmadesk$CT1zexr6EceUUF7IXl51taKoENwb4L/qWGTFzGOvfPpHPGsnx5TGa5NrBwss0ln3rzw8F4MWDzd6gdDoaHbNK0';
 const READY = 'MKMA-TEST-OUT: x-ready';
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('the shipped desktop preset boots to its display manager (QEMU TCG, std VGA)', () => {
   let smoke: SmokeResult | undefined;
@@ -55,12 +53,12 @@ describe('the shipped desktop preset boots to its display manager (QEMU TCG, std
 
     // in the guest, after multi-user: wait for the display manager and its X server, say so,
     // leave the host time for its screendump, then report
-    const data = path.join(DIR, 'data');
-    fs.rmSync(data, { recursive: true, force: true });
-    fs.mkdirSync(data);
-    fs.writeFileSync(
-      path.join(data, 'run.sh'),
-      [
+    const sock = path.join(DIR, 'qmp.sock');
+    fs.rmSync(sock, { force: true });
+    const boot = startGuestBoot({
+      dir: DIR,
+      out: OUT,
+      runSh: [
         'i=0',
         'until [ "$(systemctl is-active display-manager.service)" = active ] && pgrep -x Xorg >/dev/null &&',
         '  auth=$(ls /var/lib/xdm/authdir/authfiles/A:0-* 2>/dev/null | head -n 1) && [ -n "$auth" ] &&',
@@ -77,36 +75,17 @@ describe('the shipped desktop preset boots to its display manager (QEMU TCG, std
         'echo "drm: $(basename "$(readlink -f /sys/class/drm/card0/device/driver)")"',
         'echo "errors: $(grep -c "^\\[ *[0-9.]*\\] (EE)" /var/log/Xorg.0.log)"',
         'echo "failed: $(systemctl --failed --plain --no-legend | wc -l)"',
-      ].join('\n') + '\n',
-    );
-    const sock = path.join(DIR, 'qmp.sock');
-    fs.rmSync(sock, { force: true });
-    const logPath = path.join(DIR, 'console.log');
-    fs.rmSync(logPath, { force: true });
-    const t1 = Date.now();
-    const boot = smokeBoot({
-      out: OUT,
-      reporter: createReporter({ quiet: true }),
-      env: { MKMA_QEMU_ACCEL: 'tcg' },
-      fresh: true,
-      testDataDir: data,
+      ],
       timeoutSec: 1200,
       memoryMiB: 3072,
-      logPath,
       extraArgs: ['-vga', 'std', '-qmp', `unix:${sock},server=on,wait=off`],
     });
-    let ended = false;
-    const end = () => {
-      ended = true;
-    };
-    boot.then(end, end);
-
-    while (!ended && !(fs.existsSync(logPath) && fs.readFileSync(logPath, 'utf8').includes(READY))) await sleep(1000);
-    const readySecs = (Date.now() - t1) / 1000;
+    await boot.waitFor(READY);
+    const readySecs = (Date.now() - boot.started) / 1000;
     const ppm = path.join(DIR, 'screen.ppm');
     const png = path.join(DIR, 'screen.png');
     let dumped: unknown = 'the guest ended before X was ready';
-    if (!ended && (await qmpSocketReady(sock))) {
+    if (!boot.ended() && (await qmpSocketReady(sock))) {
       // the login box is drawn a moment after the server answers
       await sleep(5000);
       fs.rmSync(ppm, { force: true });
@@ -117,7 +96,7 @@ describe('the shipped desktop preset boots to its display manager (QEMU TCG, std
       // a PNG to look at (QEMU ≥ 7.1); not checked
       await qmp(sock, 'screendump', { filename: png, format: 'png' }).catch(() => undefined);
     }
-    smoke = await boot;
+    smoke = await boot.result;
     const out = (key: string) => new RegExp(`MKMA-TEST-OUT: ${key}: (.*)`).exec(smoke!.log)?.[1] ?? '';
     const screen = dumped === 'ok' ? ppmStats(ppm) : null;
     process.stderr.write(

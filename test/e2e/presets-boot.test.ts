@@ -11,9 +11,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { createReporter } from '../../lib/progress.js';
-import { describeSmoke, smokeBoot, type SmokeResult } from '../../qemu/smoke.js';
+import { describeSmoke, type SmokeResult } from '../../qemu/smoke.js';
 import { MULTI_USER_MARKER } from '../../qemu/run.js';
+import { sleep, startGuestBoot } from '../helpers/guest-boot.js';
 import { WORK } from '../helpers/paths.js';
 import { baseNames, buildShippedPresets, SHIPPED_OUT as OUT, SSH_KEY as KEY, SSH_USER as USER } from '../helpers/shipped-presets.js';
 
@@ -30,8 +30,6 @@ function freePort(): Promise<number> {
     });
   });
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** ssh with the key the preset installed; never asks, never touches ~/.ssh. */
 function ssh(port: number, command: string): Promise<{ status: number | null; stdout: string; stderr: string }> {
@@ -86,12 +84,11 @@ describe('the shipped presets boot (console + ssh-server, QEMU TCG, user network
     expect(baseNames(OUT).filter((f) => /^etc\/ssh\/ssh_host_/.test(f))).toEqual([]);
 
     // what the guest shows on its console once the client is done (/tmp/mkma-ssh-done)
-    const data = path.join(DIR, 'data');
-    fs.rmSync(data, { recursive: true, force: true });
-    fs.mkdirSync(data);
-    fs.writeFileSync(
-      path.join(data, 'run.sh'),
-      [
+    const port = await freePort();
+    const boot = startGuestBoot({
+      dir: DIR,
+      out: OUT,
+      runSh: [
         'i=0',
         'while [ ! -e /tmp/mkma-ssh-done ] && [ "$i" -lt 300 ]; do sleep 1; i=$((i + 1)); done',
         'echo "ssh-done: $(cat /tmp/mkma-ssh-done 2>/dev/null || echo never)"',
@@ -99,39 +96,23 @@ describe('the shipped presets boot (console + ssh-server, QEMU TCG, user network
         'echo "hostkeys-unit: $(systemctl is-active mkma-ssh-host-keys.service)"',
         'echo "locale: $(grep ^LANG= /etc/default/locale)"',
         'echo "editor: $(readlink -f /etc/alternatives/editor)"',
-      ].join('\n') + '\n',
-    );
-    const port = await freePort();
-    const logPath = path.join(DIR, 'console.log');
-    fs.rmSync(logPath, { force: true });
-    const t1 = Date.now();
-    const boot = smokeBoot({
-      out: OUT,
-      reporter: createReporter({ quiet: true }),
-      env: { MKMA_QEMU_ACCEL: 'tcg' },
-      fresh: true,
-      testDataDir: data,
+      ],
       timeoutSec: 600,
-      logPath,
       extraArgs: ['-nic', `user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:${port}-:22`],
     });
-    let ended = false;
-    const end = () => {
-      ended = true;
-    };
-    boot.then(end, end);
+    const t1 = boot.started;
 
     // multi-user reached, then sshd (and DHCP) may still be a moment behind: retry the login
-    while (!ended && !(fs.existsSync(logPath) && fs.readFileSync(logPath, 'utf8').includes(MULTI_USER_MARKER))) await sleep(1000);
+    await boot.waitFor(MULTI_USER_MARKER);
     const multiUserSecs = (Date.now() - t1) / 1000;
     let login = { status: null as number | null, stdout: '', stderr: 'the guest ended before multi-user' };
-    for (let attempt = 0; attempt < 40 && !ended; attempt++) {
+    for (let attempt = 0; attempt < 40 && !boot.ended(); attempt++) {
       login = await ssh(port, 'echo "user=$(id -un) host=$(hostname) root=$(sudo -n id -u)"; echo ok > /tmp/mkma-ssh-done');
       if (login.status === 0) break;
       await sleep(3000);
     }
     const loginSecs = (Date.now() - t1) / 1000;
-    smoke = await boot;
+    smoke = await boot.result;
     process.stderr.write(
       `[presets-boot] build ${buildSecs.toFixed(0)} s (${build.seeded}, bootstrap ${build.stages[0]?.status}), multi-user ${multiUserSecs.toFixed(0)} s and ssh login ${loginSecs.toFixed(0)} s after QEMU started, boot total ${smoke.durationSec.toFixed(0)} s\n`,
     );
