@@ -26,6 +26,7 @@ export function startGuestBoot(o: {
   extraArgs: string[];
   timeoutSec: number;
   memoryMiB?: number;
+  append?: string;
 }): GuestBoot {
   const data = path.join(o.dir, 'data');
   fs.rmSync(data, { recursive: true, force: true });
@@ -42,6 +43,7 @@ export function startGuestBoot(o: {
     testDataDir: data,
     timeoutSec: o.timeoutSec,
     memoryMiB: o.memoryMiB,
+    append: o.append,
     logPath,
     extraArgs: o.extraArgs,
   });
