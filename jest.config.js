@@ -34,9 +34,9 @@ export default {
       ...common,
       displayName: 'e2e',
       testMatch: ['<rootDir>/test/e2e/**/*.test.ts?(x)'],
-      // The shipped presets' boot builds an image of its own (~8 min under TCG on 2 shared
-      // cores, most of it the bootstrap): `npm run test:presets`, not part of `npm test`.
-      testPathIgnorePatterns: process.env.MKMA_PRESETS_BOOT ? [] : ['/test/e2e/presets-boot\\.test\\.ts$'],
+      // The desktop preset's boot installs Xorg and a display manager into an image of its own
+      // and boots it to the greeter (minutes under TCG): `npm run test:desktop`, not `npm test`.
+      testPathIgnorePatterns: process.env.MKMA_DESKTOP_BOOT ? [] : ['/test/e2e/desktop-boot\\.test\\.ts$'],
       globalSetup: '<rootDir>/test/e2e/global-setup.ts',
     },
   ],

@@ -1,24 +1,23 @@
 // The shipped presets, booted: one image with console and ssh-server (the test image's
-// configuration plus virtio_net), booted in QEMU with user networking and a host port forward,
-// and logged into the way a user would: the real OpenSSH client, with the key the preset
-// installed for MKMA_SSH_USER, running a command. The host keys are made at first boot: none
-// are in the base, and the key the client was shown is the one the guest made.
-// Run by `npm run test:presets`, not by `npm test` (jest.config.js): its own bootstrap and the
-// presets' packages take ~8 min under TCG on 2 shared cores, the boot and login ~80 s.
+// configuration, whose kernel modules include virtio_net), booted in QEMU with user networking
+// and a host port forward, and logged into the way a user would: the real OpenSSH client, with
+// the key the preset installed for MKMA_SSH_USER, running a command. The host keys are made at
+// first boot: none are in the base, and the key the client was shown is the one the guest made.
+// Part of `npm test`: the build starts from the test image's bootstrap and is the one
+// test/integration/presets.test.ts checks (test/helpers/shipped-presets.ts), whichever of the two
+// runs first makes it. Alone: `npm run test:presets`.
 import { afterAll, describe, expect, test } from '@jest/globals';
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { createReporter } from '../../lib/progress.js';
-import { describeSmoke, smokeBoot, type SmokeResult } from '../../qemu/smoke.js';
+import { describeSmoke, type SmokeResult } from '../../qemu/smoke.js';
 import { MULTI_USER_MARKER } from '../../qemu/run.js';
-import { MKMA, TEST_CONFIG, WORK } from '../helpers/paths.js';
+import { sleep, startGuestBoot } from '../helpers/guest-boot.js';
+import { WORK } from '../helpers/paths.js';
+import { baseNames, buildShippedPresets, SHIPPED_OUT as OUT, SSH_KEY as KEY, SSH_USER as USER } from '../helpers/shipped-presets.js';
 
 const DIR = path.join(WORK, 'presets-boot');
-const OUT = path.join(DIR, 'out');
-const KEY = path.join(DIR, 'id_ed25519');
-const USER = 'mkmauser';
 
 /** A free TCP port on the loopback interface for the forward. */
 function freePort(): Promise<number> {
@@ -31,8 +30,6 @@ function freePort(): Promise<number> {
     });
   });
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** ssh with the key the preset installed; never asks, never touches ~/.ssh. */
 function ssh(port: number, command: string): Promise<{ status: number | null; stdout: string; stderr: string }> {
@@ -78,46 +75,20 @@ describe('the shipped presets boot (console + ssh-server, QEMU TCG, user network
 
   test('ssh logs in with the key the preset installed and runs a command; host keys made at first boot', async () => {
     fs.mkdirSync(DIR, { recursive: true });
-    // a key pair kept between runs (the key is the preset's input: a new one runs it again)
-    if (!fs.existsSync(KEY)) {
-      expect(spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'mkma-e2e', '-f', KEY]).status).toBe(0);
-    }
-    const publicKey = fs.readFileSync(`${KEY}.pub`, 'utf8').trim();
     fs.rmSync(path.join(DIR, 'known_hosts'), { force: true });
-    // the test image's configuration, with the virtio NIC's driver kept in the image
-    const config = path.join(DIR, 'mkma.toml');
-    const base = fs.readFileSync(TEST_CONFIG, 'utf8').replace(/^kernel_modules = \[/m, 'kernel_modules = ["virtio_net", ');
-    expect(base).toContain('"virtio_net", ');
-    fs.writeFileSync(config, base.replace(/^hostname = .*$/m, 'hostname = "mkma-presets"'));
-
-    const t0 = Date.now();
-    const build = spawnSync(
-      process.execPath,
-      [MKMA, 'build', '--config', config, '--out', OUT, '--json', '--preset', 'console', '--preset', 'ssh-server'],
-      {
-        encoding: 'utf8',
-        env: { ...process.env, MKMA_QEMU_TEST: '', MKMA_SSH_USER: USER, MKMA_SSH_KEY: publicKey },
-        timeout: 1_500_000,
-        maxBuffer: 64 << 20,
-      },
-    );
-    const buildSecs = (Date.now() - t0) / 1000;
+    const build = buildShippedPresets();
+    const buildSecs = build.seconds;
     expect(build.stderr).not.toMatch(/^mkma: /m);
     expect(build.status).toBe(0);
     // openssh-server's installation made host keys in the chroot: none may reach the image
-    const listing = spawnSync('sh', ['-c', `zstd -dc '${OUT}/base.cpio.zst' | cpio -t --quiet`], {
-      encoding: 'utf8',
-      maxBuffer: 64 << 20,
-    }).stdout;
-    expect(listing.split('\n').filter((f) => /^etc\/ssh\/ssh_host_/.test(f))).toEqual([]);
+    expect(baseNames(OUT).filter((f) => /^etc\/ssh\/ssh_host_/.test(f))).toEqual([]);
 
     // what the guest shows on its console once the client is done (/tmp/mkma-ssh-done)
-    const data = path.join(DIR, 'data');
-    fs.rmSync(data, { recursive: true, force: true });
-    fs.mkdirSync(data);
-    fs.writeFileSync(
-      path.join(data, 'run.sh'),
-      [
+    const port = await freePort();
+    const boot = startGuestBoot({
+      dir: DIR,
+      out: OUT,
+      runSh: [
         'i=0',
         'while [ ! -e /tmp/mkma-ssh-done ] && [ "$i" -lt 300 ]; do sleep 1; i=$((i + 1)); done',
         'echo "ssh-done: $(cat /tmp/mkma-ssh-done 2>/dev/null || echo never)"',
@@ -125,45 +96,29 @@ describe('the shipped presets boot (console + ssh-server, QEMU TCG, user network
         'echo "hostkeys-unit: $(systemctl is-active mkma-ssh-host-keys.service)"',
         'echo "locale: $(grep ^LANG= /etc/default/locale)"',
         'echo "editor: $(readlink -f /etc/alternatives/editor)"',
-      ].join('\n') + '\n',
-    );
-    const port = await freePort();
-    const logPath = path.join(DIR, 'console.log');
-    fs.rmSync(logPath, { force: true });
-    const t1 = Date.now();
-    const boot = smokeBoot({
-      out: OUT,
-      reporter: createReporter({ quiet: true }),
-      env: { MKMA_QEMU_ACCEL: 'tcg' },
-      fresh: true,
-      testDataDir: data,
+      ],
       timeoutSec: 600,
-      logPath,
       extraArgs: ['-nic', `user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:${port}-:22`],
     });
-    let ended = false;
-    const end = () => {
-      ended = true;
-    };
-    boot.then(end, end);
+    const t1 = boot.started;
 
     // multi-user reached, then sshd (and DHCP) may still be a moment behind: retry the login
-    while (!ended && !(fs.existsSync(logPath) && fs.readFileSync(logPath, 'utf8').includes(MULTI_USER_MARKER))) await sleep(1000);
+    await boot.waitFor(MULTI_USER_MARKER);
     const multiUserSecs = (Date.now() - t1) / 1000;
     let login = { status: null as number | null, stdout: '', stderr: 'the guest ended before multi-user' };
-    for (let attempt = 0; attempt < 40 && !ended; attempt++) {
+    for (let attempt = 0; attempt < 40 && !boot.ended(); attempt++) {
       login = await ssh(port, 'echo "user=$(id -un) host=$(hostname) root=$(sudo -n id -u)"; echo ok > /tmp/mkma-ssh-done');
       if (login.status === 0) break;
       await sleep(3000);
     }
     const loginSecs = (Date.now() - t1) / 1000;
-    smoke = await boot;
+    smoke = await boot.result;
     process.stderr.write(
-      `[presets-boot] build ${buildSecs.toFixed(0)} s, multi-user ${multiUserSecs.toFixed(0)} s and ssh login ${loginSecs.toFixed(0)} s after QEMU started, boot total ${smoke.durationSec.toFixed(0)} s\n`,
+      `[presets-boot] build ${buildSecs.toFixed(0)} s (${build.seeded}, bootstrap ${build.stages[0]?.status}), multi-user ${multiUserSecs.toFixed(0)} s and ssh login ${loginSecs.toFixed(0)} s after QEMU started, boot total ${smoke.durationSec.toFixed(0)} s\n`,
     );
     expect({ status: login.status, stdout: login.stdout, stderr: login.stderr }).toEqual({
       status: 0,
-      stdout: `user=${USER} host=mkma-presets root=0\n`,
+      stdout: `user=${USER} host=mkma-test root=0\n`,
       stderr: '',
     });
     expect(smoke.reason).toBe(smoke.ok ? smoke.reason : 'passed');

@@ -1,6 +1,8 @@
 // Presets for real (root): chroot sessions in a minimal root — a failing script's report and
 // nothing left mounted, also when mkma is interrupted — and `mkma build` with two presets where
 // the second needs what the first set up, rebuilt from the cache after the second changes.
+// Both builds start from the test image's bootstrap when the e2e global setup made one
+// (test/helpers/seed-out.ts), and the shipped presets' build is the one presets-boot boots.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -10,6 +12,8 @@ import { parsePresetText } from '../../config/preset.js';
 import { mountsUnder } from '../../builder/chroot.js';
 import { PresetError, runPreset } from '../../builder/presets.js';
 import { MKMA, REPO, TEST_CONFIG, WORK } from '../helpers/paths.js';
+import { seedFromTestImage } from '../helpers/seed-out.js';
+import { baseFile, baseNames, buildShippedPresets, SHIPPED_OUT, SSH_USER } from '../helpers/shipped-presets.js';
 
 const mounted = (dir: string) => mountsUnder(fs.realpathSync(dir));
 const stage = { progress: () => {}, step: () => {}, count: () => {}, done: () => 0 };
@@ -209,14 +213,8 @@ describe('mkma build --preset', () => {
     const seconds = (Date.now() - t0) / 1000;
     return { ...r, seconds, result: r.status === 0 ? (JSON.parse(r.stdout) as Result) : null };
   };
-  const fromBase = (file: string) => {
-    const r = spawnSync('sh', ['-c', `zstd -dc '${OUT}/base.cpio.zst' | cpio -i --quiet --to-stdout '${file}'`], { encoding: 'utf8' });
-    return r.stdout;
-  };
-  const listBase = () =>
-    spawnSync('sh', ['-c', `zstd -dc '${OUT}/base.cpio.zst' | cpio -t --quiet`], { encoding: 'utf8', maxBuffer: 64 << 20 }).stdout.split(
-      '\n',
-    );
+  const fromBase = (file: string) => baseFile(OUT, file);
+  const listBase = () => baseNames(OUT);
   const put = (rel: string, text: string, mode = 0o644) => {
     const p = path.join(SRC, rel);
     fs.mkdirSync(path.dirname(p), { recursive: true });
@@ -246,7 +244,9 @@ describe('mkma build --preset', () => {
       'password = "locked"',
     ].join('\n') + '\n';
 
+  let seeded = '';
   beforeAll(() => {
+    seeded = seedFromTestImage(OUT);
     fs.rmSync(SRC, { recursive: true, force: true });
     put(
       '10-first.toml',
@@ -323,7 +323,7 @@ describe('mkma build --preset', () => {
     expect(r2.timings['preset 10-first.toml']).toBeUndefined();
     expect(fromBase('etc/mkmademo-marker')).toMatch(/version=2\n$/);
     process.stderr.write(
-      `[presets] first build ${first.seconds.toFixed(1)} s (bootstrap ${chain(r1)[0].status}), ` +
+      `[presets] first build ${first.seconds.toFixed(1)} s (bootstrap ${chain(r1)[0].status}, OUT ${seeded}), ` +
         `rebuild after changing the last preset ${again.seconds.toFixed(1)} s\n`,
     );
 
@@ -370,20 +370,12 @@ describe('mkma build --preset', () => {
     expect(listBase().filter((f) => f.includes('mkmademo'))).toEqual([]);
   }, 1_800_000);
 
-  test('the shipped ssh-server preset: no SSH host keys in the base, a unit that makes them on first boot', () => {
-    const key = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF5m8Jr5yf0E1C1cV2Jb8p6fS2m4eR8o0bJm3x2uQpQK test@mkma';
-    const r = spawnSync(
-      process.execPath,
-      [MKMA, 'build', '--config', TEST_CONFIG, '--out', OUT, '--json', '--preset', path.join(REPO, 'presets/ssh-server')],
-      {
-        encoding: 'utf8',
-        env: { ...env, MKMA_SSH_USER: 'mkmassh', MKMA_SSH_KEY: key },
-        timeout: 900_000,
-      },
-    );
-    expect(r.stderr).not.toMatch(/^mkma: /m);
-    expect(r.status).toBe(0);
-    const files = listBase();
+  test('the shipped console and ssh-server presets: no SSH host keys in the base, a unit that makes them on first boot', () => {
+    const b = buildShippedPresets();
+    expect(b.stderr).not.toMatch(/^mkma: /m);
+    expect(b.status).toBe(0);
+    process.stderr.write(`[presets] console + ssh-server: ${b.seconds.toFixed(1)} s (${b.seeded}; bootstrap ${b.stages[0].status})\n`);
+    const files = baseNames(SHIPPED_OUT);
     // openssh-server's installation made keys in the chroot; none may reach the image
     expect(files.filter((f) => /^etc\/ssh\/ssh_host_/.test(f))).toEqual([]);
     expect(files).toEqual(
@@ -391,17 +383,22 @@ describe('mkma build --preset', () => {
         'usr/sbin/sshd',
         'etc/systemd/system/mkma-ssh-host-keys.service',
         'etc/systemd/system/ssh.service.wants/mkma-ssh-host-keys.service',
-        'home/mkmassh/.ssh/authorized_keys',
+        `home/${SSH_USER}/.ssh/authorized_keys`,
+        'usr/bin/vim.tiny',
       ]),
     );
-    expect(fromBase('home/mkmassh/.ssh/authorized_keys')).toBe(`${key}\n`);
-    const unit = fromBase('etc/systemd/system/mkma-ssh-host-keys.service');
+    expect(baseFile(SHIPPED_OUT, `home/${SSH_USER}/.ssh/authorized_keys`)).toBe(`${b.publicKey}\n`);
+    const unit = baseFile(SHIPPED_OUT, 'etc/systemd/system/mkma-ssh-host-keys.service');
     expect(unit).toMatch(/^Before=ssh\.service/m);
     expect(unit).toMatch(/^ExecStart=\/usr\/bin\/ssh-keygen -A$/m);
     // the image's own systemd finds nothing wrong with it
-    const verify = spawnSync('chroot', [path.join(OUT, 'chroot'), 'systemd-analyze', 'verify', '--man=no', 'mkma-ssh-host-keys.service'], {
-      encoding: 'utf8',
-    });
+    const verify = spawnSync(
+      'chroot',
+      [path.join(SHIPPED_OUT, 'chroot'), 'systemd-analyze', 'verify', '--man=no', 'mkma-ssh-host-keys.service'],
+      {
+        encoding: 'utf8',
+      },
+    );
     expect(verify.stderr.split('\n').filter((l) => l.includes('mkma-ssh-host-keys'))).toEqual([]);
     expect(verify.status).toBe(0);
   }, 1_800_000);
