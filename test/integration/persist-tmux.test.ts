@@ -70,7 +70,7 @@ describe('mkma persist terminal UI in tmux (80x24)', () => {
     expect(confirm).toMatch(/left out +2 changes, 293 KiB/);
     await keys('y');
     const saved = await waitFor(/Press any key to exit/);
-    const file = saved.match(/layer +(\S+persistence\.\d{8}T\d{6}Z\.cpio\.zst)/)![1];
+    const file = saved.match(/layer +(\S+persistence\.\d{8}T\d{6}Z@trial-3-0\.cpio\.zst)/)![1];
     await keys('x');
     await waitFor(/EXIT=0/);
 
