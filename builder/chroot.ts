@@ -8,6 +8,7 @@
 // belongs to the shell.
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import * as path from 'node:path';
 import { interceptSignals, killProcessGroup, onCleanup } from '../lib/cleanup.js';
 import { MkmaError } from '../lib/errors.js';
@@ -43,6 +44,13 @@ export interface Chroot {
   bindWritable(hostDir: string, inside: string): void;
   /** an interactive bash in the root on this terminal; resolves with its exit status */
   shell(env?: Record<string, string>): Promise<number>;
+  /**
+   * argv inside the root on mkma's own stdin, stdout and stderr (stdout onto stderr with
+   * `stdoutToStderr`); resolves with its exit status, 128+n when killed by signal n. On a
+   * terminal it is in mkma's process group and Ctrl-C belongs to it; elsewhere it leads a group
+   * of its own, stopped whole when mkma is interrupted.
+   */
+  attached(argv: string[], opts?: { env?: Record<string, string>; stdoutToStderr?: boolean }): Promise<number>;
 }
 
 export class ChrootError extends MkmaError {}
@@ -276,21 +284,29 @@ export async function withChroot<T>(
         mount(['--bind', hostDir, mountPoint(inside)]);
       },
       shell(extra = {}) {
+        return c.attached(['/bin/bash', '-i'], { env: { ...extra, PS1: '(mkma chroot) \\w# ' } });
+      },
+      attached(argv, ao = {}) {
         return new Promise<number>((resolve) => {
-          // Ctrl-C belongs to the shell while it runs; SIGTERM and SIGHUP still end mkma
-          const releaseSignals = interceptSignals((sig) => sig === 'SIGINT');
-          const child = spawnTracked('chroot', [root, '/bin/bash', '-i'], {
-            env: { ...env, ...extra, PS1: '(mkma chroot) \\w# ' },
-            stdio: 'inherit',
+          const tty = !!process.stdin.isTTY;
+          // on a terminal Ctrl-C belongs to the command; SIGTERM and SIGHUP still end mkma
+          const releaseSignals = tty ? interceptSignals((sig) => sig === 'SIGINT') : () => {};
+          const child = spawnTracked('chroot', [root, ...argv], {
+            env: { ...env, ...ao.env },
+            stdio: ['inherit', ao.stdoutToStderr ? process.stderr : 'inherit', 'inherit'],
+            // no terminal: its own group, stopped whole by the cleanup (see stopCommand)
+            detached: !tty,
           });
           children.add(child);
+          const releaseGroup = tty ? () => {} : onCleanup(`stop chroot ${argv[0]}`, () => stopCommand(child));
           const done = (code: number) => {
             releaseSignals();
+            releaseGroup();
             children.delete(child);
             resolve(code);
           };
           child.on('error', () => done(127));
-          child.on('close', (code) => done(code ?? 1));
+          child.on('close', (code, signal) => done(code ?? 128 + (signal ? (osConstants.signals[signal] ?? 0) : 1)));
         });
       },
     };

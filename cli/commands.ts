@@ -39,6 +39,10 @@ export const COMMANDS: Record<string, Command> = {
   unpack: { summary: 'apply base + layers into a directory, as the boot does (inspection, tests)', load: () => import('./unpack-cmd.js') },
   persist: { summary: 'on the running RAM system: choose changes and save them as a layer', load: () => import('./persist-cmd.js') },
   layers: { summary: 'list the layers in boot order: created, message, entries, sizes, state', load: () => import('./layers-cmd.js') },
+  chroot: {
+    summary: 'change the images offline: a shell or command in base + layers, saved as a new layer',
+    load: () => import('./chroot-cmd.js'),
+  },
   verify: { summary: 'check the base and every layer: manifest, shard table, data hash', load: () => import('./verify-cmd.js') },
   lint: { summary: 'check presets (keys, folders, hooks, environment, shellcheck) without building', load: () => import('./lint-cmd.js') },
   config: { summary: 'show the effective configuration and where each value came from', load: () => import('./config-cmd.js') },

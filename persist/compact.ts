@@ -22,7 +22,6 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { FILES, ZSTD_LEVEL } from '../lib/contract.js';
-import { onCleanup } from '../lib/cleanup.js';
 import { MkmaError, UsageError } from '../lib/errors.js';
 import { formatBytes, type Reporter } from '../lib/progress.js';
 import { runSync } from '../lib/run.js';
@@ -35,6 +34,7 @@ import { readManifest } from '../format/reader.js';
 import { fsyncDir } from '../format/writer.js';
 import { scanUpper } from './scan.js';
 import { acquireLock, planLayer, removeStaleTemporaries, writeLayer } from './write.js';
+import { workArea } from './workarea.js';
 
 export interface CompactOptions {
   imagesDir: string;
@@ -107,22 +107,11 @@ function mount(args: string[]): void {
   runSync('mount', args);
 }
 
-/** A private tmpfs for the trees (an overlay's upperdir cannot be on the root overlay of a booted mkma). */
-function workArea(base: string): { dir: string; done: () => void } {
-  const dir = fs.mkdtempSync(path.join(base, 'mkma-compact-'));
-  mount(['-t', 'tmpfs', '-o', 'mode=0700', 'tmpfs', dir]);
-  const cleanup = () => {
-    for (const m of [path.join(dir, 'merged'), dir]) runSync('umount', ['-l', m], { allowFailure: true });
-    fs.rmSync(dir, { recursive: true, force: true });
-  };
-  const release = onCleanup(`unmount ${dir}`, cleanup);
-  return {
-    dir,
-    done: () => {
-      release();
-      cleanup();
-    },
-  };
+/** A private tmpfs for the trees (persist/workarea.ts); what killed runs left is removed and listed in `cleaned`. */
+function compactArea(o: CompactOptions, cleaned: string[]) {
+  const work = workArea(o.workBase ?? os.tmpdir(), 'compact');
+  cleaned.push(...work.stale);
+  return work;
 }
 
 function refuseSkipped(reports: ApplyReport[]): void {
@@ -135,7 +124,8 @@ function refuseSkipped(reports: ApplyReport[]): void {
   }
 }
 
-function baseLevel(imagesDir: string): number {
+/** The zstd level the base was built with (what a new layer is written at), else the default. */
+export function baseLevel(imagesDir: string): number {
   try {
     return readManifest(path.join(imagesDir, FILES.base)).zstdLevel ?? ZSTD_LEVEL.default;
   } catch {
@@ -171,7 +161,7 @@ async function compactLocked(o: CompactOptions, cleaned: string[]): Promise<Comp
   refuseUndecided(layers.slice(0, end));
   if (range.length < 2) throw new UsageError(`compact: ${range.length} layer(s) in the range: nothing to compact (it takes two or more)`);
   const bytesBefore = range.reduce((n, l) => n + fs.statSync(path.join(imagesDir, l)).size, 0);
-  const work = workArea(o.workBase ?? os.tmpdir());
+  const work = compactArea(o, cleaned);
   try {
     const below = path.join(work.dir, 'below');
     const upper = path.join(work.dir, 'upper');
@@ -266,7 +256,7 @@ export async function foldIntoBase(o: Omit<CompactOptions, 'range' | 'message'>)
     }
     const [layer] = layers;
     const base = readManifest(basePath);
-    const work = workArea(o.workBase ?? os.tmpdir());
+    const work = compactArea(o, cleaned);
     try {
       const tree = path.join(work.dir, 'tree');
       let stage = reporter.stage('unpack', `base + ${layer}`);

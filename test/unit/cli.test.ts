@@ -28,6 +28,7 @@ describe('mkma --help', () => {
       expect(out).toMatch(new RegExp(`^  ${name} +${c.summary.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'));
     expect(Object.keys(COMMANDS).sort()).toEqual([
       'build',
+      'chroot',
       'completion',
       'config',
       'install',
@@ -68,7 +69,7 @@ describe('errors', () => {
   test('an unknown command is a usage error (exit 2) naming the commands', async () => {
     expect(await main(['frobnicate'])).toBe(2);
     expect(err).toBe(
-      'mkma: unknown command "frobnicate"; commands: build, qemu, install, update, unpack, persist, layers, verify, lint, config, completion (mkma --help)\n',
+      'mkma: unknown command "frobnicate"; commands: build, qemu, install, update, unpack, persist, layers, chroot, verify, lint, config, completion (mkma --help)\n',
     );
   });
 
