@@ -321,7 +321,7 @@ plan_layers() {
 # --- integrity at boot: $KEY_VERIFY= (docs/FORMAT.md "Integrity at boot") ----------------------
 # zstd's frame checksums catch a flipped byte only in a frame written with one; the sha256 of
 # DATA (the manifest's data_sha256) also catches frames swapped or replaced whole, and a file cut
-# where a frame ends. MKMA_VERIFY=1 (the init's default; mkma-apply only when set) checks it
+# where a frame ends. With MKMA_VERIFY=1 ($KEY_VERIFY=1 on the kernel command line) it is checked
 # for every layer the boot is about to apply, before anything of it is applied or a try spent.
 V_COUNT=0 V_BYTES=0 V_CS=0
 
@@ -331,6 +331,8 @@ V_COUNT=0 V_BYTES=0 V_CS=0
 # checks name what is wrong with the first; the second is applied as before (zstd's checksums).
 layer_intact() {
 	[ "${MKMA_VERIFY:-0}" = 1 ] || return 0
+	uptime_cs
+	_v0=$UPTIME_CS
 	# one process for both values; the body's first of each counts (docs/FORMAT.md)
 	# shellcheck disable=SC2046 # two words (digits, hex digits) or fewer
 	set -- "$1/$2" "$2" $(manifest_body "$1/$2" | awk '
@@ -339,8 +341,6 @@ layer_intact() {
 		END { print b, h }')
 	case ${4-} in '' | *[!0-9a-f]*) return 0 ;; esac
 	uint "$3" 15 && [ "${#4}" -eq 64 ] || return 0
-	uptime_cs
-	_v0=$UPTIME_CS
 	_got=$(head -c "$UINT" "$1" | sha256sum)
 	uptime_cs
 	V_COUNT=$((V_COUNT + 1)) V_BYTES=$((V_BYTES + UINT)) V_CS=$((V_CS + UPTIME_CS - _v0))
@@ -361,5 +361,5 @@ plan_damaged() {
 verified_phase() {
 	[ "$V_COUNT" -gt 0 ] || return 0
 	centi "$V_CS"
-	phase layers-verified "$V_COUNT layer(s), $((V_BYTES / 1048576)) MiB hashed in $CENTI s ($KEY_VERIFY=0 skips it)"
+	phase layers-verified "$V_COUNT layer(s), $((V_BYTES / 1048576)) MiB, checked in $CENTI s ($KEY_VERIFY=0 skips it)"
 }

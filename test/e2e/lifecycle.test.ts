@@ -6,8 +6,8 @@
 //      on the host: `mkma chroot --yes -- useradd alice`;
 //   4. only A, and alice exists; then a layer C that masks mkma-boot-good.service is persisted;
 //      on the host: a copy of A with a flipped byte (D) — `mkma verify` exits 1 naming it;
-//   5-7. C is tried (no boot with it is marked good); D is skipped as damaged (mkma_verify,
-//      the default), by name, on the console and in `mkma layers`;
+//   5-7. C is tried (no boot with it is marked good); D is skipped as damaged (boot 5 with
+//      mkma_verify=1), by name, on the console and in `mkma layers`;
 //   8. the init skips C (failed after 3 tries, said on the console), multi-user is reached, and
 //      `mkma layers` shows C failed with its tries.
 import { describe, expect, test } from '@jest/globals';
@@ -209,7 +209,7 @@ layers four
     expect(verify.stdout).toMatch(new RegExp(`^1 of \\d+ image\\(s\\) damaged: persistence\\.${D}\\.cpio\\.zst$`, 'm'));
 
     // 5-7. C on trial, never marked good; D skipped by name, every boot
-    const b5 = await boot('boot5', `good\nr a "$(cat /srv/life/a)"\nlayers five\n`);
+    const b5 = await boot('boot5', `good\nr a "$(cat /srv/life/a)"\nlayers five\n`, 'mkma_verify=1');
     expect(b5.log).toMatch(new RegExp(`layer ${C} on trial: try 1 of 3`));
     expect(b5.log).toMatch(new RegExp(`LAYER SKIPPED persistence\\.${D}\\.cpio\\.zst: damaged: its data does not match the data_sha256`));
     expect(checks(b5.log)).toMatchObject({ 'boot-good': 'masked', a: 'A' });

@@ -133,12 +133,12 @@ echo "alive $_deadline $_all"
   });
 
   test.each([
-    ['', [], '1'],
+    ['', [], '0'],
     ['mkma_verify=0', [], '0'],
     ['mkma_verify=1', [], '1'],
     ['mkma_verify', [], '1'],
     ['mkma-verify=0', [], '0'],
-    ['mkma_verify=no', ['mkma_verify=no: give mkma_verify alone (or mkma_verify=1 / mkma_verify=0); ignored'], '1'],
+    ['mkma_verify=no', ['mkma_verify=no: give mkma_verify alone (or mkma_verify=1 / mkma_verify=0); ignored'], '0'],
   ])("checking the layers' data hash: %s", (cmdline, warnings, verify) => {
     const r = parse(`mkma_storage_device=/dev/vda ${cmdline}`);
     expect(r.warnings).toEqual(warnings);
