@@ -173,7 +173,7 @@ layers rolled
 
     // on the host: a change to the images without booting them
     const chroot = onDisk(disk, (images) => mkma(['chroot', '--path', images, '--yes', '--quiet', '--', 'useradd', 'alice']));
-    expect(chroot.stderr).not.toMatch(/error/i);
+    if (chroot.status !== 0) process.stderr.write(`mkma chroot: ${chroot.stderr}\n`);
     expect(chroot.status).toBe(0);
 
     // 4. only A, and alice; then C breaks what marks a boot good (masks the unit) and is saved
