@@ -56,6 +56,7 @@ export const KERNEL_PARAMETERS: Array<[string, string]> = [
   [`${CMDLINE.onError}=shell|reboot|halt`, 'what to do when boot cannot continue (default shell)'],
   [`${CMDLINE.deviceTimeout}=SECONDS`, 'how long to wait for the storage device (default 30)'],
   [`${CMDLINE.layers}=all|none|N|until=ID`, 'none: the base alone (recovery); N: the first N layers; until=ID: up to that layer'],
+  [`${CMDLINE.verify}=0|1`, "check each layer's data hash before applying it; a damaged one is skipped (default 0)"],
   [`${CMDLINE.base}=FILE`, 'the base image file in the images directory (default base.cpio.zst)'],
   [CMDLINE.debug, 'verbose boot log'],
   [CMDLINE.break, 'a shell just before switch_root'],

@@ -327,7 +327,7 @@ async function afterScan(o: {
     );
     return EXIT.ok;
   }
-  printSaved(result, layerCounts(plan), name, target, totals);
+  printSaved(result, layerCounts(plan), name, target, totals, (await import('../persist/write.js')).newLayerNote(name));
   return EXIT.ok;
 }
 
@@ -377,13 +377,13 @@ async function writeWithSignals(
   }
 }
 
-function printSaved(r: WriteLayerResult, counts: LayerCounts, name: string, target: Target, totals: Totals): void {
+function printSaved(r: WriteLayerResult, counts: LayerCounts, name: string, target: Target, totals: Totals, note: string[]): void {
   const lines = [`mkma: saved ${countSentence(counts, r.bytesOut)}`, `  ${name}`, `  in ${target.description}`];
   if (totals.excluded)
     lines.push(
       `  left out by the rules: ${totals.excluded} change(s), ${formatBytes(totals.excludedBytes)} (mkma persist --dry-run lists them)`,
     );
-  lines.push('  It applies at the next boot.');
+  lines.push(...note.map((l) => `  ${l}`));
   process.stdout.write(lines.join('\n') + '\n');
 }
 

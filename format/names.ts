@@ -129,9 +129,9 @@ export function layerNameFor(date: Date, suffix = '', st: LayerState = ACTIVE): 
 }
 
 /**
- * The state a new layer of mkma persist is meant to start in: on trial, LAYER_STATE.tries boots
- * to prove itself. Not used by persist yet (it writes active layers) until boot assessment has
- * its QEMU test; `mkma layers bless NAME --tries N` puts a layer on trial by hand.
+ * The state a new layer of mkma persist starts in (persist/write.ts pickLayerName): on trial,
+ * LAYER_STATE.tries boots to prove itself (test/e2e/lifecycle.test.ts);
+ * `mkma layers bless NAME --tries N` puts a layer on trial again by hand.
  */
 export const NEW_LAYER_STATE: LayerState = { status: 'trial', pinned: false, triesLeft: S.tries, triesDone: 0 };
 

@@ -110,6 +110,8 @@ export const CMDLINE = {
   base: 'mkma_base',
   /** `all` (default) or `none`: the base without layers (the recovery entry of a boot menu) */
   layers: 'mkma_layers',
+  /** 1 or 0 (default): check each layer's data hash (data_sha256) before applying it */
+  verify: 'mkma_verify',
   /** the LUKS2 device holding the storage (UUID=…), unlocked at boot with a passphrase */
   luks: 'mkma_luks',
 } as const;

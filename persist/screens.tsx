@@ -13,6 +13,7 @@ import { totals, type Summary } from './inclusion.js';
 import { footerLine, LIST_KEYS, MOVE_KEYS, SEARCH_KEYS } from './keys.js';
 import { KIND_LEGEND, MARK_LEGEND, rowText, type RowParts } from './rows.js';
 import { displayPath, fitLine, textWidth, truncateMiddle } from './text.js';
+import { newLayerNote } from './write.js';
 import type { PersistView } from './view.js';
 
 /** What the write did: the layer file, its counts (counts.ts, as confirmed) and its size on disk. */
@@ -252,6 +253,7 @@ function resultLines(r: WriteResult, width: number): string[] {
     ...countLines(r.counts),
     `  compressed ${formatBytes(r.bytesOut)} (the layer file)`,
     '',
+    ...newLayerNote(r.file.slice(r.file.lastIndexOf('/') + 1)),
     'Press any key to exit.',
   ];
 }

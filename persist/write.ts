@@ -10,7 +10,7 @@
 // (acquireLock); what a killed run left behind (its temporary file) is removed by the next one.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { layerNameFor, LAYER_PREFIX } from '../format/names.js';
+import { layerId, layerNameFor, LAYER_PREFIX, NEW_LAYER_STATE, parseLayerName } from '../format/names.js';
 import { collectHardlinks, packEntries, type TreeEntry } from '../format/tree.js';
 import { ArchiveWriter, type WriterProgress } from '../format/writer.js';
 import type { ChangeEntry, ScanResult } from './model.js';
@@ -170,12 +170,39 @@ export function removeStaleTemporaries(imagesDir: string): string[] {
   return removed;
 }
 
-/** persistence.<UTC stamp>.cpio.zst, or with -2, -3 … if a layer of that second exists. */
+/**
+ * A new layer's file name: persistence.<UTC stamp>@trial-3-0.cpio.zst (NEW_LAYER_STATE: on
+ * trial until a boot with it reaches multi-user, docs/FORMAT.md "Layer names and states"), or
+ * with -2, -3 … after the stamp if a layer of that second exists, in any state (an id is one
+ * layer whatever its state). A compaction passes its own name (fileName) and stays active: it
+ * folds only active layers (persist/compact.ts refuses others), content that booted already.
+ */
 export function pickLayerName(imagesDir: string, now: Date): string {
-  for (let n = 1; ; n++) {
-    const name = layerNameFor(now, n === 1 ? '' : `-${n}`);
-    if (!fs.existsSync(path.join(imagesDir, name))) return name;
+  let names: string[] = [];
+  try {
+    names = fs.readdirSync(imagesDir);
+  } catch {
+    // no directory yet: every name is free
   }
+  const taken = new Set(names.map(layerId));
+  for (let n = 1; ; n++) {
+    const name = layerNameFor(now, n === 1 ? '' : `-${n}`, NEW_LAYER_STATE);
+    if (!taken.has(layerId(name))) return name;
+  }
+}
+
+/**
+ * What a new layer's state means for its owner, as short lines for persist's output (the
+ * command line and the UI): a layer on trial must see a boot through.
+ */
+export function newLayerNote(fileName: string): string[] {
+  const l = parseLayerName(fileName);
+  if (l?.status !== 'trial') return ['It applies at the next boot.'];
+  return [
+    'It applies at the next boot, on trial: it is kept once a boot with it',
+    `reaches multi-user; after ${l.triesLeft} boots that do not, the boot leaves it out`,
+    `(mkma layers bless ${l.id} accepts it now).`,
+  ];
 }
 
 export interface WriteLayerOptions {

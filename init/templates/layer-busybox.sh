@@ -467,7 +467,7 @@ apply_layer() {
 # M_APPLIED and M_SKIPPED.
 apply_layers() {
 	M_APPLIED=0
-	M_SKIPPED=0
+	M_SKIPPED=$(plan_damaged "$1") # layer_intact: skipped before they could be applied
 	for _l in $(boot_layers "$1"); do
 		if apply_layer "$1/$_l" "$2" "$3"; then
 			layer_applied "$_l" "$M_ENTRIES" "$M_REMOVED"

@@ -14,15 +14,21 @@ is_number() {
 	return 0
 }
 
-# image_data_sha256 FILE: prints the data_sha256 of FILE's manifest (nothing when it has none).
-# The base's is written to boot.env: `mkma persist` records it in each layer as the base the
-# layer was written on (docs/FORMAT.md, base_data_sha256). Only the manifest is read (tail).
-image_data_sha256() {
+# manifest_body FILE: prints FILE's manifest body (nothing when the footer is not there). Only
+# the end of the file is read (tail).
+manifest_body() {
 	_f=$(tail -c "$FOOTER_SIZE" "$1" 2>/dev/null) || return 0
 	case $_f in "$FOOTER_TAG"*) ;; *) return 0 ;; esac
 	_n=${_f#"$FOOTER_TAG"}
 	uint "${_n##* }" 9 || return 0
-	tail -c $((UINT + FOOTER_SIZE)) "$1" | head -c "$UINT" | sed -n 's/^data_sha256 \([0-9a-f]\{64\}\)$/\1/p' | head -n 1
+	tail -c $((UINT + FOOTER_SIZE)) "$1" | head -c "$UINT"
+}
+
+# image_data_sha256 FILE: prints the data_sha256 of FILE's manifest (nothing when it has none).
+# The base's is written to boot.env: `mkma persist` records it in each layer as the base the
+# layer was written on (docs/FORMAT.md, base_data_sha256).
+image_data_sha256() {
+	manifest_body "$1" | sed -n 's/^data_sha256 \([0-9a-f]\{64\}\)$/\1/p' | head -n 1
 }
 
 # decode ESCAPED: sets DECODED to the raw path (\0ooo escapes, see escapePath in
@@ -202,9 +208,13 @@ sort_layers() {
 }
 
 # boot_layers DIR: the layers this boot applies, in order, one per line: decided once
-# (plan_layers: its renames happen once) and kept in $MKMA_TMP/plan.
+# (plan_layers: its renames happen once, each layer's data is hashed once) and kept in
+# $MKMA_TMP/plan.
 boot_layers() {
-	[ -f "$MKMA_TMP/plan" ] || plan_layers "$1" >"$MKMA_TMP/plan"
+	if [ ! -f "$MKMA_TMP/plan" ]; then
+		plan_layers "$1" >"$MKMA_TMP/plan"
+		verified_phase >&2
+	fi
 	cat "$MKMA_TMP/plan"
 }
 
@@ -295,6 +305,8 @@ plan_layers() {
 			;;
 		esac
 		_k=$((_k + 1))
+		# a damaged layer counts for mkma_layers=N (it was asked for) but spends no try
+		layer_intact "$_pdir" "$_n" || continue
 		if [ "$L_STATUS" = trial ] && [ -n "${MKMA_COUNT_TRIES:-}" ]; then
 			layer_name "$L_ID" trial $((L_LEFT - 1)) $((L_DONE + 1)) "$L_PINNED"
 			if rename_layer "$_pdir" "$_n" "$L_NAME"; then
@@ -304,4 +316,50 @@ plan_layers() {
 		fi
 		printf '%s\n' "$_n"
 	done
+}
+
+# --- integrity at boot: $KEY_VERIFY= (docs/FORMAT.md "Integrity at boot") ----------------------
+# zstd's frame checksums catch a flipped byte only in a frame written with one; the sha256 of
+# DATA (the manifest's data_sha256) also catches frames swapped or replaced whole, and a file cut
+# where a frame ends. With MKMA_VERIFY=1 ($KEY_VERIFY=1 on the kernel command line) it is checked
+# for every layer the boot is about to apply, before anything of it is applied or a try spent.
+V_COUNT=0 V_BYTES=0 V_CS=0
+
+# layer_intact DIR NAME: true unless NAME's data does not match its manifest's data_sha256;
+# then it is skipped by name ("damaged", on the console and in the record). A layer whose
+# manifest cannot be read, or has no data_sha256, is not judged here: the apply step's manifest
+# checks name what is wrong with the first; the second is applied as before (zstd's checksums).
+layer_intact() {
+	[ "${MKMA_VERIFY:-0}" = 1 ] || return 0
+	uptime_cs
+	_v0=$UPTIME_CS
+	# one process for both values; the body's first of each counts (docs/FORMAT.md)
+	# shellcheck disable=SC2046 # two words (digits, hex digits) or fewer
+	set -- "$1/$2" "$2" $(manifest_body "$1/$2" | awk '
+		$1 == "data_bytes" && b == "" { b = $2 }
+		$1 == "data_sha256" && h == "" { h = $2 }
+		END { print b, h }')
+	case ${4-} in '' | *[!0-9a-f]*) return 0 ;; esac
+	uint "$3" 15 && [ "${#4}" -eq 64 ] || return 0
+	_got=$(head -c "$UINT" "$1" | sha256sum)
+	uptime_cs
+	V_COUNT=$((V_COUNT + 1)) V_BYTES=$((V_BYTES + UINT)) V_CS=$((V_CS + UPTIME_CS - _v0))
+	[ "${_got%% *}" = "$4" ] && return 0
+	printf '%s\n' "$2" >>"$MKMA_TMP/damaged"
+	layer_skipped "$2" "damaged: its data does not match the data_sha256 of its manifest (mkma verify names what is wrong; mkma layers remove drops it)" >&2
+	return 1
+}
+
+# plan_damaged DIR: how many layers this boot's plan (boot_layers) left out as damaged, for
+# apply_layers' count of skipped layers (the plan is made first if it was not).
+plan_damaged() {
+	boot_layers "$1" >/dev/null
+	if [ -f "$MKMA_TMP/damaged" ]; then wc -l <"$MKMA_TMP/damaged"; else echo 0; fi
+}
+
+# verified_phase: how much the layers' check cost at this boot, as a phase line.
+verified_phase() {
+	[ "$V_COUNT" -gt 0 ] || return 0
+	centi "$V_CS"
+	phase layers-verified "$V_COUNT layer(s), $((V_BYTES / 1048576)) MiB, checked in $CENTI s ($KEY_VERIFY=0 skips it)"
 }

@@ -64,7 +64,7 @@ unpack_base() {
 # (plus, loudly, a partly applied one).
 apply_layers() {
 	M_APPLIED=0
-	M_SKIPPED=0
+	M_SKIPPED=$(plan_damaged "$1") # layer_intact: skipped before they could be applied
 	_dir=$1 _tree=$2 _stage=$3
 	# shellcheck disable=SC2046 # layer names are [0-9A-Za-z._+-@,] (layer_state)
 	set -- $(boot_layers "$_dir")

@@ -30,6 +30,10 @@ parse_cmdline() {
 	MKMA_BREAK=
 	MKMA_BASE_NAME=$BASE_NAME
 	MKMA_LAYERS=all
+	# each layer's data_sha256 (layer_intact in layer-common.sh): off unless asked for; it costs
+	# more than applying the layer (docs/FORMAT.md "Integrity at boot"), and zstd's checksums in
+	# mkma's frames already catch a changed byte
+	MKMA_VERIFY=0
 	# nor may environment variables (the kernel passes unknown key=value parameters to init
 	# as such)
 	if uint "${MKMA_ALL_STORAGE_AFTER:-3}" 4; then MKMA_ALL_STORAGE_AFTER=$UINT; else MKMA_ALL_STORAGE_AFTER=3; fi
@@ -87,6 +91,7 @@ cmdline_param() {
 		*) warn "$1=${2-} is not all, none, a number of layers or until=NAME: applying $MKMA_LAYERS layers" ;;
 		esac
 		;;
+	"$KEY_VERIFY") cmdline_flag "$@" && MKMA_VERIFY=${FLAG:-0} ;;
 	"$KEY_DEBUG") cmdline_flag "$@" && MKMA_DEBUG=$FLAG ;;
 	"$KEY_BREAK") cmdline_flag "$@" && MKMA_BREAK=$FLAG ;;
 	esac

@@ -61,6 +61,7 @@ echo "device=[$MKMA_DEVICE] path=[$MKMA_IMAGES_PATH] ram=$MKMA_RAM_SIZE on_error
 _deadline=$((5 + MKMA_DEVICE_TIMEOUT)) _all=$((5 + MKMA_ALL_STORAGE_AFTER))
 if storage_problem; then echo "problem: $PROBLEM"; fi
 echo "base=[$MKMA_BASE_NAME] layers=[$MKMA_LAYERS]"
+echo "verify=[$MKMA_VERIFY]"
 echo "alive $_deadline $_all"
 `;
   const parse = (cmdline: string, env: NodeJS.ProcessEnv = {}) => {
@@ -71,7 +72,18 @@ echo "alive $_deadline $_all"
     const problem = /^problem: (.*)$/m.exec(out)?.[1] ?? null;
     const base = /^base=\[(.*)\] layers=/m.exec(out)?.[1];
     const layers = /^base=.* layers=\[(.*)\]$/m.exec(out)?.[1];
-    return { status: r.status, stderr: r.stderr.toString(), warnings, state, problem, base, layers, alive: /^alive \d+ \d+$/m.test(out) };
+    const verify = /^verify=\[(.*)\]$/m.exec(out)?.[1];
+    return {
+      status: r.status,
+      stderr: r.stderr.toString(),
+      warnings,
+      state,
+      problem,
+      base,
+      layers,
+      verify,
+      alive: /^alive \d+ \d+$/m.test(out),
+    };
   };
 
   test('good values are taken, quoted ones too', () => {
@@ -117,6 +129,20 @@ echo "alive $_deadline $_all"
     const r = parse(`mkma_storage_device=/dev/vda ${cmdline}`);
     expect(r.warnings).toEqual(warnings);
     expect(r.layers).toBe(layers);
+    expect(r.alive).toBe(true);
+  });
+
+  test.each([
+    ['', [], '0'],
+    ['mkma_verify=0', [], '0'],
+    ['mkma_verify=1', [], '1'],
+    ['mkma_verify', [], '1'],
+    ['mkma-verify=0', [], '0'],
+    ['mkma_verify=no', ['mkma_verify=no: give mkma_verify alone (or mkma_verify=1 / mkma_verify=0); ignored'], '0'],
+  ])("checking the layers' data hash: %s", (cmdline, warnings, verify) => {
+    const r = parse(`mkma_storage_device=/dev/vda ${cmdline}`);
+    expect(r.warnings).toEqual(warnings);
+    expect(r.verify).toBe(verify);
     expect(r.alive).toBe(true);
   });
 

@@ -476,7 +476,7 @@ describe('the storage device', () => {
     const files = listDisk();
     expect(files).toHaveLength(2);
     expect(files[0]).toBe('base.cpio.zst');
-    expect(files[1]).toMatch(/^persistence\.\d{8}T\d{6}Z(-\d+)?\.cpio\.zst$/);
+    expect(files[1]).toMatch(/^persistence\.\d{8}T\d{6}Z(-\d+)?@trial-3-0\.cpio\.zst$/);
   });
 
   test('already mounted read-write: written through that mount, which stays; read-only: refused', () => {
@@ -624,12 +624,19 @@ describe('writeLayer directly', () => {
       names.push(path.basename(r.file));
       expect(r).toMatchObject({ entries: 2, deleted: 0, replaced: 0, cleaned: [] });
     }
+    // new layers are on trial (NEW_LAYER_STATE) until a boot with them is marked good
     expect(names).toEqual([
-      'persistence.20261122T021500Z.cpio.zst',
-      'persistence.20261122T021500Z-2.cpio.zst',
-      'persistence.20261122T021500Z-3.cpio.zst',
+      'persistence.20261122T021500Z@trial-3-0.cpio.zst',
+      'persistence.20261122T021500Z-2@trial-3-0.cpio.zst',
+      'persistence.20261122T021500Z-3@trial-3-0.cpio.zst',
     ]);
-    expect(pickLayerName(dir, now)).toBe('persistence.20261122T021500Z-4.cpio.zst');
+    expect(pickLayerName(dir, now)).toBe('persistence.20261122T021500Z-4@trial-3-0.cpio.zst');
+    // an id is taken whatever its state: a blessed or disabled layer of that second is not reused
+    fs.renameSync(path.join(dir, names[2]), path.join(dir, 'persistence.20261122T021500Z-3@disabled.cpio.zst'));
+    fs.writeFileSync(path.join(dir, 'persistence.20261122T021500Z-4.cpio.zst'), '');
+    expect(pickLayerName(dir, now)).toBe('persistence.20261122T021500Z-5@trial-3-0.cpio.zst');
+    fs.rmSync(path.join(dir, 'persistence.20261122T021500Z-4.cpio.zst'));
+    names[2] = 'persistence.20261122T021500Z-3@disabled.cpio.zst';
     const m = readManifest(path.join(dir, names[2]));
     expect([m.created, m.message, m.entries]).toEqual(['2026-11-22T02:15:00Z', '#2', 2]);
     expect(execFileSync('sh', ['-c', `zstd -dc '${path.join(dir, names[0])}' | cpio -it --quiet`]).toString()).toBe('a\na/keep\n');
