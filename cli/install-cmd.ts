@@ -110,7 +110,7 @@ export async function run(argv: string[]): Promise<number> {
       '',
       r.layout.trimEnd(),
       '',
-      `Boot it in a VM: mkma qemu --disk ${r.target} [--uefi]`,
+      `Boot it in a VM: mkma qemu --disk ${r.target} ${images.architecture === 'amd64' ? '[--uefi]' : '--uefi'}`,
       '',
     ].join('\n'),
   );
