@@ -23,12 +23,14 @@ export interface ForeignArch {
   cpu: string | null;
   /** GNU triplet of Debian's cross toolchain (gcc-<triplet with - for _>) */
   triplet: string;
+  /** ELF e_machine of its binaries (a cross-built helper is checked against it) */
+  elfMachine: number;
 }
 
 export const FOREIGN_ARCHES: Record<string, ForeignArch> = {
-  arm64: { qemu: 'aarch64', cpu: 'cortex-a72', triplet: 'aarch64-linux-gnu' },
-  riscv64: { qemu: 'riscv64', cpu: null, triplet: 'riscv64-linux-gnu' },
-  amd64: { qemu: 'x86_64', cpu: null, triplet: 'x86_64-linux-gnu' },
+  arm64: { qemu: 'aarch64', cpu: 'cortex-a72', triplet: 'aarch64-linux-gnu', elfMachine: 183 },
+  riscv64: { qemu: 'riscv64', cpu: null, triplet: 'riscv64-linux-gnu', elfMachine: 243 },
+  amd64: { qemu: 'x86_64', cpu: null, triplet: 'x86_64-linux-gnu', elfMachine: 62 },
 };
 
 export function isForeign(arch: string): boolean {
@@ -123,4 +125,9 @@ export function checkBinfmt(arch: string, o: BinfmtCheckOptions = {}): string {
     );
   }
   return interpreter;
+}
+
+/** The architecture whose binaries have ELF machine `machine` (null when mkma knows none). */
+export function archOfElfMachine(machine: number): string | null {
+  return Object.entries(FOREIGN_ARCHES).find(([, f]) => f.elfMachine === machine)?.[0] ?? null;
 }
