@@ -47,10 +47,15 @@ export const BINFMT_DIR = '/proc/sys/fs/binfmt_misc';
 /** Debian's packages: the static emulators (registered with the F flag), and the registration service. */
 export const BINFMT_PACKAGES = ['qemu-user-static', 'binfmt-support'];
 
-/** Host packages a build for `arch` needs besides the native ones: qemu-user with its registration, the cross compiler. */
+/**
+ * Host packages a build for `arch` needs besides the native ones: qemu-user with its
+ * registration, the cross compiler with its static libc (only recommended by the compiler, and
+ * --install-deps installs without recommends) and the target's static libzstd, a package of
+ * that architecture (lib/hosttools.ts installTools adds it to dpkg's architectures first).
+ */
 export function foreignHostPackages(arch: string): string[] {
   const f = FOREIGN_ARCHES[arch];
-  return isForeign(arch) && f ? [...BINFMT_PACKAGES, `gcc-${f.triplet}`] : [];
+  return isForeign(arch) && f ? [...BINFMT_PACKAGES, `gcc-${f.triplet}`, `libc6-dev-${arch}-cross`, `libzstd-dev:${arch}`] : [];
 }
 
 export class BinfmtError extends EnvironmentError {}

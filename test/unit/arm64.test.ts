@@ -12,6 +12,9 @@ import { buildUnpacker, unpackerToolchain } from '../../builder/unpacker.js';
 import { resolveConfig } from '../../config/load.js';
 import { generateInit } from '../../init/generate.js';
 import { hostArch } from '../../lib/arch.js';
+import { INSTALL_TOOLS, newForeignArches } from '../../lib/hosttools.js';
+import { grubTools } from '../../install/grub.js';
+import { REPO } from '../helpers/paths.js';
 import { machineFor, MACHINES } from '../../qemu/machine.js';
 import { kernelCommandLine, qemuArgs } from '../../qemu/run.js';
 import { smokeTools } from '../../qemu/smoke.js';
@@ -106,10 +109,32 @@ describe('the bootstrap environment', () => {
     expect(FOREIGN_ARCHES.arm64.cpu).toBe('cortex-a72');
   });
 
-  test('--install-deps for arm64 adds qemu-user-static, binfmt-support and the cross compiler', () => {
+  test('--install-deps for arm64 adds qemu-user-static, binfmt-support, the cross compiler with its libc, and arm64 libzstd', () => {
     if (hostArch() !== 'arm64')
-      expect(foreignHostPackages('arm64')).toEqual(['qemu-user-static', 'binfmt-support', 'gcc-aarch64-linux-gnu']);
+      expect(foreignHostPackages('arm64')).toEqual([
+        'qemu-user-static',
+        'binfmt-support',
+        'gcc-aarch64-linux-gnu',
+        'libc6-dev-arm64-cross',
+        'libzstd-dev:arm64',
+      ]);
     expect(foreignHostPackages(hostArch())).toEqual([]);
+  });
+
+  test('--install-deps adds to dpkg the architectures of pkg:arch names it does not know yet', () => {
+    const pkgs = ['gcc-aarch64-linux-gnu', 'libzstd-dev:arm64', 'libzstd-dev:riscv64', 'grub-efi-arm64-bin:arm64', 'x:any'];
+    expect(newForeignArches(pkgs, ['amd64'])).toEqual(['arm64', 'riscv64']);
+    expect(newForeignArches(pkgs, ['amd64', 'arm64'])).toEqual(['riscv64']);
+    expect(newForeignArches(['gcc'], ['amd64'])).toEqual([]);
+  });
+
+  test('test/host-packages.txt has what an arm64 build and its UEFI stick need on this host', () => {
+    const list = fs.readFileSync(path.join(REPO, 'test/host-packages.txt'), 'utf8').split('\n');
+    const stick = grubTools('arm64', INSTALL_TOOLS).map((t) => t.pkg);
+    // (losetup's package "mount" is essential: on every system)
+    for (const p of [...foreignHostPackages('arm64'), ...stick, MACHINES.arm64.uefi.pkg]) if (p !== 'mount') expect(list).toContain(p);
+    expect(stick).toContain('grub-efi-arm64-bin:arm64');
+    expect(stick).not.toContain('grub-pc-bin');
   });
 });
 
