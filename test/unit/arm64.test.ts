@@ -15,7 +15,7 @@ import { hostArch } from '../../lib/arch.js';
 import { INSTALL_TOOLS, newForeignArches } from '../../lib/hosttools.js';
 import { grubTools } from '../../install/grub.js';
 import { REPO } from '../helpers/paths.js';
-import { machineFor, MACHINES } from '../../qemu/machine.js';
+import { diskArch, machineFor, MACHINES } from '../../qemu/machine.js';
 import { kernelCommandLine, qemuArgs } from '../../qemu/run.js';
 import { smokeTools } from '../../qemu/smoke.js';
 
@@ -244,4 +244,33 @@ describe('QEMU for arm64', () => {
   test('an architecture mkma does not boot', () => {
     expect(() => machineFor('riscv64')).toThrow(/boots amd64 and arm64 images, not riscv64/);
   });
+});
+
+describe('mkma qemu --disk: the architecture of an installed disk', () => {
+  /** A GPT disk file with an ESP (FAT made by mtools at the partition's offset) holding /EFI/BOOT/NAMES. */
+  function disk(name: string, loaders: string[]): string {
+    const file = path.join(TMP, name);
+    const run = (cmd: string, args: string[]) => {
+      const r = spawnSync(cmd, args, { encoding: 'utf8', env: { ...process.env, MTOOLS_SKIP_CHECK: '1' } });
+      if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
+    };
+    fs.writeFileSync(file, '');
+    fs.truncateSync(file, 72 << 20);
+    run('sgdisk', ['-n', '1:2048:+68M', '-t', '1:EF00', file]);
+    const esp = `${file}@@${2048 * 512}`;
+    run('mformat', ['-i', esp, '-F', '-T', String((68 << 20) / 512), '::']);
+    run('mmd', ['-i', esp, '::/EFI', '::/EFI/BOOT']);
+    const loader = path.join(TMP, 'loader');
+    fs.writeFileSync(loader, 'MZ');
+    for (const l of loaders) run('mcopy', ['-i', esp, loader, `::/EFI/BOOT/${l}`]);
+    return file;
+  }
+
+  test('BOOTAA64.EFI in the ESP: arm64; BOOTX64.EFI: amd64; neither, both, or no disk: amd64', () => {
+    expect(diskArch(disk('arm64.img', ['BOOTAA64.EFI']))).toBe('arm64');
+    expect(diskArch(disk('amd64.img', ['BOOTX64.EFI']))).toBe('amd64');
+    expect(diskArch(disk('both.img', ['BOOTX64.EFI', 'BOOTAA64.EFI']))).toBe('amd64');
+    expect(diskArch(disk('none.img', []))).toBe('amd64');
+    expect(diskArch(path.join(TMP, 'missing.img'))).toBe('amd64');
+  }, 60_000);
 });
