@@ -27,6 +27,8 @@ const common = {
   ],
 };
 export default {
+  // arm64.test.ts runs last: its image builds in the background meanwhile
+  testSequencer: '<rootDir>/test/e2e/sequencer.mjs',
   projects: [
     { ...common, displayName: 'unit', testMatch: ['<rootDir>/test/unit/**/*.test.ts?(x)'] },
     { ...common, displayName: 'integration', testMatch: ['<rootDir>/test/integration/**/*.test.ts?(x)'] },

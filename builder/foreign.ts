@@ -23,12 +23,14 @@ export interface ForeignArch {
   cpu: string | null;
   /** GNU triplet of Debian's cross toolchain (gcc-<triplet with - for _>) */
   triplet: string;
+  /** ELF e_machine of its binaries (a cross-built helper is checked against it) */
+  elfMachine: number;
 }
 
 export const FOREIGN_ARCHES: Record<string, ForeignArch> = {
-  arm64: { qemu: 'aarch64', cpu: 'cortex-a72', triplet: 'aarch64-linux-gnu' },
-  riscv64: { qemu: 'riscv64', cpu: null, triplet: 'riscv64-linux-gnu' },
-  amd64: { qemu: 'x86_64', cpu: null, triplet: 'x86_64-linux-gnu' },
+  arm64: { qemu: 'aarch64', cpu: 'cortex-a72', triplet: 'aarch64-linux-gnu', elfMachine: 183 },
+  riscv64: { qemu: 'riscv64', cpu: null, triplet: 'riscv64-linux-gnu', elfMachine: 243 },
+  amd64: { qemu: 'x86_64', cpu: null, triplet: 'x86_64-linux-gnu', elfMachine: 62 },
 };
 
 export function isForeign(arch: string): boolean {
@@ -45,10 +47,15 @@ export const BINFMT_DIR = '/proc/sys/fs/binfmt_misc';
 /** Debian's packages: the static emulators (registered with the F flag), and the registration service. */
 export const BINFMT_PACKAGES = ['qemu-user-static', 'binfmt-support'];
 
-/** Host packages a build for `arch` needs besides the native ones: qemu-user with its registration, the cross compiler. */
+/**
+ * Host packages a build for `arch` needs besides the native ones: qemu-user with its
+ * registration, the cross compiler with its static libc (only recommended by the compiler, and
+ * --install-deps installs without recommends) and the target's static libzstd, a package of
+ * that architecture (lib/hosttools.ts installTools adds it to dpkg's architectures first).
+ */
 export function foreignHostPackages(arch: string): string[] {
   const f = FOREIGN_ARCHES[arch];
-  return isForeign(arch) && f ? [...BINFMT_PACKAGES, `gcc-${f.triplet}`] : [];
+  return isForeign(arch) && f ? [...BINFMT_PACKAGES, `gcc-${f.triplet}`, `libc6-dev-${arch}-cross`, `libzstd-dev:${arch}`] : [];
 }
 
 export class BinfmtError extends EnvironmentError {}
@@ -123,4 +130,9 @@ export function checkBinfmt(arch: string, o: BinfmtCheckOptions = {}): string {
     );
   }
   return interpreter;
+}
+
+/** The architecture whose binaries have ELF machine `machine` (null when mkma knows none). */
+export function archOfElfMachine(machine: number): string | null {
+  return Object.entries(FOREIGN_ARCHES).find(([, f]) => f.elfMachine === machine)?.[0] ?? null;
 }

@@ -79,8 +79,6 @@ export interface UnpackerToolchain {
   machine?: number;
 }
 
-const ELF_MACHINE: Record<string, number> = { amd64: 62, arm64: 183, riscv64: 243 };
-
 /**
  * The host's gcc for a native build. For a foreign image, Debian's cross compiler
  * (gcc-aarch64-linux-gnu, which brings the static libc as libc6-dev-arm64-cross) with the
@@ -99,7 +97,7 @@ export function unpackerToolchain(arch: string, host: string): UnpackerToolchain
   return {
     cc: `${f.triplet}-gcc`,
     packages: [`gcc-${f.triplet.replace(/_/g, '-')}`, `libzstd-dev:${arch}`],
-    machine: ELF_MACHINE[arch],
+    machine: f.elfMachine,
   };
 }
 

@@ -9,7 +9,7 @@ import { parse, printHelp, renderHelp, type CommandSpec } from './args.js';
 
 export const SPEC = {
   name: 'config',
-  synopsis: '[HOSTNAME] [--config FILE] [--preset PATH …] [--json]',
+  synopsis: '[HOSTNAME] [--config FILE] [--preset PATH …] [--arch ARCH] [--json]',
   description: `Prints the configuration mkma build would use with the same arguments: every setting of
 mkma.toml with its value and where that value came from (the default, the file and line,
 an environment variable, the command line), then what each preset adds (packages, users,
@@ -21,6 +21,12 @@ mkma build would report it. The file is --config FILE, else ./mkma.toml, else
     { long: 'config', short: 'c', value: 'FILE', complete: 'file', help: 'configuration file (default: discovered, above)' },
     { long: 'preset', short: 'p', value: 'PATH', multiple: true, complete: 'file', help: 'presets, as mkma build takes them (repeatable)' },
     {
+      long: 'arch',
+      value: 'ARCH',
+      complete: ['amd64', 'arm64'],
+      help: 'the Debian architecture, as mkma build --arch takes it (beats `architecture` in the config)',
+    },
+    {
       long: 'json',
       help: `{"config": {file, how}, "settings": {KEY: {value, origin}}, "presets": […]} on stdout;
 origin is {"from": "default" | "file" (file, line) | "environment" (variable) |
@@ -28,7 +34,7 @@ origin is {"from": "default" | "file" (file, line) | "environment" (variable) |
     },
   ],
   exitStatus: '0 the configuration is valid, 2 it is not (every problem is listed).',
-  examples: ['mkma config', 'mkma config myhost --preset presets/console --json'],
+  examples: ['mkma config', 'mkma config myhost --preset presets/console --json', 'mkma config --arch arm64'],
 } as const satisfies CommandSpec;
 
 export const HELP = renderHelp(SPEC);
@@ -81,7 +87,11 @@ export async function run(argv: string[]): Promise<number> {
   const keyWidth = Math.max(...SETTINGS.map((s) => s.key.length));
   const rows = SETTINGS.map((s) => [s.key.padEnd(keyWidth), tomlLiteral(shown[s.key] as never), originText(origins[s.key])]);
   const valueWidth = Math.min(40, Math.max(...rows.map((r) => r[1].length)));
-  const lines = [`Configuration: ${found.file ?? 'none'} (${found.how})`, ''];
+  const lines = [`Configuration: ${found.file ?? 'none'} (${found.how})`];
+  // another architecture than this machine's is bootstrapped through qemu-user (builder/foreign.ts)
+  const { hostArch } = await import('../lib/arch.js');
+  const arch = `Architecture: ${config.architecture} (${originText(origins.architecture)})`;
+  lines.push(config.architecture === hostArch() ? arch : `${arch}, built on this ${hostArch()} machine through qemu-user`, '');
   for (const [k, v, o] of rows) lines.push(`  ${k}  ${v.padEnd(valueWidth)}  ${o}`);
   for (const p of presets) {
     const s = presetSummary(p);

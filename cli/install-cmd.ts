@@ -78,9 +78,11 @@ export async function run(argv: string[]): Promise<number> {
   requireRoot('mkma install', 'it partitions disks and attaches loop devices');
   const reporter = createReporter({ quiet: !!values.quiet || !!values.json });
   const { INSTALL_TOOLS, installTools } = await import('../lib/hosttools.js');
-  if (values['install-deps']) installTools(INSTALL_TOOLS, (s) => reporter.info(s));
   const { readBuiltImages } = await import('../install/images.js');
   const images = readBuiltImages(values.out ?? 'mkma-out');
+  // the image's architecture picks GRUB's platforms (install/grub.ts)
+  const { grubTools } = await import('../install/grub.js');
+  if (values['install-deps']) installTools(grubTools(images.architecture, INSTALL_TOOLS), (s) => reporter.info(s));
   const { install } = await import('../install/install.js');
   const r = await install({
     target,
@@ -110,7 +112,7 @@ export async function run(argv: string[]): Promise<number> {
       '',
       r.layout.trimEnd(),
       '',
-      `Boot it in a VM: mkma qemu --disk ${r.target} [--uefi]`,
+      `Boot it in a VM: mkma qemu --disk ${r.target} ${images.architecture === 'amd64' ? '[--uefi]' : '--uefi'}`,
       '',
     ].join('\n'),
   );

@@ -18,7 +18,8 @@ is IMG.console.log.
 
 An arm64 image (mkma build --arch arm64) boots in qemu-system-aarch64 -M virt -cpu max,pauth=off
 (package qemu-system-arm), always under TCG on another host, console ttyAMA0, with three times
-the time limit.`,
+the time limit. Its installed disk (GRUB at /EFI/BOOT/BOOTAA64.EFI) boots with --uefi only,
+with AAVMF (package qemu-efi-aarch64); the disk's architecture is read from its ESP.`,
   options: [
     { long: 'out', short: 'o', value: 'DIR', complete: 'dir', help: 'build output directory (default ./mkma-out)' },
     { long: 'disk', value: 'IMG', complete: 'file', help: 'boot this installed disk image (mkma install) instead' },

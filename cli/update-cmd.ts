@@ -42,9 +42,11 @@ export async function run(argv: string[]): Promise<number> {
   requireRoot('mkma update', 'it attaches loop devices and mounts the stick');
   const reporter = createReporter({ quiet: !!values.quiet || !!values.json });
   const { INSTALL_TOOLS, installTools } = await import('../lib/hosttools.js');
-  if (values['install-deps']) installTools(INSTALL_TOOLS, (s) => reporter.info(s));
   const { readBuiltImages } = await import('../install/images.js');
   const images = readBuiltImages(values.out ?? 'mkma-out');
+  // the image's architecture picks GRUB's platforms (install/grub.ts)
+  const { grubTools } = await import('../install/grub.js');
+  if (values['install-deps']) installTools(grubTools(images.architecture, INSTALL_TOOLS), (s) => reporter.info(s));
   const { update } = await import('../install/update.js');
   const append = values.append?.flatMap((a) => a.split(/\s+/).filter(Boolean));
   const r = await update({ target, images, hostname, append, reporter });

@@ -11,11 +11,14 @@
 //     udevadm to find partition offsets: the directory is made on the data partition;
 //   - UEFI: the x86_64-efi image goes to the removable-media path /EFI/BOOT/BOOTX64.EFI, which
 //     firmware boots without any NVRAM entry (a stick moves between machines).
+//   - an arm64 image gets GRUB arm64-efi at /EFI/BOOT/BOOTAA64.EFI instead, and nothing for BIOS
+//     (arm64 machines have none): see efiGrubFor.
 // Both platforms' modules are copied to /boot/grub/<platform> as grub-install would, so that
 // `insmod` works from GRUB's command line.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MkmaError } from '../lib/errors.js';
+import { MkmaError, UsageError } from '../lib/errors.js';
+import type { HostTool } from '../lib/hosttools.js';
 import { runSync } from '../lib/run.js';
 import type { Esp } from './esp.js';
 import { ESP_PATHS } from './layout.js';
@@ -54,7 +57,73 @@ const PLATFORM_MODULES: Record<string, string[]> = {
   [BIOS_PLATFORM]: ['biosdisk'],
   // a video mode for the kernel's EFI framebuffer console
   [EFI_PLATFORM]: ['efi_gop', 'efi_uga'],
+  // (UGA is x86-only)
+  'arm64-efi': ['efi_gop'],
 };
+
+/** GRUB for UEFI on an image's architecture: its platform, the removable-media file, the Debian package. */
+export interface EfiGrub {
+  platform: string;
+  /** the file in /EFI/BOOT that firmware boots without an NVRAM entry (UEFI spec 3.5.1.1) */
+  file: string;
+  pkg: string;
+  /** also GRUB i386-pc in the BIOS boot partition (x86 machines may have BIOS only) */
+  bios: boolean;
+}
+
+/**
+ * amd64: x86_64-efi and BIOS. arm64: arm64-efi only; its modules come from Debian's arm64
+ * package (grub-efi-arm64-bin:arm64, data only: Multi-Arch foreign, its grub-common dependency
+ * met by the host's), made into an image by the host's own grub-mkimage. The BIOS boot
+ * partition stays in an arm64 stick's layout, unused: one layout for every stick, which
+ * mkma update and adding a hostname recognise (install/layout.ts), for 1 MiB.
+ */
+const EFI_GRUBS: Record<string, EfiGrub> = {
+  amd64: { platform: EFI_PLATFORM, file: 'BOOTX64.EFI', pkg: 'grub-efi-amd64-bin', bios: true },
+  arm64: { platform: 'arm64-efi', file: 'BOOTAA64.EFI', pkg: 'grub-efi-arm64-bin:arm64', bios: false },
+};
+
+export function efiGrubFor(arch: string): EfiGrub {
+  const g = EFI_GRUBS[arch];
+  if (!g) throw new GrubError(`mkma install writes GRUB for ${Object.keys(EFI_GRUBS).join(' and ')} images, not ${arch}`);
+  return g;
+}
+
+/** Where the removable-media GRUB of `arch` is on the ESP (/EFI/BOOT/BOOTAA64.EFI). */
+export function efiBootPath(arch: string): string {
+  return `${path.posix.dirname(ESP_PATHS.efiBoot)}/${efiGrubFor(arch).file}`;
+}
+
+/** The host tools install needs for an `arch` image: INSTALL_TOOLS with that architecture's GRUB. */
+export function grubTools(arch: string, tools: HostTool[]): HostTool[] {
+  const g = efiGrubFor(arch);
+  return [
+    ...tools.filter((t) => g.bios || !t.path?.startsWith(`${GRUB_LIB}/`)),
+    ...(g.platform === EFI_PLATFORM
+      ? []
+      : [
+          {
+            command: `GRUB ${g.platform}`,
+            path: `${GRUB_LIB}/${g.platform}/kernel.img`,
+            pkg: g.pkg,
+            why: `GRUB for UEFI on ${arch} (its package is ${arch}'s: dpkg --add-architecture ${arch} first)`,
+          },
+        ]),
+  ];
+}
+
+/**
+ * One GRUB menu serves every hostname on a stick, and GRUB for one architecture is on it: adding
+ * or updating an image of another architecture is refused (the stick would not boot it).
+ */
+export function refuseOtherArch(esp: Esp, arch: string, given: string, verb: string): void {
+  if (!esp.exists(efiBootPath(arch))) {
+    throw new UsageError(
+      `${verb}: ${given} was made for another architecture (it has no ${efiBootPath(arch)}) and this image is ${arch}: ` +
+        `use another stick${verb === 'install' ? ', or --wipe to start this one anew' : ''}`,
+    );
+  }
+}
 
 /**
  * The embedded config: find the ESP by its volume id; GRUB's normal mode then reads
@@ -69,7 +138,7 @@ function makeImage(platform: string, format: string, out: string, cfg: string): 
   const dir = path.join(GRUB_LIB, platform);
   if (!fs.existsSync(path.join(dir, 'kernel.img'))) {
     throw new GrubError(
-      `GRUB for ${platform} is not installed (${dir}): apt-get install ${platform === BIOS_PLATFORM ? 'grub-pc-bin' : 'grub-efi-amd64-bin'}`,
+      `GRUB for ${platform} is not installed (${dir}): apt-get install ${platform === BIOS_PLATFORM ? 'grub-pc-bin' : (Object.values(EFI_GRUBS).find((g) => g.platform === platform)?.pkg ?? 'grub-efi-amd64-bin')}`,
     );
   }
   // prettier-ignore
@@ -96,17 +165,21 @@ export interface GrubInstallOptions {
   scratchOnDisk: string;
   /** where the images are made */
   workDir: string;
+  /** the image's architecture (default amd64) */
+  arch?: string;
 }
 
-/** Installs GRUB for BIOS and UEFI; the menu (grub.cfg) is written separately. */
+/** Installs GRUB for BIOS and UEFI (arm64: UEFI only); the menu (grub.cfg) is written separately. */
 export function installGrub(o: GrubInstallOptions): void {
   const cfg = path.join(o.workDir, 'early.cfg');
   fs.writeFileSync(cfg, earlyConfig(o.esp.volumeId()));
 
-  const efi = path.join(o.workDir, 'BOOTX64.EFI');
-  makeImage(EFI_PLATFORM, 'x86_64-efi', efi, cfg);
+  const g = efiGrubFor(o.arch ?? 'amd64');
+  const efi = path.join(o.workDir, g.file);
+  makeImage(g.platform, g.platform, efi, cfg);
   o.esp.put([efi], path.posix.dirname(ESP_PATHS.efiBoot));
-  o.esp.put(moduleFiles(EFI_PLATFORM), `${ESP_PATHS.grubDir}/${EFI_PLATFORM}`);
+  o.esp.put(moduleFiles(g.platform), `${ESP_PATHS.grubDir}/${g.platform}`);
+  if (!g.bios) return;
 
   const setupDir = path.join(o.scratchOnDisk, '.mkma-grub-setup');
   fs.mkdirSync(setupDir, { recursive: true });

@@ -21,6 +21,8 @@ export interface BuiltImages {
   kernelSha256: string;
   initramfsSha256: string;
   sizes: ImageSizes;
+  /** the Debian architecture it was built for (mkma.json's configuration; amd64 when it does not say) */
+  architecture: string;
 }
 
 interface BuildInfo {
@@ -28,6 +30,7 @@ interface BuildInfo {
   kernelVersion?: unknown;
   mkmaVersion?: unknown;
   outputs?: Record<string, { bytes?: unknown; sha256?: unknown } | undefined>;
+  config?: { architecture?: unknown };
 }
 
 export function readBuiltImages(outDir: string): BuiltImages {
@@ -71,5 +74,7 @@ export function readBuiltImages(outDir: string): BuiltImages {
     kernelSha256: kernel.sha256,
     initramfsSha256: initramfs.sha256,
     sizes: { base: base.bytes, kernel: kernel.bytes, initramfs: initramfs.bytes },
+    architecture:
+      typeof info.config?.architecture === 'string' && /^[a-z0-9]+$/.test(info.config.architecture) ? info.config.architecture : 'amd64',
   };
 }

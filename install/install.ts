@@ -16,7 +16,7 @@ import { runSync } from '../lib/run.js';
 import { printPartitionTable, rereadPartitions, type Disk } from './blockdev.js';
 import { Esp } from './esp.js';
 import { writeGeneration } from './generation.js';
-import { installGrub } from './grub.js';
+import { efiBootPath, efiGrubFor, grubTools, installGrub, refuseOtherArch } from './grub.js';
 import type { BuiltImages } from './images.js';
 import {
   DATA_IMAGES_DIR,
@@ -86,7 +86,7 @@ export interface InstallResult {
 
 export async function install(o: InstallOptions): Promise<InstallResult> {
   const started = performance.now();
-  requireTools(INSTALL_TOOLS);
+  requireTools(grubTools(o.images.architecture, INSTALL_TOOLS));
   checkAppend(o.append);
   if (o.espBytes < MIN_ESP_BYTES) throw new UsageError(`install: --esp-size must be at least ${formatBytes(MIN_ESP_BYTES)} (FAT32)`);
   const need = diskBytesNeeded(o.images.sizes, o.espBytes);
@@ -126,6 +126,7 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
     if (adding) {
       rereadPartitions(disk.node, 3);
       refuseKnownHostname(new Esp(disk.partition(PARTITIONS.esp.number)), o.images.hostname, disk.given);
+      refuseOtherArch(new Esp(disk.partition(PARTITIONS.esp.number)), o.images.architecture, disk.given, 'install');
     } else {
       partitionAndFormat(disk, o);
     }
@@ -134,10 +135,14 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
 
     if (adding) checkRoomToAdd(s, o.images);
     else {
-      const grub = o.reporter.stage('bootloader', 'GRUB for BIOS (i386-pc) and UEFI (x86_64-efi, /EFI/BOOT/BOOTX64.EFI)');
+      const g = efiGrubFor(o.images.architecture);
+      const grub = o.reporter.stage(
+        'bootloader',
+        `GRUB for ${g.bios ? 'BIOS (i386-pc) and ' : ''}UEFI (${g.platform}, ${efiBootPath(o.images.architecture)})`,
+      );
       const work = fs.mkdtempSync(path.join(os.tmpdir(), 'mkma-grub-'));
       try {
-        installGrub({ esp: s.esp, diskNode: disk.node, scratchOnDisk: s.data.dir, workDir: work });
+        installGrub({ esp: s.esp, diskNode: disk.node, scratchOnDisk: s.data.dir, workDir: work, arch: o.images.architecture });
       } finally {
         fs.rmSync(work, { recursive: true, force: true });
       }

@@ -31,6 +31,7 @@ import { formatBytes, type Reporter } from '../lib/progress.js';
 import { flushDevice, printPartitionTable, rereadPartitions } from './blockdev.js';
 import { writeGeneration } from './generation.js';
 import type { BuiltImages } from './images.js';
+import { grubTools, refuseOtherArch } from './grub.js';
 import { DATA_IMAGES_DIR, espGenerationDir, isMkmaTable, MiB, parsePartitionTable } from './layout.js';
 import { checkAppend, type GenerationRecord } from './menu.js';
 import { openDisk, openStick, type StickSession } from './session.js';
@@ -144,7 +145,7 @@ function withoutPrevious(state: StickState, hostname: string): StickState {
 
 export async function update(o: UpdateOptions): Promise<UpdateResult> {
   const started = performance.now();
-  requireTools(INSTALL_TOOLS);
+  requireTools(grubTools(o.images.architecture, INSTALL_TOOLS));
   const hostname = o.hostname ?? o.images.hostname;
   if (hostname !== o.images.hostname) {
     throw new UsageError(
@@ -164,6 +165,7 @@ export async function update(o: UpdateOptions): Promise<UpdateResult> {
   try {
     rereadPartitions(disk.node, 3);
     s = openStick(disk, { readOnly: true });
+    refuseOtherArch(s.esp, o.images.architecture, o.target, 'update');
     const state = readStick(s.esp, s.data.dir, { dataUuid: s.dataUuid, luksUuid: s.luksUuid });
     const h = hostState(state, hostname);
     const current = h?.generations[0];

@@ -78,6 +78,15 @@ export function requireTools(tools: HostTool[]): void {
   if (missing.length) throw new MissingToolsError(missing);
 }
 
+/** The architectures of `pkg:arch` names that dpkg knows neither as its own nor as foreign ones. */
+export function newForeignArches(pkgs: string[], dpkgArches?: string[]): string[] {
+  const known =
+    dpkgArches ??
+    [runSync('dpkg', ['--print-architecture']).stdout, runSync('dpkg', ['--print-foreign-architectures']).stdout].join('\n').split(/\s+/);
+  const wanted = pkgs.map((p) => p.split(':')[1]).filter((a): a is string => !!a && a !== 'any' && a !== 'all');
+  return [...new Set(wanted)].filter((a) => !known.includes(a));
+}
+
 /** --install-deps: apt-get install what is missing (apt-get update first, once). */
 export function installTools(tools: HostTool[], log: (s: string) => void, extraPackages: string[] = []): void {
   const missingExtra = extraPackages.filter(
@@ -87,6 +96,12 @@ export function installTools(tools: HostTool[], log: (s: string) => void, extraP
   if (!pkgs.length) return;
   log(`installing host packages: ${pkgs.join(' ')}`);
   const env = { DEBIAN_FRONTEND: 'noninteractive' };
+  for (const arch of newForeignArches(pkgs)) {
+    log(
+      `adding ${arch} to dpkg's architectures (dpkg --add-architecture ${arch}) for ${pkgs.filter((p) => p.endsWith(`:${arch}`)).join(' ')}`,
+    );
+    runSync('dpkg', ['--add-architecture', arch]);
+  }
   runSync('apt-get', ['update'], { stdio: 'inherit', env });
   runSync('apt-get', ['install', '-y', '--no-install-recommends', ...pkgs], { stdio: 'inherit', env });
 }

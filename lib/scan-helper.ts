@@ -41,14 +41,17 @@ export function scanHelperWorks(bin: string): boolean {
 /**
  * Compiles mkma-scan into cacheDir (named by the source, compiler and flags, so a cached binary
  * is never stale) unless it is there. `static`: for an image whose libc is not the host's.
+ * `cc`: another compiler than the host's gcc (a cross compiler for a foreign image: the binary
+ * is then checked by running it through qemu-user).
  */
-export function buildScanHelper(opts: { cacheDir: string; static?: boolean }): ScanHelper {
+export function buildScanHelper(opts: { cacheDir: string; static?: boolean; cc?: string }): ScanHelper {
+  const cc = opts.cc ?? 'gcc';
   let source: string;
   let gcc: string;
   try {
     source = scanHelperSource();
-    const v = runSync('gcc', ['--version'], { allowFailure: true });
-    if (!v.ok) return { path: null, reason: `gcc does not run: ${v.stderr.trim()}` };
+    const v = runSync(cc, ['--version'], { allowFailure: true });
+    if (!v.ok) return { path: null, reason: `${cc} does not run: ${v.stderr.trim()}` };
     gcc = v.stdout.split('\n')[0];
   } catch (e) {
     return { path: null, reason: (e as Error).message };
@@ -64,9 +67,9 @@ export function buildScanHelper(opts: { cacheDir: string; static?: boolean }): S
   const tmp = `${out}.tmp-${process.pid}`;
   try {
     fs.mkdirSync(opts.cacheDir, { recursive: true, mode: 0o700 });
-    const cc = runSync('gcc', [...flags, '-o', tmp, source], { allowFailure: true });
-    if (!cc.ok || !scanHelperWorks(tmp)) {
-      const why = cc.ok ? 'the binary does not run' : cc.stderr.trim().split('\n').slice(-3).join(' / ');
+    const r = runSync(cc, [...flags, '-o', tmp, source], { allowFailure: true });
+    if (!r.ok || !scanHelperWorks(tmp)) {
+      const why = r.ok ? 'the binary does not run' : r.stderr.trim().split('\n').slice(-3).join(' / ');
       return { path: null, reason: `cannot build mkma-scan: ${why}` };
     }
     fs.renameSync(tmp, out);

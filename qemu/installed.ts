@@ -12,7 +12,7 @@ import { hostArch } from '../lib/arch.js';
 import { requireTools } from '../lib/hosttools.js';
 import { pickAccel } from './accel.js';
 import { makeDataDisk } from './disk.js';
-import { diskBootTools, MACHINES, uefiFirmwareFor, type Arch } from './machine.js';
+import { diskArch, diskBootTools, MACHINES, uefiFirmwareFor, type Arch } from './machine.js';
 import { bootQemu, MULTI_USER_MARKER, phaseTimings, TEST_DONE_MARKER, type BootResult, type Disk } from './run.js';
 import { TEST_DATA_LABEL, type SmokeResult } from './smoke.js';
 
@@ -40,12 +40,13 @@ export interface DiskBootOptions {
 }
 
 export async function bootInstalledDisk(o: DiskBootOptions): Promise<SmokeResult> {
-  const arch = o.arch ?? 'amd64';
-  const machine = MACHINES[arch];
-  requireTools(diskBootTools(arch, o.uefi));
   const disk = path.resolve(o.disk);
   if (!fs.statSync(disk, { throwIfNoEntry: false })?.isFile())
     throw new Error(`${o.disk} is not a disk image file (mkma install ${o.disk} --size 4G makes one)`);
+  // the architecture of the GRUB mkma install put on it
+  const arch = o.arch ?? diskArch(disk);
+  const machine = MACHINES[arch];
+  requireTools(diskBootTools(arch, o.uefi));
   if (!o.uefi && !machine.bios) throw new Error(`${arch} has no BIOS: boot it with --uefi`);
   // another architecture than the host's is emulated
   const accel = arch === hostArch() ? pickAccel(o.env) : 'tcg';

@@ -5,6 +5,7 @@
 import * as fs from 'node:fs';
 import { EnvironmentError, UsageError } from '../lib/errors.js';
 import type { HostTool } from '../lib/hosttools.js';
+import { runSync } from '../lib/run.js';
 import type { Firmware } from './run.js';
 
 export type Arch = 'amd64' | 'arm64';
@@ -106,4 +107,30 @@ export function uefiFirmwareFor(arch: Arch, disk: string): Firmware {
   const vars = `${disk}.efivars.fd`;
   if (!fs.existsSync(vars)) fs.copyFileSync(template, vars);
   return { code, vars };
+}
+
+/** The removable-media boot file of each architecture's UEFI (UEFI spec 3.5.1.1). */
+const REMOVABLE_EFI: Record<Arch, string> = { amd64: 'BOOTX64.EFI', arm64: 'BOOTAA64.EFI' };
+
+/**
+ * The architecture an installed disk boots: the one whose removable-media loader is in the
+ * ESP's /EFI/BOOT (mkma install writes BOOTX64.EFI for amd64, BOOTAA64.EFI for arm64). Read
+ * without mounting (sgdisk for the ESP's offset, mtools at it); amd64 when it cannot tell.
+ */
+export function diskArch(disk: string): Arch {
+  try {
+    const table = runSync('sgdisk', ['--print', disk], { allowFailure: true }).stdout;
+    const sector = Number(/^Sector size \(logical\): (\d+) bytes/m.exec(table)?.[1] ?? 512);
+    // "   2            4096          266239   128.0 MiB   EF00  mkma-esp"
+    const start = /^\s*\d+\s+(\d+)\s+\d+\s+\S+ \S+\s+EF00\b/m.exec(table)?.[1];
+    if (!start) return 'amd64';
+    const dir = runSync('mdir', ['-b', '-i', `${disk}@@${Number(start) * sector}`, '::/EFI/BOOT'], {
+      allowFailure: true,
+      env: { MTOOLS_SKIP_CHECK: '1' },
+    }).stdout.toUpperCase();
+    const found = (Object.keys(REMOVABLE_EFI) as Arch[]).filter((a) => dir.includes(`/${REMOVABLE_EFI[a]}`));
+    return found.length === 1 ? found[0] : 'amd64';
+  } catch {
+    return 'amd64';
+  }
 }

@@ -12,7 +12,10 @@ import { buildUnpacker, unpackerToolchain } from '../../builder/unpacker.js';
 import { resolveConfig } from '../../config/load.js';
 import { generateInit } from '../../init/generate.js';
 import { hostArch } from '../../lib/arch.js';
-import { machineFor, MACHINES } from '../../qemu/machine.js';
+import { INSTALL_TOOLS, newForeignArches } from '../../lib/hosttools.js';
+import { grubTools } from '../../install/grub.js';
+import { REPO } from '../helpers/paths.js';
+import { diskArch, machineFor, MACHINES } from '../../qemu/machine.js';
 import { kernelCommandLine, qemuArgs } from '../../qemu/run.js';
 import { smokeTools } from '../../qemu/smoke.js';
 
@@ -106,10 +109,32 @@ describe('the bootstrap environment', () => {
     expect(FOREIGN_ARCHES.arm64.cpu).toBe('cortex-a72');
   });
 
-  test('--install-deps for arm64 adds qemu-user-static, binfmt-support and the cross compiler', () => {
+  test('--install-deps for arm64 adds qemu-user-static, binfmt-support, the cross compiler with its libc, and arm64 libzstd', () => {
     if (hostArch() !== 'arm64')
-      expect(foreignHostPackages('arm64')).toEqual(['qemu-user-static', 'binfmt-support', 'gcc-aarch64-linux-gnu']);
+      expect(foreignHostPackages('arm64')).toEqual([
+        'qemu-user-static',
+        'binfmt-support',
+        'gcc-aarch64-linux-gnu',
+        'libc6-dev-arm64-cross',
+        'libzstd-dev:arm64',
+      ]);
     expect(foreignHostPackages(hostArch())).toEqual([]);
+  });
+
+  test('--install-deps adds to dpkg the architectures of pkg:arch names it does not know yet', () => {
+    const pkgs = ['gcc-aarch64-linux-gnu', 'libzstd-dev:arm64', 'libzstd-dev:riscv64', 'grub-efi-arm64-bin:arm64', 'x:any'];
+    expect(newForeignArches(pkgs, ['amd64'])).toEqual(['arm64', 'riscv64']);
+    expect(newForeignArches(pkgs, ['amd64', 'arm64'])).toEqual(['riscv64']);
+    expect(newForeignArches(['gcc'], ['amd64'])).toEqual([]);
+  });
+
+  test('test/host-packages.txt has what an arm64 build and its UEFI stick need on this host', () => {
+    const list = fs.readFileSync(path.join(REPO, 'test/host-packages.txt'), 'utf8').split('\n');
+    const stick = grubTools('arm64', INSTALL_TOOLS).map((t) => t.pkg);
+    // (losetup's package "mount" is essential: on every system)
+    for (const p of [...foreignHostPackages('arm64'), ...stick, MACHINES.arm64.uefi.pkg]) if (p !== 'mount') expect(list).toContain(p);
+    expect(stick).toContain('grub-efi-arm64-bin:arm64');
+    expect(stick).not.toContain('grub-pc-bin');
   });
 });
 
@@ -219,4 +244,33 @@ describe('QEMU for arm64', () => {
   test('an architecture mkma does not boot', () => {
     expect(() => machineFor('riscv64')).toThrow(/boots amd64 and arm64 images, not riscv64/);
   });
+});
+
+describe('mkma qemu --disk: the architecture of an installed disk', () => {
+  /** A GPT disk file with an ESP (FAT made by mtools at the partition's offset) holding /EFI/BOOT/NAMES. */
+  function disk(name: string, loaders: string[]): string {
+    const file = path.join(TMP, name);
+    const run = (cmd: string, args: string[]) => {
+      const r = spawnSync(cmd, args, { encoding: 'utf8', env: { ...process.env, MTOOLS_SKIP_CHECK: '1' } });
+      if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
+    };
+    fs.writeFileSync(file, '');
+    fs.truncateSync(file, 72 << 20);
+    run('sgdisk', ['-n', '1:2048:+68M', '-t', '1:EF00', file]);
+    const esp = `${file}@@${2048 * 512}`;
+    run('mformat', ['-i', esp, '-F', '-T', String((68 << 20) / 512), '::']);
+    run('mmd', ['-i', esp, '::/EFI', '::/EFI/BOOT']);
+    const loader = path.join(TMP, 'loader');
+    fs.writeFileSync(loader, 'MZ');
+    for (const l of loaders) run('mcopy', ['-i', esp, loader, `::/EFI/BOOT/${l}`]);
+    return file;
+  }
+
+  test('BOOTAA64.EFI in the ESP: arm64; BOOTX64.EFI: amd64; neither, both, or no disk: amd64', () => {
+    expect(diskArch(disk('arm64.img', ['BOOTAA64.EFI']))).toBe('arm64');
+    expect(diskArch(disk('amd64.img', ['BOOTX64.EFI']))).toBe('amd64');
+    expect(diskArch(disk('both.img', ['BOOTX64.EFI', 'BOOTAA64.EFI']))).toBe('amd64');
+    expect(diskArch(disk('none.img', []))).toBe('amd64');
+    expect(diskArch(path.join(TMP, 'missing.img'))).toBe('amd64');
+  }, 60_000);
 });

@@ -153,6 +153,20 @@ describe('mkma config', () => {
     expect(out).toMatch(/^ {2}hostname +"h" +command line$/m);
   });
 
+  test('--arch: the effective architecture, where it came from, and the kernel that follows it', async () => {
+    fs.writeFileSync(file, 'architecture = "amd64"\n');
+    expect(await main(['config', 'h', '--config', file, '--arch', 'arm64'])).toBe(0);
+    expect(out).toMatch(/^Architecture: arm64 \(command line\), built on this amd64 machine through qemu-user$/m);
+    expect(out).toMatch(/^ {2}architecture +"arm64" +command line$/m);
+    expect(out).toMatch(/^ {2}kernel_package +"linux-image-arm64" /m);
+  });
+
+  test('the architecture from the file: its line', async () => {
+    fs.writeFileSync(file, 'architecture = "amd64"\n');
+    expect(await main(['config', 'h', '--config', file])).toBe(0);
+    expect(out).toMatch(new RegExp(`^Architecture: amd64 \\(${file}:1\\)$`, 'm'));
+  });
+
   test('found in the current directory when --config is not given', async () => {
     fs.writeFileSync(file, 'slim = false\n');
     const cwd = process.cwd();

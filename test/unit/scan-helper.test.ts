@@ -49,23 +49,37 @@ describe('installScanHelper (mkma build)', () => {
     expect(scanHelperWorks(bin)).toBe(true);
   }, 60_000);
 
-  test('not into an image of another architecture, and an old copy goes', () => {
-    const chroot = path.join(TMP, 'chroot-foreign');
+  /** A chroot whose usr/bin/node is an ELF header of `machine`, with a stale mkma-scan. */
+  function foreignChroot(name: string, machine: number): string {
+    const chroot = path.join(TMP, name);
     fs.mkdirSync(path.join(chroot, 'usr/bin'), { recursive: true });
     fs.mkdirSync(path.dirname(path.join(chroot, SCAN_HELPER_INSTALLED)), { recursive: true });
     fs.writeFileSync(path.join(chroot, SCAN_HELPER_INSTALLED), 'stale');
-    // an aarch64 ELF header is enough for the check: e_machine 183
     const elf = Buffer.alloc(64);
     elf.write('\x7fELF', 0, 'latin1');
     elf[4] = 2; // 64-bit
     elf[5] = 1; // little-endian
     elf[6] = 1;
     elf.writeUInt16LE(2, 16);
-    elf.writeUInt16LE(183, 18);
+    elf.writeUInt16LE(machine, 18);
     fs.writeFileSync(path.join(chroot, 'usr/bin/node'), elf);
+    return chroot;
+  }
+
+  test('an arm64 image gets a static aarch64 copy, cross-compiled (gcc-aarch64-linux-gnu), that runs under qemu-user', () => {
+    const chroot = foreignChroot('chroot-arm64', 183);
+    expect(installScanHelper(chroot, path.join(TMP, 'build-cache'))).toEqual({ installed: true });
+    const bin = path.join(chroot, SCAN_HELPER_INSTALLED);
+    expect(readElfInfo(bin)).toMatchObject({ interp: null, needed: [], machine: 183 });
+    // binfmt_misc runs it through qemu-aarch64 (the arm64 build requires that registration)
+    expect(scanHelperWorks(bin)).toBe(true);
+  }, 60_000);
+
+  test('not into an image of an architecture mkma does not build for, and an old copy goes', () => {
+    const chroot = foreignChroot('chroot-sparc', 43);
     const r = installScanHelper(chroot, path.join(TMP, 'build-cache'));
     expect(r.installed).toBe(false);
-    expect(r.reason).toMatch(/not a binary for this host's architecture/);
+    expect(r.reason).toMatch(/ELF machine 43, which mkma does not build for/);
     expect(fs.existsSync(path.join(chroot, SCAN_HELPER_INSTALLED))).toBe(false);
   }, 60_000);
 });
