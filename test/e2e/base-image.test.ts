@@ -256,7 +256,9 @@ describe('boot with base_format = squashfs (QEMU, TCG)', () => {
     const m = readManifest(real);
     const variant = path.join(dir, 'base-without-acls.cpio.zst');
     const data = fs.readFileSync(real).subarray(0, m.dataBytes);
-    const xattrs = m.xattrs.map((r) => ({ ...r, attrs: r.attrs.filter(([n]) => !n.startsWith('system.posix_acl_')) })).filter((r) => r.attrs.length);
+    const xattrs = m.xattrs
+      .map((r) => ({ ...r, attrs: r.attrs.filter(([n]) => !n.startsWith('system.posix_acl_')) }))
+      .filter((r) => r.attrs.length);
     expect(xattrs.length).toBe(m.xattrs.length - 1);
     fs.writeFileSync(variant, Buffer.concat([data, encodeManifestFrame({ ...m, xattrs })]), { mode: 0o600 });
 

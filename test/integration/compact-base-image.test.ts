@@ -9,8 +9,7 @@ import * as path from 'node:path';
 import { randomStack } from '../conformance/random.js';
 import { MKMA, WORK } from '../helpers/paths.js';
 
-const listing = (dir: string) =>
-  Object.fromEntries(fs.readdirSync(dir).map((n) => [n, fs.statSync(path.join(dir, n)).mtimeMs]));
+const listing = (dir: string) => Object.fromEntries(fs.readdirSync(dir).map((n) => [n, fs.statSync(path.join(dir, n)).mtimeMs]));
 
 describe('layers compact --into-base beside base.erofs / base.squashfs', () => {
   for (const image of ['base.erofs', 'base.squashfs']) {
