@@ -125,6 +125,15 @@ export class Inputs {
     });
   }
 
+  /** The root filesystem and three real copies of it under copy-2/ … copy-4/: four times the tree. */
+  async rootfs4x(): Promise<string> {
+    const src = await this.rootfs();
+    return this.cached('rootfs4x', `${this.imageKey()} 4x`, (tmp) => {
+      sh('cp', ['-a', src, tmp]);
+      for (const i of [2, 3, 4]) sh('cp', ['-a', src, path.join(tmp, `copy-${i}`)]);
+    });
+  }
+
   async lower(): Promise<LowerListing> {
     if (!this.lowerListing) this.lowerListing = listLower(await this.rootfs());
     return this.lowerListing;

@@ -22,44 +22,48 @@ export function relString(rel: Buffer): string {
   return rel.toString('latin1');
 }
 
-/** Pre-order, children sorted by raw bytes; does not descend into other filesystems. */
+/**
+ * Pre-order, children sorted by raw bytes; does not descend into other filesystems.
+ *
+ * The stack holds, per directory being walked, only its sorted names; an entry's paths and
+ * lstat are made when it is visited. Holding every child's Stats and paths from the moment its
+ * directory was read (a large directory's for as long as its files take to pack) made them
+ * survive the young generation: V8 promoted them, and the old generation, collected later the
+ * longer the walk ran, made the packer's peak RSS grow with the tree (bench figure 1).
+ */
 export function* walkTree(root: string, exclude?: ExcludeFn): Generator<TreeEntry> {
   const rootAbs = Buffer.from(root);
   const rootSt = fs.lstatSync(rootAbs);
   const rootDev = rootSt.dev;
   yield { rel: Buffer.from('.'), abs: rootAbs, st: rootSt };
-  const stack: Array<{ abs: Buffer; rel: Buffer | null }> = [{ abs: rootAbs, rel: null }];
-  // Iterative DFS: push children in reverse so they pop in sorted order.
-  const pending: TreeEntry[] = [];
-  const expand = (dirAbs: Buffer, dirRel: Buffer | null): TreeEntry[] => {
-    const names = fs.readdirSync(dirAbs, { encoding: 'buffer' }) as Buffer[];
+  const frames: Array<{ abs: Buffer; rel: Buffer | null; names: Buffer[]; next: number }> = [];
+  const enter = (abs: Buffer, rel: Buffer | null) => {
+    const names = fs.readdirSync(abs, { encoding: 'buffer' }) as Buffer[];
     names.sort(Buffer.compare);
-    const out: TreeEntry[] = [];
-    for (const name of names) {
-      const abs = Buffer.concat([dirAbs, SLASH, name]);
-      const rel = dirRel ? Buffer.concat([dirRel, SLASH, name]) : name;
-      let st: fs.Stats;
-      try {
-        st = fs.lstatSync(abs);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue; // vanished: live tree
-        throw e;
-      }
-      out.push({ rel, abs, st });
-    }
-    return out;
+    frames.push({ abs, rel, names, next: 0 });
   };
-  void stack;
-  pending.push(...expand(rootAbs, null).reverse());
-  while (pending.length) {
-    const e = pending.pop()!;
-    const decision = exclude ? exclude(relString(e.rel), e.st) : 'keep';
-    if (decision === 'skip') continue;
-    yield e;
-    if (decision === 'empty') continue;
-    if ((e.st.mode & S_IFMT) === S_IFDIR && e.st.dev === rootDev) {
-      pending.push(...expand(e.abs, e.rel).reverse());
+  enter(rootAbs, null);
+  while (frames.length) {
+    const f = frames[frames.length - 1];
+    if (f.next === f.names.length) {
+      frames.pop();
+      continue;
     }
+    const name = f.names[f.next++];
+    const abs = Buffer.concat([f.abs, SLASH, name]);
+    const rel = f.rel ? Buffer.concat([f.rel, SLASH, name]) : name;
+    let st: fs.Stats;
+    try {
+      st = fs.lstatSync(abs);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue; // vanished: live tree
+      throw e;
+    }
+    const decision = exclude ? exclude(relString(rel), st) : 'keep';
+    if (decision === 'skip') continue;
+    yield { rel, abs, st };
+    if (decision === 'empty') continue;
+    if ((st.mode & S_IFMT) === S_IFDIR && st.dev === rootDev) enter(abs, rel);
   }
 }
 

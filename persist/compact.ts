@@ -247,9 +247,24 @@ export interface IntoBaseResult {
   cleaned: string[];
 }
 
+/**
+ * base_format = erofs / squashfs: the init boots base.erofs / base.squashfs, which only the
+ * build makes (builder/base-image.ts). A new base.cpio.zst beside it, with the layers removed,
+ * would boot the old base without them: refused before anything is touched.
+ */
+function refuseBaseImage(imagesDir: string): void {
+  const image = [FILES.baseErofs, FILES.baseSquashfs].find((n) => fs.existsSync(path.join(imagesDir, n)));
+  if (image)
+    throw new UsageError(
+      `compact --into-base: these images boot from ${image} (base_format ${image.split('.')[1]}), which --into-base cannot rewrite: ` +
+        `the folded layers would be lost at boot. Compact without --into-base (one layer beside ${image}), or build a new base with mkma build`,
+    );
+}
+
 /** --into-base: every active layer into a new base.cpio.zst (see the top of this file). */
 export async function foldIntoBase(o: Omit<CompactOptions, 'range' | 'message'>): Promise<IntoBaseResult> {
   const { imagesDir, reporter } = o;
+  refuseBaseImage(imagesDir);
   const release = acquireLock(imagesDir);
   try {
     const cleaned = finishInterrupted(imagesDir);
