@@ -62,6 +62,7 @@ unpack_all_image() {
 		log "$KEY_LAYERS=none: no persistence layer applied (the base alone)"
 		phase layers-done "0 applied, none asked for"
 	else
+		count_tries # layers on trial spend a try here as in cpio mode (layer-common.sh)
 		apply_layers_middle || return 1
 		phase layers-done "$M_APPLIED applied, $M_SKIPPED skipped"
 	fi

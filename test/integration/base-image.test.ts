@@ -64,7 +64,7 @@ function harness(extractor: Extractor, format: 'erofs' | 'squashfs'): string {
     .join('\n');
   return [
     consts,
-    'RT_OVERLAY=$1 RT_LOWER=$1/base IMAGES=$2',
+    'RT_OVERLAY=$1 RT_LOWER=$1/base IMAGES=$2 STORAGE=$2',
     t('lib.sh'),
     ...layerTemplates(extractor),
     t('base-image.sh'),
@@ -224,6 +224,45 @@ describe.each(CASES.map((c) => [c.name] as const))('whiteout mode (erofs) equals
     }
     await checkStack(images, dir, 'erofs', SIDES_FOR[name]);
   }, 300_000);
+});
+
+describe('layers on trial (boot assessment)', () => {
+  test('spend a try in image mode as in cpio mode: renamed to one try fewer on the storage, then applied', async () => {
+    const dir = path.join(TMP, 'trial');
+    const c = corpus(path.join(dir, 'victim')).find((x) => x.name === 'valid-basic')!;
+    const images = path.join(dir, 'images');
+    fs.mkdirSync(images, { recursive: true });
+    writeRawImage(path.join(images, BASE_NAME), c.base);
+    const imageFile = await makeImage(images, dir, 'erofs');
+    // the storage: a read-only mount the init remounts read-write for the rename
+    const storage = path.join(dir, 'storage');
+    fs.mkdirSync(storage);
+    mount(['-t', 'tmpfs', '-o', 'mode=0755', 'tmpfs'], storage);
+    fs.copyFileSync(path.join(images, BASE_NAME), path.join(storage, BASE_NAME));
+    fs.copyFileSync(imageFile, path.join(storage, path.basename(imageFile)));
+    const trial = c.layers[0].name.replace(/\.cpio\.zst$/, '@trial-3-0.cpio.zst');
+    const image = c.layers[0].image;
+    if (typeof image === 'string') throw new Error('valid-basic: the first layer is not an image');
+    writeRawImage(path.join(storage, trial), image);
+    sh('mount', ['-o', 'remount,ro', storage]);
+    const root = path.join(dir, 'root');
+    fs.mkdirSync(root);
+    mount(['-t', 'tmpfs', '-o', 'mode=0755', 'tmpfs'], root);
+    const script = path.join(dir, 'harness.sh');
+    fs.writeFileSync(script, harness('native', 'erofs'));
+    const r = spawnSync(BUSYBOX, ['sh', script, root, storage], {
+      env: { PATH: `${BIN}:/usr/sbin:/usr/bin:/sbin:/bin`, LC_ALL: 'C' },
+      timeout: 120_000,
+    });
+    for (const m of [path.join(root, 'image'), path.join(root, 'base')]) if (isMounted(m)) mounts.push(m);
+    const log = r.stdout.toString() + r.stderr.toString();
+    expect({ status: r.status, log }).toEqual({ status: 0, log: expect.stringContaining('try 1 of 3') });
+    const renamed = trial.replace('@trial-3-0', '@trial-2-1');
+    expect(fs.readdirSync(storage).sort()).toEqual([BASE_NAME, path.basename(imageFile), renamed].sort());
+    expect(log).toMatch(new RegExp(`phase layer-applied ${renamed.replace(/[.+]/g, '\\$&')} `));
+    // and the storage is read-only again
+    expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).toMatch(new RegExp(` ${storage} ro[, ]`));
+  }, 120_000);
 });
 
 describe('random layer stacks', () => {
