@@ -32,6 +32,8 @@ import { ArchiveWriter } from '../../format/writer.js';
 import { listDiskFiles, readDiskFile } from '../../qemu/disk.js';
 import { describeSmoke, DISK_LABEL, IMAGES_PATH, smokeBoot, type SmokeResult } from '../../qemu/smoke.js';
 import { IMAGE_OUT, MKMA, WORK } from '../helpers/paths.js';
+import { layerInAnyState } from '../helpers/layer-names.js';
+import { layerId } from '../../format/names.js';
 
 /** The listing, the same command on both sides: type, mode, owner, size, mtime, name, link target. */
 // (a directory's size is its filesystem's, erofs/overlayfs or the host's ext4: not part of the
@@ -202,7 +204,8 @@ describe('boot with base_format = erofs (QEMU, TCG): persist, reboot, compact, b
       fresh: false,
       script: [listInto('/overlay/base', 'base-2.gz'), toDisk(['base-2.gz'])],
     });
-    expect(second.log).toMatch(applied(saved[0]));
+    // a new layer is on trial: boot 2 spends a try on it (renamed) before applying it
+    expect(second.log).toMatch(new RegExp(`phase layer-applied ${layerInAnyState(saved[0])}`));
     const base2 = await guestListing(second, dir, 'base-2.gz');
     expect(base2).toMatch(/^d 755 0:0 \d+ etc\/skel$/m);
     expect(base2.split('\n').filter((l) => l.includes(' etc/skel/'))).toEqual([
@@ -214,12 +217,19 @@ describe('boot with base_format = erofs (QEMU, TCG): persist, reboot, compact, b
     const stick = path.join(dir, 'stick');
     fs.mkdirSync(stick);
     for (const n of fs.readdirSync(images)) fs.linkSync(path.join(images, n), path.join(stick, n));
-    await readDiskFile(second.diskPath, `${IMAGES_PATH}/${saved[0]}`, path.join(stick, saved[0]));
+    const now = (await listDiskFiles(second.diskPath, IMAGES_PATH)).filter((n) => new RegExp(`^${layerInAnyState(saved[0])}$`).test(n));
+    expect(now).toHaveLength(1);
+    await readDiskFile(second.diskPath, `${IMAGES_PATH}/${now[0]}`, path.join(stick, now[0]));
+    // compaction takes active layers only: one still on trial (the test powers off as soon as its
+    // listing is written, maybe before mkma-boot-good.service ran) is accepted first, as a user would
+    const id = layerId(now[0])!;
+    if (now[0].includes('@trial')) mkmaJson(['layers', 'bless', id, '--path', stick]);
+    const active = `persistence.${id}.cpio.zst`;
     const before = mkmaJson(['layers', '--path', stick]);
     expect(JSON.stringify(before)).toContain(FIRST_LAYER);
-    expect(JSON.stringify(before)).toContain(saved[0]);
+    expect(JSON.stringify(before)).toContain(active);
     const compacted = mkmaJson(['layers', 'compact', '--quiet', '--path', stick]);
-    expect(compacted.replaced).toEqual([FIRST_LAYER, saved[0]]);
+    expect(compacted.replaced).toEqual([FIRST_LAYER, active]);
     const layers = fs.readdirSync(stick).filter((n) => n.startsWith('persistence.'));
     expect(layers).toEqual([compacted.layer]);
     expect(JSON.stringify(mkmaJson(['layers', '--path', stick]))).toContain(compacted.layer);
