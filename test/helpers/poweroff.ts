@@ -14,7 +14,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { readManifest } from '../../format/reader.js';
-import { BASE_NAME, INITRAMFS_NAME, KERNEL_NAME } from '../../format/names.js';
+import { BASE_NAME, INITRAMFS_NAME, KERNEL_NAME, layerId } from '../../format/names.js';
 import { CMDLINE } from '../../lib/contract.js';
 import { createReporter } from '../../lib/progress.js';
 import { runSync } from '../../lib/run.js';
@@ -91,6 +91,11 @@ tail -n 4 /run/persist.log
 
 const OUT_PREFIX = 'MKMA-TEST-OUT: ';
 const isLayer = (n: string) => /^persistence\..+\.cpio\.zst$/.test(n);
+/**
+ * A layer by its id: its file name changes with its state (a new layer is on trial, each boot
+ * renames it to one try fewer, mkma-boot-good.service to active; docs/FORMAT.md), its bytes do not.
+ */
+const layerKey = (n: string) => layerId(n) ?? n;
 const isTemporary = (n: string) => /^\.persistence\..+\.tmp-/.test(n);
 
 export interface TrialResult {
@@ -172,7 +177,7 @@ interface DiskState {
   fsck: string;
   fsckClean: boolean;
   names: string[];
-  /** layer name → sha256 of the file, for the whole ones */
+  /** layer id (layerKey) → sha256 of the file, for the whole ones */
   layers: Map<string, string>;
   broken: Map<string, string>;
 }
@@ -200,7 +205,7 @@ async function inspectDisk(disk: string, work: string): Promise<DiskState> {
       await readDiskFile(copy, `${IMAGES_PATH}/${name}`, tmp);
       const problem = layerProblem(tmp);
       if (problem) broken.set(name, problem);
-      else layers.set(name, sha256(tmp));
+      else layers.set(layerKey(name), sha256(tmp));
     }
     fs.rmSync(tmp, { force: true });
     return { fsck, fsckClean, names, layers, broken };
@@ -297,7 +302,7 @@ export async function runPowerOffTrials(o: PowerOffOptions): Promise<PowerOffRes
       .map((l) => l.slice(l.indexOf(OUT_PREFIX) + OUT_PREFIX.length));
 
     // 1. this boot, from the disk as the previous kill left it
-    const applied = [...boot.log.matchAll(/phase layer-applied (\S+)/g)].map((m) => m[1]);
+    const applied = [...boot.log.matchAll(/phase layer-applied (\S+)/g)].map((m) => layerKey(m[1]));
     const skipped = [...boot.log.matchAll(/LAYER SKIPPED ([^:\s]+)/g)].map((m) => m[1]);
     const multiUser = /MKMA-TEST: multi-user reached uptime=([\d.]+)/.exec(boot.log);
     if (!multiUser) problems.push(`boot ${trial} did not reach multi-user (${boot.reason})`);
@@ -306,7 +311,7 @@ export async function runPowerOffTrials(o: PowerOffOptions): Promise<PowerOffRes
     if (JSON.stringify([...new Set(applied)].sort()) !== JSON.stringify(expected)) {
       problems.push(`boot ${trial} applied [${applied.join(', ')}], the disk holds [${expected.join(', ')}]`);
     }
-    for (const l of outLines) if (l.startsWith('deleted ')) known.delete(l.slice('deleted '.length));
+    for (const l of outLines) if (l.startsWith('deleted ')) known.delete(layerKey(l.slice('deleted '.length)));
     if (started === null) problems.push(`boot ${trial}: the guest never started its persist (${boot.reason})`);
     if (!killed && !boot.ok) problems.push(`boot ${trial} failed: ${boot.reason}`);
     if (finishedSec !== null) persistSec = Math.max(persistSec, finishedSec);
