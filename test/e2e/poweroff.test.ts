@@ -2,15 +2,16 @@
 // `mkma persist --yes` of a large change; after each kill the disk holds no partial layer under
 // a final name, every earlier layer is unchanged, e2fsck finds nothing to fix, and the next
 // boot applies every layer and reaches multi-user (test/helpers/poweroff.ts).
-// MKMA_POWEROFF_TRIALS trials (default 3, as in CI; `npm run test:poweroff -- --trials 20` for
-// more), N + 1 boots; MKMA_POWEROFF_SEED repeats a run's kill moments; MKMA_POWEROFF_DISK=file
+// MKMA_POWEROFF_TRIALS trials (default 2, as in CI: each costs a TCG boot, ~45 s, and CI must
+// stay under 45 min; a seed is drawn per run, so runs cover other moments; `npm run
+// test:poweroff -- --trials 20` for more), N + 1 boots; MKMA_POWEROFF_SEED repeats a run's kill moments; MKMA_POWEROFF_DISK=file
 // runs QEMU on the image file instead of the volatile-cache disk.
 import { describe, expect, test } from '@jest/globals';
 import * as path from 'node:path';
 import { runPowerOffTrials } from '../helpers/poweroff.js';
 import { IMAGE_OUT, WORK } from '../helpers/paths.js';
 
-const TRIALS = Number(process.env.MKMA_POWEROFF_TRIALS ?? 3);
+const TRIALS = Number(process.env.MKMA_POWEROFF_TRIALS ?? 2);
 const SEED = process.env.MKMA_POWEROFF_SEED ? Number(process.env.MKMA_POWEROFF_SEED) : undefined;
 const DISK = process.env.MKMA_POWEROFF_DISK === 'file' ? 'file' : 'volatile';
 
