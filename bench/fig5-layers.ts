@@ -72,6 +72,26 @@ export interface ApplySample extends Sample {
   digest?: string;
 }
 
+export interface ApplyContender {
+  name: string;
+  images: string;
+}
+
+export interface ApplyComparison {
+  a: ApplySample[];
+  b: ApplySample[];
+  /** "trees identical", or both digests: the first round of each contender digests its tree */
+  trees: string;
+}
+
+/** Bytes of an images directory's layers (the base left out). */
+export function layerBytes(dir: string): number {
+  return fs
+    .readdirSync(dir)
+    .filter((n) => n !== BASE_NAME)
+    .reduce((a, n) => a + fs.statSync(path.join(dir, n)).size, 0);
+}
+
 /**
  * The inputs of figure 5 (20 small layers, and the same content as one layer) and its timed
  * run of the init's layer code onto the unpacked base; figure 9 measures compacted layers with it.
@@ -80,6 +100,7 @@ export async function layerApplyHarness(inp: Inputs): Promise<{
   images20: string;
   images1: string;
   apply: (images: string, check: boolean) => Promise<ApplySample>;
+  compare: (runs: number, a: ApplyContender, b: ApplyContender) => Promise<ApplyComparison>;
   /** what applied the layers: "mkma-unpack", or why not */
   unpacker: () => string;
 }> {
@@ -149,32 +170,35 @@ export async function layerApplyHarness(inp: Inputs): Promise<{
     }
   }
 
-  return { images20, images1, apply, unpacker: () => unpacker };
+  // two images directories applied in interleaved runs, and whether they gave the same tree
+  const compare = async (runs: number, a: ApplyContender, b: ApplyContender): Promise<ApplyComparison> => {
+    const [sa, sb] = await interleave<ApplySample>(
+      [
+        { name: a.name, run: (round) => apply(a.images, round === 0) },
+        { name: b.name, run: (round) => apply(b.images, round === 0) },
+      ],
+      { runs, warmup: inp.warmup, label: 'apply', fmt: fmtMs },
+    );
+    const da = sa.find((x) => x.digest)?.digest;
+    const db = sb.find((x) => x.digest)?.digest;
+    const trees = da && db && da === db ? 'trees identical' : `TREES DIFFER (${da?.slice(0, 12)} vs ${db?.slice(0, 12)})`;
+    return { a: sa, b: sb, trees };
+  };
+
+  return { images20, images1, apply, compare, unpacker: () => unpacker };
 }
 
 export const figure: Figure = {
   id: 5,
   title: '20 small layers vs one',
   async run(inp: Inputs): Promise<Row[]> {
-    const { images20, images1, apply, unpacker: extractor } = await layerApplyHarness(inp);
+    const { images20, images1, compare, unpacker: extractor } = await layerApplyHarness(inp);
     const unpacker = extractor();
-    const runs = inp.runs(5);
-    const [l20, l1] = await interleave<ApplySample>(
-      [
-        { name: `${LAYERS} layers`, run: (round) => apply(images20, round === 0) },
-        { name: '1 merged layer', run: (round) => apply(images1, round === 0) },
-      ],
-      { runs, warmup: inp.warmup, label: 'apply', fmt: fmtMs },
-    );
-
-    const d20 = l20.find((s) => s.digest)?.digest;
-    const d1 = l1.find((s) => s.digest)?.digest;
-    const same = d20 && d1 && d20 === d1;
-    const sizes = (dir: string) =>
-      fs
-        .readdirSync(dir)
-        .filter((n) => n !== BASE_NAME)
-        .reduce((a, n) => a + fs.statSync(path.join(dir, n)).size, 0);
+    const {
+      a: l20,
+      b: l1,
+      trees,
+    } = await compare(inp.runs(5), { name: `${LAYERS} layers`, images: images20 }, { name: '1 merged layer', images: images1 });
     const applied = `${l20[0]?.applied ?? '?'} and ${l1[0]?.applied ?? '?'} layer-applied lines`;
     return [
       ratioRow({
@@ -187,8 +211,8 @@ export const figure: Figure = {
         target: 1.2,
         referenceLabel: "the same content as one layer (mkma-apply --layers-only onto the unpacked base: the init's apply_layers)",
         note:
-          `${same ? 'trees identical' : `TREES DIFFER (${d20?.slice(0, 12)} vs ${d1?.slice(0, 12)})`}; ${applied}; ` +
-          `${(sizes(images20) / 1024).toFixed(0)} KiB in ${LAYERS} layers vs ${(sizes(images1) / 1024).toFixed(0)} KiB; extractor: ${unpacker}`,
+          `${trees}; ${applied}; ` +
+          `${(layerBytes(images20) / 1024).toFixed(0)} KiB in ${LAYERS} layers vs ${(layerBytes(images1) / 1024).toFixed(0)} KiB; extractor: ${unpacker}`,
         samples: { mkma: values(l20), reference: values(l1) },
       }),
     ];

@@ -13,7 +13,7 @@ import { buildUnpacker } from '../builder/unpacker.js';
 import { unpackImages } from '../format/apply.js';
 import { createReporter } from '../lib/progress.js';
 import { compactLayers } from '../persist/compact.js';
-import { layerApplyHarness, type ApplySample } from './fig5-layers.js';
+import { layerApplyHarness, layerBytes } from './fig5-layers.js';
 import type { Figure } from './figure.js';
 import type { Inputs } from './inputs.js';
 import { ratioRow, type Row } from './report.js';
@@ -35,7 +35,7 @@ export const figure: Figure = {
   id: 9,
   title: 'layer lifecycle: 20 layers compacted',
   async run(inp: Inputs): Promise<Row[]> {
-    const { images20, images1, apply, unpacker: extractor } = await layerApplyHarness(inp);
+    const { images20, images1, compare, unpacker: extractor } = await layerApplyHarness(inp);
     const unpacker = buildUnpacker({ cacheDir: path.join(CACHE, 'unpacker') }).path;
     const scratch = inp.scratch('lifecycle');
 
@@ -46,21 +46,8 @@ export const figure: Figure = {
     const c = await withTmpfs(scratch, (t) => compactLayers({ imagesDir: compacted, unpacker, reporter: quiet, workBase: t }), '4G');
     if (!c.layer) throw new HarnessError('compaction of the 20 layers wrote no layer');
     const runs = inp.runs(5);
-    const [lc, l1] = await interleave<ApplySample>(
-      [
-        { name: 'compacted', run: (round) => apply(compacted, round === 0) },
-        { name: '1 layer', run: (round) => apply(images1, round === 0) },
-      ],
-      { runs, warmup: inp.warmup, label: 'apply', fmt: fmtMs },
-    );
-    const dc = lc.find((s) => s.digest)?.digest;
-    const d1 = l1.find((s) => s.digest)?.digest;
-    const same = dc && d1 && dc === d1;
-    const layerKiB = (dir: string) =>
-      fs
-        .readdirSync(dir)
-        .filter((n) => n.startsWith('persistence.'))
-        .reduce((a, n) => a + fs.statSync(path.join(dir, n)).size, 0) / 1024;
+    const { a: lc, b: l1, trees } = await compare(runs, { name: 'compacted', images: compacted }, { name: '1 layer', images: images1 });
+    const layerKiB = (dir: string) => layerBytes(dir) / 1024;
 
     // (b) compaction against mkma unpack of the same 20 layers, interleaved
     const compactRun = () =>
@@ -105,7 +92,7 @@ export const figure: Figure = {
         target: 1.02,
         referenceLabel: "the same content saved as one layer (figure 5's: mkma-apply --layers-only, the init's apply_layers)",
         note:
-          `${same ? 'trees identical' : `TREES DIFFER (${dc?.slice(0, 12)} vs ${d1?.slice(0, 12)})`}; ` +
+          `${trees}; ` +
           `${c.entries} entries, ${layerKiB(compacted).toFixed(0)} KiB compacted vs ${layerKiB(images1).toFixed(0)} KiB; ` +
           `extractor: ${extractor()}`,
         samples: { mkma: values(lc), reference: values(l1) },
