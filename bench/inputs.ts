@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { baseExclude } from '../builder/base.js';
 import { lastBootstrap } from '../builder/stages/bootstrap.js';
-import { BASE_NAME } from '../format/names.js';
+import { BASE_NAME, layerNameFor } from '../format/names.js';
 import { packTree } from '../format/pack.js';
 import { scanUpper } from '../persist/scan.js';
 import { writeLayer } from '../persist/write.js';
@@ -217,19 +217,15 @@ export class Inputs {
   async imagesDir(name: string, uppers: string[], key: string): Promise<string> {
     const base = await this.baseImage();
     const lower = await this.rootfs();
-    return this.cached(`images/${name}`, `${this.imageKey()} images-v1 ${key}`, async (tmp) => {
+    return this.cached(`images/${name}`, `${this.imageKey()} images-v2 ${key}`, async (tmp) => {
       fs.mkdirSync(tmp, { recursive: true });
       fs.copyFileSync(base, path.join(tmp, BASE_NAME));
       for (let i = 0; i < uppers.length; i++) {
         const scan = await scanUpper(uppers[i], lower);
-        await writeLayer({
-          upper: uppers[i],
-          scan,
-          include: () => true,
-          imagesDir: tmp,
-          level: 3,
-          now: new Date(Date.UTC(2030, 0, 1, 0, 0, 0) + i * 1000),
-        });
+        const now = new Date(Date.UTC(2030, 0, 1, 0, 0, 0) + i * 1000);
+        // active, as layers are once a boot with them completed (persist writes them on trial,
+        // and compaction, figure 9, takes active layers only)
+        await writeLayer({ upper: uppers[i], scan, include: () => true, imagesDir: tmp, level: 3, now, fileName: layerNameFor(now) });
       }
     });
   }
