@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { hostArch } from '../lib/arch.js';
 import { EnvironmentError } from '../lib/errors.js';
 import { runSync } from '../lib/run.js';
+import { hasCommand } from '../lib/hosttools.js';
 
 export interface ForeignArch {
   /** the qemu-user name, as in /usr/bin/qemu-<name>-static and binfmt_misc's qemu-<name> */
@@ -46,6 +47,12 @@ export function foreignEnv(arch: string): Record<string, string> {
 export const BINFMT_DIR = '/proc/sys/fs/binfmt_misc';
 /** Debian's packages: the static emulators (registered with the F flag), and the registration service. */
 export const BINFMT_PACKAGES = ['qemu-user-static', 'binfmt-support'];
+/**
+ * mmdebstrap refuses a foreign bootstrap without arch-test ("install arch-test for foreign
+ * architecture support"); it is only a Recommends of mmdebstrap, and both --install-deps and
+ * CI install without recommends, so a fresh host lacks it.
+ */
+export const ARCH_TEST_PACKAGE = 'arch-test';
 
 /**
  * Host packages a build for `arch` needs besides the native ones: qemu-user with its
@@ -55,7 +62,9 @@ export const BINFMT_PACKAGES = ['qemu-user-static', 'binfmt-support'];
  */
 export function foreignHostPackages(arch: string): string[] {
   const f = FOREIGN_ARCHES[arch];
-  return isForeign(arch) && f ? [...BINFMT_PACKAGES, `gcc-${f.triplet}`, `libc6-dev-${arch}-cross`, `libzstd-dev:${arch}`] : [];
+  return isForeign(arch) && f
+    ? [...BINFMT_PACKAGES, ARCH_TEST_PACKAGE, `gcc-${f.triplet}`, `libc6-dev-${arch}-cross`, `libzstd-dev:${arch}`]
+    : [];
 }
 
 export class BinfmtError extends EnvironmentError {}
@@ -65,6 +74,8 @@ export interface BinfmtCheckOptions {
   dir?: string;
   /** mounts binfmt_misc at dir when it is not; returns an error text or null */
   mount?: (dir: string) => string | null;
+  /** whether a command is on PATH (tests answer for arch-test) */
+  hasCommand?: (cmd: string) => boolean;
 }
 
 function mountBinfmt(dir: string): string | null {
@@ -89,6 +100,12 @@ export function checkBinfmt(arch: string, o: BinfmtCheckOptions = {}): string {
   }
   const dir = o.dir ?? BINFMT_DIR;
   const install = `apt-get install ${BINFMT_PACKAGES.join(' ')}`;
+  if (!(o.hasCommand ?? hasCommand)('arch-test')) {
+    throw new BinfmtError(
+      `building a ${arch} image needs arch-test, which mmdebstrap runs to check that this host can execute ${arch} ` +
+        `programs: apt-get install ${ARCH_TEST_PACKAGE} (or mkma build --install-deps)`,
+    );
+  }
   const status = path.join(dir, 'status');
   if (!fs.existsSync(status)) {
     const err = (o.mount ?? mountBinfmt)(dir);

@@ -39,11 +39,13 @@ function fakeBinfmt(name: string, files: Record<string, string>): string {
 }
 
 const noMount = () => 'mount: permission denied (test)';
+/** the host's own PATH is not asked: arch-test "is installed" unless a test says otherwise */
+const archTest = (cmd: string) => cmd === 'arch-test';
 
 describe('checkBinfmt (a fake binfmt_misc: the host registration is never touched)', () => {
   test('qemu-aarch64 registered, enabled, with F: the interpreter', () => {
     const dir = fakeBinfmt('ok', { status: 'enabled\n', 'qemu-aarch64': REGISTERED });
-    expect(checkBinfmt('arm64', { dir, mount: noMount })).toBe('/usr/libexec/qemu-binfmt/aarch64-binfmt-P');
+    expect(checkBinfmt('arm64', { dir, mount: noMount, hasCommand: archTest })).toBe('/usr/libexec/qemu-binfmt/aarch64-binfmt-P');
   });
 
   test('not mounted: mounted, and the check goes on', () => {
@@ -55,7 +57,7 @@ describe('checkBinfmt (a fake binfmt_misc: the host registration is never touche
       fs.writeFileSync(path.join(d, 'qemu-aarch64'), REGISTERED);
       return null;
     };
-    expect(checkBinfmt('arm64', { dir, mount })).toContain('aarch64-binfmt-P');
+    expect(checkBinfmt('arm64', { dir, mount, hasCommand: archTest })).toContain('aarch64-binfmt-P');
     expect(mounted).toEqual([dir]);
   });
 
@@ -63,7 +65,7 @@ describe('checkBinfmt (a fake binfmt_misc: the host registration is never touche
     const dir = fakeBinfmt('nomount', {});
     const e = (() => {
       try {
-        checkBinfmt('arm64', { dir, mount: noMount });
+        checkBinfmt('arm64', { dir, mount: noMount, hasCommand: archTest });
       } catch (err) {
         return err as Error;
       }
@@ -78,11 +80,11 @@ describe('checkBinfmt (a fake binfmt_misc: the host registration is never touche
 
   test('no qemu-aarch64: names qemu-user-static and binfmt-support; exit 3 (environment)', () => {
     const dir = fakeBinfmt('none', { status: 'enabled\n', 'qemu-arm': REGISTERED });
-    expect(() => checkBinfmt('arm64', { dir, mount: noMount })).toThrow(
+    expect(() => checkBinfmt('arm64', { dir, mount: noMount, hasCommand: archTest })).toThrow(
       /qemu-user for aarch64 registered in binfmt_misc.*qemu-aarch64 does not exist: apt-get install qemu-user-static binfmt-support/,
     );
     try {
-      checkBinfmt('arm64', { dir, mount: noMount });
+      checkBinfmt('arm64', { dir, mount: noMount, hasCommand: archTest });
     } catch (e) {
       expect((e as BinfmtError).exitCode).toBe(3);
     }
@@ -90,15 +92,26 @@ describe('checkBinfmt (a fake binfmt_misc: the host registration is never touche
 
   test('disabled binfmt_misc, a disabled entry, or one without F: each says what to enable', () => {
     const off = fakeBinfmt('off', { status: 'disabled\n', 'qemu-aarch64': REGISTERED });
-    expect(() => checkBinfmt('arm64', { dir: off, mount: noMount })).toThrow(/binfmt_misc is disabled.*echo 1 > /);
+    expect(() => checkBinfmt('arm64', { dir: off, mount: noMount, hasCommand: archTest })).toThrow(/binfmt_misc is disabled.*echo 1 > /);
     const entryOff = fakeBinfmt('entry-off', { status: 'enabled\n', 'qemu-aarch64': REGISTERED.replace('enabled', 'disabled') });
-    expect(() => checkBinfmt('arm64', { dir: entryOff, mount: noMount })).toThrow(/disabled .*update-binfmts --enable qemu-aarch64/);
+    expect(() => checkBinfmt('arm64', { dir: entryOff, mount: noMount, hasCommand: archTest })).toThrow(
+      /disabled .*update-binfmts --enable qemu-aarch64/,
+    );
     const noF = fakeBinfmt('no-f', { status: 'enabled\n', 'qemu-aarch64': REGISTERED.replace('flags: PF', 'flags: P') });
-    expect(() => checkBinfmt('arm64', { dir: noF, mount: noMount })).toThrow(/without the F \(fix binary\) flag.*qemu-user-static/);
+    expect(() => checkBinfmt('arm64', { dir: noF, mount: noMount, hasCommand: archTest })).toThrow(
+      /without the F \(fix binary\) flag.*qemu-user-static/,
+    );
+  });
+
+  test('no arch-test (mmdebstrap needs it for a foreign bootstrap): named with its package, before anything else', () => {
+    const dir = fakeBinfmt('no-arch-test', { status: 'enabled\n', 'qemu-aarch64': REGISTERED });
+    expect(() => checkBinfmt('arm64', { dir, mount: noMount, hasCommand: () => false })).toThrow(
+      /needs arch-test, which mmdebstrap runs.*apt-get install arch-test \(or mkma build --install-deps\)/,
+    );
   });
 
   test('an architecture mkma cannot emulate', () => {
-    expect(() => checkBinfmt('s390x', { dir: TMP, mount: noMount })).toThrow(/cannot build for s390x/);
+    expect(() => checkBinfmt('s390x', { dir: TMP, mount: noMount, hasCommand: archTest })).toThrow(/cannot build for s390x/);
   });
 });
 
@@ -109,11 +122,12 @@ describe('the bootstrap environment', () => {
     expect(FOREIGN_ARCHES.arm64.cpu).toBe('cortex-a72');
   });
 
-  test('--install-deps for arm64 adds qemu-user-static, binfmt-support, the cross compiler with its libc, and arm64 libzstd', () => {
+  test('--install-deps for arm64 adds qemu-user-static, binfmt-support, arch-test, the cross compiler with its libc, and arm64 libzstd', () => {
     if (hostArch() !== 'arm64')
       expect(foreignHostPackages('arm64')).toEqual([
         'qemu-user-static',
         'binfmt-support',
+        'arch-test',
         'gcc-aarch64-linux-gnu',
         'libc6-dev-arm64-cross',
         'libzstd-dev:arm64',
