@@ -27,6 +27,11 @@ const common = {
   ],
 };
 export default {
+  // Jest's default of 5 s per test is a timing assertion in disguise: the root integration
+  // tests run mke2fs, debugfs, mount and the like, and on a loaded 2-core CI machine one took
+  // longer (qemu.test.ts, 'a rebuild keeps the layers'). Tests that boot or build still set their
+  // own, longer timeouts.
+  testTimeout: 60_000,
   // arm64.test.ts runs last: its image builds in the background meanwhile
   testSequencer: '<rootDir>/test/e2e/sequencer.mjs',
   projects: [
