@@ -19,6 +19,8 @@ export interface BuildOptions {
   config: Config;
   out: string;
   rebuild: boolean;
+  /** false: no tree snapshots between presets (--no-snapshots; default true) */
+  snapshots?: boolean;
   hostKernel: boolean;
   reporter: Reporter;
   /** applied in order after configure (config/preset.ts loadPresets) */

@@ -35,6 +35,7 @@ export async function presetsStage(b: BuildContext): Promise<void> {
   if (presets.length && chain.start < presets.length) b.tree.touch();
   const apt: AptState = { updated: null };
   let consistent = true; // false once a preset was skipped: the tree is off the chain
+  const keep = b.options.snapshots !== false;
   if (presets.length) fs.mkdirSync(snapshots.logs, { recursive: true });
   for (let i = 1; i <= presets.length; i++) {
     const p = presets[i - 1];
@@ -52,7 +53,7 @@ export async function presetsStage(b: BuildContext): Promise<void> {
       continue;
     }
     const t0 = performance.now();
-    if (consistent && snapshots.snapshot(chain.keys[i - 1], i === 1 ? 'bootstrap' : `preset ${presets[i - 2].name}`)) {
+    if (keep && consistent && snapshots.snapshot(chain.keys[i - 1], i === 1 ? 'bootstrap' : `preset ${presets[i - 2].name}`)) {
       const secs = ((performance.now() - t0) / 1000).toFixed(1);
       reporter.info(`    (the tree before ${p.name} kept in OUT/.cache/snapshots for rebuilds, ${secs} s)`);
     }
@@ -77,8 +78,8 @@ export async function presetsStage(b: BuildContext): Promise<void> {
   // what configure owns (hostname, root password, fstab) ends as mkma.toml says, whether the
   // presets ran now or came from the cache
   if (presets.length && b.tree.touched) configureSystem(b.config, b.chroot);
-  // only the states a change to one of these presets restarts from are kept
-  snapshots.prune(chain.keys.slice(0, presets.length));
+  // only the states a change to one of these presets restarts from are kept (none: --no-snapshots)
+  snapshots.prune(keep ? chain.keys.slice(0, presets.length) : []);
 }
 
 /** A foreign image's presets run its programs through qemu-user: checked before each (builder/foreign.ts). */

@@ -375,6 +375,11 @@ describe('mkma build --preset', () => {
     expect(b.stderr).not.toMatch(/^mkma: /m);
     expect(b.status).toBe(0);
     process.stderr.write(`[presets] console + ssh-server: ${b.seconds.toFixed(1)} s (${b.seeded}; bootstrap ${b.stages[0].status})\n`);
+    // --no-snapshots: no copy of the tree was kept between the presets
+    expect(b.cache).toEqual({ snapshots: 0, bytes: 0 });
+    expect(
+      fs.existsSync(path.join(SHIPPED_OUT, '.cache/snapshots')) ? fs.readdirSync(path.join(SHIPPED_OUT, '.cache/snapshots')) : [],
+    ).toEqual([]);
     const files = baseNames(SHIPPED_OUT);
     // openssh-server's installation made keys in the chroot; none may reach the image
     expect(files.filter((f) => /^etc\/ssh\/ssh_host_/.test(f))).toEqual([]);
