@@ -31,7 +31,8 @@ import { XattrReader } from '../../format/xattrs.js';
 import { ArchiveWriter } from '../../format/writer.js';
 import { listDiskFiles, readDiskFile } from '../../qemu/disk.js';
 import { describeSmoke, DISK_LABEL, IMAGES_PATH, smokeBoot, type SmokeResult } from '../../qemu/smoke.js';
-import { IMAGE_OUT, MKMA, WORK } from '../helpers/paths.js';
+import { IMAGE_OUT, MKMA } from '../helpers/paths.js';
+import { ownWorkDir } from '../helpers/work-dir.js';
 import { layerInAnyState } from '../helpers/layer-names.js';
 import { layerId } from '../../format/names.js';
 
@@ -158,7 +159,7 @@ const CHANGES = [
 ];
 
 describe('boot with base_format = erofs (QEMU, TCG): persist, reboot, compact, boot', () => {
-  const dir = path.join(WORK, 'e2e-erofs');
+  const dir = ownWorkDir('e2e-erofs');
 
   test("the guest's /usr and /etc equal `mkma unpack` of the same images, after a persist and after a compaction", async () => {
     fs.rmSync(dir, { recursive: true, force: true });
@@ -251,7 +252,7 @@ describe('boot with base_format = erofs (QEMU, TCG): persist, reboot, compact, b
 });
 
 describe('boot with base_format = squashfs (QEMU, TCG)', () => {
-  const dir = path.join(WORK, 'e2e-squashfs');
+  const dir = ownWorkDir('e2e-squashfs');
 
   test("the build refuses the test image's ACLs; without them, the guest's /usr and /etc equal `mkma unpack`", async () => {
     fs.rmSync(dir, { recursive: true, force: true });

@@ -19,9 +19,10 @@ import { BASE_NAME, BUILD_INFO_NAME, INITRAMFS_NAME, KERNEL_NAME } from '../../f
 import { createReporter } from '../../lib/progress.js';
 import { describeSmoke, IMAGES_PATH, smokeBoot, type SmokeResult } from '../../qemu/smoke.js';
 import { layerInAnyState } from '../helpers/layer-names.js';
-import { IMAGE_OUT, MKMA, WORK } from '../helpers/paths.js';
+import { IMAGE_OUT, MKMA } from '../helpers/paths.js';
+import { ownWorkDir } from '../helpers/work-dir.js';
 
-const DIR = path.join(WORK, 'e2e-lifecycle');
+const DIR = ownWorkDir('e2e-lifecycle');
 /** the shared image's kernel, initramfs and base, linked: smokeBoot keeps its disk in OUT/qemu */
 const OUT = path.join(DIR, 'out');
 const MNT = path.join(DIR, 'mnt');

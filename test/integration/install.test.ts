@@ -11,9 +11,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parsePartitionTable, type PartitionRow } from '../../install/layout.js';
 import { fakeBuild, useScratchDir } from '../helpers/fake-build.js';
-import { MKMA, WORK } from '../helpers/paths.js';
+import { MKMA } from '../helpers/paths.js';
+import { ownWorkDir } from '../helpers/work-dir.js';
 
-const TMP = path.join(WORK, 'install-it');
+const TMP = ownWorkDir('install-it');
 
 function mkma(args: string[]): SpawnSyncReturns<string> {
   // stdin is not a terminal: without --yes, install stops before writing (the confirmation)

@@ -12,6 +12,7 @@ import { parsePresetText } from '../../config/preset.js';
 import { mountsUnder } from '../../builder/chroot.js';
 import { PresetError, runPreset } from '../../builder/presets.js';
 import { MKMA, REPO, TEST_CONFIG, WORK } from '../helpers/paths.js';
+import { ownWorkDir } from '../helpers/work-dir.js';
 import { seedFromTestImage } from '../helpers/seed-out.js';
 import { baseFile, baseNames, buildShippedPresets, SHIPPED_OUT, SSH_USER } from '../helpers/shipped-presets.js';
 
@@ -187,7 +188,7 @@ describe('chroot sessions (minimal root)', () => {
 });
 
 describe('mkma build --preset', () => {
-  const OUT = path.join(WORK, 'presets-out');
+  const OUT = ownWorkDir('presets-out');
   const SRC = path.join(WORK, 'presets-src');
   const env = { ...process.env, MKMA_QEMU_TEST: '', MKMA_DEMO_VALUE: 'hello' };
 
