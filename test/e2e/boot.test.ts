@@ -10,7 +10,8 @@ import { collectHardlinks, packEntries, walkTree } from '../../format/tree.js';
 import { XattrReader } from '../../format/xattrs.js';
 import { ArchiveWriter } from '../../format/writer.js';
 import { describeSmoke, smokeBoot, type SmokeResult } from '../../qemu/smoke.js';
-import { IMAGE_OUT, WORK } from '../helpers/paths.js';
+import { IMAGE_OUT } from '../helpers/paths.js';
+import { ownWorkDir } from '../helpers/work-dir.js';
 
 const sh = (cmd: string) => execFileSync('sh', ['-c', cmd], { encoding: 'utf8' });
 
@@ -25,7 +26,7 @@ async function writeLayer(upper: string, out: string, deleted: string[]): Promis
 }
 
 describe('boot into RAM (QEMU, TCG)', () => {
-  const dir = path.join(WORK, 'e2e-boot');
+  const dir = ownWorkDir('e2e-boot');
   const images = path.join(dir, 'images');
   let result: SmokeResult;
 

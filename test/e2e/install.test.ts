@@ -20,12 +20,13 @@ import { bootInstalledDisk } from '../../qemu/installed.js';
 import { MULTI_USER_MARKER } from '../../qemu/run.js';
 import { describeSmoke } from '../../qemu/smoke.js';
 import { layerInAnyState } from '../helpers/layer-names.js';
-import { IMAGE_OUT, MKMA, WORK } from '../helpers/paths.js';
+import { IMAGE_OUT, MKMA } from '../helpers/paths.js';
+import { ownWorkDir } from '../helpers/work-dir.js';
 import { baseWithFile, outWithBase } from '../helpers/rebuilt-base.js';
 import { readManifest } from '../../format/reader.js';
 import { FILES } from '../../lib/contract.js';
 
-const DIR = path.join(WORK, 'e2e-install');
+const DIR = ownWorkDir('e2e-install');
 const STICK = path.join(DIR, 'stick.img');
 
 const PERSIST = String.raw`

@@ -8,7 +8,8 @@ import { createReporter } from '../../lib/progress.js';
 import { listDiskFiles } from '../../qemu/disk.js';
 import { describeSmoke, IMAGES_PATH, smokeBoot } from '../../qemu/smoke.js';
 import { layerInAnyState } from '../helpers/layer-names.js';
-import { IMAGE_OUT, WORK } from '../helpers/paths.js';
+import { IMAGE_OUT } from '../helpers/paths.js';
+import { ownWorkDir } from '../helpers/work-dir.js';
 
 const CHANGES = String.raw`
 set -u
@@ -51,7 +52,7 @@ r tmp "$(test -e /tmp/should-not-persist && echo present || echo gone)"
 `;
 
 describe('mkma persist in the guest, then reboot', () => {
-  const dir = path.join(WORK, 'e2e-persist');
+  const dir = ownWorkDir('e2e-persist');
 
   test('changes saved with mkma persist --yes come back after a reboot, deletions stay deleted', async () => {
     fs.rmSync(dir, { recursive: true, force: true });

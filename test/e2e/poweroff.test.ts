@@ -7,22 +7,23 @@
 // test:poweroff -- --trials 20` for more), N + 1 boots; MKMA_POWEROFF_SEED repeats a run's kill moments; MKMA_POWEROFF_DISK=file
 // runs QEMU on the image file instead of the volatile-cache disk.
 import { describe, expect, test } from '@jest/globals';
-import * as path from 'node:path';
 import { runPowerOffTrials } from '../helpers/poweroff.js';
-import { IMAGE_OUT, WORK } from '../helpers/paths.js';
+import { IMAGE_OUT } from '../helpers/paths.js';
+import { ownWorkDir } from '../helpers/work-dir.js';
 
 const TRIALS = Number(process.env.MKMA_POWEROFF_TRIALS ?? 2);
 const SEED = process.env.MKMA_POWEROFF_SEED ? Number(process.env.MKMA_POWEROFF_SEED) : undefined;
 const DISK = process.env.MKMA_POWEROFF_DISK === 'file' ? 'file' : 'volatile';
 
 describe('power loss while mkma persist writes', () => {
+  const POWEROFF_WORK = ownWorkDir('e2e-poweroff');
   test(
     `${TRIALS} power cuts at random moments: no partial layer, earlier layers intact, the system boots`,
     async () => {
       const t0 = Date.now();
       const r = await runPowerOffTrials({
         out: IMAGE_OUT,
-        work: path.join(WORK, 'e2e-poweroff'),
+        work: POWEROFF_WORK,
         trials: TRIALS,
         seed: SEED,
         disk: DISK,
