@@ -237,19 +237,32 @@ const exited = (child: ReturnType<typeof spawn>) =>
   );
 
 describe('interrupted, and the lock', () => {
-  test('the session holds persist lock: a layers change meanwhile fails and says so', async () => {
+  test('the session holds persist lock: a layers change or a persist meanwhile fails and says so', async () => {
     const dir = images();
     const s = await startSession(dir);
-    const d = spawnSync(process.execPath, [MKMA, 'layers', 'disable', '20261101T000000Z', '--path', dir], { encoding: 'utf8' });
-    expect(d.status).toBe(1);
-    expect(d.stderr).toContain(`(pid ${s.child.pid})`);
-    expect(layersIn(dir)).toEqual(layersIn(template));
-    const again = chroot(dir, ['--yes', '--', 'true']);
-    expect(again.status).toBe(1);
-    expect(again.stderr).toContain(`(pid ${s.child.pid})`);
     const end = exited(s.child);
-    s.child.kill('SIGTERM');
-    await end;
+    try {
+      const d = spawnSync(process.execPath, [MKMA, 'layers', 'disable', '20261101T000000Z', '--path', dir], { encoding: 'utf8' });
+      expect(d.status).toBe(1);
+      expect(d.stderr).toContain(
+        `mkma chroot (pid ${s.child.pid}) holds the lock of ${dir}; wait for it to finish and run mkma layers disable again`,
+      );
+      expect(layersIn(dir)).toEqual(layersIn(template));
+      const upper = fs.mkdtempSync(path.join(WORK, 'upper-'));
+      put(upper, 'etc/x', 'x\n');
+      const p = spawnSync(process.execPath, [MKMA, 'persist', '--yes', '--upper', upper, '--path', dir], { encoding: 'utf8' });
+      expect(p.status).toBe(1);
+      expect(p.stderr).toContain(
+        `mkma: mkma chroot (pid ${s.child.pid}) holds the lock of ${dir}; wait for it to finish and run mkma persist again`,
+      );
+      expect(layersIn(dir)).toEqual(layersIn(template));
+      const again = chroot(dir, ['--yes', '--', 'true']);
+      expect(again.status).toBe(1);
+      expect(again.stderr).toContain(`another mkma chroot (pid ${s.child.pid}) holds the lock of ${dir}`);
+    } finally {
+      s.child.kill('SIGTERM'); // also when a check failed: no session is left behind
+      await end;
+    }
     expectClean();
   }, 60_000);
 
