@@ -13,8 +13,8 @@ import { unpackImages } from '../../format/apply.js';
 import { packTree } from '../../format/pack.js';
 import { readManifest } from '../../format/reader.js';
 import { processesRootedIn } from '../../persist/workarea.js';
-import { BUSYBOX } from '../fixtures/layers.js';
 import { put } from '../helpers/files.js';
+import { shellTree } from '../helpers/images.js';
 import { MKMA, REPO } from '../helpers/paths.js';
 import { describeTree } from '../helpers/tree.js';
 
@@ -60,16 +60,7 @@ beforeAll(async () => {
   fs.mkdirSync(WORKBASE);
   // a tree a shell runs in: busybox (static) and its applets
   const src = path.join(WORK, 'src');
-  fs.mkdirSync(path.join(src, 'bin'), { recursive: true });
-  fs.copyFileSync(BUSYBOX, path.join(src, 'bin/busybox'));
-  fs.chmodSync(path.join(src, 'bin/busybox'), 0o755);
-  for (const a of ['sh', 'echo', 'rm', 'mkdir', 'cat', 'sleep', 'test', 'adduser', 'ls', 'kill', 'chmod'])
-    fs.symlinkSync('busybox', path.join(src, 'bin', a));
-  for (const d of ['proc', 'sys', 'dev', 'run', 'tmp', 'root', 'home', 'usr/sbin']) fs.mkdirSync(path.join(src, d), { recursive: true });
-  put(src, 'etc/hostname', 'mkma\n');
-  put(src, 'etc/passwd', 'root:x:0:0:root:/root:/bin/sh\n');
-  put(src, 'etc/group', 'root:x:0:\n');
-  put(src, 'etc/shadow', 'root:*:20000:0:99999:7:::\n');
+  shellTree(src);
   put(src, 'etc/gone', 'deleted in the chroot\n');
   put(src, 'usr/share/doc/a/b', 'replaced with its directory\n');
   template = path.join(WORK, 'images');
