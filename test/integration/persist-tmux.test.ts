@@ -13,7 +13,10 @@ const SESSION = `mkma-persist-${process.pid}`;
 describe('mkma persist terminal UI in tmux (80x24)', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mkma-tmux-'));
   let t: TmuxSession | undefined;
-  afterAll(() => t?.kill());
+  afterAll(() => {
+    t?.kill();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
 
   test('open, move, exclude a subtree, confirm, and the layer holds exactly the rest', async () => {
     const upper = path.join(dir, 'upper');
