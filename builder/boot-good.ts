@@ -22,13 +22,26 @@ ExecStart=/usr/local/bin/mkma layers bless --booted --quiet
 WantedBy=multi-user.target
 `;
 
+/**
+ * Where the unit lives in the image: with the units of packages, not in /etc/systemd/system,
+ * which is the administrator's (`systemctl mask` and `systemctl edit` write there, and mask
+ * refuses with "File exists" when the unit itself is in /etc).
+ */
+export const BOOT_GOOD_UNIT_DIR = '/usr/lib/systemd/system';
+
 /** Writes the unit into the image and enables it (the symlink systemctl enable would make). */
 export function installBootGoodUnit(chroot: string): void {
-  const unitDir = path.join(chroot, 'etc/systemd/system');
-  const wants = path.join(unitDir, 'multi-user.target.wants');
+  const unitDir = path.join(chroot, BOOT_GOOD_UNIT_DIR);
+  const wants = path.join(chroot, 'etc/systemd/system/multi-user.target.wants');
+  fs.mkdirSync(unitDir, { recursive: true });
   fs.mkdirSync(wants, { recursive: true });
   fs.writeFileSync(path.join(unitDir, BOOT_GOOD_UNIT_NAME), BOOT_GOOD_UNIT, { mode: 0o644 });
+  // a tree configured by an earlier mkma has the unit in /etc/systemd/system, where it would
+  // shadow this one: removed when it is mkma's (a mask, a symlink, or an edited file stays)
+  const old = path.join(chroot, 'etc/systemd/system', BOOT_GOOD_UNIT_NAME);
+  const st = fs.lstatSync(old, { throwIfNoEntry: false });
+  if (st?.isFile() && fs.readFileSync(old, 'utf8') === BOOT_GOOD_UNIT) fs.rmSync(old);
   const link = path.join(wants, BOOT_GOOD_UNIT_NAME);
   fs.rmSync(link, { force: true });
-  fs.symlinkSync(`/etc/systemd/system/${BOOT_GOOD_UNIT_NAME}`, link);
+  fs.symlinkSync(`${BOOT_GOOD_UNIT_DIR}/${BOOT_GOOD_UNIT_NAME}`, link);
 }

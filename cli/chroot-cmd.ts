@@ -79,7 +79,7 @@ export async function run(argv: string[]): Promise<number> {
     if (!fs.existsSync(path.join(target.imagesDir, FILES.base)))
       throw new UsageError(`chroot: no ${FILES.base} in ${target.description}: give the images directory (--path)`);
     const { acquireLock } = await import('../persist/write.js');
-    const unlock = acquireLock(target.imagesDir);
+    const unlock = acquireLock(target.imagesDir, 'mkma chroot');
     try {
       const { chrootSession } = await import('../persist/chroot.js');
       const { withChroot } = await import('../builder/chroot.js');

@@ -52,7 +52,7 @@ export const remove: SubcommandModule = {
     const { findLayer, removeLayerFile } = await import('../format/layer-state.js');
     const fs = await import('node:fs');
     const path = await import('node:path');
-    const { result, where } = await changeImages(values, async (dir) => {
+    const { result, where } = await changeImages(values, 'mkma layers remove', async (dir) => {
       const l = findLayer(dir, positionals[0]);
       const bytes = fs.statSync(path.join(dir, l.file)).size;
       if (!values.yes && !(await confirm(`remove layer ${l.id} (${l.file}, ${formatBytes(bytes)}) for good? [y/N] `))) return null;
@@ -116,7 +116,7 @@ export const prune: SubcommandModule = {
     const days = wholeNumber('newer-than', values['newer-than']);
     const { describeLayers } = await import('../format/layer-info.js');
     const { layersIn, removeLayerFile } = await import('../format/layer-state.js');
-    const { result, where } = await changeImages(values, async (dir) => {
+    const { result, where } = await changeImages(values, 'mkma layers prune', async (dir) => {
       const info = new Map((await describeLayers(dir)).layers.map((l) => [l.id, l]));
       const victims = pruneVictims(
         layersIn(dir).map((l) => ({ ...l, created: info.get(l.id)?.created ?? null })),

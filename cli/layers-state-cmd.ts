@@ -66,7 +66,7 @@ function stateCommand(
       if (values.help) return printHelp(HELP);
       if (positionals.length !== 1) throw new UsageError(`layers ${name}: which layer? (mkma layers ${name} NAME; mkma layers lists them)`);
       const { findLayer, setLayerState } = await import('../format/layer-state.js');
-      const { result, where } = await changeImages(values, (dir) => {
+      const { result, where } = await changeImages(values, `mkma layers ${name}`, (dir) => {
         const l = findLayer(dir, positionals[0]);
         const to = transition(l, values);
         if (typeof to === 'string') throw new UsageError(`layers ${name} ${l.id}: ${to}`);
@@ -151,7 +151,7 @@ export const blessCmd: SubcommandModule = {
     if (![...record.values()].some((r) => r.applied && parseLayerName(r.name)?.status === 'trial')) {
       return report(values as { json?: boolean }, 'this boot', [], 'bless');
     }
-    const { result, where } = await changeImages(values as { path?: string; device?: string; json?: boolean }, (dir) =>
+    const { result, where } = await changeImages(values as { path?: string; device?: string; json?: boolean }, 'mkma layers bless', (dir) =>
       layersIn(dir)
         .filter((l) => l.status === 'trial' && record.get(l.id)?.applied)
         .map((l) => {
@@ -187,7 +187,7 @@ export const rollback: SubcommandModule = {
     if (values.help) return printHelp(rollback.HELP);
     const { findLayer, layersIn, setLayerState } = await import('../format/layer-state.js');
     const { appliedAtBoot } = await import('../format/names.js');
-    const { result, where } = await changeImages(values, (dir) => {
+    const { result, where } = await changeImages(values, 'mkma layers rollback', (dir) => {
       const all = layersIn(dir);
       let after: LayerName[];
       if (positionals.length) {

@@ -14,7 +14,15 @@ import { appendRules, dpkgWarnings, loadRules, parsePattern, ruleDecider, rulesF
 import { countSentence, layerCounts, type LayerCounts } from '../persist/counts.js';
 import { KIND_LEGEND, KIND_MARK } from '../persist/kinds.js';
 import { scanUpper } from '../persist/scan.js';
-import { applySaved, checkSavedRecord, readSavedRecord, recordSave, signaturesBefore, type SavedRecord } from '../persist/saved.js';
+import {
+  applySaved,
+  checkSavedRecord,
+  readSavedRecord,
+  recordSave,
+  sameLayers,
+  signaturesBefore,
+  type SavedRecord,
+} from '../persist/saved.js';
 import type { Target } from '../persist/storage.js';
 import type { LayerPlan, WriteLayerResult } from '../persist/write.js';
 import { interceptSignals } from '../lib/cleanup.js';
@@ -479,7 +487,7 @@ async function runTui(o: {
       try {
         // the UI showed the changes since the saves o.record names: they must still be there
         const now = checkSavedRecord(o.upper, target.imagesDir);
-        if (now?.layers.join() !== o.record?.layers.join())
+        if (!sameLayers(now?.layers ?? [], o.record?.layers ?? []))
           throw new MkmaError('the layers saved earlier in this boot changed while the list was shown: quit and run mkma persist again');
         const before = signaturesBefore(o.upper, plan);
         const r = await writeLayer({

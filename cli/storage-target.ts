@@ -89,10 +89,12 @@ export function verifyProgress(stage: Stage): {
 /**
  * Runs `work` on the images directory the options name, found for writing (the device is
  * mounted read-write only meanwhile), with persist's lock held (persist/write.ts acquireLock:
- * one change at a time, a persist included); releases both after, whatever happens.
+ * one change at a time, a persist included); releases both after, whatever happens. `command`
+ * ("mkma layers disable") is what the lock file names as its holder meanwhile.
  */
 export async function changeImages<T>(
   values: { device?: string; path?: string; quiet?: boolean; json?: boolean },
+  command: string,
   work: (imagesDir: string, reporter: Reporter, where: string) => Promise<T> | T,
 ): Promise<{ result: T; where: string }> {
   const reporter = createReporter({ quiet: !!values.quiet || !!values.json });
@@ -100,7 +102,7 @@ export async function changeImages<T>(
   try {
     for (const w of target.warnings) reporter.warn(w);
     const { acquireLock } = await import('../persist/write.js');
-    const unlock = acquireLock(target.imagesDir);
+    const unlock = acquireLock(target.imagesDir, command);
     try {
       return { result: await work(target.imagesDir, reporter, target.description), where: target.description };
     } finally {

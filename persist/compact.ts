@@ -229,7 +229,7 @@ async function compactLocked(o: CompactOptions, cleaned: string[]): Promise<Comp
 }
 
 export async function compactLayers(o: CompactOptions): Promise<CompactResult> {
-  const release = acquireLock(o.imagesDir);
+  const release = acquireLock(o.imagesDir, 'mkma layers compact');
   try {
     const cleaned = finishInterrupted(o.imagesDir);
     removeStaleWork(o);
@@ -265,7 +265,7 @@ function refuseBaseImage(imagesDir: string): void {
 export async function foldIntoBase(o: Omit<CompactOptions, 'range' | 'message'>): Promise<IntoBaseResult> {
   const { imagesDir, reporter } = o;
   refuseBaseImage(imagesDir);
-  const release = acquireLock(imagesDir);
+  const release = acquireLock(imagesDir, 'mkma layers compact');
   try {
     const cleaned = finishInterrupted(imagesDir);
     removeStaleWork(o);

@@ -19,15 +19,20 @@
 // nothing that changed is taken as saved. A crash between the layer and the record only makes
 // the next persist save too much again, never too little.
 //
-// The record names the layers it describes: if they are all gone from the images directory
-// (removed by hand, rolled back), the record is dropped and everything since boot is offered;
-// if only some are, it is refused (a layer saving everything since boot on top of some of them
-// could bring back what the owner deleted).
+// The record names the layers it describes, and they are matched by id (format/names.ts), so a
+// change of state that the next boot still applies (`mkma layers bless`: trial → active, pin,
+// disable then enable) keeps the record valid. A layer the next boot does not apply counts as
+// gone: removed, disabled (`mkma layers rollback`), failed, on trial with no tries left, or
+// compacted into a layer of another id. If they are all gone, the record is dropped and
+// everything since boot is offered; if only some are, it is refused (a layer saving only what
+// changed since on top of the others would miss what the gone ones held, and a layer saving
+// everything since boot could bring back what the owner deleted).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RUNTIME } from '../lib/contract.js';
 import { MkmaError } from '../lib/errors.js';
 import { listImages } from '../format/images.js';
+import { appliedAtBoot, layerId, parseLayerName } from '../format/names.js';
 import type { ChangeEntry, EntryType, ScanResult } from './model.js';
 import type { LayerPlan } from './write.js';
 
@@ -78,23 +83,33 @@ export function readSavedRecord(upper: string, dir?: string): SavedRecord | null
   }
 }
 
+/** Whether two lists name the same layers (by id: a state change renames, the layer stays). */
+export function sameLayers(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((n, i) => (layerId(n) ?? n) === (layerId(b[i]) ?? b[i]));
+}
+
 /**
- * The record, checked against the images directory it will be saved to: null (and removed)
- * when none of its layers is there any more; an error when only some are.
+ * The record, checked against the images directory it will be saved to: its layers matched by
+ * id among those the next boot applies (see the top of this file), and named by their current
+ * file names; null (and removed) when none of them is applied any more; an error when only
+ * some are.
  */
 export function checkSavedRecord(upper: string, imagesDir: string, dir?: string): SavedRecord | null {
   const r = readSavedRecord(upper, dir);
   if (!r) return null;
-  const present = new Set(listImages(imagesDir).layers);
-  const here = r.layers.filter((l) => present.has(l));
-  if (here.length === r.layers.length) return r;
+  // id → current file name, of the layers the next boot applies
+  const applied = new Map<string, string>();
+  for (const n of listImages(imagesDir).layers) if (appliedAtBoot(parseLayerName(n)!)) applied.set(layerId(n)!, n);
+  const now = (l: string) => applied.get(layerId(l) ?? l);
+  const here = r.layers.filter((l) => now(l) !== undefined);
+  if (here.length === r.layers.length) return { ...r, layers: r.layers.map((l) => now(l)!) };
   if (here.length === 0) {
     fs.rmSync(savedRecordPath(upper, dir), { force: true });
     return null;
   }
-  const gone = r.layers.filter((l) => !present.has(l));
+  const gone = r.layers.filter((l) => now(l) === undefined);
   throw new SavedRecordError(
-    `layer(s) saved earlier in this boot are no longer active in ${imagesDir}: ${gone.join(', ')} (while ` +
+    `layer(s) saved earlier in this boot are no longer applied at boot from ${imagesDir} (removed, disabled or failed): ${gone.join(', ')} (while ` +
       `${here.join(', ')} still is). A new layer cannot tell what they held; save after a reboot, or remove ` +
       `${savedRecordPath(upper, dir)} to save everything changed since boot again.`,
   );

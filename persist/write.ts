@@ -100,8 +100,30 @@ export function nothingToSave(
 /** flock(1)'s exit status when the lock is held by someone else (--conflict-exit-code). */
 const LOCK_CONFLICT = 75;
 
-/** Takes the images directory's persist lock (it does not wait); returns its release function. */
-export function acquireLock(imagesDir: string): () => void {
+/**
+ * Who holds the lock, from the lock file's text (`PID COMMAND`, written by the holder): the
+ * command only when it is one mkma writes (the file is on the storage: anything may be there).
+ */
+export function lockHolder(text: string): { pid: number; command: string | null } {
+  const m = /^([0-9]+)(?: (mkma(?: [a-z-]+){1,2}))?\n?$/.exec(text);
+  return m ? { pid: Number(m[1]), command: m[2] ?? null } : { pid: 0, command: null };
+}
+
+/** Why the lock cannot be taken: who holds it (the lock file's text), and what to do. */
+export function lockBusyMessage(imagesDir: string, holderText: string, command: string): string {
+  const h = lockHolder(holderText);
+  const who = h.command === null ? 'another mkma command' : h.command === command ? `another ${command}` : h.command;
+  const pid = h.pid > 0 ? ` (pid ${h.pid})` : '';
+  const doing = h.command === 'mkma persist' ? `is writing a layer to ${imagesDir}` : `holds the lock of ${imagesDir}`;
+  return `${who}${pid} ${doing}; wait for it to finish and run ${command} again`;
+}
+
+/**
+ * Takes the images directory's persist lock (it does not wait); returns its release function.
+ * `command` (e.g. "mkma chroot") is written into the lock file with the pid, for the message
+ * another mkma command gets meanwhile.
+ */
+export function acquireLock(imagesDir: string, command = 'mkma persist'): () => void {
   const file = path.join(path.resolve(imagesDir), LOCK_NAME);
   const { O_RDWR, O_CREAT, O_NOFOLLOW } = fs.constants;
   for (let attempt = 0; attempt < 5; attempt++) {
@@ -120,12 +142,7 @@ export function acquireLock(imagesDir: string): () => void {
         fds: [fd],
         allowFailure: true,
       });
-      if (r.status === LOCK_CONFLICT) {
-        const pid = Number.parseInt(fs.readFileSync(fd, 'utf8').trim(), 10);
-        throw new PersistBusyError(
-          `another mkma persist${pid > 0 ? ` (pid ${pid})` : ''} is writing a layer to ${imagesDir}; wait for it to finish and run mkma persist again`,
-        );
-      }
+      if (r.status === LOCK_CONFLICT) throw new PersistBusyError(lockBusyMessage(imagesDir, fs.readFileSync(fd, 'latin1'), command));
       if (!r.ok) throw new MkmaError(`cannot lock ${file}: ${describeFailure(r)}`);
       // The holder before us removes the file when it is done, possibly after we opened it:
       // then we locked a file nobody else will open, and must start again.
@@ -136,9 +153,9 @@ export function acquireLock(imagesDir: string): () => void {
       if (!locked) fs.closeSync(fd);
     }
     if (!locked) continue;
-    // the owner's pid, for the message another persist shows meanwhile
+    // the owner's pid and command, for the message another mkma command shows meanwhile
     fs.ftruncateSync(fd, 0);
-    fs.writeSync(fd, `${process.pid}\n`, 0);
+    fs.writeSync(fd, `${process.pid} ${command}\n`, 0);
     let released = false;
     return () => {
       if (released) return;
@@ -148,7 +165,7 @@ export function acquireLock(imagesDir: string): () => void {
       fs.closeSync(fd);
     };
   }
-  throw new PersistBusyError(`cannot take the lock ${file} (another mkma persist keeps taking it)`);
+  throw new PersistBusyError(`cannot take the lock ${file} (other mkma commands keep taking it)`);
 }
 
 const TEMP_RE = /^\.persistence\..*\.tmp-\d+(?:-[0-9a-f]+)?$/;

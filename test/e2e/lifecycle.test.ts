@@ -185,12 +185,12 @@ good
 r a "$(cat /srv/life/a)"
 r b "$(cat /srv/life/b 2>/dev/null || echo gone)"
 r alice "$(id -u alice >/dev/null 2>&1 && echo exists || echo missing)"
-ln -sf /dev/null /etc/systemd/system/mkma-boot-good.service
+systemctl mask mkma-boot-good.service >/dev/null 2>&1; r mask $?
 mkma persist --yes --message C >/dev/null 2>&1; r persist-c $?
 layers four
 `,
     );
-    expect(checks(b4.log)).toMatchObject({ 'boot-good': 'done', a: 'A', b: 'gone', alice: 'exists', 'persist-c': '0' });
+    expect(checks(b4.log)).toMatchObject({ 'boot-good': 'done', a: 'A', b: 'gone', alice: 'exists', mask: '0', 'persist-c': '0' });
     const four = layersOf(b4.log, 'four');
     const alice = four.find((l) => l.message.includes('useradd alice'))!;
     expect(alice).toMatchObject({ state: 'active', boot: 'applied' });

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { encodeManifestFrame } from '../../format/manifest.js';
 import { packTree } from '../../format/pack.js';
 import { readManifest } from '../../format/reader.js';
-import { FIXTURE_SHARD_BYTES, noise } from '../fixtures/layers.js';
+import { BUSYBOX, FIXTURE_SHARD_BYTES, noise } from '../fixtures/layers.js';
 import { put } from './files.js';
 
 export interface TestLayer {
@@ -15,6 +15,25 @@ export interface TestLayer {
   files: Record<string, string | Buffer>;
   message?: string;
   created?: Date;
+}
+
+/** The busybox applets shellTree links (what the mkma chroot tests run in it). */
+export const SHELL_APPLETS = ['sh', 'echo', 'rm', 'mkdir', 'cat', 'sleep', 'test', 'adduser', 'ls', 'kill', 'chmod', 'touch'];
+
+/**
+ * A tree a shell runs in, for `mkma chroot` (`src`, made if missing): busybox (static) and its
+ * applets, root's account, the mount points the chroot helpers use.
+ */
+export function shellTree(src: string): void {
+  fs.mkdirSync(path.join(src, 'bin'), { recursive: true });
+  fs.copyFileSync(BUSYBOX, path.join(src, 'bin/busybox'));
+  fs.chmodSync(path.join(src, 'bin/busybox'), 0o755);
+  for (const a of SHELL_APPLETS) fs.symlinkSync('busybox', path.join(src, 'bin', a));
+  for (const d of ['proc', 'sys', 'dev', 'run', 'tmp', 'root', 'home', 'usr/sbin']) fs.mkdirSync(path.join(src, d), { recursive: true });
+  put(src, 'etc/hostname', 'mkma\n');
+  put(src, 'etc/passwd', 'root:x:0:0:root:/root:/bin/sh\n');
+  put(src, 'etc/group', 'root:x:0:\n');
+  put(src, 'etc/shadow', 'root:*:20000:0:99999:7:::\n');
 }
 
 /** A base (with a 200 KB file: several shards) and the layers, in `dir/images`; returns that path. */

@@ -13,8 +13,8 @@ import { unpackImages } from '../../format/apply.js';
 import { packTree } from '../../format/pack.js';
 import { readManifest } from '../../format/reader.js';
 import { processesRootedIn } from '../../persist/workarea.js';
-import { BUSYBOX } from '../fixtures/layers.js';
 import { put } from '../helpers/files.js';
+import { shellTree } from '../helpers/images.js';
 import { MKMA, REPO } from '../helpers/paths.js';
 import { describeTree } from '../helpers/tree.js';
 
@@ -60,16 +60,7 @@ beforeAll(async () => {
   fs.mkdirSync(WORKBASE);
   // a tree a shell runs in: busybox (static) and its applets
   const src = path.join(WORK, 'src');
-  fs.mkdirSync(path.join(src, 'bin'), { recursive: true });
-  fs.copyFileSync(BUSYBOX, path.join(src, 'bin/busybox'));
-  fs.chmodSync(path.join(src, 'bin/busybox'), 0o755);
-  for (const a of ['sh', 'echo', 'rm', 'mkdir', 'cat', 'sleep', 'test', 'adduser', 'ls', 'kill', 'chmod'])
-    fs.symlinkSync('busybox', path.join(src, 'bin', a));
-  for (const d of ['proc', 'sys', 'dev', 'run', 'tmp', 'root', 'home', 'usr/sbin']) fs.mkdirSync(path.join(src, d), { recursive: true });
-  put(src, 'etc/hostname', 'mkma\n');
-  put(src, 'etc/passwd', 'root:x:0:0:root:/root:/bin/sh\n');
-  put(src, 'etc/group', 'root:x:0:\n');
-  put(src, 'etc/shadow', 'root:*:20000:0:99999:7:::\n');
+  shellTree(src);
   put(src, 'etc/gone', 'deleted in the chroot\n');
   put(src, 'usr/share/doc/a/b', 'replaced with its directory\n');
   template = path.join(WORK, 'images');
@@ -237,19 +228,32 @@ const exited = (child: ReturnType<typeof spawn>) =>
   );
 
 describe('interrupted, and the lock', () => {
-  test('the session holds persist lock: a layers change meanwhile fails and says so', async () => {
+  test('the session holds persist lock: a layers change or a persist meanwhile fails and says so', async () => {
     const dir = images();
     const s = await startSession(dir);
-    const d = spawnSync(process.execPath, [MKMA, 'layers', 'disable', '20261101T000000Z', '--path', dir], { encoding: 'utf8' });
-    expect(d.status).toBe(1);
-    expect(d.stderr).toContain(`(pid ${s.child.pid})`);
-    expect(layersIn(dir)).toEqual(layersIn(template));
-    const again = chroot(dir, ['--yes', '--', 'true']);
-    expect(again.status).toBe(1);
-    expect(again.stderr).toContain(`(pid ${s.child.pid})`);
     const end = exited(s.child);
-    s.child.kill('SIGTERM');
-    await end;
+    try {
+      const d = spawnSync(process.execPath, [MKMA, 'layers', 'disable', '20261101T000000Z', '--path', dir], { encoding: 'utf8' });
+      expect(d.status).toBe(1);
+      expect(d.stderr).toContain(
+        `mkma chroot (pid ${s.child.pid}) holds the lock of ${dir}; wait for it to finish and run mkma layers disable again`,
+      );
+      expect(layersIn(dir)).toEqual(layersIn(template));
+      const upper = fs.mkdtempSync(path.join(WORK, 'upper-'));
+      put(upper, 'etc/x', 'x\n');
+      const p = spawnSync(process.execPath, [MKMA, 'persist', '--yes', '--upper', upper, '--path', dir], { encoding: 'utf8' });
+      expect(p.status).toBe(1);
+      expect(p.stderr).toContain(
+        `mkma: mkma chroot (pid ${s.child.pid}) holds the lock of ${dir}; wait for it to finish and run mkma persist again`,
+      );
+      expect(layersIn(dir)).toEqual(layersIn(template));
+      const again = chroot(dir, ['--yes', '--', 'true']);
+      expect(again.status).toBe(1);
+      expect(again.stderr).toContain(`another mkma chroot (pid ${s.child.pid}) holds the lock of ${dir}`);
+    } finally {
+      s.child.kill('SIGTERM'); // also when a check failed: no session is left behind
+      await end;
+    }
     expectClean();
   }, 60_000);
 

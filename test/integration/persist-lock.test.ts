@@ -1,13 +1,14 @@
 // The persist lock (persist/write.ts acquireLock, an flock(2)): processes racing for a lock
-// left by a dead persist — exactly one wins, every round — and what is planted at the lock's
-// name is never followed.
+// left by a dead persist — exactly one wins, every round —, what is planted at the lock's name
+// is never followed, and the command refused is told which command holds it (the lock file's
+// text: `PID COMMAND`).
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { acquireLock, LOCK_NAME } from '../../persist/write.js';
-import { REPO } from '../helpers/paths.js';
+import { acquireLock, LOCK_NAME, lockBusyMessage, PersistBusyError } from '../../persist/write.js';
+import { MKMA, REPO } from '../helpers/paths.js';
 
 const WORK = fs.mkdtempSync(path.join(tmpdir(), 'mkma-persist-lock-'));
 afterAll(() => fs.rmSync(WORK, { recursive: true, force: true }));
@@ -90,12 +91,65 @@ describe('the persist lock', () => {
     const dir = path.join(WORK, 'same-process');
     fs.mkdirSync(dir);
     const release = acquireLock(dir);
-    expect(fs.readFileSync(path.join(dir, LOCK_NAME), 'utf8')).toBe(`${process.pid}\n`);
+    expect(fs.readFileSync(path.join(dir, LOCK_NAME), 'utf8')).toBe(`${process.pid} mkma persist\n`);
     expect(() => acquireLock(dir)).toThrow(`another mkma persist (pid ${process.pid}) is writing a layer to ${dir}`);
     release();
     release(); // twice: harmless
     acquireLock(dir)();
   });
+
+  test('the message names the command that holds the lock (the lock file says which)', () => {
+    const dir = path.join(WORK, 'holder');
+    fs.mkdirSync(dir);
+    let release = acquireLock(dir, 'mkma chroot');
+    expect(fs.readFileSync(path.join(dir, LOCK_NAME), 'utf8')).toBe(`${process.pid} mkma chroot\n`);
+    expect(() => acquireLock(dir)).toThrow(
+      new PersistBusyError(`mkma chroot (pid ${process.pid}) holds the lock of ${dir}; wait for it to finish and run mkma persist again`),
+    );
+    release();
+    release = acquireLock(dir);
+    expect(() => acquireLock(dir, 'mkma layers disable')).toThrow(
+      `mkma persist (pid ${process.pid}) is writing a layer to ${dir}; wait for it to finish and run mkma layers disable again`,
+    );
+    release();
+    // what an older mkma wrote (the pid alone), or text that is not mkma's: no command is named
+    expect(lockBusyMessage(dir, '123\n', 'mkma persist')).toBe(
+      `another mkma command (pid 123) holds the lock of ${dir}; wait for it to finish and run mkma persist again`,
+    );
+    expect(lockBusyMessage(dir, '123 rm -rf /\n', 'mkma persist')).toMatch(/^another mkma command holds the lock/);
+  });
+
+  test('mkma persist blocked by a running mkma chroot says so', async () => {
+    const dir = path.join(WORK, 'by-chroot');
+    const upper = path.join(WORK, 'by-chroot-upper');
+    fs.mkdirSync(dir);
+    fs.mkdirSync(path.join(upper, 'etc'), { recursive: true });
+    fs.writeFileSync(path.join(upper, 'etc/x'), 'x\n');
+    // another process holds the lock as mkma chroot does (cli/chroot-cmd.ts) for its whole session
+    const holder = spawn(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `import { acquireLock } from ${JSON.stringify(path.join(REPO, 'dist/persist/write.js'))};
+         acquireLock(process.argv[1], 'mkma chroot'); console.log('locked'); setTimeout(() => {}, 60_000);`,
+        '--',
+        dir,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    try {
+      await new Promise((r) => holder.stdout.once('data', r));
+      const r = spawnSync(process.execPath, [MKMA, 'persist', '--yes', '--upper', upper, '--path', dir], { encoding: 'utf8' });
+      expect(r.status).toBe(1);
+      expect(r.stderr.trimEnd().split('\n').pop()).toBe(
+        `mkma: mkma chroot (pid ${holder.pid}) holds the lock of ${dir}; wait for it to finish and run mkma persist again`,
+      );
+      expect(fs.readdirSync(dir).filter((n) => n.startsWith('persistence.'))).toEqual([]);
+    } finally {
+      holder.kill('SIGKILL');
+    }
+  }, 60_000);
 
   test("a symlink planted at the lock's name is refused, never followed", () => {
     const dir = path.join(WORK, 'planted');

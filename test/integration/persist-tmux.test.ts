@@ -1,39 +1,21 @@
 // `mkma persist` in a real terminal, the way a person uses it: tmux runs it at 80x24, keys are
 // typed with send-keys, the screen is read with capture-pane, and the written layer is checked.
 import { afterAll, describe, expect, test } from '@jest/globals';
-import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { extractImage, readManifest } from '../../format/reader.js';
 import { MKMA } from '../helpers/paths.js';
+import { startTmux, type TmuxSession } from '../helpers/tmux.js';
 
 const SESSION = `mkma-persist-${process.pid}`;
-const tmux = (...args: string[]) => execFileSync('tmux', args, { encoding: 'utf8' });
-const screen = () => tmux('capture-pane', '-p', '-t', SESSION);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(re: RegExp, timeoutMs = 20_000): Promise<string> {
-  const t0 = Date.now();
-  for (;;) {
-    const s = screen();
-    if (re.test(s)) return s;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`screen never matched ${re}:\n${s}`);
-    await sleep(100);
-  }
-}
-
-async function keys(...ks: string[]): Promise<void> {
-  for (const k of ks) {
-    tmux('send-keys', '-t', SESSION, k);
-    await sleep(250);
-  }
-}
 
 describe('mkma persist terminal UI in tmux (80x24)', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mkma-tmux-'));
+  let t: TmuxSession | undefined;
   afterAll(() => {
-    spawnSync('tmux', ['kill-session', '-t', SESSION]);
+    t?.kill();
+    fs.rmSync(dir, { recursive: true, force: true });
   });
 
   test('open, move, exclude a subtree, confirm, and the layer holds exactly the rest', async () => {
@@ -48,7 +30,8 @@ describe('mkma persist terminal UI in tmux (80x24)', () => {
 
     // env -u CI: ink renders only the last frame when it believes it runs in CI
     const cmd = `env -u CI ${process.execPath} ${MKMA} persist --upper ${upper} --lower ${lower} --path ${images}; echo "EXIT=$?"; sleep 60`;
-    tmux('new-session', '-d', '-s', SESSION, '-x', '80', '-y', '24', cmd);
+    t = startTmux(SESSION, cmd);
+    const { screen, waitFor, keys } = t;
     const first = await waitFor(/save 8 \(/);
     expect(first).toMatch(/^\/.*upper: 8 changes · save 8 \(293 KiB of 293 KiB\)/m);
     expect(first).toMatch(/M hostname/);

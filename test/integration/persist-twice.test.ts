@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { unpackImages } from '../../format/apply.js';
 import { packTree } from '../../format/pack.js';
+import { layerId } from '../../format/names.js';
 import { extractImage, readManifest } from '../../format/reader.js';
 import { readSavedRecord, savedRecordPath } from '../../persist/saved.js';
 import { describeTree, listTree } from '../helpers/tree.js';
@@ -33,8 +34,9 @@ const layersIn = (dir: string) =>
     .filter((n) => /^persistence\..*\.cpio\.zst$/.test(n))
     .sort();
 
-function persist(args: string[]): SpawnSyncReturns<string> {
-  return spawnSync(process.execPath, [path.join(REPO, 'bin/mkma.js'), 'persist', ...args], {
+const persist = (args: string[]) => mkma(['persist', ...args]);
+function mkma(args: string[]): SpawnSyncReturns<string> {
+  return spawnSync(process.execPath, [path.join(REPO, 'bin/mkma.js'), ...args], {
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'pipe'],
     timeout: 120_000,
@@ -233,7 +235,65 @@ describe('the record follows the layers it names', () => {
     fs.writeFileSync(o.m('etc/four'), '4\n');
     const bad = persist(o.args);
     expect(bad.status).toBe(1);
-    expect(bad.stderr).toMatch(/saved earlier in this boot are no longer active .*persistence\./);
+    expect(bad.stderr).toMatch(/saved earlier in this boot are no longer applied at boot .*persistence\./);
     expect(layersIn(o.images)).toHaveLength(1);
   }, 60_000);
+
+  test('a state change between saves keeps it (layers are matched by id); disabled counts as gone', async () => {
+    const o = await overlay('bless', (src) => put(src, 'etc/hostname', 'base\n'));
+    const layers = (args: string[]) => mkma(['layers', ...args, '--path', o.images]);
+    fs.writeFileSync(o.m('etc/one'), '1\n');
+    expect(persist(o.args).status).toBe(0);
+    const [l1] = layersIn(o.images);
+    const id1 = layerId(l1)!;
+    expect(l1).toBe(`persistence.${id1}@trial-3-0.cpio.zst`); // a new layer is on trial
+    expect(layers(['bless', id1]).status).toBe(0);
+    expect(layersIn(o.images)).toEqual([`persistence.${id1}.cpio.zst`]);
+
+    // blessed (renamed active) since: the second save still holds only what changed since
+    fs.writeFileSync(o.m('etc/two'), '2\n');
+    const r2 = persist(o.args);
+    expect(r2.stderr).toBe('');
+    expect(r2.status).toBe(0);
+    const l2 = layersIn(o.images).find((n) => layerId(n) !== id1)!;
+    const x = fs.mkdtempSync(path.join(T, 'b-'));
+    await extractImage(path.join(o.images, l2), x);
+    expect(fs.readdirSync(path.join(x, 'etc'))).toEqual(['two']);
+    // the record names the layers as they are now called
+    expect(readSavedRecord(o.U)?.layers).toEqual([`persistence.${id1}.cpio.zst`, l2]);
+    const again = persist(o.args);
+    expect(again.stdout).toBe(`mkma: nothing to save (no changes since the last save (${l2}))\n`);
+
+    // pinned, disabled then enabled again: still the same layers, still applied
+    expect(layers(['pin', id1]).status).toBe(0);
+    expect(layers(['disable', layerId(l2)!]).status).toBe(0);
+    expect(layers(['enable', layerId(l2)!]).status).toBe(0);
+    fs.writeFileSync(o.m('etc/three'), '3\n');
+    await new Promise((res) => setTimeout(res, 1100)); // another second: a third name
+    const r3 = persist(o.args);
+    expect(r3.stderr).toBe('');
+    expect(r3.status).toBe(0);
+    expect(layersIn(o.images)).toHaveLength(3);
+
+    // one of them disabled: the next boot does not apply what it held, so a save is refused
+    expect(layers(['disable', layerId(l2)!]).status).toBe(0);
+    fs.writeFileSync(o.m('etc/four'), '4\n');
+    const bad = persist(o.args);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/no longer applied at boot .*\(removed, disabled or failed\): persistence\.\S+ \(while/);
+    expect(bad.stderr.slice(0, bad.stderr.indexOf('(while'))).toContain(`persistence.${layerId(l2)}`);
+    expect(layersIn(o.images)).toHaveLength(3);
+
+    // all of them disabled (a rollback): the record is dropped, everything since boot is saved
+    for (const n of layersIn(o.images)) if (!n.includes('@disabled')) expect(layers(['disable', layerId(n)!]).status).toBe(0);
+    await new Promise((res) => setTimeout(res, 1100));
+    const r4 = persist(o.args);
+    expect(r4.stderr).toBe('');
+    expect(r4.status).toBe(0);
+    const l4 = layersIn(o.images).find((n) => n.includes('@trial'))!;
+    const y = fs.mkdtempSync(path.join(T, 'b-'));
+    await extractImage(path.join(o.images, l4), y);
+    expect(fs.readdirSync(path.join(y, 'etc')).sort()).toEqual(['four', 'one', 'three', 'two']);
+    expect(readSavedRecord(o.U)?.layers).toEqual([l4]);
+  }, 90_000);
 });

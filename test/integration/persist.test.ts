@@ -347,12 +347,16 @@ describe('one persist at a time', () => {
 
   test("a lock held by a live process refuses; a dead owner's lock and temporary file are cleaned up", async () => {
     const lock = path.join(IMG2, '.mkma-persist.lock');
-    // flock(1) holding the lock file, which names it as its owner (-o: its command does not
-    // hold the lock too, so killing flock frees it)
-    const holder = spawn('flock', ['--exclusive', '--close', lock, 'sh', '-c', `echo $PPID > '${lock}'; echo locked; exec sleep 60`], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-      detached: true,
-    });
+    // flock(1) holding the lock file, which names it as its owner, a persist (-o: its command
+    // does not hold the lock too, so killing flock frees it)
+    const holder = spawn(
+      'flock',
+      ['--exclusive', '--close', lock, 'sh', '-c', `echo "$PPID mkma persist" > '${lock}'; echo locked; exec sleep 60`],
+      {
+        stdio: ['ignore', 'pipe', 'inherit'],
+        detached: true,
+      },
+    );
     await new Promise((r) => holder.stdout.once('data', r));
     const busy = persist(['--yes', '--upper', U2, '--path', IMG2, '--level', '1']);
     expect(busy.status).toBe(1);
@@ -388,7 +392,7 @@ describe('one persist at a time', () => {
     // the pid is written once the lock is taken
     const owner = () => (fs.existsSync(lock) ? fs.readFileSync(lock, 'utf8') : '');
     while (!owner() && Date.now() - t0 < 30_000) await new Promise((r) => setTimeout(r, 5));
-    expect(owner()).toBe(`${first.pid}\n`);
+    expect(owner()).toBe(`${first.pid} mkma persist\n`);
     const second = persist(['--yes', '--upper', U2, '--path', IMG2, '--level', '1']);
     const stillWriting = fs.existsSync(lock);
     expect(second.status).toBe(1);

@@ -1,6 +1,6 @@
 import { describe, expect, test } from '@jest/globals';
 import * as fs from 'node:fs';
-import { BOOT_GOOD_UNIT_NAME, installBootGoodUnit } from '../../builder/boot-good.js';
+import { BOOT_GOOD_UNIT, BOOT_GOOD_UNIT_NAME, installBootGoodUnit } from '../../builder/boot-good.js';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseConfigText } from '../../config/load.js';
@@ -129,17 +129,27 @@ describe('boot entries', () => {
     expect(previousGeneration(dir)).toBeNull();
     fs.rmSync(dir, { recursive: true });
   });
-  test('the unit that marks a boot good: after multi-user, enabled, runs mkma layers bless --booted', () => {
+  test('the unit that marks a boot good: in /usr/lib/systemd/system, after multi-user, enabled, runs mkma layers bless --booted', () => {
     const root = fs.mkdtempSync(path.join(os.tmpdir(), 'mkma-unit-'));
+    // a tree configured by an earlier mkma: the unit in /etc/systemd/system, where it would
+    // shadow the new one (and `systemctl mask` refuses: "File exists")
+    fs.mkdirSync(path.join(root, 'etc/systemd/system'), { recursive: true });
+    fs.writeFileSync(path.join(root, 'etc/systemd/system', BOOT_GOOD_UNIT_NAME), BOOT_GOOD_UNIT);
     installBootGoodUnit(root);
     installBootGoodUnit(root); // again: the same files
-    const unit = fs.readFileSync(path.join(root, 'etc/systemd/system', BOOT_GOOD_UNIT_NAME), 'utf8');
+    const unit = fs.readFileSync(path.join(root, 'usr/lib/systemd/system', BOOT_GOOD_UNIT_NAME), 'utf8');
     expect(unit).toMatch(/^After=multi-user\.target$/m);
     expect(unit).toMatch(/^ExecStart=\/usr\/local\/bin\/mkma layers bless --booted --quiet$/m);
     expect(unit).toMatch(/^ConditionPathExists=\/run\/mkma\/layers$/m);
     expect(fs.readlinkSync(path.join(root, 'etc/systemd/system/multi-user.target.wants', BOOT_GOOD_UNIT_NAME))).toBe(
-      `/etc/systemd/system/${BOOT_GOOD_UNIT_NAME}`,
+      `/usr/lib/systemd/system/${BOOT_GOOD_UNIT_NAME}`,
     );
+    // /etc/systemd/system is the administrator's: only the wants link is mkma's there
+    expect(fs.readdirSync(path.join(root, 'etc/systemd/system'))).toEqual(['multi-user.target.wants']);
+    // a mask there (what systemctl mask makes) is left alone
+    fs.symlinkSync('/dev/null', path.join(root, 'etc/systemd/system', BOOT_GOOD_UNIT_NAME));
+    installBootGoodUnit(root);
+    expect(fs.readlinkSync(path.join(root, 'etc/systemd/system', BOOT_GOOD_UNIT_NAME))).toBe('/dev/null');
     fs.rmSync(root, { recursive: true });
   });
   test('systemd-boot entry', () => {
