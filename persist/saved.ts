@@ -22,8 +22,8 @@
 // The record names the layers it describes, and they are matched by id (format/names.ts), so a
 // change of state that the next boot still applies (`mkma layers bless`: trial → active, pin,
 // disable then enable) keeps the record valid. A layer the next boot does not apply counts as
-// gone: removed, disabled (`mkma layers rollback`), failed, on trial with no tries left, or
-// compacted into a layer of another id. If they are all gone, the record is dropped and
+// gone: removed, disabled (`mkma layers rollback`), failed, or on trial with no tries left. A
+// layer compacted since counts as present in the compacted layer that covers its id. If they are all gone, the record is dropped and
 // everything since boot is offered; if only some are, it is refused (a layer saving only what
 // changed since on top of the others would miss what the gone ones held, and a layer saving
 // everything since boot could bring back what the owner deleted).
@@ -32,7 +32,8 @@ import * as path from 'node:path';
 import { RUNTIME } from '../lib/contract.js';
 import { MkmaError } from '../lib/errors.js';
 import { listImages } from '../format/images.js';
-import { appliedAtBoot, layerId, parseLayerName } from '../format/names.js';
+import { layerRange } from '../format/compacted.js';
+import { appliedAtBoot, layerId, naturalKey, parseLayerName } from '../format/names.js';
 import type { ChangeEntry, EntryType, ScanResult } from './model.js';
 import type { LayerPlan } from './write.js';
 
@@ -98,11 +99,20 @@ export function checkSavedRecord(upper: string, imagesDir: string, dir?: string)
   const r = readSavedRecord(upper, dir);
   if (!r) return null;
   // id → current file name, of the layers the next boot applies
-  const applied = new Map<string, string>();
-  for (const n of listImages(imagesDir).layers) if (appliedAtBoot(parseLayerName(n)!)) applied.set(layerId(n)!, n);
-  const now = (l: string) => applied.get(layerId(l) ?? l);
+  const appliedNames = listImages(imagesDir).layers.filter((n) => appliedAtBoot(parseLayerName(n)!));
+  const applied = new Map(appliedNames.map((n) => [layerId(n)!, n]));
+  const compacted = appliedNames.map((n) => ({ n, r: layerRange(n)! })).filter((c) => c.r.compacted);
+  // A layer compacted since (mkma layers compact) lives on in the layer that replaced it, which
+  // gives the same tree: the record still describes what the images hold. Counting it as gone
+  // would drop the record, and a file saved and then deleted in this boot would come back from
+  // the compacted layer (nothing below it for a deletion to hide, so none would be saved).
+  const now = (l: string) => {
+    const id = layerId(l) ?? l;
+    const k = naturalKey(id);
+    return applied.get(id) ?? compacted.find((c) => naturalKey(c.r.first) <= k && k <= naturalKey(c.r.last))?.n;
+  };
   const here = r.layers.filter((l) => now(l) !== undefined);
-  if (here.length === r.layers.length) return { ...r, layers: r.layers.map((l) => now(l)!) };
+  if (here.length === r.layers.length) return { ...r, layers: [...new Set(r.layers.map((l) => now(l)!))] };
   if (here.length === 0) {
     fs.rmSync(savedRecordPath(upper, dir), { force: true });
     return null;

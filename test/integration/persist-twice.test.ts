@@ -296,4 +296,36 @@ describe('the record follows the layers it names', () => {
     expect(fs.readdirSync(path.join(y, 'etc')).sort()).toEqual(['four', 'one', 'three', 'two']);
     expect(readSavedRecord(o.U)?.layers).toEqual([l4]);
   }, 90_000);
+
+  test('layers compacted between saves still count: a file saved, then deleted, stays deleted', async () => {
+    const o = await overlay('compacted', (src) => put(src, 'etc/hostname', 'base\n'));
+    const layers = (args: string[]) => mkma(['layers', ...args, '--path', o.images]);
+    const blessAll = () => {
+      for (const n of layersIn(o.images)) if (n.includes('@trial')) expect(layers(['bless', layerId(n)!]).status).toBe(0);
+    };
+    fs.writeFileSync(o.m('etc/one'), '1\n');
+    expect(persist(o.args).status).toBe(0);
+    await new Promise((res) => setTimeout(res, 1100)); // another second: another layer name
+    fs.writeFileSync(o.m('etc/two'), '2\n');
+    expect(persist(o.args).status).toBe(0);
+    blessAll(); // compaction takes active layers only
+    const c = layers(['compact']);
+    expect(c.stderr).not.toMatch(/^mkma: /m);
+    expect(c.status).toBe(0);
+    const [compacted] = layersIn(o.images);
+    expect(layersIn(o.images)).toEqual([compacted]);
+    expect(compacted).toContain('+from+');
+    expect(readSavedRecord(o.U)?.layers).toHaveLength(2);
+
+    // created in this boot and saved, then deleted: the upperdir keeps no trace of it (nothing
+    // below to hide), so only the record can tell the next layer to delete it
+    fs.rmSync(o.m('etc/one'));
+    fs.writeFileSync(o.m('etc/three'), '3\n');
+    const r = persist(o.args);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    const out = fs.mkdtempSync(path.join(T, 'c-'));
+    await unpackImages(o.images, out);
+    expect(fs.readdirSync(path.join(out, 'etc')).sort()).toEqual(['hostname', 'three', 'two']);
+  }, 90_000);
 });
