@@ -79,7 +79,7 @@ describe('the shipped desktop preset boots to its display manager (QEMU TCG, std
         'echo "default: $(systemctl get-default)"',
         'echo "xorg: $(ps -o user=,args= -C Xorg)"',
         'echo "screen: $(grep -m1 dimensions: /tmp/xdpyinfo)"',
-        'echo "driver: $(grep -m1 -o "(FBDEV|modeset)(0): [^,]*" -E /var/log/Xorg.0.log)"',
+        'echo "driver: $(grep -m1 -o -E "(FBDEV|modeset)\\(0\\): [^,]*" /var/log/Xorg.0.log)"',
         'echo "fb: $(cat /sys/class/graphics/fb0/name)"',
         'echo "errors: $(grep -c "^\\[ *[0-9.]*\\] (EE)" /var/log/Xorg.0.log)"',
         'echo "failed: $(systemctl --failed --plain --no-legend | wc -l)"',
