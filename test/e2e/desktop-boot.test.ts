@@ -72,6 +72,13 @@ describe('the shipped desktop preset boots to its display manager (QEMU TCG, std
         // XDM gives up after its server died three times: no need to wait out the 400 s then
         '  grep -q "session disabled" /var/log/xdm.log 2>/dev/null; do sleep 1; i=$((i + 1)); done',
         'echo "waited: $i s"',
+        // then for XDM's login box (the Xt shell "xlogin"), mapped on the root window: drawn
+        // after the server answers, so a screendump right then is still black
+        'j=0',
+        'until [ -z "$auth" ] || XAUTHORITY=$auth xwininfo -root -children -display :0 2>/dev/null | grep -qi xlogin || [ "$j" -ge 120 ]; do',
+        '  sleep 1; j=$((j + 1))',
+        'done',
+        'echo "login window: $(XAUTHORITY=$auth xwininfo -root -children -display :0 2>&1 | grep -i -m1 xlogin) after $j s"',
         'echo "x-ready"',
         // the host's screendump comes now
         'sleep 20',
@@ -84,8 +91,9 @@ describe('the shipped desktop preset boots to its display manager (QEMU TCG, std
         'echo "errors: $(grep -c "^\\[ *[0-9.]*\\] (EE)" /var/log/Xorg.0.log)"',
         'echo "failed: $(systemctl --failed --plain --no-legend | wc -l)"',
         // why, when X did not come up: XDM's log and the X server's errors
-        '[ -s /tmp/xdpyinfo ] && grep -q dimensions: /tmp/xdpyinfo ||',
-        '  { tail -n 5 /var/log/xdm.log; grep -E "\\((EE|WW)\\)" /var/log/Xorg.0.log | tail -n 15; } | sed "s/^/why: /"',
+        '[ -s /tmp/xdpyinfo ] && grep -q dimensions: /tmp/xdpyinfo && [ "$j" -lt 120 ] ||',
+        '  { tail -n 5 /var/log/xdm.log; grep -E "\\((EE|WW)\\)" /var/log/Xorg.0.log | tail -n 15;',
+        '    XAUTHORITY=$auth xwininfo -root -children -display :0 2>&1 | tail -n 8; } | sed "s/^/why: /"',
       ],
       timeoutSec: 1200,
       memoryMiB: 3072,
@@ -127,6 +135,7 @@ describe('the shipped desktop preset boots to its display manager (QEMU TCG, std
     expect(out('screen')).toMatch(/dimensions: +\d+x\d+ pixels/);
     expect(out('driver')).toMatch(/^(FBDEV|modeset)\(0\): /);
     expect(out('fb')).toBe('VESA VGA');
+    expect(out('login window')).toMatch(/xlogin/i);
     expect(out('failed')).toBe('0');
     expect(dumped).toBe('ok');
     // XDM's login box on the root window: a good part of the screen lit, in more than one colour
