@@ -3,10 +3,11 @@
  * fast and without ever leaving it. The boot-time replacement for
  * `zstd -dc FILE | busybox cpio -i -d -m`.
  *
- *   mkma-unpack [-v] [-X] [-j N] FILE DEST
+ *   mkma-unpack [-v] [-X] [-j N] [-t LAYER]... FILE DEST
  *                                       an mkma image into the empty directory DEST: its shards
  *                                       in parallel (N threads, default: the online CPUs);
- *                                       -X: and its %xattrs section
+ *                                       -X: and its %xattrs section; -t: only what the LAYERs
+ *                                       reach (`mkma layers compact`, collect_touched)
  *   mkma-unpack -l TREE STAGE LAYER...  layers applied to TREE in order (see apply_layers_main)
  *   mkma-unpack -i FILE...              what the init's space check needs from each manifest
  *   mkma-unpack [-v] - DEST             a plain (uncompressed) cpio newc stream on stdin
