@@ -22,15 +22,17 @@ removed right after; a crash in between leaves them for the next compaction to r
 --into-base folds every active layer into a new ${FILES.base} (the old one is replaced only
 once the new one is complete), then removes the layers.
 
-The work happens in a private tmpfs (the base and the layers below the range are unpacked
-there): it needs about as much free RAM as the unpacked tree. Holds mkma persist's lock.`,
+The work happens in a private tmpfs: what lies below the range is unpacked there, with
+mkma-unpack only as far as the range reaches (the paths its layers hold, delete or replace,
+and the directories above them), else the whole tree (--extractor ts, and --into-base, which
+needs all of it in RAM). Holds mkma persist's lock.`,
   options: [
     { long: 'into-base', help: `fold every active layer into a new ${FILES.base}` },
     { long: 'message', short: 'm', value: 'TEXT', help: 'the new layer\'s message (default "compacted N layers: FROM .. TO")' },
     {
       long: 'level',
       value: 'N',
-      help: `zstd level ${ZSTD_LEVEL.min}..${ZSTD_LEVEL.max} (default: the level ${FILES.base} was built with)`,
+      help: `zstd level ${ZSTD_LEVEL.min}..${ZSTD_LEVEL.max} (default: the highest level the layers were written at, else the level ${FILES.base} was built with)`,
     },
     ...STORAGE_OPTIONS,
     {
@@ -99,7 +101,7 @@ export async function run(argv: string[]): Promise<number> {
     if (values.json) process.stdout.write(JSON.stringify({ images: target.description, ...r }, null, 2) + '\n');
     else
       process.stdout.write(
-        `mkma: compacted ${r.replaced.length} layers (${formatBytes(r.bytesBefore)}) into one (${formatBytes(r.bytesAfter)}, ${r.entries} entries)\n` +
+        `mkma: compacted ${r.replaced.length} layers (${formatBytes(r.bytesBefore)}) into one (${formatBytes(r.bytesAfter)}, ${r.entries} entries, zstd level ${r.level})\n` +
           `  ${r.layer}\n  in ${target.description}\n`,
       );
     return EXIT.ok;

@@ -161,6 +161,13 @@ export async function unpackImages(
   onBaseProgress?: ExtractProgress,
   /** these layers (file names, in boot order) instead of every active one */
   only?: string[],
+  /**
+   * with `unpacker`: the base only as far as these layers (file names) reach — the paths of
+   * their entries, removals and xattrs, the directories above them, and every hardlinked file
+   * (mkma-unpack -t). Applying those layers onto it changes the same paths in the same way as
+   * on the whole base: what `mkma layers compact` needs below its range, at a fraction of the cost.
+   */
+  touchedBy?: string[],
 ): Promise<UnpackReport> {
   const basePath = path.join(imagesDir, BASE_NAME);
   const manifest = readManifest(basePath);
@@ -174,7 +181,12 @@ export async function unpackImages(
   const warnings = listing.ignored.map((i) => `ignoring ${i.name}: ${i.reason}`);
   const stage = path.join(path.dirname(path.resolve(into)), `.${path.basename(into)}.mkma-stage`);
   if (unpacker) {
-    const baseWarnings = unpackBaseNative(unpacker, basePath, into);
+    const baseWarnings = unpackBaseNative(
+      unpacker,
+      basePath,
+      into,
+      touchedBy?.map((n) => path.join(imagesDir, n)),
+    );
     const reports = layers.length ? applyLayersNative(unpacker, into, stage, imagesDir, layers, onLayer) : [];
     return {
       base: { entries: manifest.entries, bytes: manifest.unpackedBytes, warnings: baseWarnings },
@@ -199,8 +211,8 @@ function runUnpacker(bin: string, args: string[]): { status: number | null; sign
   return { status: r.status, signal: r.signal, stdout: r.stdoutBytes.toString('latin1'), stderr: r.stderr.trim() };
 }
 
-function unpackBaseNative(bin: string, basePath: string, into: string): string[] {
-  const b = runUnpacker(bin, ['-X', '--', basePath, into]);
+function unpackBaseNative(bin: string, basePath: string, into: string, touchedBy: string[] = []): string[] {
+  const b = runUnpacker(bin, ['-X', ...touchedBy.flatMap((f) => ['-t', f]), '--', basePath, into]);
   if (b.status !== UNPACK_EXIT.ok) throw new Error(b.stderr || `mkma-unpack failed (${b.signal ?? `exit ${b.status}`})`);
   return b.stdout
     .split('\n')

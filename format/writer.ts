@@ -282,6 +282,9 @@ export class ArchiveWriter {
     const manifest: Manifest = {
       kind: this.opts.kind,
       created: (this.opts.created ?? new Date()).toISOString().replace(/\.\d+Z$/, 'Z'),
+      // what the image was written at: `mkma persist` writes its layers at the base's, and a
+      // compaction at its layers' (docs/FORMAT.md, zstd_level)
+      zstdLevel: this.opts.level,
       message: this.opts.message ?? '',
       entries: this.entries,
       unpackedBytes: this.unpackedBytes,

@@ -42,7 +42,7 @@ export interface CompactOptions {
   imagesDir: string;
   /** "FROM..TO": layer names or 1-based positions in boot order, either side optional; default all */
   range?: string;
-  /** zstd level (default: the level the base was built with) */
+  /** zstd level (default: the highest the range's layers record, else the base's: rangeLevel) */
   level?: number;
   message?: string;
   /** mkma-unpack (builder/unpacker.ts), or null for the TypeScript apply code */
@@ -50,6 +50,11 @@ export interface CompactOptions {
   reporter: Reporter;
   /** where the private tmpfs is mounted (default os.tmpdir()) */
   workBase?: string;
+  /**
+   * the whole base below the range, not only what the range touches (mkma-unpack -t): the
+   * slower way, which the tests compare with (both must give the same layer)
+   */
+  wholeBase?: boolean;
 }
 
 export interface CompactResult {
@@ -60,6 +65,8 @@ export interface CompactResult {
   bytesBefore: number;
   bytesAfter: number;
   entries: number;
+  /** the zstd level the new layer was written at */
+  level: number;
   /** superseded layers and temporary files of an interrupted compaction, removed first */
   cleaned: string[];
 }
@@ -142,6 +149,23 @@ export function baseLevel(imagesDir: string): number {
 }
 
 /**
+ * The level a compacted layer is written at: the highest its layers record (each records the
+ * level it was written with, `zstd_level`: the base's when `mkma persist` wrote it), so that it
+ * is compressed as they were; for layers of an older mkma that record none, the base's.
+ */
+export function rangeLevel(imagesDir: string, range: string[]): number {
+  const levels = range.map((l) => {
+    try {
+      return readManifest(path.join(imagesDir, l)).zstdLevel;
+    } catch {
+      return undefined; // the apply says what is wrong with it
+    }
+  });
+  const recorded = levels.filter((n): n is number => n !== undefined);
+  return recorded.length ? Math.max(...recorded) : baseLevel(imagesDir);
+}
+
+/**
  * Compaction folds what the boot applies, and its result is active: a disabled, failed or
  * on-trial layer among them would be lost or made active silently (a compacted name
  * supersedes every layer in its range, whatever its state). So each must be decided first.
@@ -176,7 +200,10 @@ async function compactLocked(o: CompactOptions, cleaned: string[]): Promise<Comp
     const wk = path.join(work.dir, 'work');
     const merged = path.join(work.dir, 'merged');
     let stage = reporter.stage('below', `base${start ? ` + ${start} layer(s)` : ''}: what lies below the range`);
-    const under = await unpackImages(imagesDir, below, undefined, o.unpacker, undefined, layers.slice(0, start));
+    // only the base's paths the range reaches (and with mkma-unpack only): applying the range
+    // reads and changes nothing else of it, so the upperdir comes out the same (FORMAT.md)
+    const touched = o.wholeBase ? undefined : range;
+    const under = await unpackImages(imagesDir, below, undefined, o.unpacker, undefined, layers.slice(0, start), touched);
     stage.done(`${under.base.entries} base entries`);
     for (const d of [upper, wk, merged]) fs.mkdirSync(d);
     mount(['-t', 'overlay', 'overlay', '-o', `lowerdir=${below},upperdir=${upper},workdir=${wk},redirect_dir=off,metacopy=off`, merged]);
@@ -202,7 +229,8 @@ async function compactLocked(o: CompactOptions, cleaned: string[]): Promise<Comp
     stage.done(`${plan.changes} change(s)`);
     const name = compactedName(range[0], range[range.length - 1]);
     if (fs.existsSync(path.join(imagesDir, name))) throw new MkmaError(`${name} exists already in ${imagesDir}`);
-    stage = reporter.stage('write', name);
+    const level = o.level ?? rangeLevel(imagesDir, range);
+    stage = reporter.stage('write', `${name} (zstd level ${level})`);
     // a range that changes nothing still gets its (empty) layer: its name is the commit point
     const r = await writeLayer({
       upper,
@@ -211,7 +239,7 @@ async function compactLocked(o: CompactOptions, cleaned: string[]): Promise<Comp
       plan: { ...plan, changes: Math.max(plan.changes, 1) },
       statsFromScan: true,
       imagesDir,
-      level: o.level ?? baseLevel(imagesDir),
+      level,
       message: o.message ?? `compacted ${range.length} layers: ${range[0]} .. ${range[range.length - 1]}`,
       fileName: name,
       lockHeld: true,
@@ -222,7 +250,7 @@ async function compactLocked(o: CompactOptions, cleaned: string[]): Promise<Comp
     // committed: the old layers are superseded; now they go
     for (const l of range) fs.rmSync(path.join(imagesDir, l));
     fsyncDir(imagesDir);
-    return { layer: name, replaced: range, bytesBefore, bytesAfter: r.bytesOut, entries: r.entries, cleaned };
+    return { layer: name, replaced: range, bytesBefore, bytesAfter: r.bytesOut, entries: r.entries, level, cleaned };
   } finally {
     work.done();
   }

@@ -3,10 +3,11 @@
  * fast and without ever leaving it. The boot-time replacement for
  * `zstd -dc FILE | busybox cpio -i -d -m`.
  *
- *   mkma-unpack [-v] [-X] [-j N] FILE DEST
+ *   mkma-unpack [-v] [-X] [-j N] [-t LAYER]... FILE DEST
  *                                       an mkma image into the empty directory DEST: its shards
  *                                       in parallel (N threads, default: the online CPUs);
- *                                       -X: and its %xattrs section
+ *                                       -X: and its %xattrs section; -t: only what the LAYERs
+ *                                       reach (`mkma layers compact`, collect_touched)
  *   mkma-unpack -l TREE STAGE LAYER...  layers applied to TREE in order (see apply_layers_main)
  *   mkma-unpack -i FILE...              what the init's space check needs from each manifest
  *   mkma-unpack [-v] - DEST             a plain (uncompressed) cpio newc stream on stdin
@@ -154,6 +155,80 @@ static const char *clean_name(const char *name)
 	if (strcmp(name, ".") == 0) return ".";
 	if (name[0] == '.' && name[1] == '/') name += 2;
 	return safe_rel(name) ? name : NULL;
+}
+
+/* --- a set of paths (-t: what the layers touch) --------------------------------------------- */
+
+struct pathset {
+	char **v; /* open addressing; NULL: free slot */
+	size_t cap, used;
+};
+
+static uint64_t ps_hash(const char *p)
+{
+	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+	for (; *p; p++) h = (h ^ (unsigned char)*p) * 0x100000001b3ull;
+	return h;
+}
+
+static int ps_has(const struct pathset *s, const char *p)
+{
+	if (!s->cap) return 0;
+	for (size_t i = ps_hash(p) & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
+		if (!s->v[i]) return 0;
+		if (strcmp(s->v[i], p) == 0) return 1;
+	}
+}
+
+/* Adds the first len bytes of p. 0, or -1 when out of memory. */
+static int ps_add_len(struct pathset *s, const char *p, size_t len)
+{
+	char *copy = strndup(p, len);
+	if (!copy) return -1;
+	if (ps_has(s, copy)) {
+		free(copy);
+		return 0;
+	}
+	if ((s->used + 1) * 2 > s->cap) { /* keep the load under 1/2 */
+		size_t cap = s->cap ? s->cap * 2 : 1024;
+		char **v = calloc(cap, sizeof *v);
+		if (!v) {
+			free(copy);
+			return -1;
+		}
+		for (size_t i = 0; i < s->cap; i++) {
+			if (!s->v[i]) continue;
+			size_t j = ps_hash(s->v[i]) & (cap - 1);
+			while (v[j]) j = (j + 1) & (cap - 1);
+			v[j] = s->v[i];
+		}
+		free(s->v);
+		s->v = v;
+		s->cap = cap;
+	}
+	size_t i = ps_hash(copy) & (s->cap - 1);
+	while (s->v[i]) i = (i + 1) & (s->cap - 1);
+	s->v[i] = copy;
+	s->used++;
+	return 0;
+}
+
+/* Adds a clean relative path and every directory above it ("a/b/c": a, a/b, a/b/c). */
+static int ps_add_with_parents(struct pathset *s, const char *p)
+{
+	if (strcmp(p, ".") == 0) return 0;
+	for (const char *c = p;; c++) {
+		if (*c == '/' || !*c)
+			if (ps_add_len(s, p, (size_t)(c - p)) < 0) return -1;
+		if (!*c) return 0;
+	}
+}
+
+static void ps_free(struct pathset *s)
+{
+	for (size_t i = 0; i < s->cap; i++) free(s->v[i]);
+	free(s->v);
+	memset(s, 0, sizeof *s);
 }
 
 /* --- resolving beneath a directory, never through a symlink ------------------------------ */
@@ -472,6 +547,8 @@ struct unpack {
 	gid_t egid;
 	struct image *img; /* NULL: a plain stream from stdin */
 	atomic_size_t next_shard;
+	/* -t: only these paths (and every hardlinked file) are extracted; NULL: everything */
+	const struct pathset *only;
 };
 
 static int owner_is_ours(const struct unpack *u, uint32_t uid, uint32_t gid)
@@ -910,10 +987,11 @@ static int extract_file(struct worker *w, struct stream *s, const char *path, co
 	return rc;
 }
 
-/* One entry whose header starts at buf[start]. 1: an entry, 0: TRAILER!!!, -1: error. */
-static int extract_entry(struct worker *w, struct stream *s)
+/* The header (and name, into name[NAME_LIMIT]) that starts at buf[start], consumed; its
+ * data is not. 1: an entry, 0: TRAILER!!!, -1: error (recorded). */
+static int read_header(struct stream *s, struct header *h, char *name)
 {
-	struct failure *err = w->u->err;
+	struct failure *err = s->err;
 	const uint8_t *p = s->buf + s->start;
 	if (memcmp(p, "07070", 5) != 0 || (p[5] != '1' && p[5] != '2'))
 		return fail(err, "%s: not a cpio newc header at offset %llu", s->what, (unsigned long long)s->offset);
@@ -921,22 +999,31 @@ static int extract_entry(struct worker *w, struct stream *s)
 	for (int i = 0; i < 12; i++)
 		if (parse_hex8(p + 6 + 8 * i, &f[i]) < 0)
 			return fail(err, "%s: damaged cpio header at offset %llu", s->what, (unsigned long long)s->offset);
-	struct header h = { .ino = f[0], .mode = f[1], .uid = f[2], .gid = f[3], .nlink = f[4], .mtime = f[5],
-			    .size = f[6], .devmaj = f[7], .devmin = f[8], .rdevmaj = f[9], .rdevmin = f[10], .namesize = f[11] };
-	if (h.namesize < 2 || h.namesize > NAME_LIMIT)
-		return fail(err, "%s: bad name size %u in the cpio header at offset %llu", s->what, h.namesize, (unsigned long long)s->offset);
-	size_t head = MKMA_NEWC_HEADER_SIZE + h.namesize;
+	*h = (struct header){ .ino = f[0], .mode = f[1], .uid = f[2], .gid = f[3], .nlink = f[4], .mtime = f[5],
+			      .size = f[6], .devmaj = f[7], .devmin = f[8], .rdevmaj = f[9], .rdevmin = f[10], .namesize = f[11] };
+	if (h->namesize < 2 || h->namesize > NAME_LIMIT)
+		return fail(err, "%s: bad name size %u in the cpio header at offset %llu", s->what, h->namesize, (unsigned long long)s->offset);
+	size_t head = MKMA_NEWC_HEADER_SIZE + h->namesize;
 	head += pad4(head);
 	int r = need(s, head);
 	if (r < 0) return -1;
 	if (r == 0) return fail(err, "%s: cpio data ends inside a header (truncated)", s->what);
 	p = s->buf + s->start;
 	const char *raw = (const char *)p + MKMA_NEWC_HEADER_SIZE;
-	if (raw[h.namesize - 1] != '\0' || memchr(raw, '\0', h.namesize - 1))
+	if (raw[h->namesize - 1] != '\0' || memchr(raw, '\0', h->namesize - 1))
 		return fail(err, "%s: damaged name in the cpio header at offset %llu", s->what, (unsigned long long)s->offset);
-	memcpy(w->name, raw, h.namesize);
+	memcpy(name, raw, h->namesize);
 	consume(s, head);
-	if (strcmp(w->name, MKMA_NEWC_TRAILER) == 0) return 0;
+	return strcmp(name, MKMA_NEWC_TRAILER) == 0 ? 0 : 1;
+}
+
+/* One entry whose header starts at buf[start]. 1: an entry, 0: TRAILER!!!, -1: error. */
+static int extract_entry(struct worker *w, struct stream *s)
+{
+	struct failure *err = w->u->err;
+	struct header h;
+	int r = read_header(s, &h, w->name);
+	if (r <= 0) return r;
 
 	w->entries++;
 	const char *path = clean_name(w->name);
@@ -944,8 +1031,14 @@ static int extract_entry(struct worker *w, struct stream *s)
 	uint32_t type = h.mode & S_IFMT;
 	/* "." is the target itself: only its metadata can come from the archive */
 	if (type != S_IFDIR && strcmp(path, ".") == 0) return fail(err, "the archive's root entry \".\" is not a directory");
+	/* -t: an entry no layer touches is passed over (its checks above and below still run) */
+	int wanted = !w->u->only || strcmp(path, ".") == 0 || ps_has(w->u->only, path);
 
-	if (type == S_IFREG) return extract_file(w, s, path, &h) < 0 ? -1 : 1;
+	if (type == S_IFREG) {
+		/* every member of a hardlink group is kept: the data may come with another member */
+		if (!wanted && h.nlink <= 1) return skip_data(s, (uint64_t)h.size + pad4(h.size)) < 0 ? -1 : 1;
+		return extract_file(w, s, path, &h) < 0 ? -1 : 1;
+	}
 
 	if (type == S_IFLNK) {
 		if (h.size == 0 || h.size > SYMLINK_LIMIT) return fail(err, "%s: bad symlink target length %u", path, h.size);
@@ -956,6 +1049,7 @@ static int extract_entry(struct worker *w, struct stream *s)
 		w->target[h.size] = '\0';
 		if (memchr(w->target, '\0', h.size)) return fail(err, "%s: symlink target contains a NUL byte", path);
 		consume(s, h.size + pad4(h.size));
+		if (!wanted) return 1;
 		int pfd;
 		if (create_at(w, C_SYMLINK, path, 0, 0, w->target, &pfd) < 0) return -1;
 		const char *leaf = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
@@ -969,6 +1063,7 @@ static int extract_entry(struct worker *w, struct stream *s)
 	if (type != S_IFDIR && type != S_IFCHR && type != S_IFBLK && type != S_IFIFO)
 		return fail(err, "%s: unsupported entry type 0%o%s", path, type >> 12, type == S_IFSOCK ? " (a socket)" : "");
 	if (h.size != 0) return fail(err, "%s: an entry of type 0%o with %u bytes of data", path, type >> 12, h.size);
+	if (!wanted) return 1;
 
 	if (type == S_IFDIR) {
 		if (strcmp(path, ".") != 0 && create_at(w, C_DIR, path, h.mode & 0777, 0, NULL, NULL) < 0) return -1;
@@ -1666,7 +1761,7 @@ static int merge_tree(int sroot, int troot, struct failure *err, int do_chown)
  * directory, as `setfattr -h --restore` would). A path that is not in the tree, and an
  * attribute the filesystem refuses, is a warning, printed as "warn NAME text" (the first
  * of them); the rest is still restored. */
-static void restore_xattrs(struct image *img, int treefd, const char *label)
+static void restore_xattrs(struct image *img, int treefd, const char *label, const struct pathset *only)
 {
 	static unsigned char value[MKMA_XATTR_VALUE_LIMIT];
 	static struct xattr_line x;
@@ -1677,7 +1772,9 @@ static void restore_xattrs(struct image *img, int treefd, const char *label)
 		const char *nl = memchr(p, '\n', (size_t)(img->body_end - p));
 		const char *eol = nl ? nl : img->body_end;
 		if (xattr_line(p, (size_t)(eol - p), &x, value) < 0) x.kind = 0; /* checked before */
-		if (x.kind == 1) {
+		if (x.kind == 1 && only && strcmp(x.path, ".") != 0 && !ps_has(only, x.path)) {
+			have_dir = 0; /* -t: not extracted, on purpose */
+		} else if (x.kind == 1) {
 			char parent[NAME_LIMIT];
 			const char *leaf;
 			snprintf(file, sizeof file, "%s", x.path);
@@ -1754,7 +1851,7 @@ static int merge_layer(const char *file, int treefd, const char *stage, uint64_t
 	if (bad) goto out;
 	*removed = rm.removed;
 	const char *slash = strrchr(file, '/');
-	restore_xattrs(&img, treefd, slash ? slash + 1 : file);
+	restore_xattrs(&img, treefd, slash ? slash + 1 : file, NULL);
 	rc = 0;
 out:
 	unmap_image(&img);
@@ -1926,10 +2023,82 @@ static int extract_plain(struct unpack *u, int fd, uint64_t *entries, uint64_t *
 	return failed(u->err) ? -1 : 0;
 }
 
+static int touch_removal(const char *path, void *set)
+{
+	return safe_rel(path) && ps_add_with_parents(set, path) < 0 ? -1 : 0;
+}
+
+/* -t: every path the layer FILE touches, with the directories above it, added to set: its
+ * entries, its removal paths (opaque, delete) and its %xattrs paths. Applying the layer
+ * onto a tree reads or changes nothing else of it (docs/FORMAT.md, "Applying a layer"), so
+ * a base extracted down to these paths gives the same result at every path the layer can
+ * reach. Unsafe names are left out (applying the layer refuses it). 0, or -1 (recorded). */
+static int collect_touched(const char *file, struct pathset *set, struct failure *err)
+{
+	struct image img;
+	struct stream s = { .err = err };
+	char *name = malloc(NAME_LIMIT);
+	int rc = -1;
+	s.buf = malloc(BUF_SIZE);
+	s.dctx = ZSTD_createDCtx();
+	if (!name || !s.buf || !s.dctx) {
+		fail(err, "out of memory");
+		goto out0;
+	}
+	if (map_image(&img, file, err) < 0) goto out;
+	for (size_t i = 0; i < img.nshards; i++) {
+		ZSTD_DCtx_reset(s.dctx, ZSTD_reset_session_only);
+		s.in = img.map + img.shards[i].offset;
+		s.in_len = (size_t)img.shards[i].length;
+		s.in_pos = 0;
+		s.frame_done = 0;
+		s.eof = 0;
+		s.start = s.end = 0;
+		snprintf(s.what, sizeof s.what, "shard %zu of %zu", i + 1, img.nshards);
+		for (;;) {
+			int r = need(&s, MKMA_NEWC_HEADER_SIZE);
+			if (r < 0) goto out;
+			if (r == 0) break;
+			struct header h;
+			r = read_header(&s, &h, name);
+			if (r < 0) goto out;
+			if (r == 0) break; /* TRAILER!!! */
+			const char *path = clean_name(name);
+			if (path && ps_add_with_parents(set, path) < 0) {
+				fail(err, "out of memory");
+				goto out;
+			}
+			if (skip_data(&s, (uint64_t)h.size + pad4(h.size)) < 0) goto out;
+		}
+	}
+	if (each_removal(&img, touch_removal, set)) {
+		fail(err, "out of memory");
+		goto out;
+	}
+	static struct xattr_line x;
+	for (const char *p = img.xattrs; p && p < img.body_end;) {
+		const char *nl = memchr(p, '\n', (size_t)(img.body_end - p));
+		const char *eol = nl ? nl : img.body_end;
+		if (xattr_line(p, (size_t)(eol - p), &x, NULL) == 0 && x.kind == 1 && ps_add_with_parents(set, x.path) < 0) {
+			fail(err, "out of memory");
+			goto out;
+		}
+		p = eol + 1;
+	}
+	rc = 0;
+out:
+	unmap_image(&img);
+out0:
+	if (s.dctx) ZSTD_freeDCtx(s.dctx);
+	free(s.buf);
+	free(name);
+	return rc;
+}
+
 static void usage(FILE *out)
 {
 	fprintf(out,
-		"usage: mkma-unpack [-v] [-X] [-j N] FILE DEST\n"
+		"usage: mkma-unpack [-v] [-X] [-j N] [-t LAYER]... FILE DEST\n"
 		"                                           extract an mkma image into the empty DEST\n"
 		"                                           (shards in parallel)\n"
 		"       mkma-unpack [-v] - DEST             extract a plain cpio newc stream from stdin\n"
@@ -1940,14 +2109,19 @@ static void usage(FILE *out)
 		"       mkma-unpack -i FILE...              one line per image: ok KIND ENTRIES UNPACKED\n"
 		"                                           DATA_BYTES, or bad REASON\n"
 		"  -j N  threads (default: online CPUs)   -v  print a summary\n"
-		"  -X    also restore the image's %%xattrs (failures: \"warn NAME text\" on stdout)\n");
+		"  -X    also restore the image's %%xattrs (failures: \"warn NAME text\" on stdout)\n"
+		"  -t LAYER  only what LAYER touches: its entries' and removals' paths, the\n"
+		"        directories above them, and every hardlinked file (repeatable; a LAYER that\n"
+		"        cannot be read: \"warn NAME text\", and everything is extracted)\n");
 }
 
 int main(int argc, char **argv)
 {
 	long jobs = 0;
 	int verbose = 0, layer = 0, info = 0, with_xattrs = 0, opt;
-	while ((opt = getopt(argc, argv, "j:vhliX")) != -1) {
+	char **touch = NULL;
+	int ntouch = 0;
+	while ((opt = getopt(argc, argv, "j:vhliXt:")) != -1) {
 		switch (opt) {
 		case 'j': {
 			char *end;
@@ -1963,11 +2137,25 @@ int main(int argc, char **argv)
 		case 'l': layer = 1; break;
 		case 'i': info = 1; break;
 		case 'X': with_xattrs = 1; break;
+		case 't': {
+			char **v = realloc(touch, (size_t)(ntouch + 1) * sizeof *v);
+			if (!v) {
+				fprintf(stderr, "mkma-unpack: out of memory\n");
+				return MKMA_UNPACK_EXIT_FAILED;
+			}
+			touch = v;
+			touch[ntouch++] = optarg;
+			break;
+		}
 		case 'h': usage(stdout); return MKMA_UNPACK_EXIT_OK;
 		default: usage(stderr); return MKMA_UNPACK_EXIT_USAGE;
 		}
 	}
 	umask(0);
+	if (ntouch && (info || layer)) {
+		usage(stderr);
+		return MKMA_UNPACK_EXIT_USAGE;
+	}
 	if (info) {
 		if (argc - optind < 1) {
 			usage(stderr);
@@ -1982,7 +2170,7 @@ int main(int argc, char **argv)
 		}
 		return apply_layers_main(argv[optind], argv[optind + 1], argv + optind + 2, argc - optind - 2, jobs);
 	}
-	if (argc - optind != 2) {
+	if (argc - optind != 2 || (ntouch && strcmp(argv[optind], "-") == 0)) {
 		usage(stderr);
 		return MKMA_UNPACK_EXIT_USAGE;
 	}
@@ -2003,11 +2191,24 @@ int main(int argc, char **argv)
 	struct image img = { 0 };
 	if (from_stdin) {
 		if (unpack_init(&u, &err, destfd, NULL) == 0) extract_plain(&u, 0, &entries, &bytes, &cpio);
-	} else if (map_image(&img, file, &err) == 0 && unpack_init(&u, &err, destfd, &img) == 0 &&
-		   extract_image(&u, jobs, &entries, &bytes, &cpio, &nw) == 0 && with_xattrs) {
-		const char *slash = strrchr(file, '/');
-		restore_xattrs(&img, destfd, slash ? slash + 1 : file);
+	} else if (map_image(&img, file, &err) == 0 && unpack_init(&u, &err, destfd, &img) == 0) {
+		static struct pathset only;
+		static struct failure terr = { .lock = PTHREAD_MUTEX_INITIALIZER };
+		for (int i = 0; i < ntouch; i++) {
+			if (collect_touched(touch[i], &only, &terr) == 0) continue;
+			const char *slash = strrchr(touch[i], '/');
+			printf("%s %s cannot be read (%s): everything is extracted\n", MKMA_UNPACK_WARN, slash ? slash + 1 : touch[i], terr.msg);
+			ps_free(&only);
+			ntouch = 0;
+		}
+		if (ntouch) u.only = &only;
+		if (extract_image(&u, jobs, &entries, &bytes, &cpio, &nw) == 0 && with_xattrs) {
+			const char *slash = strrchr(file, '/');
+			restore_xattrs(&img, destfd, slash ? slash + 1 : file, u.only);
+		}
+		ps_free(&only);
 	}
+	free(touch);
 	unmap_image(&img);
 	close(destfd);
 	if (failed(&err)) {

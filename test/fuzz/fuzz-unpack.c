@@ -5,7 +5,8 @@
  *
  * Each input is taken three ways, as the boot takes images:
  *   1. an mkma image (manifest, shards) extracted into an empty directory with two threads,
- *      its %xattrs restored (mkma-unpack -X);
+ *      its %xattrs restored (mkma-unpack -X); then the paths it reaches listed as a layer's
+ *      (-t, collect_touched) and the image extracted again only that far;
  *   2. if it is a layer: extracted into a staging directory and merged into a small tree,
  *      removals and xattrs included (mkma-unpack -l, without the child process);
  *   3. a plain cpio stream (mkma-unpack -).
@@ -102,11 +103,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int t = fresh_dir("t");
 	if (map_image(&img, in, &g_err) == 0) {
 		kind_layer = strcmp(img.kind, "layer") == 0;
-		if (unpack_init(&u, &g_err, t, &img) == 0 && extract_image(&u, 2, &entries, &bytes, &cpio, &threads) == 0) restore_xattrs(&img, t, "in");
+		if (unpack_init(&u, &g_err, t, &img) == 0 && extract_image(&u, 2, &entries, &bytes, &cpio, &threads) == 0)
+			restore_xattrs(&img, t, "in", NULL);
 	}
 	unmap_image(&img);
 	close(t);
 	remove_tree(g_rootfd, "t");
+
+	/* 1b. -t: what it reaches as a layer, then itself extracted only that far */
+	struct pathset only = { 0 };
+	failure_reset(&g_err);
+	if (collect_touched(in, &only, &g_err) == 0) {
+		t = fresh_dir("t");
+		entries = bytes = cpio = 0;
+		if (map_image(&img, in, &g_err) == 0 && unpack_init(&u, &g_err, t, &img) == 0) {
+			u.only = &only;
+			if (extract_image(&u, 2, &entries, &bytes, &cpio, &threads) == 0) restore_xattrs(&img, t, "in", &only);
+		}
+		unmap_image(&img);
+		close(t);
+		remove_tree(g_rootfd, "t");
+	}
+	ps_free(&only);
 
 	/* 2. a layer, merged into a small tree */
 	if (kind_layer) {

@@ -2,6 +2,8 @@
 // - property: random stacks of 5 layers (test/conformance/random.ts, the real writer) unpack to
 //   the identical tree before and after compacting all of them, or a range in the middle, and
 //   the compacted layer is no bigger than the layers it replaces;
+// - below the range only what the range reaches (mkma-unpack -t) gives the same layer as the
+//   whole base below it, on random stacks, for the whole stack and for a range in the middle;
 // - the commit point: superseded layers left by an interrupted compaction are ignored by
 //   `mkma unpack` and by the init's sort_layers, and removed by the next compaction;
 // - crash tests: compact and --into-base killed with SIGKILL at 10+ moments each leave a set of
@@ -16,12 +18,15 @@ import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { buildUnpacker } from '../../builder/unpacker.js';
 import { unpackImages } from '../../format/apply.js';
 import { listImages } from '../../format/images.js';
 import { packTree } from '../../format/pack.js';
 import { readManifest } from '../../format/reader.js';
+import { createReporter } from '../../lib/progress.js';
+import { compactLayers } from '../../persist/compact.js';
 import { randomStack } from '../conformance/random.js';
-import { layerFunctions, layerName, mkfile, writeLayer as writeFixtureLayer } from '../fixtures/layers.js';
+import { layerFunctions, layerName, mkfile, mkhardlink, mksymlink, setxattr, writeLayer as writeFixtureLayer } from '../fixtures/layers.js';
 import { describeTree } from '../helpers/tree.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -108,6 +113,80 @@ describe('property: compacting 5 random layers keeps the tree', () => {
       expect(out.bytesAfter).toBeLessThanOrEqual(out.bytesBefore);
       expect(fs.readdirSync(images).filter((n) => n.startsWith('.'))).toEqual([]);
       expect(fs.readdirSync(WORKBASE)).toEqual([]); // its tmpfs is unmounted and removed
+    },
+    300_000,
+  );
+});
+
+describe('below the range: only what it reaches gives the layer the whole base gives', () => {
+  /** the layer's data (decompressed) and its manifest without its creation time, as one string */
+  const content = (file: string) => {
+    const data = spawnSync('zstd', ['-dcq', file]).stdout;
+    const m = readManifest(file);
+    return JSON.stringify({ ...m, created: '', data: crypto.createHash('sha256').update(data).digest('hex') });
+  };
+  /** Both ways, for the whole stack and for 2..4: the same layer. */
+  async function bothWays(dir: string, pristine: string): Promise<void> {
+    const unpacker = buildUnpacker({ cacheDir: path.join(WORK, 'unpacker') }).path;
+    expect(unpacker).not.toBeNull();
+    for (const range of [undefined, '2..4']) {
+      const layers: string[] = [];
+      for (const wholeBase of [false, true]) {
+        const images = path.join(dir, `images-${range ?? 'all'}-${wholeBase}`);
+        fs.mkdirSync(images);
+        for (const n of fs.readdirSync(pristine)) fs.copyFileSync(path.join(pristine, n), path.join(images, n));
+        const r = await compactLayers({
+          imagesDir: images,
+          range,
+          unpacker,
+          wholeBase,
+          reporter: createReporter({ quiet: true }),
+          workBase: WORKBASE,
+        });
+        layers.push(content(path.join(images, r.layer!)));
+      }
+      expect(layers[0]).toBe(layers[1]);
+    }
+  }
+
+  test('a stack that deletes, replaces, re-creates and relinks what the base has', async () => {
+    const dir = path.join(WORK, 'touched');
+    const src = path.join(dir, 'base');
+    const pristine = path.join(dir, 'pristine');
+    for (let i = 0; i < 10; i++) mkfile(src, `srv/base/f${i}`, `base ${i}\n`.repeat(100));
+    for (const d of ['dir1', 'dir2']) for (const f of ['a', 'b']) mkfile(src, `srv/${d}/${f}`, `${d}/${f}\n`);
+    mkfile(src, 'etc/x', 'x\n');
+    setxattr(src, 'etc/x', 'user.mkma', 'base');
+    mkfile(src, 'usr/h1', 'linked\n');
+    mkhardlink(src, 'usr/h1', 'usr/h2');
+    mksymlink(src, 'lnk', 'srv');
+    fs.mkdirSync(pristine, { recursive: true });
+    await packTree(src, path.join(pristine, 'base.cpio.zst'), { kind: 'base', level: 3, shardBytes: 1024 });
+    const layers: Array<{ upper: (u: string) => void; deleted?: string[]; opaque?: string[] }> = [
+      { upper: (u) => mkfile(u, 'srv/new1', 'new\n'), deleted: ['srv/base/f1', 'srv/dir1'] },
+      {
+        upper: (u) => (mkfile(u, 'srv/dir2/c', 'c\n'), mkfile(u, 'srv/base/f2', 'base 2\n'.repeat(100), { mode: 0o600 })),
+        opaque: ['srv/dir2'],
+      },
+      {
+        upper: (u) => (mkfile(u, 'etc/y', 'y\n'), mkfile(u, 'etc/x', 'x\n'), setxattr(u, 'etc/x', 'user.mkma', 'layer')),
+        deleted: ['lnk'],
+      },
+      { upper: (u) => mkfile(u, 'srv/base/f1', 'again\n'), deleted: ['srv/new1'] },
+      { upper: (u) => mkfile(u, 'usr/h1', 'unlinked\n'), deleted: ['srv/base/f3'] },
+    ];
+    for (let l = 1; l <= layers.length; l++) {
+      const name = layerName(String(l));
+      await writeFixtureLayer(path.join(pristine, name), { name, ...layers[l - 1] }, dir);
+    }
+    await bothWays(dir, pristine);
+  }, 300_000);
+
+  test.each([3000, 3001, 3002, 3003])(
+    'random stack, seed %i',
+    async (seed) => {
+      const dir = path.join(WORK, `touched-${seed}`);
+      await bothWays(dir, await randomStack(seed, dir, 5));
     },
     300_000,
   );

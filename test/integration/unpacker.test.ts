@@ -3,6 +3,9 @@
 //     the same tree as extractImage;
 //   - the init's extract() with mkma-unpack on PATH gives the same layered trees as with the
 //     busybox cpio fallback, on every layer fixture;
+//   - -t LAYER (what `mkma layers compact` extracts below its range): exactly the paths the
+//     layer touches, the directories above them and every hardlinked file, each as the whole
+//     extraction makes it;
 //   - `strace -f -c` syscall totals: mkma-unpack must make less than a third of busybox cpio's
 //     (a count, not a time: timings are the benchmarks' job — bench figure 2 races the host
 //     extractors, figure 3 the boot with mkma-unpack against the reference init).
@@ -14,7 +17,20 @@ import * as path from 'node:path';
 import { buildUnpacker } from '../../builder/unpacker.js';
 import { packTree } from '../../format/pack.js';
 import { extractImage, readManifest } from '../../format/reader.js';
-import { BUSYBOX, buildFixture, FIXTURE_NAMES, layerFunctions, makeBusyboxBin } from '../fixtures/layers.js';
+import {
+  BUSYBOX,
+  buildFixture,
+  FIXTURE_NAMES,
+  layerFunctions,
+  layerName,
+  makeBusyboxBin,
+  mkdir,
+  mkfile,
+  mkhardlink,
+  mksymlink,
+  setxattr,
+  writeLayer,
+} from '../fixtures/layers.js';
 import { IMAGE_OUT } from '../helpers/paths.js';
 import { describeTree, listTree, treePath } from '../helpers/tree.js';
 
@@ -201,4 +217,109 @@ describe('mkma-unpack and extractImage agree on every image of every layer fixtu
     },
     120_000,
   );
+});
+
+describe('mkma-unpack -t: the base only as far as a layer reaches', () => {
+  const dir = path.join(TMP, 'touched');
+  const images = path.join(dir, 'images');
+  const base = path.join(images, 'base.cpio.zst');
+  const layer = path.join(images, layerName('1'));
+  /** a layer of only an xattr record, for a path of the base (another writer's layer could) */
+  const xattrOnly = path.join(images, layerName('2'));
+  let whole: Record<string, string>;
+
+  beforeAll(async () => {
+    const src = fresh(path.join(dir, 'base'));
+    fresh(images);
+    mkfile(src, 'etc/a', 'a\n');
+    mkfile(src, 'etc/sub/c', 'c\n', { mode: 0o600, uid: 12, gid: 34 });
+    mkdir(src, 'etc/sub', { mode: 0o750 });
+    setxattr(src, 'etc', 'user.mkma', 'on-a-touched-dir');
+    mkfile(src, 'usr/bin/tool', 'tool\n');
+    mkhardlink(src, 'usr/bin/tool', 'usr/bin/tool2');
+    mkfile(src, 'usr/lib/x', 'x\n');
+    setxattr(src, 'usr/lib/x', 'user.mkma', 'untouched');
+    mkfile(src, 'var/log/old', 'old\n');
+    mkfile(src, 'var/log/keep', 'keep\n');
+    mkfile(src, 'opt/app/one', '1\n');
+    mkfile(src, 'opt/app/two', '2\n');
+    mksymlink(src, 'link', 'etc');
+    mkdir(src, 'etc', { mode: 0o755, mtime: 1_650_000_000 });
+    // small shards: the listing and the extraction run over several frames and threads
+    await packTree(src, base, { kind: 'base', level: 3, shardBytes: 256 });
+    await writeLayer(
+      layer,
+      {
+        name: layerName('1'),
+        upper: (u) => {
+          mkfile(u, 'etc/sub/new', 'new\n');
+          setxattr(u, 'etc/sub/new', 'user.mkma', 'layer');
+          mkfile(u, 'opt/app/three', '3\n');
+          mkfile(u, 'srv/only-in-the-layer', 'l\n');
+        },
+        deleted: ['var/log/old', 'link'],
+        opaque: ['opt/app'],
+      },
+      dir,
+    );
+    await writeLayer(
+      xattrOnly,
+      { name: layerName('2'), raw: async (w) => w.addXattrs({ path: 'var/log/keep', attrs: [['user.mkma', '0x6c32']] }) },
+      dir,
+    );
+    const all = fresh(path.join(MNT, 'touched-whole'));
+    expect(spawnSync(BIN, ['-X', '--', base, all], { encoding: 'utf8' }).status).toBe(0);
+    whole = snapshot(all);
+  });
+
+  test('its paths, the directories above them and every hardlinked file, as the whole extraction makes them', () => {
+    const part = fresh(path.join(MNT, 'touched-part'));
+    const r = spawnSync(BIN, ['-X', '-t', layer, '-t', xattrOnly, '--', base, part], { encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toBe(''); // the xattrs of what is left out are left out without a warning
+    expect(r.status).toBe(0);
+    const got = snapshot(part);
+    const key = (p: string) => JSON.stringify(p);
+    // usr and usr/bin: placeholders made for the hardlinked files, nothing the layer reaches
+    const exact = [
+      '.',
+      'etc',
+      'etc/sub',
+      'var',
+      'var/log',
+      'var/log/old',
+      'var/log/keep',
+      'opt',
+      'opt/app',
+      'link',
+      'usr/bin/tool',
+      'usr/bin/tool2',
+    ];
+    expect(Object.keys(got).sort()).toEqual([...exact, 'usr', 'usr/bin'].map(key).sort());
+    for (const p of exact) expect(`${p}: ${got[key(p)]}`).toBe(`${p}: ${whole[key(p)]}`);
+    expect(got[key('etc')]).toContain(Buffer.from('on-a-touched-dir').toString('hex'));
+  });
+
+  test('a layer that cannot be read: a warning, and everything', () => {
+    const bad = path.join(dir, layerName('bad'));
+    fs.writeFileSync(bad, 'not an image');
+    const part = fresh(path.join(MNT, 'touched-bad'));
+    const r = spawnSync(BIN, ['-X', '-t', layer, '-t', bad, '--', base, part], { encoding: 'utf8' });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(
+      new RegExp(`^warn ${layerName('bad').replace(/[.]/g, '\\.')} cannot be read \\(.+\\): everything is extracted\n$`),
+    );
+    expect(snapshot(part)).toEqual(whole);
+  });
+
+  test('only with an extraction: -t with -l or -i is a usage error', () => {
+    for (const mode of [
+      ['-l', path.join(MNT, 'x'), path.join(MNT, 'y'), layer],
+      ['-i', base],
+    ]) {
+      const r = spawnSync(BIN, ['-t', layer, ...mode], { encoding: 'utf8' });
+      expect(r.status).toBe(2);
+      expect(r.stderr).toContain('usage: mkma-unpack');
+    }
+  });
 });

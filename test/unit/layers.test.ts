@@ -1,6 +1,9 @@
 // The pure parts of `mkma layers` and `mkma verify`: the time in a layer's name, and the text
 // they print (columns, cut to the terminal, damaged layers and ignored files named).
-import { describe, expect, test } from '@jest/globals';
+import { afterAll, describe, expect, test } from '@jest/globals';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { createdFromName, layerNameFor } from '../../format/names.js';
 import type { LayerInfo } from '../../format/layer-info.js';
 import { formatLayers } from '../../cli/layers-cmd.js';
@@ -8,6 +11,9 @@ import { formatVerify } from '../../cli/verify-cmd.js';
 import { textWidth } from '../../persist/text.js';
 import { parseManifestBody, serializeManifestBody, type Manifest } from '../../format/manifest.js';
 import { baseFromBootEnv, baseOfNewLayer } from '../../persist/base-identity.js';
+import { rangeLevel } from '../../persist/compact.js';
+import { readManifest } from '../../format/reader.js';
+import { ArchiveWriter } from '../../format/writer.js';
 
 describe('createdFromName', () => {
   test('the time of the names mkma persist gives, and null for any other name', () => {
@@ -159,5 +165,30 @@ describe('formatVerify', () => {
         '',
       ].join('\n'),
     );
+  });
+});
+
+describe('zstd levels: each image records its own, a compaction writes at its layers', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mkma-levels-'));
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const write = async (name: string, kind: 'base' | 'layer', level: number) => {
+    const w = new ArchiveWriter(path.join(dir, name), { kind, level });
+    await w.finish();
+  };
+
+  test('the manifest says the level the writer used', async () => {
+    await write('base.cpio.zst', 'base', 3);
+    await write('persistence.1.cpio.zst', 'layer', 5);
+    await write('persistence.2.cpio.zst', 'layer', 9);
+    expect(readManifest(path.join(dir, 'base.cpio.zst')).zstdLevel).toBe(3);
+    expect(readManifest(path.join(dir, 'persistence.2.cpio.zst')).zstdLevel).toBe(9);
+  });
+
+  test("the highest level of the range's layers, else the base's", () => {
+    expect(rangeLevel(dir, ['persistence.1.cpio.zst', 'persistence.2.cpio.zst'])).toBe(9);
+    expect(rangeLevel(dir, ['persistence.1.cpio.zst'])).toBe(5);
+    // layers that record none (an older mkma's), or cannot be read: the base's
+    fs.writeFileSync(path.join(dir, 'persistence.3.cpio.zst'), 'not an image');
+    expect(rangeLevel(dir, ['persistence.3.cpio.zst'])).toBe(3);
   });
 });
